@@ -1,0 +1,20 @@
+//! fusion-fast core: a parallel validating scanner for huge JSON / JSON Lines annotation files and the
+//! memory-mapped offset index it writes. Pure Rust; the Python binding lives in `python.rs` behind
+//! the `python` feature.
+
+pub mod columns;
+pub mod error;
+pub mod record;
+pub mod scan;
+pub mod words;
+
+pub use columns::Records;
+pub use error::{Error, ErrorKind, Result};
+pub use scan::{scan, scan_sequential, Format, ScanOptions};
+pub mod index_file;
+pub mod store;
+
+pub use store::{open, JsonIndex, OpenOptions, Rebuild};
+
+#[cfg(feature = "python")]
+mod python;

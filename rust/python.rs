@@ -1,0 +1,236 @@
+//! The one thin binding file: exposes the core to Python as `fusion_fast._core`.
+//! Errors map once, here, onto the Python hierarchy in `fusion_fast/errors.py`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use jiter::{PythonParse, StringCacheMode};
+use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::columns::{Records, COLUMNS};
+use crate::error::{Error, ErrorKind};
+use crate::scan::{scan, scan_sequential, Format, ScanOptions};
+use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
+
+/// Raises the `fusion_fast.errors` class that matches `err.kind`.
+fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
+    let class = match err.kind {
+        ErrorKind::MalformedJson => "MalformedJSONError",
+        ErrorKind::IndexMissing => "IndexMissingError",
+        ErrorKind::StaleIndex => "StaleIndexError",
+        ErrorKind::CorruptIndex => "CorruptIndexError",
+        ErrorKind::Io => "FusionFastIOError",
+    };
+    let build = || -> PyResult<PyErr> {
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("path", err.path.as_ref().map(|p| p.to_string_lossy().into_owned()))?;
+        if let Some(p) = &err.position {
+            kwargs.set_item("offset", p.offset)?;
+            kwargs.set_item("line", p.line)?;
+            kwargs.set_item("column", p.column)?;
+            kwargs.set_item("record", p.record)?;
+        }
+        let cls = py.import("fusion_fast.errors")?.getattr(class)?;
+        let exc = cls.call((err.message.clone(),), Some(&kwargs))?;
+        Ok(PyErr::from_value(exc))
+    };
+    build().unwrap_or_else(|e| e)
+}
+
+/// Bytes read so far by a running build; poll `value` from another thread for a progress bar.
+#[pyclass(module = "fusion_fast._core", frozen)]
+struct Progress {
+    counter: Arc<AtomicU64>,
+}
+
+#[pymethods]
+impl Progress {
+    #[new]
+    fn new() -> Self {
+        Progress { counter: store::progress_counter() }
+    }
+    #[getter]
+    fn value(&self) -> u64 {
+        self.counter.load(Ordering::Relaxed)
+    }
+}
+
+/// An open index: the Rust side of `fusion_fast.JsonIndex`.
+#[pyclass(module = "fusion_fast._core", frozen)]
+struct Index {
+    inner: JsonIndex,
+    parser: PythonParse,
+}
+
+impl Index {
+    fn position(&self, i: i64) -> PyResult<usize> {
+        let n = self.inner.len() as i64;
+        let j = if i < 0 { i + n } else { i };
+        if j < 0 || j >= n {
+            return Err(PyIndexError::new_err(format!("record index {i} out of range for {n} records")));
+        }
+        Ok(j as usize)
+    }
+
+    fn parse<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+        let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
+        self.parser.python_parse(py, raw).map_err(|e| {
+            let (off, _) = self.inner.span(i);
+            let err = Error::malformed(self.inner.source_bytes(), off as usize + e.index, i as u64, e.error_type.to_string());
+            to_py_err(py, Error { kind: ErrorKind::StaleIndex, ..err.with_path(&self.inner.source_path) })
+        })
+    }
+}
+
+#[pymethods]
+impl Index {
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Record `i` (negative counts from the end) as Python objects.
+    fn get<'py>(&self, py: Python<'py>, i: i64) -> PyResult<Bound<'py, PyAny>> {
+        let j = self.position(i)?;
+        self.parse(py, j)
+    }
+
+    /// Records at `indices`, given as little-endian int64 bytes, in one call.
+    fn get_many<'py>(&self, py: Python<'py>, indices: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for chunk in indices.chunks_exact(8) {
+            let i = i64::from_le_bytes(chunk.try_into().unwrap());
+            list.append(self.parse(py, self.position(i)?)?)?;
+        }
+        Ok(list)
+    }
+
+    /// (offset, length) of record `i` in the data file.
+    fn span(&self, i: i64) -> PyResult<(u64, u64)> {
+        Ok(self.inner.span(self.position(i)?))
+    }
+
+    #[getter]
+    fn source_path(&self) -> String {
+        self.inner.source_path.to_string_lossy().into_owned()
+    }
+    #[getter]
+    fn index_path(&self) -> String {
+        self.inner.index_path.to_string_lossy().into_owned()
+    }
+    #[getter]
+    fn built(&self) -> bool {
+        self.inner.built
+    }
+    #[getter]
+    fn build_seconds(&self) -> f64 {
+        self.inner.build_seconds
+    }
+
+    /// The header as a dict.
+    fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let h = &self.inner.header;
+        let d = PyDict::new(py);
+        d.set_item("format_version", h.version)?;
+        d.set_item("records", h.records)?;
+        d.set_item("format", if h.format == Format::JsonArray { "json" } else { "jsonl" })?;
+        d.set_item("source_size", h.source.size)?;
+        d.set_item("source_mtime_ns", h.source.mtime_ns)?;
+        d.set_item("source_fingerprint", format!("{:016x}", h.source.fingerprint))?;
+        Ok(d)
+    }
+
+    /// [(name, numpy dtype, byte offset, count)] of every column in the index file.
+    fn column_table(&self) -> Vec<(String, &'static str, u64, u64)> {
+        let h = &self.inner.header;
+        h.columns.iter().map(|c| (c.name.clone(), c.dtype.numpy(), c.offset, h.records)).collect()
+    }
+
+    /// Recomputes every column checksum; raises `CorruptIndexError` on a mismatch.
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.verify()).map_err(|e| to_py_err(py, e))
+    }
+}
+
+fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
+    s.parse().map_err(|_| PyValueError::new_err(format!("rebuild must be 'auto', 'never' or 'always', not {s:?}")))
+}
+
+/// Opens the index of `path`, building it (with the GIL released) when needed and allowed.
+#[pyfunction]
+#[pyo3(signature = (path, *, rebuild="auto", index_dir=None, threads=None, verify=None, chunk_size=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn open_index(
+    py: Python<'_>,
+    path: PathBuf,
+    rebuild: &str,
+    index_dir: Option<PathBuf>,
+    threads: Option<usize>,
+    verify: Option<bool>,
+    chunk_size: Option<usize>,
+    progress: Option<&Progress>,
+) -> PyResult<Index> {
+    let mut opts = OpenOptions { rebuild: parse_rebuild(rebuild)?, index_dir, threads, verify, ..Default::default() };
+    if let Some(c) = chunk_size {
+        opts.scan.chunk_size = c.max(1);
+    }
+    opts.scan.progress = progress.map(|p| p.counter.clone());
+    let inner = py.detach(|| store::open(&path, &opts)).map_err(|e| to_py_err(py, e))?;
+    let parser = PythonParse { cache_mode: StringCacheMode::Keys, ..Default::default() };
+    Ok(Index { inner, parser })
+}
+
+/// Scans `data` without writing an index and returns each column as little-endian bytes.
+/// `sequential=True` runs the reference scanner; otherwise the parallel one with `chunk_size`.
+#[pyfunction]
+#[pyo3(signature = (data, format, *, chunk_size=1048576, sequential=false))]
+fn scan_bytes<'py>(py: Python<'py>, data: &[u8], format: &str, chunk_size: usize, sequential: bool) -> PyResult<Bound<'py, PyDict>> {
+    let format = match format {
+        "json" => Format::JsonArray,
+        "jsonl" => Format::JsonLines,
+        _ => return Err(PyValueError::new_err("format must be 'json' or 'jsonl'")),
+    };
+    let opts = ScanOptions { chunk_size: chunk_size.max(1), progress: None };
+    let records = py
+        .detach(|| {
+            if sequential {
+                scan_sequential(data, format)
+            } else {
+                scan(data, format, &opts).map(|runs| Records::concat(&runs))
+            }
+        })
+        .map_err(|e| to_py_err(py, e))?;
+    let d = PyDict::new(py);
+    for (k, (name, _)) in COLUMNS.iter().enumerate() {
+        d.set_item(*name, PyBytes::new(py, &records.column_bytes(k)))?;
+    }
+    Ok(d)
+}
+
+/// Where indexes of read-only data go.
+#[pyfunction]
+fn cache_dir() -> String {
+    store::cache_dir().to_string_lossy().into_owned()
+}
+
+/// Candidate index paths for `path`, in the order they are tried.
+#[pyfunction]
+#[pyo3(signature = (path, index_dir=None))]
+fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> Vec<String> {
+    store::index_candidates(&path, index_dir.as_deref()).iter().map(|p| p.to_string_lossy().into_owned()).collect()
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("FORMAT_VERSION", crate::index_file::FORMAT_VERSION)?;
+    m.add_class::<Index>()?;
+    m.add_class::<Progress>()?;
+    m.add_function(wrap_pyfunction!(open_index, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(index_candidates, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,569 @@
+//! The scan: finds every record of a `.json` array or a `.jsonl` file, validates it and computes its
+//! metadata, using every core on ONE file.
+//!
+//! JSON arrays use speculation plus verification (see `docs/design.md`):
+//! 1. in parallel, each chunk counts its unescaped quotes; a prefix XOR gives whether each chunk
+//!    starts inside a string (valid JSON never has a backslash outside a string, so escapes are
+//!    known without knowing the string state);
+//! 2. in parallel, each chunk, started in its now-known string state, measures its bracket depth
+//!    change and notes its first comma at each relative depth; a prefix sum turns that into the first
+//!    top-level record separator of the chunk;
+//! 3. in parallel, each chunk validates and reads its records with jiter, from its separator up to
+//!    the next chunk's. A chunk only counts when its parse lands exactly on the next chunk's separator,
+//!    so the stitched result IS the sequential parse. On any error or mismatch the sequential reader
+//!    resumes from the last verified separator: the output (records or the first error) always equals
+//!    [`scan_sequential`].
+//!
+//! JSON Lines needs no speculation: a raw newline cannot occur inside a JSON string, so chunks are cut
+//! just after newlines and are independent.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use jiter::{Jiter, JiterError};
+use rayon::prelude::*;
+
+use crate::columns::Records;
+use crate::error::{Error, Result};
+use crate::record::read_record;
+
+/// How records are laid out in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One top-level JSON array of records (`.json`).
+    JsonArray,
+    /// One record per line (`.jsonl`, `.ndjson`).
+    JsonLines,
+}
+
+impl Format {
+    /// `.jsonl` / `.ndjson` are JSON Lines; everything else is read as a JSON array.
+    pub fn from_path(path: &std::path::Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("jsonl") | Some("ndjson") => Format::JsonLines,
+            _ => Format::JsonArray,
+        }
+    }
+    pub fn code(self) -> u8 {
+        match self {
+            Format::JsonArray => 1,
+            Format::JsonLines => 2,
+        }
+    }
+    pub fn from_code(code: u8) -> Option<Format> {
+        match code {
+            1 => Some(Format::JsonArray),
+            2 => Some(Format::JsonLines),
+            _ => None,
+        }
+    }
+}
+
+/// Knobs of the scan. The defaults suit multi-gigabyte files; tests force tiny chunks.
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    /// Bytes per parallel chunk (at least 1).
+    pub chunk_size: usize,
+    /// Counts bytes of the file read so far, for progress bars.
+    pub progress: Option<std::sync::Arc<AtomicU64>>,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        ScanOptions { chunk_size: 1 << 20, progress: None }
+    }
+}
+
+/// Records in file order, as consecutive runs (one per chunk), so no copy is needed to join them.
+pub type RecordRuns = Vec<Records>;
+
+/// Scans `data` in parallel on the current rayon pool.
+pub fn scan(data: &[u8], format: Format, opts: &ScanOptions) -> Result<RecordRuns> {
+    match format {
+        Format::JsonArray => scan_array_parallel(data, opts),
+        Format::JsonLines => scan_lines_parallel(data, opts),
+    }
+}
+
+/// The simple sequential reference: one pass, one thread. The parallel scan must equal it.
+pub fn scan_sequential(data: &[u8], format: Format) -> Result<Records> {
+    let opts = ScanOptions { chunk_size: usize::MAX, progress: None };
+    match format {
+        Format::JsonArray => {
+            let mut out = Records::default();
+            read_to_end(data, open_array(data)?, true, 0, &mut out, &opts)?;
+            Ok(out)
+        }
+        Format::JsonLines => read_lines(data, 0, data.len(), 0, &opts),
+    }
+}
+
+#[inline]
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+#[inline]
+fn skip_ws(data: &[u8], mut i: usize) -> usize {
+    while i < data.len() && is_ws(data[i]) {
+        i += 1;
+    }
+    i
+}
+
+fn report(opts: &ScanOptions, bytes: usize) {
+    if let Some(p) = &opts.progress {
+        p.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+fn jiter_error(data: &[u8], start: usize, record: u64, e: JiterError) -> Error {
+    Error::malformed(data, start + e.index, record, format!("{} (in record {record})", e.error_type))
+}
+
+/// Reads the value at `start`, which must be a record, validates its UTF-8 and appends it.
+/// Returns the offset just past it.
+fn read_one(data: &[u8], start: usize, record: u64, out: &mut Records, tape: &mut Vec<u8>) -> Result<usize> {
+    let mut jiter = Jiter::with_tape(&data[start..], std::mem::take(tape));
+    let meta = read_record(&mut jiter);
+    let end = start + jiter.current_index();
+    *tape = jiter.into_tape();
+    let meta = meta.map_err(|e| jiter_error(data, start, record, e))?;
+    if let Err(e) = simdutf8::compat::from_utf8(&data[start..end]) {
+        return Err(Error::malformed(
+            data,
+            start + e.valid_up_to(),
+            record,
+            format!("invalid UTF-8 (in record {record})"),
+        ));
+    }
+    let length = u32::try_from(end - start).map_err(|_| {
+        Error::malformed(data, start, record, format!("record {record} is larger than 4 GiB"))
+    })?;
+    out.push(start as u64, length, meta);
+    Ok(end)
+}
+
+/// How a run of array records ended.
+enum RunEnd {
+    /// Reached the expected separator exactly.
+    AtSeparator,
+    /// Read the closing `]`; the offset is just past it.
+    Closed(usize),
+    /// Landed somewhere other than the expected separator: the speculation was wrong.
+    Mismatch,
+}
+
+/// Reads array records from `pos`, which is just after `[` (`after_open`) or just after a `,`,
+/// until the separator at `stop` (or the end of the array when `stop` is `None`).
+/// Record numbers in errors start at `first_record`.
+fn read_array_run(
+    data: &[u8],
+    mut pos: usize,
+    after_open: bool,
+    stop: Option<usize>,
+    first_record: u64,
+    out: &mut Records,
+    opts: &ScanOptions,
+) -> Result<RunEnd> {
+    let mut tape = Vec::new();
+    let mut reported = pos;
+    let record_no = |out: &Records| first_record + out.len() as u64;
+    if after_open {
+        let p = skip_ws(data, pos);
+        if data.get(p) == Some(&b']') {
+            return Ok(if stop.is_some() { RunEnd::Mismatch } else { RunEnd::Closed(p + 1) });
+        }
+    }
+    loop {
+        let start = skip_ws(data, pos);
+        match data.get(start) {
+            None => {
+                return Err(Error::malformed(
+                    data,
+                    start,
+                    record_no(out),
+                    "unexpected end of file: expected a record (the array is not closed)",
+                ))
+            }
+            Some(b']') => {
+                return Err(Error::malformed(
+                    data,
+                    start,
+                    record_no(out),
+                    "expected a record after ',' (trailing commas are not allowed)",
+                ))
+            }
+            Some(_) => {}
+        }
+        let end = read_one(data, start, record_no(out), out, &mut tape)?;
+        if end - reported > 1 << 20 {
+            report(opts, end - reported);
+            reported = end;
+        }
+        let q = skip_ws(data, end);
+        match data.get(q) {
+            Some(b',') => match stop {
+                Some(s) if q == s => {
+                    report(opts, q - reported);
+                    return Ok(RunEnd::AtSeparator);
+                }
+                Some(s) if q > s => return Ok(RunEnd::Mismatch),
+                _ => pos = q + 1,
+            },
+            Some(b']') => {
+                report(opts, q + 1 - reported);
+                return Ok(if stop.is_some() { RunEnd::Mismatch } else { RunEnd::Closed(q + 1) });
+            }
+            Some(_) => {
+                return Err(Error::malformed(
+                    data,
+                    q,
+                    record_no(out),
+                    format!("expected ',' or ']' after record {}", record_no(out) - 1),
+                ))
+            }
+            None => {
+                return Err(Error::malformed(
+                    data,
+                    q,
+                    record_no(out),
+                    "unexpected end of file: expected ',' or ']' (the array is not closed)",
+                ))
+            }
+        }
+    }
+}
+
+/// Sequential read from `pos` (just after `[` when `after_open`, else just after a verified
+/// separator) to the end of the file, numbering records from `out.len() + first_record`.
+fn read_to_end(
+    data: &[u8],
+    pos: usize,
+    after_open: bool,
+    first_record: u64,
+    out: &mut Records,
+    opts: &ScanOptions,
+) -> Result<()> {
+    match read_array_run(data, pos, after_open, None, first_record, out, opts)? {
+        RunEnd::Closed(end) => check_trailing(data, end, first_record + out.len() as u64),
+        RunEnd::AtSeparator | RunEnd::Mismatch => unreachable!("no separator to stop at"),
+    }
+}
+
+/// Checks the start of a `.json` file and returns the offset just after its `[`.
+fn open_array(data: &[u8]) -> Result<usize> {
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::malformed(data, 0, 0, "unexpected UTF-8 byte order mark: expected '['"));
+    }
+    let p = skip_ws(data, 0);
+    match data.get(p) {
+        None => Err(Error::malformed(data, p, 0, "empty file: expected a JSON array '[' of records")),
+        Some(b'[') => Ok(p + 1),
+        Some(_) => Err(Error::malformed(
+            data,
+            p,
+            0,
+            "expected '[': the top-level value is not an array. A file with one JSON record per line \
+             is JSON Lines: name it .jsonl",
+        )),
+    }
+}
+
+fn check_trailing(data: &[u8], end: usize, records: u64) -> Result<()> {
+    let p = skip_ws(data, end);
+    if p < data.len() {
+        return Err(Error::malformed(
+            data,
+            p,
+            records,
+            "unexpected data after the end of the array: expected end of file",
+        ));
+    }
+    Ok(())
+}
+
+/// Pass 1 of a chunk: the parity of its unescaped quotes, and its trailing backslash run.
+struct QuoteSummary {
+    odd_quotes: bool,
+    trailing_backslashes: usize,
+    all_backslashes: bool,
+}
+
+fn backslashes_before(data: &[u8], pos: usize) -> usize {
+    data[..pos].iter().rev().take_while(|&&b| b == b'\\').count()
+}
+
+fn quote_summary(data: &[u8], start: usize, end: usize) -> QuoteSummary {
+    let mut odd_quotes = false;
+    for q in memchr::memchr_iter(b'"', &data[start..end]) {
+        if backslashes_before(data, start + q) % 2 == 0 {
+            odd_quotes = !odd_quotes;
+        }
+    }
+    let trailing = data[start..end].iter().rev().take_while(|&&b| b == b'\\').count();
+    QuoteSummary { odd_quotes, trailing_backslashes: trailing, all_backslashes: trailing == end - start }
+}
+
+/// Deepest relative depth at which chunk separators are looked for. jiter rejects records nested
+/// deeper than this anyway, so a valid file never needs more.
+const MAX_TRACKED_DEPTH: usize = 512;
+
+/// Pass 2 of a chunk, knowing whether it starts inside a string (and whether its first byte is
+/// escaped): net bracket depth change and the first comma at each relative depth 0, -1, -2, ...
+struct DepthSummary {
+    delta: i64,
+    first_comma: Vec<Option<usize>>,
+}
+
+/// Offset just past the closing quote of the string whose body continues at `i`, or `end`.
+#[inline]
+fn string_end(data: &[u8], mut i: usize, end: usize) -> usize {
+    while i < end {
+        match memchr::memchr2(b'"', b'\\', &data[i..end]) {
+            None => return end,
+            Some(k) if data[i + k] == b'"' => return i + k + 1,
+            Some(k) => i += k + 2,
+        }
+    }
+    end
+}
+
+fn depth_summary(data: &[u8], start: usize, end: usize, in_string: bool, escaped: bool) -> DepthSummary {
+    let mut depth: i64 = 0;
+    let mut first_comma: Vec<Option<usize>> = Vec::new();
+    let mut i = start;
+    if in_string {
+        i = string_end(data, if escaped { start + 1 } else { start }, end);
+    }
+    while i < end {
+        match data[i] {
+            b'"' => {
+                i = string_end(data, i + 1, end);
+                continue;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth -= 1,
+            b',' if depth <= 0 && (-depth as usize) < MAX_TRACKED_DEPTH => {
+                let k = (-depth) as usize;
+                if first_comma.len() <= k {
+                    first_comma.resize(k + 1, None);
+                }
+                first_comma[k].get_or_insert(i);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    DepthSummary { delta: depth, first_comma }
+}
+
+fn chunk_bounds(len: usize, chunk_size: usize) -> Vec<(usize, usize)> {
+    let chunk_size = chunk_size.max(1);
+    (0..len.div_ceil(chunk_size))
+        .map(|k| (k * chunk_size, ((k + 1) * chunk_size).min(len)))
+        .collect()
+}
+
+fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
+    if data.len() <= opts.chunk_size {
+        let mut out = Records::default();
+        read_to_end(data, open_array(data)?, true, 0, &mut out, opts)?;
+        return Ok(vec![out]);
+    }
+    let array_start = open_array(data)?;
+    let bounds = chunk_bounds(data.len(), opts.chunk_size);
+
+    // Pass 1: string state at each chunk start.
+    let quotes: Vec<QuoteSummary> = bounds.par_iter().map(|&(s, e)| quote_summary(data, s, e)).collect();
+    let mut starts = Vec::with_capacity(bounds.len()); // (in_string, escaped)
+    let (mut in_string, mut run) = (false, 0usize);
+    for (q, &(s, e)) in quotes.iter().zip(&bounds) {
+        starts.push((in_string, in_string && run % 2 == 1));
+        in_string ^= q.odd_quotes;
+        run = if q.all_backslashes { run + (e - s) } else { q.trailing_backslashes };
+    }
+
+    // Pass 2: absolute depth at each chunk start, then each chunk's first top-level separator.
+    let depths: Vec<DepthSummary> = bounds
+        .par_iter()
+        .zip(&starts)
+        .map(|(&(s, e), &(in_str, esc))| depth_summary(data, s, e, in_str, esc))
+        .collect();
+    // Run k starts after `[` (k = 0) or after the separator; it reads up to the next run's separator.
+    let mut run_starts: Vec<usize> = vec![array_start];
+    let mut depth: i64 = 0;
+    for (k, d) in depths.iter().enumerate() {
+        // The comma at absolute depth 1 sits at relative depth 1 - depth.
+        if k > 0 && depth >= 1 {
+            if let Some(Some(sep)) = d.first_comma.get((depth - 1) as usize) {
+                if *sep >= array_start {
+                    run_starts.push(*sep);
+                }
+            }
+        }
+        depth += d.delta;
+    }
+
+    // Pass 3: read every run in parallel; each must land exactly on the next run's separator.
+    let runs: Vec<Result<(Records, RunEnd)>> = (0..run_starts.len())
+        .into_par_iter()
+        .map(|r| {
+            let mut out = Records::default();
+            let (pos, after_open) = if r == 0 { (array_start, true) } else { (run_starts[r] + 1, false) };
+            let stop = run_starts.get(r + 1).copied();
+            let end = read_array_run(data, pos, after_open, stop, 0, &mut out, opts)?;
+            out.shrink_to_fit();
+            Ok((out, end))
+        })
+        .collect();
+
+    let mut done: RecordRuns = Vec::with_capacity(runs.len());
+    let mut verified_records = 0usize;
+    for (r, result) in runs.into_iter().enumerate() {
+        let last = r + 1 == run_starts.len();
+        match result {
+            Ok((out, RunEnd::AtSeparator)) if !last => {
+                verified_records += out.len();
+                done.push(out);
+            }
+            Ok((out, RunEnd::Closed(end))) if last => {
+                check_trailing(data, end, (verified_records + out.len()) as u64)?;
+                done.push(out);
+                return Ok(done);
+            }
+            _ => {
+                // Wrong guess or bad data: resume sequentially from the last verified point, which
+                // yields exactly what a sequential scan yields (records, or its first error).
+                let mut rest = Records::default();
+                let (pos, after_open) = if r == 0 { (array_start, true) } else { (run_starts[r] + 1, false) };
+                read_to_end(data, pos, after_open, verified_records as u64, &mut rest, opts)?;
+                done.push(rest);
+                return Ok(done);
+            }
+        }
+    }
+    unreachable!("the last run either closes the array or falls back")
+}
+
+/// Reads the JSON Lines records of `data[start..end]` (which starts at a line start).
+/// `first_record` numbers them in errors.
+fn read_lines(data: &[u8], start: usize, end: usize, first_record: u64, opts: &ScanOptions) -> Result<Records> {
+    let mut out = Records::default();
+    let mut tape = Vec::new();
+    let mut line_start = start;
+    let mut reported = start;
+    while line_start < end {
+        let line_end = memchr::memchr(b'\n', &data[line_start..end]).map_or(end, |k| line_start + k);
+        let first = skip_ws(&data[..line_end], line_start);
+        if first < line_end {
+            let record = first_record + out.len() as u64;
+            // jiter sees only this line, so a record cannot run on into the next one.
+            let line = &data[..line_end];
+            let value_end = read_one(line, first, record, &mut out, &mut tape).map_err(|e| {
+                if e.message.starts_with("EOF") {
+                    let msg = format!("{} (a JSON Lines record must fit on one line)", e.message);
+                    Error { message: msg, ..e }
+                } else {
+                    e
+                }
+            })?;
+            let rest = skip_ws(line, value_end);
+            if rest < line_end {
+                return Err(Error::malformed(
+                    data,
+                    rest,
+                    record,
+                    format!("unexpected data after record {record}: expected end of line (one record per line)"),
+                ));
+            }
+        }
+        line_start = line_end + 1;
+        if line_start - reported > 1 << 20 {
+            report(opts, line_start.min(end) - reported);
+            reported = line_start.min(end);
+        }
+    }
+    report(opts, end.saturating_sub(reported));
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::malformed(data, 0, 0, "unexpected UTF-8 byte order mark at the start of the file"));
+    }
+    // Cut just after the first newline at or after each multiple of the chunk size.
+    let mut cuts = vec![0usize];
+    for (s, _) in chunk_bounds(data.len(), opts.chunk_size).into_iter().skip(1) {
+        let last = *cuts.last().unwrap();
+        if s < last {
+            continue;
+        }
+        match memchr::memchr(b'\n', &data[s..]) {
+            Some(k) if s + k + 1 < data.len() => cuts.push(s + k + 1),
+            _ => break,
+        }
+    }
+    cuts.dedup();
+    cuts.push(data.len());
+    let parts: Vec<Result<Records>> = cuts
+        .par_windows(2)
+        .map(|w| read_lines(data, w[0], w[1], 0, opts))
+        .collect();
+    let mut runs = Vec::with_capacity(parts.len());
+    let mut before = 0u64;
+    for (part, w) in parts.into_iter().zip(cuts.windows(2)) {
+        match part {
+            Ok(r) => {
+                before += r.len() as u64;
+                runs.push(r);
+            }
+            // Chunks are independent, so the first failing chunk holds the first error; read it
+            // again knowing how many records came before, to number the record right.
+            Err(e) => return Err(read_lines(data, w[0], w[1], before, opts).err().unwrap_or(e)),
+        }
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn par(data: &[u8], format: Format, chunk: usize) -> Result<Records> {
+        let opts = ScanOptions { chunk_size: chunk, progress: None };
+        scan(data, format, &opts).map(|runs| Records::concat(&runs))
+    }
+
+    #[test]
+    fn tiny_chunks_match_sequential() {
+        let doc = br#" [ {"id": "a,]\"[", "image": ["x", "y"], "conversations": [{"from": "human", "value": "<image>\n a  b\\"}, {"value": "c\u00a0d"}]}, [1, {"x": "]"}], "\\\\\"", {}] "#;
+        let seq = scan_sequential(doc, Format::JsonArray).unwrap();
+        assert_eq!(seq.len(), 4);
+        assert_eq!(seq.images[0], 2);
+        assert_eq!(seq.words[0], 5);
+        for chunk in 1..doc.len() + 2 {
+            assert_eq!(par(doc, Format::JsonArray, chunk).unwrap(), seq, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn errors_match_sequential() {
+        for doc in [&b"[1, 2,]"[..], b"[{\"a\": 1} {}]", b"[1] x", b"{\"a\": 1}", b"", b"[\"\x01\"]", b"[\"\xff\"]", b"[1, 2"] {
+            let seq = scan_sequential(doc, Format::JsonArray).unwrap_err();
+            for chunk in 1..doc.len() + 2 {
+                assert_eq!(par(doc, Format::JsonArray, chunk).unwrap_err(), seq, "chunk size {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn lines_tolerate_blank_lines_crlf_and_missing_final_newline() {
+        let doc = b"{\"a\": 1}\r\n\n  \n[2]\r\n\"x\"";
+        let seq = scan_sequential(doc, Format::JsonLines).unwrap();
+        assert_eq!(seq.offset, vec![0, 14, 19]);
+        for chunk in 1..doc.len() + 2 {
+            assert_eq!(par(doc, Format::JsonLines, chunk).unwrap(), seq);
+        }
+    }
+}

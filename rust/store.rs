@@ -1,0 +1,324 @@
+//! Where indexes live and how they are opened: find a valid index for a data file, or build one
+//! (exactly once when many processes ask at the same time), then map both files.
+
+use std::fs::{File, OpenOptions as FsOpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use fs2::FileExt;
+use memmap2::Mmap;
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::index_file::{write_index, Header, SourceStamp};
+use crate::scan::{scan, Format, ScanOptions};
+
+/// When to (re)build an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rebuild {
+    /// Build when missing, stale, corrupt or of another version.
+    Auto,
+    /// Never build: a missing or unusable index is an error.
+    Never,
+    /// Always build anew.
+    Always,
+}
+
+impl std::str::FromStr for Rebuild {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Rebuild> {
+        match s {
+            "auto" => Ok(Rebuild::Auto),
+            "never" => Ok(Rebuild::Never),
+            "always" => Ok(Rebuild::Always),
+            _ => Err(Error::new(ErrorKind::Io, format!("rebuild must be 'auto', 'never' or 'always', not {s:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    pub rebuild: Rebuild,
+    /// Keep indexes here instead of next to the data / in the cache folder.
+    pub index_dir: Option<PathBuf>,
+    /// Threads for building; `None` uses every core.
+    pub threads: Option<usize>,
+    pub scan: ScanOptions,
+    /// Recompute column checksums on open. `None`: only for small indexes (see `AUTO_VERIFY_BYTES`).
+    pub verify: Option<bool>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { rebuild: Rebuild::Auto, index_dir: None, threads: None, scan: ScanOptions::default(), verify: None }
+    }
+}
+
+/// Indexes up to this size have every column checksum verified on open (well under a millisecond);
+/// larger ones only their header, so opening stays O(1). `JsonIndex::verify` checks everything.
+pub const AUTO_VERIFY_BYTES: u64 = 4 << 20;
+
+/// File name suffix of an index stored next to its data file.
+pub const INDEX_SUFFIX: &str = ".ffidx";
+
+/// The cache folder for indexes of read-only data: `$FUSION_FAST_CACHE`, else
+/// `$XDG_CACHE_HOME/fusion-fast`, else `~/.cache/fusion-fast`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FUSION_FAST_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("fusion-fast");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("fusion-fast")
+}
+
+/// The index name used in a shared folder: the data file's name plus a hash of its absolute path,
+/// so files with the same name in different folders do not collide.
+fn shared_index_name(source: &Path) -> String {
+    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let hash = xxh3_64(source.as_os_str().as_encoded_bytes());
+    format!("{name}.{hash:016x}{INDEX_SUFFIX}")
+}
+
+/// Where the index of `source` may live, in the order they are tried.
+pub fn index_candidates(source: &Path, index_dir: Option<&Path>) -> Vec<PathBuf> {
+    if let Some(dir) = index_dir {
+        return vec![dir.join(shared_index_name(source))];
+    }
+    let mut beside = source.as_os_str().to_owned();
+    beside.push(INDEX_SUFFIX);
+    vec![PathBuf::from(beside), cache_dir().join(shared_index_name(source))]
+}
+
+/// An open index: the header, the mapped index file and the mapped data file.
+pub struct JsonIndex {
+    pub source_path: PathBuf,
+    pub index_path: PathBuf,
+    pub header: Header,
+    /// Whether this open built the index.
+    pub built: bool,
+    /// Seconds spent building (0 when the index was reused).
+    pub build_seconds: f64,
+    index: Mmap,
+    source: Option<Mmap>,
+}
+
+// SAFETY (for both maps below): the files are mapped read-only. fusion-fast never writes a file that
+// is mapped: indexes are replaced by rename, which leaves existing maps on the old inode. If another
+// program truncates the data file while it is mapped, reads past the new end raise SIGBUS; a
+// changed source is detected by its stamp on every open, which is the best a reader can do.
+fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
+    let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+    if len == 0 {
+        return Ok(None); // mmap of an empty file fails on Linux; nothing to map
+    }
+    let m = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, "memory-map", e))?;
+    Ok(Some(m))
+}
+
+fn map_required(file: &File, path: &Path) -> Result<Mmap> {
+    map(file, path)?.ok_or_else(|| {
+        Error::new(ErrorKind::CorruptIndex, "index is corrupt: file is empty").with_path(path)
+    })
+}
+
+impl JsonIndex {
+    pub fn len(&self) -> usize {
+        self.header.records as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.header.records == 0
+    }
+
+    /// The whole index file.
+    pub fn index_bytes(&self) -> &[u8] {
+        &self.index
+    }
+
+    /// The whole data file.
+    pub fn source_bytes(&self) -> &[u8] {
+        self.source.as_deref().unwrap_or(&[])
+    }
+
+    fn read_u64(&self, column: &str, i: usize) -> u64 {
+        let c = self.header.column(column).expect("checked on open");
+        let o = c.offset as usize + i * c.dtype.size();
+        let b = &self.index[o..o + c.dtype.size()];
+        let mut le = [0u8; 8];
+        le[..b.len()].copy_from_slice(b);
+        u64::from_le_bytes(le)
+    }
+
+    /// Byte span (offset, length) of record `i`.
+    pub fn span(&self, i: usize) -> (u64, u64) {
+        (self.read_u64("offset", i), self.read_u64("length", i))
+    }
+
+    /// The raw bytes of record `i`, or a corrupt-index error when its span leaves the data file.
+    pub fn raw(&self, i: usize) -> Result<&[u8]> {
+        let (off, len) = self.span(i);
+        let data = self.source_bytes();
+        let end = off.checked_add(len).filter(|&e| e <= data.len() as u64).ok_or_else(|| {
+            Error::new(ErrorKind::CorruptIndex, format!("index is corrupt: record {i} lies outside the data file"))
+                .with_path(&self.index_path)
+        })?;
+        Ok(&data[off as usize..end as usize])
+    }
+
+    /// Recomputes every column checksum.
+    pub fn verify(&self) -> Result<()> {
+        self.header.verify_columns(&self.index, &self.index_path)
+    }
+
+    /// Maps a valid index at `index_path` for `source`, or says why it cannot be used.
+    fn try_map(source: &Path, index_path: &Path, stamp: &SourceStamp, verify: Option<bool>) -> Result<JsonIndex> {
+        let file = File::open(index_path).map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::IndexMissing } else { ErrorKind::Io };
+            Error::new(kind, format!("cannot open the index: {e}")).with_path(index_path)
+        })?;
+        let index = map_required(&file, index_path)?;
+        let header = Header::decode(&index, index_path)?;
+        if header.source != *stamp {
+            return Err(Error::new(
+                ErrorKind::StaleIndex,
+                format!("index is stale: {} changed after it was indexed", source.display()),
+            )
+            .with_path(index_path));
+        }
+        let column_bytes = index.len() as u64;
+        if verify.unwrap_or(column_bytes <= AUTO_VERIFY_BYTES) {
+            header.verify_columns(&index, index_path)?;
+        }
+        let src = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
+        let source_map = map(&src, source)?;
+        Ok(JsonIndex {
+            source_path: source.to_path_buf(),
+            index_path: index_path.to_path_buf(),
+            header,
+            built: false,
+            build_seconds: 0.0,
+            index,
+            source: source_map,
+        })
+    }
+}
+
+/// Builds the index of `source` into `dest` (atomically) and returns nothing; the caller maps it.
+pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceStamp> {
+    let stamp = SourceStamp::of(source)?;
+    let file = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
+    let data = map(&file, source)?;
+    let data: &[u8] = data.as_deref().unwrap_or(&[]);
+    let format = Format::from_path(source);
+    let run_scan = || scan(data, format, &opts.scan);
+    let runs = match opts.threads {
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start {n} threads: {e}")))?
+            .install(run_scan),
+        None => run_scan(),
+    }
+    .map_err(|e| e.with_path(source))?;
+    // The file must not have changed while it was read.
+    if SourceStamp::of(source)? != stamp {
+        return Err(Error::new(ErrorKind::Io, "the data file changed while it was being indexed").with_path(source));
+    }
+    write_index(dest, stamp, format, &runs)?;
+    Ok(stamp)
+}
+
+fn is_unwritable(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
+        || e.raw_os_error() == Some(30) // EROFS
+}
+
+/// Opens (building when needed and allowed) the index of `source`.
+pub fn open(source: &Path, opts: &OpenOptions) -> Result<JsonIndex> {
+    let stamp = SourceStamp::of(source)?;
+    let candidates = index_candidates(source, opts.index_dir.as_deref());
+    let mut first_problem: Option<Error> = None;
+    if opts.rebuild != Rebuild::Always {
+        for path in &candidates {
+            match JsonIndex::try_map(source, path, &stamp, opts.verify) {
+                Ok(idx) => return Ok(idx),
+                Err(e) if e.kind == ErrorKind::IndexMissing => {}
+                Err(e) => {
+                    first_problem.get_or_insert(e);
+                }
+            }
+        }
+        if opts.rebuild == Rebuild::Never {
+            return Err(first_problem.unwrap_or_else(|| {
+                Error::new(
+                    ErrorKind::IndexMissing,
+                    format!(
+                        "no index for {} (looked at {}); run `fusion-fast index` or open with rebuild=\"auto\"",
+                        source.display(),
+                        candidates.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", ")
+                    ),
+                )
+                .with_path(source)
+            }));
+        }
+    }
+    let mut last_err = None;
+    for dest in &candidates {
+        match build_locked(source, dest, &stamp, opts) {
+            Ok(idx) => return Ok(idx),
+            Err(BuildError::Unwritable(e)) => last_err = Some(e),
+            Err(BuildError::Failed(e)) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Io, "no place to write the index").with_path(source)))
+}
+
+enum BuildError {
+    /// This location cannot be written: try the next one.
+    Unwritable(Error),
+    Failed(Error),
+}
+
+/// Builds at `dest` under an exclusive lock, so concurrent openers build once and the rest map it.
+fn build_locked(source: &Path, dest: &Path, stamp: &SourceStamp, opts: &OpenOptions) -> std::result::Result<JsonIndex, BuildError> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return Err(BuildError::Unwritable(Error::io(dir, "create the index folder", e)));
+    }
+    let mut lock_path = dest.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let lock = match FsOpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+        Ok(f) => f,
+        Err(e) if is_unwritable(&e) => return Err(BuildError::Unwritable(Error::io(&lock_path, "create the lock file", e))),
+        Err(e) => return Err(BuildError::Failed(Error::io(&lock_path, "create the lock file", e))),
+    };
+    lock.lock_exclusive().map_err(|e| BuildError::Failed(Error::io(&lock_path, "lock", e)))?;
+    // Another process may have built it while we waited.
+    if opts.rebuild != Rebuild::Always {
+        if let Ok(idx) = JsonIndex::try_map(source, dest, stamp, opts.verify) {
+            return Ok(idx);
+        }
+    }
+    let started = Instant::now();
+    let built_stamp = build(source, dest, opts).map_err(|e| match e.kind {
+        ErrorKind::Io if e.message.contains("Permission denied") || e.message.contains("Read-only") => BuildError::Unwritable(e),
+        _ => BuildError::Failed(e),
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let mut idx = JsonIndex::try_map(source, dest, &built_stamp, Some(false)).map_err(BuildError::Failed)?;
+    idx.built = true;
+    idx.build_seconds = seconds;
+    drop(lock);
+    Ok(idx)
+}
+
+/// A progress counter shared with a scan (bytes read so far).
+pub fn progress_counter() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
+}
