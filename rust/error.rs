@@ -44,7 +44,12 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), path: None, position: None }
+        Error {
+            kind,
+            message: message.into(),
+            path: None,
+            position: None,
+        }
     }
 
     /// A malformed-JSON error at byte `offset` of `data`, while reading record number `record`.

@@ -52,7 +52,9 @@ impl SourceStamp {
     /// catches a file rewritten with the same size and a restored mtime in most real cases.
     pub fn of(path: &Path) -> Result<SourceStamp> {
         let mut file = File::open(path).map_err(|e| Error::io(path, "open the data file", e))?;
-        let meta = file.metadata().map_err(|e| Error::io(path, "stat the data file", e))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io(path, "stat the data file", e))?;
         let size = meta.len();
         let mtime_ns = meta
             .modified()
@@ -72,7 +74,11 @@ impl SourceStamp {
             file.read_exact(&mut buf).map_err(read_err)?;
             hasher.update(&buf);
         }
-        Ok(SourceStamp { size, mtime_ns, fingerprint: hasher.digest() })
+        Ok(SourceStamp {
+            size,
+            mtime_ns,
+            fingerprint: hasher.digest(),
+        })
     }
 }
 
@@ -140,7 +146,9 @@ impl Header {
 
     /// Parses and checks a header at the start of `bytes` (the whole index file).
     pub fn decode(bytes: &[u8], path: &Path) -> Result<Header> {
-        let corrupt = |what: &str| Error::new(ErrorKind::CorruptIndex, format!("index is corrupt: {what}")).with_path(path);
+        let corrupt = |what: &str| {
+            Error::new(ErrorKind::CorruptIndex, format!("index is corrupt: {what}")).with_path(path)
+        };
         let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
         let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
         if bytes.len() < FIXED_HEADER + 8 {
@@ -159,26 +167,39 @@ impl Header {
         }
         let n_columns = u32_at(56) as usize;
         let header_len = u32_at(12) as usize;
-        if n_columns > 64 || header_len != Header::header_len(n_columns) || bytes.len() < header_len {
+        if n_columns > 64 || header_len != Header::header_len(n_columns) || bytes.len() < header_len
+        {
             return Err(corrupt("header is truncated or has a bad length"));
         }
         let stored_sum = u64_at(header_len - 8);
         if xxh3_64(&bytes[..header_len - 8]) != stored_sum {
             return Err(corrupt("header checksum mismatch"));
         }
-        let format = Format::from_code(bytes[48]).ok_or_else(|| corrupt("unknown source format"))?;
+        let format =
+            Format::from_code(bytes[48]).ok_or_else(|| corrupt("unknown source format"))?;
         let mut columns = Vec::with_capacity(n_columns);
         for k in 0..n_columns {
             let e = FIXED_HEADER + k * COLUMN_ENTRY;
             let name_bytes = &bytes[e..e + 16];
             let name_len = name_bytes.iter().position(|&b| b == 0).unwrap_or(16);
-            let name = std::str::from_utf8(&name_bytes[..name_len]).map_err(|_| corrupt("bad column name"))?;
-            let dtype = DType::from_code(bytes[e + 16]).ok_or_else(|| corrupt("bad column type"))?;
-            columns.push(ColumnEntry { name: name.to_string(), dtype, offset: u64_at(e + 24), checksum: u64_at(e + 32) });
+            let name = std::str::from_utf8(&name_bytes[..name_len])
+                .map_err(|_| corrupt("bad column name"))?;
+            let dtype =
+                DType::from_code(bytes[e + 16]).ok_or_else(|| corrupt("bad column type"))?;
+            columns.push(ColumnEntry {
+                name: name.to_string(),
+                dtype,
+                offset: u64_at(e + 24),
+                checksum: u64_at(e + 32),
+            });
         }
         let header = Header {
             version,
-            source: SourceStamp { size: u64_at(16), mtime_ns: u64_at(24) as i64, fingerprint: u64_at(32) },
+            source: SourceStamp {
+                size: u64_at(16),
+                mtime_ns: u64_at(24) as i64,
+                fingerprint: u64_at(32),
+            },
             records: u64_at(40),
             format,
             columns,
@@ -190,7 +211,9 @@ impl Header {
             }
         }
         if (bytes.len() as u64) < header.expected_file_len() {
-            return Err(corrupt("file is truncated (columns end past the end of the file)"));
+            return Err(corrupt(
+                "file is truncated (columns end past the end of the file)",
+            ));
         }
         Ok(header)
     }
@@ -235,19 +258,41 @@ impl Drop for TempFile {
 }
 
 /// Writes the index for `runs` (records in file order) to `dest`, atomically.
-pub fn write_index(dest: &Path, source: SourceStamp, format: Format, runs: &[Records]) -> Result<()> {
+pub fn write_index(
+    dest: &Path,
+    source: SourceStamp,
+    format: Format,
+    runs: &[Records],
+) -> Result<()> {
     let records: u64 = runs.iter().map(|r| r.len() as u64).sum();
     let mut columns = Vec::with_capacity(COLUMNS.len());
     let mut offset = align_up(Header::header_len(COLUMNS.len()) as u64);
     for (name, dtype) in COLUMNS {
-        columns.push(ColumnEntry { name: name.to_string(), dtype, offset, checksum: 0 });
+        columns.push(ColumnEntry {
+            name: name.to_string(),
+            dtype,
+            offset,
+            checksum: 0,
+        });
         offset = align_up(offset + records * dtype.size() as u64);
     }
-    let mut header = Header { version: FORMAT_VERSION, source, records, format, columns };
+    let mut header = Header {
+        version: FORMAT_VERSION,
+        source,
+        records,
+        format,
+        columns,
+    };
 
     let dir = dest.parent().unwrap_or(Path::new("."));
-    let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = TempFile { path: dir.join(format!(".{file_name}.tmp-{}", std::process::id())), keep: false };
+    let file_name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = TempFile {
+        path: dir.join(format!(".{file_name}.tmp-{}", std::process::id())),
+        keep: false,
+    };
     let werr = |e| Error::io(&tmp.path, "write the index", e);
     let file = File::create(&tmp.path).map_err(|e| Error::io(&tmp.path, "create the index", e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
@@ -273,7 +318,8 @@ pub fn write_index(dest: &Path, source: SourceStamp, format: Format, runs: &[Rec
     file.sync_all().map_err(werr)?;
     drop(file);
     let mut tmp = tmp;
-    std::fs::rename(&tmp.path, dest).map_err(|e| Error::io(dest, "move the finished index into place", e))?;
+    std::fs::rename(&tmp.path, dest)
+        .map_err(|e| Error::io(dest, "move the finished index into place", e))?;
     tmp.keep = true;
     Ok(())
 }

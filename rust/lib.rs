@@ -2,8 +2,10 @@
 //! memory-mapped offset index it writes. Pure Rust; the Python binding lives in `python.rs` behind
 //! the `python` feature.
 
+pub mod chunk_shape;
 pub mod columns;
 pub mod error;
+pub mod json;
 pub mod record;
 pub mod scan;
 pub mod words;

@@ -26,7 +26,10 @@ fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     };
     let build = || -> PyResult<PyErr> {
         let kwargs = PyDict::new(py);
-        kwargs.set_item("path", err.path.as_ref().map(|p| p.to_string_lossy().into_owned()))?;
+        kwargs.set_item(
+            "path",
+            err.path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        )?;
         if let Some(p) = &err.position {
             kwargs.set_item("offset", p.offset)?;
             kwargs.set_item("line", p.line)?;
@@ -50,7 +53,9 @@ struct Progress {
 impl Progress {
     #[new]
     fn new() -> Self {
-        Progress { counter: store::progress_counter() }
+        Progress {
+            counter: store::progress_counter(),
+        }
     }
     #[getter]
     fn value(&self) -> u64 {
@@ -70,7 +75,9 @@ impl Index {
         let n = self.inner.len() as i64;
         let j = if i < 0 { i + n } else { i };
         if j < 0 || j >= n {
-            return Err(PyIndexError::new_err(format!("record index {i} out of range for {n} records")));
+            return Err(PyIndexError::new_err(format!(
+                "record index {i} out of range for {n} records"
+            )));
         }
         Ok(j as usize)
     }
@@ -79,8 +86,19 @@ impl Index {
         let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
         self.parser.python_parse(py, raw).map_err(|e| {
             let (off, _) = self.inner.span(i);
-            let err = Error::malformed(self.inner.source_bytes(), off as usize + e.index, i as u64, e.error_type.to_string());
-            to_py_err(py, Error { kind: ErrorKind::StaleIndex, ..err.with_path(&self.inner.source_path) })
+            let err = Error::malformed(
+                self.inner.source_bytes(),
+                off as usize + e.index,
+                i as u64,
+                e.error_type.to_string(),
+            );
+            to_py_err(
+                py,
+                Error {
+                    kind: ErrorKind::StaleIndex,
+                    ..err.with_path(&self.inner.source_path)
+                },
+            )
         })
     }
 }
@@ -135,27 +153,45 @@ impl Index {
         let d = PyDict::new(py);
         d.set_item("format_version", h.version)?;
         d.set_item("records", h.records)?;
-        d.set_item("format", if h.format == Format::JsonArray { "json" } else { "jsonl" })?;
+        d.set_item(
+            "format",
+            if h.format == Format::JsonArray {
+                "json"
+            } else {
+                "jsonl"
+            },
+        )?;
         d.set_item("source_size", h.source.size)?;
         d.set_item("source_mtime_ns", h.source.mtime_ns)?;
-        d.set_item("source_fingerprint", format!("{:016x}", h.source.fingerprint))?;
+        d.set_item(
+            "source_fingerprint",
+            format!("{:016x}", h.source.fingerprint),
+        )?;
         Ok(d)
     }
 
     /// [(name, numpy dtype, byte offset, count)] of every column in the index file.
     fn column_table(&self) -> Vec<(String, &'static str, u64, u64)> {
         let h = &self.inner.header;
-        h.columns.iter().map(|c| (c.name.clone(), c.dtype.numpy(), c.offset, h.records)).collect()
+        h.columns
+            .iter()
+            .map(|c| (c.name.clone(), c.dtype.numpy(), c.offset, h.records))
+            .collect()
     }
 
     /// Recomputes every column checksum; raises `CorruptIndexError` on a mismatch.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.verify()).map_err(|e| to_py_err(py, e))
+        py.detach(|| self.inner.verify())
+            .map_err(|e| to_py_err(py, e))
     }
 }
 
 fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
-    s.parse().map_err(|_| PyValueError::new_err(format!("rebuild must be 'auto', 'never' or 'always', not {s:?}")))
+    s.parse().map_err(|_| {
+        PyValueError::new_err(format!(
+            "rebuild must be 'auto', 'never' or 'always', not {s:?}"
+        ))
+    })
 }
 
 /// Opens the index of `path`, building it (with the GIL released) when needed and allowed.
@@ -172,13 +208,24 @@ fn open_index(
     chunk_size: Option<usize>,
     progress: Option<&Progress>,
 ) -> PyResult<Index> {
-    let mut opts = OpenOptions { rebuild: parse_rebuild(rebuild)?, index_dir, threads, verify, ..Default::default() };
+    let mut opts = OpenOptions {
+        rebuild: parse_rebuild(rebuild)?,
+        index_dir,
+        threads,
+        verify,
+        ..Default::default()
+    };
     if let Some(c) = chunk_size {
         opts.scan.chunk_size = c.max(1);
     }
     opts.scan.progress = progress.map(|p| p.counter.clone());
-    let inner = py.detach(|| store::open(&path, &opts)).map_err(|e| to_py_err(py, e))?;
-    let parser = PythonParse { cache_mode: StringCacheMode::Keys, ..Default::default() };
+    let inner = py
+        .detach(|| store::open(&path, &opts))
+        .map_err(|e| to_py_err(py, e))?;
+    let parser = PythonParse {
+        cache_mode: StringCacheMode::Keys,
+        ..Default::default()
+    };
     Ok(Index { inner, parser })
 }
 
@@ -186,13 +233,22 @@ fn open_index(
 /// `sequential=True` runs the reference scanner; otherwise the parallel one with `chunk_size`.
 #[pyfunction]
 #[pyo3(signature = (data, format, *, chunk_size=1048576, sequential=false))]
-fn scan_bytes<'py>(py: Python<'py>, data: &[u8], format: &str, chunk_size: usize, sequential: bool) -> PyResult<Bound<'py, PyDict>> {
+fn scan_bytes<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    format: &str,
+    chunk_size: usize,
+    sequential: bool,
+) -> PyResult<Bound<'py, PyDict>> {
     let format = match format {
         "json" => Format::JsonArray,
         "jsonl" => Format::JsonLines,
         _ => return Err(PyValueError::new_err("format must be 'json' or 'jsonl'")),
     };
-    let opts = ScanOptions { chunk_size: chunk_size.max(1), progress: None };
+    let opts = ScanOptions {
+        chunk_size: chunk_size.max(1),
+        progress: None,
+    };
     let records = py
         .detach(|| {
             if sequential {
@@ -219,7 +275,10 @@ fn cache_dir() -> String {
 #[pyfunction]
 #[pyo3(signature = (path, index_dir=None))]
 fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> Vec<String> {
-    store::index_candidates(&path, index_dir.as_deref()).iter().map(|p| p.to_string_lossy().into_owned()).collect()
+    store::index_candidates(&path, index_dir.as_deref())
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
 }
 
 #[pymodule]

@@ -1,9 +1,7 @@
-//! Reads one record with jiter, validating every byte of it and computing its metadata in the
+//! Reads one record, validating every byte of it and computing its metadata in the
 //! same pass: image / video presence, image count, conversation turns and FUSION's word count.
 
-use jiter::{Jiter, JiterError, Peek};
-
-use crate::words::count_words;
+use crate::json::{ParseResult, Reader};
 
 /// Bits of the `flags` column.
 pub mod flags {
@@ -32,6 +30,7 @@ pub struct RecordMeta {
     pub flags: u8,
 }
 
+#[derive(Clone, Copy)]
 enum Key {
     Image,
     Video,
@@ -39,11 +38,11 @@ enum Key {
     Other,
 }
 
-fn classify(key: &str) -> Key {
+fn classify(key: &[u8]) -> Key {
     match key {
-        "image" => Key::Image,
-        "video" => Key::Video,
-        "conversations" => Key::Conversations,
+        b"image" => Key::Image,
+        b"video" => Key::Video,
+        b"conversations" => Key::Conversations,
         _ => Key::Other,
     }
 }
@@ -55,37 +54,38 @@ fn clamp_u16(n: usize, flags: &mut u8) -> u16 {
     })
 }
 
-/// Parses the value at the start of `jiter` (after leading whitespace) and returns its metadata.
-/// Duplicate keys behave like Python's `json`: the last one wins.
-pub fn read_record(jiter: &mut Jiter<'_>) -> Result<RecordMeta, JiterError> {
+/// Reads the value at the reader's position (after optional whitespace), validating all of it, and
+/// returns its metadata. Duplicate keys behave like Python's `json`: the last one wins.
+pub fn read_record(r: &mut Reader<'_>) -> ParseResult<RecordMeta> {
     let mut meta = RecordMeta::default();
-    let peek = jiter.peek()?;
-    if peek != Peek::Object {
+    if r.peek()? != b'{' {
         meta.flags |= flags::NOT_OBJECT | flags::NO_CONVERSATIONS;
-        jiter.known_skip(peek)?;
+        r.skip_value()?;
         return Ok(meta);
     }
+    r.enter()?;
     let mut conversations_seen = false;
-    let mut key = jiter.known_object()?.map(classify);
+    let mut key = r.object_first(classify)?;
     while let Some(k) = key {
         match k {
             Key::Image => {
                 meta.flags = (meta.flags | flags::HAS_IMAGE) & !flags::BAD_IMAGE;
-                meta.images = read_image(jiter, &mut meta.flags)?;
+                meta.images = read_image(r, &mut meta.flags)?;
             }
             Key::Video => {
                 meta.flags |= flags::HAS_VIDEO;
-                jiter.next_skip()?;
+                r.skip_value()?;
             }
             Key::Conversations => {
                 conversations_seen = true;
                 meta.flags &= !(flags::NO_CONVERSATIONS | flags::BAD_CONVERSATIONS);
-                read_conversations(jiter, &mut meta)?;
+                read_conversations(r, &mut meta)?;
             }
-            Key::Other => jiter.next_skip()?,
+            Key::Other => r.skip_value()?,
         }
-        key = jiter.next_key()?.map(classify);
+        key = r.object_next(classify)?;
     }
+    r.leave();
     if !conversations_seen {
         meta.flags |= flags::NO_CONVERSATIONS;
     }
@@ -93,55 +93,59 @@ pub fn read_record(jiter: &mut Jiter<'_>) -> Result<RecordMeta, JiterError> {
 }
 
 /// `image`: a string counts 1, a list counts its length, null counts 0, anything else is flagged.
-fn read_image(jiter: &mut Jiter<'_>, flags: &mut u8) -> Result<u16, JiterError> {
-    let peek = jiter.peek()?;
-    if peek == Peek::String {
-        jiter.known_skip(peek)?;
-        Ok(1)
-    } else if peek == Peek::Array {
-        let mut n = 0usize;
-        let mut item = jiter.known_array()?;
-        while let Some(p) = item {
-            jiter.known_skip(p)?;
-            n += 1;
-            item = jiter.array_step()?;
+fn read_image(r: &mut Reader<'_>, flags: &mut u8) -> ParseResult<u16> {
+    match r.peek()? {
+        b'"' => {
+            r.skip_value()?;
+            Ok(1)
         }
-        Ok(clamp_u16(n, flags))
-    } else {
-        if peek != Peek::Null {
+        b'[' => {
+            r.enter()?;
+            let mut n = 0usize;
+            let mut more = r.array_first()?;
+            while more {
+                r.skip_value()?;
+                n += 1;
+                more = r.array_next()?;
+            }
+            r.leave();
+            Ok(clamp_u16(n, flags))
+        }
+        b'n' => r.skip_value().map(|_| 0),
+        _ => {
             *flags |= flags::BAD_IMAGE;
+            r.skip_value().map(|_| 0)
         }
-        jiter.known_skip(peek)?;
-        Ok(0)
     }
 }
 
 /// `conversations`: counts turns and sums `len(turn["value"].split())`.
-fn read_conversations(jiter: &mut Jiter<'_>, meta: &mut RecordMeta) -> Result<(), JiterError> {
-    let peek = jiter.peek()?;
+fn read_conversations(r: &mut Reader<'_>, meta: &mut RecordMeta) -> ParseResult<()> {
     meta.words = 0;
     meta.turns = 0;
-    if peek != Peek::Array {
+    if r.peek()? != b'[' {
         meta.flags |= flags::NO_CONVERSATIONS;
-        return jiter.known_skip(peek);
+        return r.skip_value();
     }
+    r.enter()?;
     let mut words = 0u64;
     let mut bad = false;
     let mut turns = 0usize;
-    let mut item = jiter.known_array()?;
-    while let Some(p) = item {
+    let mut more = r.array_first()?;
+    while more {
         turns += 1;
-        if p == Peek::Object {
-            match read_turn(jiter)? {
+        if r.peek()? == b'{' {
+            match read_turn(r)? {
                 Some(w) => words += u64::from(w),
                 None => bad = true,
             }
         } else {
             bad = true;
-            jiter.known_skip(p)?;
+            r.skip_value()?;
         }
-        item = jiter.array_step()?;
+        more = r.array_next()?;
     }
+    r.leave();
     meta.turns = clamp_u16(turns, &mut meta.flags);
     if bad {
         meta.flags |= flags::BAD_CONVERSATIONS;
@@ -155,22 +159,24 @@ fn read_conversations(jiter: &mut Jiter<'_>, meta: &mut RecordMeta) -> Result<()
 }
 
 /// One turn object: the word count of its string `value`, or `None` when there is none.
-fn read_turn(jiter: &mut Jiter<'_>) -> Result<Option<u32>, JiterError> {
+fn read_turn(r: &mut Reader<'_>) -> ParseResult<Option<u32>> {
+    r.enter()?;
     let mut words = None;
-    let mut key = jiter.known_object()?.map(|k| k == "value");
-    while let Some(is_value) = key {
-        if is_value {
-            let peek = jiter.peek()?;
-            words = if peek == Peek::String {
-                Some(count_words(jiter.known_str()?))
+    let is_value = |k: &[u8]| k == b"value";
+    let mut key = r.object_first(is_value)?;
+    while let Some(value) = key {
+        if value {
+            words = if r.peek()? == b'"' {
+                Some(r.string_words()?)
             } else {
-                jiter.known_skip(peek)?;
+                r.skip_value()?;
                 None
             };
         } else {
-            jiter.next_skip()?;
+            r.skip_value()?;
         }
-        key = jiter.next_key()?.map(|k| k == "value");
+        key = r.object_next(is_value)?;
     }
+    r.leave();
     Ok(words)
 }

@@ -2,12 +2,10 @@
 //! metadata, using every core on ONE file.
 //!
 //! JSON arrays use speculation plus verification (see `docs/design.md`):
-//! 1. in parallel, each chunk counts its unescaped quotes; a prefix XOR gives whether each chunk
-//!    starts inside a string (valid JSON never has a backslash outside a string, so escapes are
-//!    known without knowing the string state);
-//! 2. in parallel, each chunk, started in its now-known string state, measures its bracket depth
-//!    change and notes its first comma at each relative depth; a prefix sum turns that into the first
-//!    top-level record separator of the chunk;
+//! 1. in parallel, each chunk is summarised under both answers to "does it start inside a string?"
+//!    (see `chunk_shape`): bracket depth change, end state, first comma at each relative depth;
+//! 2. in order, a cheap pass picks the true answer for each chunk from the one before it and turns
+//!    the depths into each chunk's first top-level record separator;
 //! 3. in parallel, each chunk validates and reads its records with jiter, from its separator up to
 //!    the next chunk's. A chunk only counts when its parse lands exactly on the next chunk's separator,
 //!    so the stitched result IS the sequential parse. On any error or mismatch the sequential reader
@@ -19,11 +17,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use jiter::{Jiter, JiterError};
 use rayon::prelude::*;
 
+use crate::chunk_shape::{chunk_shape, ChunkShape};
 use crate::columns::Records;
 use crate::error::{Error, Result};
+use crate::json::{Reader, SyntaxError};
 use crate::record::read_record;
 
 /// How records are laid out in the file.
@@ -38,7 +37,12 @@ pub enum Format {
 impl Format {
     /// `.jsonl` / `.ndjson` are JSON Lines; everything else is read as a JSON array.
     pub fn from_path(path: &std::path::Path) -> Format {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("jsonl") | Some("ndjson") => Format::JsonLines,
             _ => Format::JsonArray,
         }
@@ -69,7 +73,10 @@ pub struct ScanOptions {
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        ScanOptions { chunk_size: 1 << 20, progress: None }
+        ScanOptions {
+            chunk_size: 1 << 20,
+            progress: None,
+        }
     }
 }
 
@@ -86,7 +93,10 @@ pub fn scan(data: &[u8], format: Format, opts: &ScanOptions) -> Result<RecordRun
 
 /// The simple sequential reference: one pass, one thread. The parallel scan must equal it.
 pub fn scan_sequential(data: &[u8], format: Format) -> Result<Records> {
-    let opts = ScanOptions { chunk_size: usize::MAX, progress: None };
+    let opts = ScanOptions {
+        chunk_size: usize::MAX,
+        progress: None,
+    };
     match format {
         Format::JsonArray => {
             let mut out = Records::default();
@@ -116,28 +126,33 @@ fn report(opts: &ScanOptions, bytes: usize) {
     }
 }
 
-fn jiter_error(data: &[u8], start: usize, record: u64, e: JiterError) -> Error {
-    Error::malformed(data, start + e.index, record, format!("{} (in record {record})", e.error_type))
+fn syntax_error(data: &[u8], start: usize, record: u64, e: SyntaxError) -> Error {
+    Error::malformed(
+        data,
+        start + e.index,
+        record,
+        format!("{} (in record {record})", e.message),
+    )
 }
 
-/// Reads the value at `start`, which must be a record, validates its UTF-8 and appends it.
-/// Returns the offset just past it.
-fn read_one(data: &[u8], start: usize, record: u64, out: &mut Records, tape: &mut Vec<u8>) -> Result<usize> {
-    let mut jiter = Jiter::with_tape(&data[start..], std::mem::take(tape));
-    let meta = read_record(&mut jiter);
-    let end = start + jiter.current_index();
-    *tape = jiter.into_tape();
-    let meta = meta.map_err(|e| jiter_error(data, start, record, e))?;
-    if let Err(e) = simdutf8::compat::from_utf8(&data[start..end]) {
-        return Err(Error::malformed(
-            data,
-            start + e.valid_up_to(),
-            record,
-            format!("invalid UTF-8 (in record {record})"),
-        ));
-    }
+/// Reads the value at `start`, which must be a record, and appends it. Returns the offset past it.
+fn read_one<'a>(
+    data: &'a [u8],
+    start: usize,
+    record: u64,
+    out: &mut Records,
+    reader: &mut Reader<'a>,
+) -> Result<usize> {
+    reader.reset(&data[start..]);
+    let meta = read_record(reader).map_err(|e| syntax_error(data, start, record, e))?;
+    let end = start + reader.position();
     let length = u32::try_from(end - start).map_err(|_| {
-        Error::malformed(data, start, record, format!("record {record} is larger than 4 GiB"))
+        Error::malformed(
+            data,
+            start,
+            record,
+            format!("record {record} is larger than 4 GiB"),
+        )
     })?;
     out.push(start as u64, length, meta);
     Ok(end)
@@ -165,13 +180,17 @@ fn read_array_run(
     out: &mut Records,
     opts: &ScanOptions,
 ) -> Result<RunEnd> {
-    let mut tape = Vec::new();
+    let mut reader = Reader::new(data);
     let mut reported = pos;
     let record_no = |out: &Records| first_record + out.len() as u64;
     if after_open {
         let p = skip_ws(data, pos);
         if data.get(p) == Some(&b']') {
-            return Ok(if stop.is_some() { RunEnd::Mismatch } else { RunEnd::Closed(p + 1) });
+            return Ok(if stop.is_some() {
+                RunEnd::Mismatch
+            } else {
+                RunEnd::Closed(p + 1)
+            });
         }
     }
     loop {
@@ -195,7 +214,7 @@ fn read_array_run(
             }
             Some(_) => {}
         }
-        let end = read_one(data, start, record_no(out), out, &mut tape)?;
+        let end = read_one(data, start, record_no(out), out, &mut reader)?;
         if end - reported > 1 << 20 {
             report(opts, end - reported);
             reported = end;
@@ -212,7 +231,11 @@ fn read_array_run(
             },
             Some(b']') => {
                 report(opts, q + 1 - reported);
-                return Ok(if stop.is_some() { RunEnd::Mismatch } else { RunEnd::Closed(q + 1) });
+                return Ok(if stop.is_some() {
+                    RunEnd::Mismatch
+                } else {
+                    RunEnd::Closed(q + 1)
+                });
             }
             Some(_) => {
                 return Err(Error::malformed(
@@ -253,7 +276,12 @@ fn read_to_end(
 /// Checks the start of a `.json` file and returns the offset just after its `[`.
 fn open_array(data: &[u8]) -> Result<usize> {
     if data.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::malformed(data, 0, 0, "unexpected UTF-8 byte order mark: expected '['"));
+        return Err(Error::malformed(
+            data,
+            0,
+            0,
+            "unexpected UTF-8 byte order mark: expected '['",
+        ));
     }
     let p = skip_ws(data, 0);
     match data.get(p) {
@@ -282,81 +310,6 @@ fn check_trailing(data: &[u8], end: usize, records: u64) -> Result<()> {
     Ok(())
 }
 
-/// Pass 1 of a chunk: the parity of its unescaped quotes, and its trailing backslash run.
-struct QuoteSummary {
-    odd_quotes: bool,
-    trailing_backslashes: usize,
-    all_backslashes: bool,
-}
-
-fn backslashes_before(data: &[u8], pos: usize) -> usize {
-    data[..pos].iter().rev().take_while(|&&b| b == b'\\').count()
-}
-
-fn quote_summary(data: &[u8], start: usize, end: usize) -> QuoteSummary {
-    let mut odd_quotes = false;
-    for q in memchr::memchr_iter(b'"', &data[start..end]) {
-        if backslashes_before(data, start + q) % 2 == 0 {
-            odd_quotes = !odd_quotes;
-        }
-    }
-    let trailing = data[start..end].iter().rev().take_while(|&&b| b == b'\\').count();
-    QuoteSummary { odd_quotes, trailing_backslashes: trailing, all_backslashes: trailing == end - start }
-}
-
-/// Deepest relative depth at which chunk separators are looked for. jiter rejects records nested
-/// deeper than this anyway, so a valid file never needs more.
-const MAX_TRACKED_DEPTH: usize = 512;
-
-/// Pass 2 of a chunk, knowing whether it starts inside a string (and whether its first byte is
-/// escaped): net bracket depth change and the first comma at each relative depth 0, -1, -2, ...
-struct DepthSummary {
-    delta: i64,
-    first_comma: Vec<Option<usize>>,
-}
-
-/// Offset just past the closing quote of the string whose body continues at `i`, or `end`.
-#[inline]
-fn string_end(data: &[u8], mut i: usize, end: usize) -> usize {
-    while i < end {
-        match memchr::memchr2(b'"', b'\\', &data[i..end]) {
-            None => return end,
-            Some(k) if data[i + k] == b'"' => return i + k + 1,
-            Some(k) => i += k + 2,
-        }
-    }
-    end
-}
-
-fn depth_summary(data: &[u8], start: usize, end: usize, in_string: bool, escaped: bool) -> DepthSummary {
-    let mut depth: i64 = 0;
-    let mut first_comma: Vec<Option<usize>> = Vec::new();
-    let mut i = start;
-    if in_string {
-        i = string_end(data, if escaped { start + 1 } else { start }, end);
-    }
-    while i < end {
-        match data[i] {
-            b'"' => {
-                i = string_end(data, i + 1, end);
-                continue;
-            }
-            b'[' | b'{' => depth += 1,
-            b']' | b'}' => depth -= 1,
-            b',' if depth <= 0 && (-depth as usize) < MAX_TRACKED_DEPTH => {
-                let k = (-depth) as usize;
-                if first_comma.len() <= k {
-                    first_comma.resize(k + 1, None);
-                }
-                first_comma[k].get_or_insert(i);
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    DepthSummary { delta: depth, first_comma }
-}
-
 fn chunk_bounds(len: usize, chunk_size: usize) -> Vec<(usize, usize)> {
     let chunk_size = chunk_size.max(1);
     (0..len.div_ceil(chunk_size))
@@ -373,35 +326,23 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
     let array_start = open_array(data)?;
     let bounds = chunk_bounds(data.len(), opts.chunk_size);
 
-    // Pass 1: string state at each chunk start.
-    let quotes: Vec<QuoteSummary> = bounds.par_iter().map(|&(s, e)| quote_summary(data, s, e)).collect();
-    let mut starts = Vec::with_capacity(bounds.len()); // (in_string, escaped)
-    let (mut in_string, mut run) = (false, 0usize);
-    for (q, &(s, e)) in quotes.iter().zip(&bounds) {
-        starts.push((in_string, in_string && run % 2 == 1));
-        in_string ^= q.odd_quotes;
-        run = if q.all_backslashes { run + (e - s) } else { q.trailing_backslashes };
-    }
-
-    // Pass 2: absolute depth at each chunk start, then each chunk's first top-level separator.
-    let depths: Vec<DepthSummary> = bounds
+    // Pass 1: each chunk's shape under both starting string states; then, in order, pick the true
+    // state of each chunk and find its first top-level separator.
+    let shapes: Vec<ChunkShape> = bounds
         .par_iter()
-        .zip(&starts)
-        .map(|(&(s, e), &(in_str, esc))| depth_summary(data, s, e, in_str, esc))
+        .map(|&(s, e)| chunk_shape(data, s, e))
         .collect();
-    // Run k starts after `[` (k = 0) or after the separator; it reads up to the next run's separator.
     let mut run_starts: Vec<usize> = vec![array_start];
-    let mut depth: i64 = 0;
-    for (k, d) in depths.iter().enumerate() {
-        // The comma at absolute depth 1 sits at relative depth 1 - depth.
-        if k > 0 && depth >= 1 {
-            if let Some(Some(sep)) = d.first_comma.get((depth - 1) as usize) {
-                if *sep >= array_start {
-                    run_starts.push(*sep);
-                }
+    let (mut in_string, mut depth) = (false, 0i64);
+    for (k, shape) in shapes.iter().enumerate() {
+        let h = &shape.hyp[in_string as usize];
+        if k > 0 {
+            if let Some(sep) = h.separator(depth).filter(|&sep| sep >= array_start) {
+                run_starts.push(sep);
             }
         }
-        depth += d.delta;
+        depth += h.delta;
+        in_string = h.ends_in_string;
     }
 
     // Pass 3: read every run in parallel; each must land exactly on the next run's separator.
@@ -409,7 +350,11 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
         .into_par_iter()
         .map(|r| {
             let mut out = Records::default();
-            let (pos, after_open) = if r == 0 { (array_start, true) } else { (run_starts[r] + 1, false) };
+            let (pos, after_open) = if r == 0 {
+                (array_start, true)
+            } else {
+                (run_starts[r] + 1, false)
+            };
             let stop = run_starts.get(r + 1).copied();
             let end = read_array_run(data, pos, after_open, stop, 0, &mut out, opts)?;
             out.shrink_to_fit();
@@ -435,8 +380,19 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
                 // Wrong guess or bad data: resume sequentially from the last verified point, which
                 // yields exactly what a sequential scan yields (records, or its first error).
                 let mut rest = Records::default();
-                let (pos, after_open) = if r == 0 { (array_start, true) } else { (run_starts[r] + 1, false) };
-                read_to_end(data, pos, after_open, verified_records as u64, &mut rest, opts)?;
+                let (pos, after_open) = if r == 0 {
+                    (array_start, true)
+                } else {
+                    (run_starts[r] + 1, false)
+                };
+                read_to_end(
+                    data,
+                    pos,
+                    after_open,
+                    verified_records as u64,
+                    &mut rest,
+                    opts,
+                )?;
                 done.push(rest);
                 return Ok(done);
             }
@@ -447,20 +403,27 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
 
 /// Reads the JSON Lines records of `data[start..end]` (which starts at a line start).
 /// `first_record` numbers them in errors.
-fn read_lines(data: &[u8], start: usize, end: usize, first_record: u64, opts: &ScanOptions) -> Result<Records> {
+fn read_lines(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    first_record: u64,
+    opts: &ScanOptions,
+) -> Result<Records> {
     let mut out = Records::default();
-    let mut tape = Vec::new();
+    let mut reader = Reader::new(data);
     let mut line_start = start;
     let mut reported = start;
     while line_start < end {
-        let line_end = memchr::memchr(b'\n', &data[line_start..end]).map_or(end, |k| line_start + k);
+        let line_end =
+            memchr::memchr(b'\n', &data[line_start..end]).map_or(end, |k| line_start + k);
         let first = skip_ws(&data[..line_end], line_start);
         if first < line_end {
             let record = first_record + out.len() as u64;
             // jiter sees only this line, so a record cannot run on into the next one.
             let line = &data[..line_end];
-            let value_end = read_one(line, first, record, &mut out, &mut tape).map_err(|e| {
-                if e.message.starts_with("EOF") {
+            let value_end = read_one(line, first, record, &mut out, &mut reader).map_err(|e| {
+                if e.message.contains("end of input") {
                     let msg = format!("{} (a JSON Lines record must fit on one line)", e.message);
                     Error { message: msg, ..e }
                 } else {
@@ -490,11 +453,19 @@ fn read_lines(data: &[u8], start: usize, end: usize, first_record: u64, opts: &S
 
 fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
     if data.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::malformed(data, 0, 0, "unexpected UTF-8 byte order mark at the start of the file"));
+        return Err(Error::malformed(
+            data,
+            0,
+            0,
+            "unexpected UTF-8 byte order mark at the start of the file",
+        ));
     }
     // Cut just after the first newline at or after each multiple of the chunk size.
     let mut cuts = vec![0usize];
-    for (s, _) in chunk_bounds(data.len(), opts.chunk_size).into_iter().skip(1) {
+    for (s, _) in chunk_bounds(data.len(), opts.chunk_size)
+        .into_iter()
+        .skip(1)
+    {
         let last = *cuts.last().unwrap();
         if s < last {
             continue;
@@ -520,7 +491,11 @@ fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
             }
             // Chunks are independent, so the first failing chunk holds the first error; read it
             // again knowing how many records came before, to number the record right.
-            Err(e) => return Err(read_lines(data, w[0], w[1], before, opts).err().unwrap_or(e)),
+            Err(e) => {
+                return Err(read_lines(data, w[0], w[1], before, opts)
+                    .err()
+                    .unwrap_or(e))
+            }
         }
     }
     Ok(runs)
@@ -531,7 +506,10 @@ mod tests {
     use super::*;
 
     fn par(data: &[u8], format: Format, chunk: usize) -> Result<Records> {
-        let opts = ScanOptions { chunk_size: chunk, progress: None };
+        let opts = ScanOptions {
+            chunk_size: chunk,
+            progress: None,
+        };
         scan(data, format, &opts).map(|runs| Records::concat(&runs))
     }
 
@@ -543,16 +521,33 @@ mod tests {
         assert_eq!(seq.images[0], 2);
         assert_eq!(seq.words[0], 5);
         for chunk in 1..doc.len() + 2 {
-            assert_eq!(par(doc, Format::JsonArray, chunk).unwrap(), seq, "chunk size {chunk}");
+            assert_eq!(
+                par(doc, Format::JsonArray, chunk).unwrap(),
+                seq,
+                "chunk size {chunk}"
+            );
         }
     }
 
     #[test]
     fn errors_match_sequential() {
-        for doc in [&b"[1, 2,]"[..], b"[{\"a\": 1} {}]", b"[1] x", b"{\"a\": 1}", b"", b"[\"\x01\"]", b"[\"\xff\"]", b"[1, 2"] {
+        for doc in [
+            &b"[1, 2,]"[..],
+            b"[{\"a\": 1} {}]",
+            b"[1] x",
+            b"{\"a\": 1}",
+            b"",
+            b"[\"\x01\"]",
+            b"[\"\xff\"]",
+            b"[1, 2",
+        ] {
             let seq = scan_sequential(doc, Format::JsonArray).unwrap_err();
             for chunk in 1..doc.len() + 2 {
-                assert_eq!(par(doc, Format::JsonArray, chunk).unwrap_err(), seq, "chunk size {chunk}");
+                assert_eq!(
+                    par(doc, Format::JsonArray, chunk).unwrap_err(),
+                    seq,
+                    "chunk size {chunk}"
+                );
             }
         }
     }

@@ -33,7 +33,10 @@ impl std::str::FromStr for Rebuild {
             "auto" => Ok(Rebuild::Auto),
             "never" => Ok(Rebuild::Never),
             "always" => Ok(Rebuild::Always),
-            _ => Err(Error::new(ErrorKind::Io, format!("rebuild must be 'auto', 'never' or 'always', not {s:?}"))),
+            _ => Err(Error::new(
+                ErrorKind::Io,
+                format!("rebuild must be 'auto', 'never' or 'always', not {s:?}"),
+            )),
         }
     }
 }
@@ -52,7 +55,13 @@ pub struct OpenOptions {
 
 impl Default for OpenOptions {
     fn default() -> Self {
-        OpenOptions { rebuild: Rebuild::Auto, index_dir: None, threads: None, scan: ScanOptions::default(), verify: None }
+        OpenOptions {
+            rebuild: Rebuild::Auto,
+            index_dir: None,
+            threads: None,
+            scan: ScanOptions::default(),
+            verify: None,
+        }
     }
 }
 
@@ -72,14 +81,19 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("fusion-fast");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("fusion-fast")
 }
 
 /// The index name used in a shared folder: the data file's name plus a hash of its absolute path,
 /// so files with the same name in different folders do not collide.
 fn shared_index_name(source: &Path) -> String {
-    let name = source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = source
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let hash = xxh3_64(source.as_os_str().as_encoded_bytes());
     format!("{name}.{hash:016x}{INDEX_SUFFIX}")
 }
@@ -91,7 +105,10 @@ pub fn index_candidates(source: &Path, index_dir: Option<&Path>) -> Vec<PathBuf>
     }
     let mut beside = source.as_os_str().to_owned();
     beside.push(INDEX_SUFFIX);
-    vec![PathBuf::from(beside), cache_dir().join(shared_index_name(source))]
+    vec![
+        PathBuf::from(beside),
+        cache_dir().join(shared_index_name(source)),
+    ]
 }
 
 /// An open index: the header, the mapped index file and the mapped data file.
@@ -112,7 +129,10 @@ pub struct JsonIndex {
 // program truncates the data file while it is mapped, reads past the new end raise SIGBUS; a
 // changed source is detected by its stamp on every open, which is the best a reader can do.
 fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
-    let len = file.metadata().map_err(|e| Error::io(path, "stat", e))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat", e))?
+        .len();
     if len == 0 {
         return Ok(None); // mmap of an empty file fails on Linux; nothing to map
     }
@@ -163,10 +183,16 @@ impl JsonIndex {
     pub fn raw(&self, i: usize) -> Result<&[u8]> {
         let (off, len) = self.span(i);
         let data = self.source_bytes();
-        let end = off.checked_add(len).filter(|&e| e <= data.len() as u64).ok_or_else(|| {
-            Error::new(ErrorKind::CorruptIndex, format!("index is corrupt: record {i} lies outside the data file"))
+        let end = off
+            .checked_add(len)
+            .filter(|&e| e <= data.len() as u64)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::CorruptIndex,
+                    format!("index is corrupt: record {i} lies outside the data file"),
+                )
                 .with_path(&self.index_path)
-        })?;
+            })?;
         Ok(&data[off as usize..end as usize])
     }
 
@@ -176,9 +202,18 @@ impl JsonIndex {
     }
 
     /// Maps a valid index at `index_path` for `source`, or says why it cannot be used.
-    fn try_map(source: &Path, index_path: &Path, stamp: &SourceStamp, verify: Option<bool>) -> Result<JsonIndex> {
+    fn try_map(
+        source: &Path,
+        index_path: &Path,
+        stamp: &SourceStamp,
+        verify: Option<bool>,
+    ) -> Result<JsonIndex> {
         let file = File::open(index_path).map_err(|e| {
-            let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::IndexMissing } else { ErrorKind::Io };
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::IndexMissing
+            } else {
+                ErrorKind::Io
+            };
             Error::new(kind, format!("cannot open the index: {e}")).with_path(index_path)
         })?;
         let index = map_required(&file, index_path)?;
@@ -186,7 +221,10 @@ impl JsonIndex {
         if header.source != *stamp {
             return Err(Error::new(
                 ErrorKind::StaleIndex,
-                format!("index is stale: {} changed after it was indexed", source.display()),
+                format!(
+                    "index is stale: {} changed after it was indexed",
+                    source.display()
+                ),
             )
             .with_path(index_path));
         }
@@ -227,15 +265,21 @@ pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceSta
     .map_err(|e| e.with_path(source))?;
     // The file must not have changed while it was read.
     if SourceStamp::of(source)? != stamp {
-        return Err(Error::new(ErrorKind::Io, "the data file changed while it was being indexed").with_path(source));
+        return Err(Error::new(
+            ErrorKind::Io,
+            "the data file changed while it was being indexed",
+        )
+        .with_path(source));
     }
     write_index(dest, stamp, format, &runs)?;
     Ok(stamp)
 }
 
 fn is_unwritable(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem)
-        || e.raw_os_error() == Some(30) // EROFS
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+    ) || e.raw_os_error() == Some(30) // EROFS
 }
 
 /// Opens (building when needed and allowed) the index of `source`.
@@ -275,7 +319,9 @@ pub fn open(source: &Path, opts: &OpenOptions) -> Result<JsonIndex> {
             Err(BuildError::Failed(e)) => return Err(e),
         }
     }
-    Err(last_err.unwrap_or_else(|| Error::new(ErrorKind::Io, "no place to write the index").with_path(source)))
+    Err(last_err.unwrap_or_else(|| {
+        Error::new(ErrorKind::Io, "no place to write the index").with_path(source)
+    }))
 }
 
 enum BuildError {
@@ -285,20 +331,47 @@ enum BuildError {
 }
 
 /// Builds at `dest` under an exclusive lock, so concurrent openers build once and the rest map it.
-fn build_locked(source: &Path, dest: &Path, stamp: &SourceStamp, opts: &OpenOptions) -> std::result::Result<JsonIndex, BuildError> {
+fn build_locked(
+    source: &Path,
+    dest: &Path,
+    stamp: &SourceStamp,
+    opts: &OpenOptions,
+) -> std::result::Result<JsonIndex, BuildError> {
     let dir = dest.parent().unwrap_or(Path::new("."));
     if let Err(e) = std::fs::create_dir_all(dir) {
-        return Err(BuildError::Unwritable(Error::io(dir, "create the index folder", e)));
+        return Err(BuildError::Unwritable(Error::io(
+            dir,
+            "create the index folder",
+            e,
+        )));
     }
     let mut lock_path = dest.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
-    let lock = match FsOpenOptions::new().create(true).truncate(false).write(true).open(&lock_path) {
+    let lock = match FsOpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+    {
         Ok(f) => f,
-        Err(e) if is_unwritable(&e) => return Err(BuildError::Unwritable(Error::io(&lock_path, "create the lock file", e))),
-        Err(e) => return Err(BuildError::Failed(Error::io(&lock_path, "create the lock file", e))),
+        Err(e) if is_unwritable(&e) => {
+            return Err(BuildError::Unwritable(Error::io(
+                &lock_path,
+                "create the lock file",
+                e,
+            )))
+        }
+        Err(e) => {
+            return Err(BuildError::Failed(Error::io(
+                &lock_path,
+                "create the lock file",
+                e,
+            )))
+        }
     };
-    lock.lock_exclusive().map_err(|e| BuildError::Failed(Error::io(&lock_path, "lock", e)))?;
+    lock.lock_exclusive()
+        .map_err(|e| BuildError::Failed(Error::io(&lock_path, "lock", e)))?;
     // Another process may have built it while we waited.
     if opts.rebuild != Rebuild::Always {
         if let Ok(idx) = JsonIndex::try_map(source, dest, stamp, opts.verify) {
@@ -307,11 +380,16 @@ fn build_locked(source: &Path, dest: &Path, stamp: &SourceStamp, opts: &OpenOpti
     }
     let started = Instant::now();
     let built_stamp = build(source, dest, opts).map_err(|e| match e.kind {
-        ErrorKind::Io if e.message.contains("Permission denied") || e.message.contains("Read-only") => BuildError::Unwritable(e),
+        ErrorKind::Io
+            if e.message.contains("Permission denied") || e.message.contains("Read-only") =>
+        {
+            BuildError::Unwritable(e)
+        }
         _ => BuildError::Failed(e),
     })?;
     let seconds = started.elapsed().as_secs_f64();
-    let mut idx = JsonIndex::try_map(source, dest, &built_stamp, Some(false)).map_err(BuildError::Failed)?;
+    let mut idx =
+        JsonIndex::try_map(source, dest, &built_stamp, Some(false)).map_err(BuildError::Failed)?;
     idx.built = true;
     idx.build_seconds = seconds;
     drop(lock);

@@ -1,0 +1,33 @@
+"""fusion-fast: memory-mapped, Rust-built indexes over huge FUSION / LLaVA-style annotation files.
+
+    import fusion_fast
+    idx = fusion_fast.open("PixelProse-5500k.json")   # builds the index once, then maps it
+    idx[123], idx.lengths, idx.modality_lengths
+"""
+
+from ._core import __version__
+from .errors import (
+    CorruptIndexError,
+    FusionFastError,
+    FusionFastIOError,
+    IndexMissingError,
+    MalformedJSONError,
+    MixtureError,
+    RecordError,
+    StaleIndexError,
+)
+from .index import JsonIndex, open
+
+__all__ = [
+    "__version__",
+    "open",
+    "JsonIndex",
+    "FusionFastError",
+    "MalformedJSONError",
+    "IndexMissingError",
+    "StaleIndexError",
+    "CorruptIndexError",
+    "FusionFastIOError",
+    "MixtureError",
+    "RecordError",
+]
