@@ -30,7 +30,7 @@ def _sentence(rng: random.Random, n: int) -> str:
     return " ".join(parts)
 
 
-def make_record(rng: random.Random, i: int, mean_words: int = 100) -> dict[str, Any]:
+def make_record(rng: random.Random, i: int, mean_words: int = 45, image_ext: str = "jpg") -> dict[str, Any]:
     """One LLaVA-style record. About 60% single image, 10% multi-image, 25% text-only, 5% video."""
     kind = rng.random()
     source = rng.choice(SOURCES)
@@ -38,11 +38,11 @@ def make_record(rng: random.Random, i: int, mean_words: int = 100) -> dict[str, 
     n_images = 0
     token = "<image>"
     if kind < 0.60:
-        rec["image"] = f"{source}/{i // 1000:05d}/{i:09d}.jpg"
+        rec["image"] = f"{source}/{i // 1000:05d}/{i:09d}.{image_ext}"
         n_images = 1
     elif kind < 0.70:
         n_images = rng.randint(2, 4)
-        rec["image"] = [f"{source}/{i // 1000:05d}/{i:09d}_{k}.jpg" for k in range(n_images)]
+        rec["image"] = [f"{source}/{i // 1000:05d}/{i:09d}_{k}.{image_ext}" for k in range(n_images)]
     elif kind < 0.75:
         rec["video"] = f"videos/{source}/{i:09d}.mp4"
         token, n_images = "<video>", 1
@@ -60,7 +60,7 @@ def make_record(rng: random.Random, i: int, mean_words: int = 100) -> dict[str, 
     return rec
 
 
-def iter_records(seed: int = 0, mean_words: int = 100) -> Iterator[dict[str, Any]]:
+def iter_records(seed: int = 0, mean_words: int = 45) -> Iterator[dict[str, Any]]:
     rng = random.Random(seed)
     i = 0
     while True:
@@ -109,3 +109,16 @@ def write_file(
         if not lines:
             f.write("\n]\n" if indent is not None else "]")
     return count
+
+
+def tiny_png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (200, 60, 30)) -> bytes:
+    """A valid RGB PNG, written without Pillow."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")

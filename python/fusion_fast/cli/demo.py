@@ -1,0 +1,52 @@
+"""`fusion-fast demo`: write the built-in sample playground, index it and show what was done."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from ..demo import write_playground
+from ..indexing import index_file
+from .output import console, human_bytes
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="write a small FUSION-like playground, index it and show it")
+    p.add_argument("dir", nargs="?", default="fusion-fast-demo", help="where to write it (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    out = console()
+    pg = write_playground(args.dir, seed=args.seed)
+    out.print(f"wrote {len(pg.jsons)} annotation files and {pg.images:,} images under {pg.root}/train")
+    table = Table(title="indexed")
+    for col in ("file", "records", "size", "time", "with image", "video", "mean words"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    total = 0
+    for path in pg.jsons:
+        idx, report = index_file(path, rebuild="always")
+        total += len(idx)
+        c = idx.columns
+        table.add_row(
+            path.name,
+            f"{len(idx):,}",
+            human_bytes(report.size),
+            f"{report.seconds * 1000:.1f} ms",
+            f"{int(idx.has_image.sum()):,}",
+            f"{int(((c['flags'] & 2) != 0).sum()):,}",
+            f"{float(c['words'].mean()):.1f}",
+        )
+    out.print(table)
+    first = pg.jsons[0]
+    from ..index import open as open_index
+
+    idx = open_index(first)
+    out.print(f"record 0 of {first.name}: {idx[0]}")
+    out.print(f"lengths[:8] = {idx.lengths[:8].tolist()}")
+    out.print(f"stage YAML: {pg.yaml}  ({Path(pg.yaml).read_text().count('json_path')} datasets)")
+    out.print(f"next: fusion-fast info {first}")
+    return 0

@@ -1,0 +1,71 @@
+"""A small seeded FUSION-like playground: the README's built-in sample."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .synth import make_record, tiny_png
+
+#: (file name, source folder, records, format)
+DEMO_DATASETS = (
+    ("LLaVA-Pretrain-2k.json", "LLaVA-Pretrain", 2000, "json"),
+    ("PixelProse-1k.jsonl", "PixelProse", 1000, "jsonl"),
+    ("ShareGPT4V-1k.json", "ShareGPT4V", 1000, "json"),
+)
+
+STAGE_YAML = "stage1-demo.yaml"
+
+
+@dataclass
+class DemoPlayground:
+    root: Path
+    jsons: list[Path]
+    images: int
+    yaml: Path
+
+
+def write_playground(root: str | os.PathLike[str], *, seed: int = 0) -> DemoPlayground:
+    """Write `root/train/jsons/*.json[l]`, `root/train/images/<Source>/...` (tiny real PNGs) and
+    `root/train/stage1-demo.yaml` in FUSION's format. Same seed, same bytes."""
+    root = Path(root)
+    jsons_dir = root / "train" / "jsons"
+    images_dir = root / "train" / "images"
+    jsons_dir.mkdir(parents=True, exist_ok=True)
+    jsons, n_images = [], 0
+    png = tiny_png()
+    for k, (name, source, count, fmt) in enumerate(DEMO_DATASETS):
+        rng = random.Random(seed * 1000 + k)
+        records = []
+        for i in range(count):
+            rec = make_record(rng, i, image_ext="png")
+            rec["id"] = f"{source}-{i:06d}"
+            for key in ("image", "video"):
+                if key in rec:
+                    paths = rec[key] if isinstance(rec[key], list) else [rec[key]]
+                    # Every dataset keeps its images under its own source folder.
+                    paths = [f"{source}/{p.split('/', 1)[1]}" for p in paths]
+                    rec[key] = paths if isinstance(rec[key], list) else paths[0]
+                    for p in paths:
+                        f = images_dir / p
+                        f.parent.mkdir(parents=True, exist_ok=True)
+                        f.write_bytes(png)
+                        n_images += 1
+            records.append(rec)
+        path = jsons_dir / name
+        with open(path, "w", encoding="utf-8") as f:
+            if fmt == "jsonl":
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+            else:
+                json.dump(records, f, ensure_ascii=False, indent=4)
+        jsons.append(path)
+    yaml_path = root / "train" / STAGE_YAML
+    lines = ["datasets:"]
+    strategies = ["all", "random:50%", "first:500"]
+    for path, strategy in zip(jsons, strategies):
+        lines += [f"  - json_path: jsons/{path.name}", f'    sampling_strategy: "{strategy}"']
+    yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return DemoPlayground(root, jsons, n_images, yaml_path)
