@@ -265,6 +265,21 @@ fn scan_bytes<'py>(
     Ok(d)
 }
 
+/// For each path (joined to `base` when relative): 1 if it is an existing file, else 0.
+/// Runs on every core with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (paths, base=None, threads=None))]
+fn files_exist<'py>(py: Python<'py>, paths: Vec<String>, base: Option<PathBuf>, threads: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
+    let run = || crate::paths::files_exist(base.as_deref(), &paths);
+    let found = py.detach(|| match threads {
+        Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build().map(|pool| pool.install(run)),
+        None => Ok(run()),
+    });
+    let found = found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;
+    let bytes: Vec<u8> = found.into_iter().map(u8::from).collect();
+    Ok(PyBytes::new(py, &bytes))
+}
+
 /// Where indexes of read-only data go.
 #[pyfunction]
 fn cache_dir() -> String {
@@ -290,6 +305,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_index, m)?)?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
+    m.add_function(wrap_pyfunction!(files_exist, m)?)?;
     m.add_function(wrap_pyfunction!(index_candidates, m)?)?;
     Ok(())
 }
