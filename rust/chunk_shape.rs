@@ -12,7 +12,7 @@ const MAX_TRACKED_DEPTH: usize = 256;
 
 /// Backslashes before a chunk looked at to know whether its first byte is escaped. A longer run
 /// only makes the guess wrong, which the verification catches (the scan then reads sequentially).
-const BACKSLASH_LOOKBACK: usize = 64;
+const BACKSLASH_LOOKBACK: usize = 4096;
 
 /// One chunk under one hypothesis about its starting string state.
 #[derive(Debug, Clone, Default)]

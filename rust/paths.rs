@@ -29,8 +29,14 @@ mod tests {
         std::fs::write(dir.path().join("a.jpg"), b"x").unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let paths = vec!["a.jpg".to_string(), "b.jpg".into(), "sub".into()];
-        assert_eq!(files_exist(Some(dir.path()), &paths), vec![true, false, false]);
+        assert_eq!(
+            files_exist(Some(dir.path()), &paths),
+            vec![true, false, false]
+        );
         let abs = vec![dir.path().join("a.jpg").to_string_lossy().into_owned()];
-        assert_eq!(files_exist(Some(Path::new("/nonexistent")), &abs), vec![true]);
+        assert_eq!(
+            files_exist(Some(Path::new("/nonexistent")), &abs),
+            vec![true]
+        );
     }
 }

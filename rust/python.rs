@@ -269,10 +269,18 @@ fn scan_bytes<'py>(
 /// Runs on every core with the GIL released.
 #[pyfunction]
 #[pyo3(signature = (paths, base=None, threads=None))]
-fn files_exist<'py>(py: Python<'py>, paths: Vec<String>, base: Option<PathBuf>, threads: Option<usize>) -> PyResult<Bound<'py, PyBytes>> {
+fn files_exist<'py>(
+    py: Python<'py>,
+    paths: Vec<String>,
+    base: Option<PathBuf>,
+    threads: Option<usize>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let run = || crate::paths::files_exist(base.as_deref(), &paths);
     let found = py.detach(|| match threads {
-        Some(n) => rayon::ThreadPoolBuilder::new().num_threads(n.max(1)).build().map(|pool| pool.install(run)),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build()
+            .map(|pool| pool.install(run)),
         None => Ok(run()),
     });
     let found = found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;

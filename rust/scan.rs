@@ -83,8 +83,26 @@ impl Default for ScanOptions {
 /// Records in file order, as consecutive runs (one per chunk), so no copy is needed to join them.
 pub type RecordRuns = Vec<Records>;
 
+/// What the parallel scan did, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Chunks the file was cut into.
+    pub chunks: usize,
+    /// Whether a wrong guess or bad data made the scan resume sequentially.
+    pub resumed_sequentially: bool,
+}
+
 /// Scans `data` in parallel on the current rayon pool.
 pub fn scan(data: &[u8], format: Format, opts: &ScanOptions) -> Result<RecordRuns> {
+    scan_with_stats(data, format, opts).map(|(runs, _)| runs)
+}
+
+/// [`scan`], also saying how the work was split.
+pub fn scan_with_stats(
+    data: &[u8],
+    format: Format,
+    opts: &ScanOptions,
+) -> Result<(RecordRuns, ScanStats)> {
     match format {
         Format::JsonArray => scan_array_parallel(data, opts),
         Format::JsonLines => scan_lines_parallel(data, opts),
@@ -317,11 +335,17 @@ fn chunk_bounds(len: usize, chunk_size: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
+fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, ScanStats)> {
     if data.len() <= opts.chunk_size {
         let mut out = Records::default();
         read_to_end(data, open_array(data)?, true, 0, &mut out, opts)?;
-        return Ok(vec![out]);
+        return Ok((
+            vec![out],
+            ScanStats {
+                chunks: 1,
+                resumed_sequentially: false,
+            },
+        ));
     }
     let array_start = open_array(data)?;
     let bounds = chunk_bounds(data.len(), opts.chunk_size);
@@ -374,7 +398,13 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
             Ok((out, RunEnd::Closed(end))) if last => {
                 check_trailing(data, end, (verified_records + out.len()) as u64)?;
                 done.push(out);
-                return Ok(done);
+                return Ok((
+                    done,
+                    ScanStats {
+                        chunks: bounds.len(),
+                        resumed_sequentially: false,
+                    },
+                ));
             }
             _ => {
                 // Wrong guess or bad data: resume sequentially from the last verified point, which
@@ -394,7 +424,13 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
                     opts,
                 )?;
                 done.push(rest);
-                return Ok(done);
+                return Ok((
+                    done,
+                    ScanStats {
+                        chunks: bounds.len(),
+                        resumed_sequentially: true,
+                    },
+                ));
             }
         }
     }
@@ -451,7 +487,7 @@ fn read_lines(
     Ok(out)
 }
 
-fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
+fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, ScanStats)> {
     if data.starts_with(b"\xEF\xBB\xBF") {
         return Err(Error::malformed(
             data,
@@ -498,7 +534,14 @@ fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<RecordRuns> {
             }
         }
     }
-    Ok(runs)
+    let chunks = runs.len();
+    Ok((
+        runs,
+        ScanStats {
+            chunks,
+            resumed_sequentially: false,
+        },
+    ))
 }
 
 #[cfg(test)]

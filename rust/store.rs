@@ -150,7 +150,8 @@ fn map_for_scan(file: &File, path: &Path, size: u64) -> Result<Option<Mmap>> {
         return map(file, path);
     }
     // SAFETY: as for `map`.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(file) }.map_err(|e| Error::io(path, "memory-map", e))?;
+    let m = unsafe { memmap2::MmapOptions::new().populate().map(file) }
+        .map_err(|e| Error::io(path, "memory-map", e))?;
     Ok(Some(m))
 }
 

@@ -1,0 +1,184 @@
+//! Property tests: the parallel scan, forced down to chunks of a few bytes, equals the sequential
+//! reference on random LLaVA-like documents full of brackets, commas, quotes and backslash runs, and on
+//! damaged copies of them (where both must report the same first error). Word counts are checked
+//! against a plain count over serde_json's decoding of the same strings.
+
+use fusion_fast::scan::{scan_sequential, scan_with_stats, Format, ScanOptions};
+use fusion_fast::words::is_python_space;
+use fusion_fast::Records;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+/// Replacement bytes for damaging documents: mostly JSON punctuation.
+const PUNCT: &[u8] = b"[]{},\"\\: a0\n";
+
+fn parallel(data: &[u8], format: Format, chunk_size: usize) -> fusion_fast::Result<Records> {
+    let opts = ScanOptions {
+        chunk_size,
+        progress: None,
+    };
+    scan_with_stats(data, format, &opts).map(|(runs, stats)| {
+        // On valid input the speculation must be right: no silent fall back to one thread.
+        if data.starts_with(b"[") && scan_sequential(data, format).is_ok() {
+            assert!(
+                !stats.resumed_sequentially,
+                "valid document resumed sequentially"
+            );
+        }
+        Records::concat(&runs)
+    })
+}
+
+/// Strings that stress chunk boundaries: JSON punctuation, escapes, backslash runs, unicode and
+/// Python-only whitespace.
+fn tricky_string() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("[".to_string()),
+        Just("]".to_string()),
+        Just("{".to_string()),
+        Just("}".to_string()),
+        Just(",".to_string()),
+        Just("\"".to_string()),
+        Just(":".to_string()),
+        Just(" ".to_string()),
+        Just("\n".to_string()),
+        Just("\t".to_string()),
+        Just("\u{1c}".to_string()),
+        Just("\u{a0}".to_string()),
+        Just("\u{3000}".to_string()),
+        Just("\u{2009}".to_string()),
+        Just("\u{85}".to_string()),
+        Just("é".to_string()),
+        Just("日本".to_string()),
+        Just("😀".to_string()),
+        Just("<image>".to_string()),
+        (1usize..9).prop_map(|n| "\\".repeat(n)),
+        "[a-z]{1,8}",
+    ];
+    prop::collection::vec(piece, 0..12).prop_map(|v| v.concat())
+}
+
+fn turn() -> impl Strategy<Value = Value> {
+    (prop::bool::ANY, tricky_string()).prop_map(
+        |(human, text)| json!({"from": if human { "human" } else { "gpt" }, "value": text}),
+    )
+}
+
+fn record() -> impl Strategy<Value = Value> {
+    (
+        tricky_string(),
+        prop_oneof![
+            Just(Value::Null),
+            tricky_string().prop_map(Value::String),
+            prop::collection::vec(tricky_string().prop_map(Value::String), 0..4)
+                .prop_map(Value::Array),
+        ],
+        0u8..4,
+        prop::collection::vec(turn(), 0..5),
+        prop::bool::ANY,
+    )
+        .prop_map(|(id, image, shape, turns, video)| {
+            let mut rec = serde_json::Map::new();
+            rec.insert("id".into(), Value::String(id));
+            if shape != 0 {
+                rec.insert("image".into(), image);
+            }
+            if video {
+                rec.insert("video".into(), json!("v.mp4"));
+            }
+            if shape != 3 {
+                rec.insert("conversations".into(), Value::Array(turns));
+            }
+            rec.insert(
+                "nested".into(),
+                json!([[1, -2.5e3, {"a": [true, false, null]}], {}]),
+            );
+            Value::Object(rec)
+        })
+}
+
+fn document() -> impl Strategy<Value = (Vec<Value>, bool)> {
+    (prop::collection::vec(record(), 0..8), prop::bool::ANY)
+}
+
+fn render_array(records: &[Value], pretty: bool) -> Vec<u8> {
+    let v = Value::Array(records.to_vec());
+    if pretty {
+        serde_json::to_vec_pretty(&v).unwrap()
+    } else {
+        serde_json::to_vec(&v).unwrap()
+    }
+}
+
+fn render_lines(records: &[Value], crlf: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in records {
+        out.extend(serde_json::to_vec(r).unwrap());
+        out.extend_from_slice(if crlf { b"\r\n\n" } else { b"\n" });
+    }
+    out
+}
+
+fn python_words(s: &str) -> u32 {
+    s.split(is_python_space).filter(|w| !w.is_empty()).count() as u32
+}
+
+fn expected_words(rec: &Value) -> u32 {
+    match rec.get("conversations") {
+        Some(Value::Array(turns)) => turns
+            .iter()
+            .map(|t| python_words(t.get("value").and_then(Value::as_str).unwrap()))
+            .sum(),
+        _ => 0,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    #[test]
+    fn array_parallel_equals_sequential((records, pretty) in document(), chunk in 1usize..48) {
+        let data = render_array(&records, pretty);
+        let seq = scan_sequential(&data, Format::JsonArray).unwrap();
+        prop_assert_eq!(seq.len(), records.len());
+        for (i, rec) in records.iter().enumerate() {
+            prop_assert_eq!(seq.words[i], expected_words(rec));
+            let (o, l) = (seq.offset[i] as usize, seq.length[i] as usize);
+            let parsed: Value = serde_json::from_slice(&data[o..o + l]).unwrap();
+            prop_assert_eq!(&parsed, rec);
+        }
+        prop_assert_eq!(parallel(&data, Format::JsonArray, chunk).unwrap(), seq);
+    }
+
+    #[test]
+    fn lines_parallel_equals_sequential((records, crlf) in document(), chunk in 1usize..48) {
+        let data = render_lines(&records, crlf);
+        let seq = scan_sequential(&data, Format::JsonLines).unwrap();
+        prop_assert_eq!(seq.len(), records.len());
+        prop_assert_eq!(parallel(&data, Format::JsonLines, chunk).unwrap(), seq);
+    }
+
+    #[test]
+    fn damaged_documents_fail_the_same_way(
+        (records, pretty) in document(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+        chunk in 1usize..40,
+    ) {
+        let mut data = render_array(&records, pretty);
+        if data.len() > 2 {
+            for (at, byte) in &edits {
+                let i = at.index(data.len());
+                // Bias towards JSON punctuation so damage often stays "almost valid".
+                data[i] = PUNCT[*byte as usize % PUNCT.len()];
+            }
+            if let Some(c) = cut {
+                data.truncate(c.index(data.len()));
+            }
+        }
+        for format in [Format::JsonArray, Format::JsonLines] {
+            let seq = scan_sequential(&data, format);
+            prop_assert_eq!(parallel(&data, format, chunk), seq);
+        }
+    }
+}
