@@ -1,0 +1,75 @@
+"""JSONTestSuite and the real annotation files in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import fusion_fast as ff
+
+from .conftest import shared_dir
+
+
+def suite_files(prefix: str) -> list[Path]:
+    folder = shared_dir("JSONTestSuite", "test_parsing")
+    return sorted(p for p in folder.iterdir() if p.name.startswith(prefix) and p.suffix == ".json")
+
+
+def test_every_n_file_is_rejected(tmp_path):
+    files = suite_files("n_")
+    assert len(files) > 150
+    accepted = []
+    for path in files:
+        try:
+            ff.open(path, index_dir=tmp_path)
+            accepted.append(path.name)
+        except ff.FusionFastError as e:
+            assert e.path == str(path) and e.line is not None and e.message
+    assert accepted == []
+
+
+def test_every_y_array_file_matches_python(tmp_path):
+    checked = 0
+    for path in suite_files("y_"):
+        value = json.loads(path.read_bytes())
+        if not isinstance(value, list):
+            with pytest.raises(ff.MalformedJSONError, match="not an array"):
+                ff.open(path, index_dir=tmp_path)
+            continue
+        idx = ff.open(path, index_dir=tmp_path)
+        assert [idx[i] for i in range(len(idx))] == value, path.name
+        checked += 1
+    assert checked > 60
+
+
+def test_i_files_never_crash(tmp_path):
+    for path in suite_files("i_"):
+        try:
+            idx = ff.open(path, index_dir=tmp_path)
+            [idx[i] for i in range(len(idx))]
+        except ff.FusionFastError:
+            pass
+
+
+REAL_JSON_LOADERS = {
+    ".json": lambda p: json.load(open(p, encoding="utf-8")),
+    ".jsonl": lambda p: [json.loads(line) for line in open(p, encoding="utf-8") if line.strip()],
+}
+
+
+def test_real_files_index_and_round_trip(tmp_path):
+    files = sorted(p for p in shared_dir("real").iterdir() if p.suffix in REAL_JSON_LOADERS)
+    assert len(files) >= 9
+    for path in files:
+        ref = REAL_JSON_LOADERS[path.suffix](path)
+        idx = ff.open(path, index_dir=tmp_path, threads=2)
+        assert len(idx) == len(ref), path.name
+        assert idx.get_many(range(len(ref))) == ref, path.name
+        has_conv = [isinstance(r, dict) and isinstance(r.get("conversations"), list) for r in ref]
+        words = [
+            sum(len(t["value"].split()) for t in r["conversations"]) if ok else 0 for r, ok in zip(ref, has_conv)
+        ]
+        assert idx.columns["words"].tolist() == words, path.name
+        assert idx.has_image.tolist() == [isinstance(r, dict) and "image" in r for r in ref], path.name
