@@ -174,17 +174,15 @@ class CheckReport:
 
         kinds = [k for k in KINDS if k in self.counts()]
         table = Table(title=f"fusion-fast check: {Path(self.target).name}", title_justify="left")
-        table.add_column("dataset")
-        for col in ("records", "images"):
+        table.add_column("dataset", no_wrap=True)
+        for col in ("records", "images", "problems"):
             table.add_column(col, justify="right")
-        for k in kinds:
-            table.add_column(k.replace("_", " "), justify="right")
+        table.add_column("by kind")
         for d in self.datasets.values():
-            row = [d.name, f"{d.records:,}", f"{d.images:,}"]
-            table.add_row(*row, *(_count_cell(d.problems[k]) for k in kinds))
+            table.add_row(d.name, f"{d.records:,}", f"{d.images:,}", *_problem_cells(d.problems))
         layout = Counter(p.kind for p in self.problems if p.dataset not in self.datasets)
         if layout:
-            table.add_row("(layout)", "", "", *(_count_cell(layout[k]) for k in kinds))
+            table.add_row("(layout)", "", "", *_problem_cells(layout))
         console.print(table)
         by_kind: dict[str, list[Problem]] = defaultdict(list)
         for p in self.problems:
@@ -205,19 +203,23 @@ class CheckReport:
             console.print(Text(summary + f"{len(self.problems):,} problems", style="red"))
 
 
-def _count_cell(n: int) -> str:
-    return f"{n:,}" if n else ""
+def _problem_cells(counts: Counter[str]) -> tuple[str, str]:
+    """(total, "kind n, kind n") in KINDS order; empty when there is nothing."""
+    if not counts:
+        return "", ""
+    by_kind = ", ".join(f"{k} {counts[k]:,}" for k in KINDS if counts[k])
+    return f"{sum(counts.values()):,}", by_kind
 
 
 def _describe(p: Problem) -> str:
-    where = [Path(p.dataset).name if p.dataset else "-"]
+    where = [Path(p.dataset).name] if p.dataset else []
     if p.record is not None:
         where.append(f"record {p.record}")
     if p.id is not None:
         where.append(f"id {p.id!r}")
     if p.offset is not None:
         where.append(f"byte {p.offset}")
-    text = " ".join(where) + f": {p.detail}"
+    text = " ".join(where) + ": " + p.detail if where else p.detail
     return text + (f" [{p.path}]" if p.path else "")
 
 
@@ -730,7 +732,7 @@ def run_check(
     plan = _plan(target_path, kind, root_str)
     folder_layout = Layout.of_folder(target_path) if kind == "folder" else None
     report = CheckReport(os.fspath(target))
-    report.problems += [_missing_json(spec) for spec in plan.missing]
+    report.problems += [_missing_json(spec, root_given=root is not None) for spec in plan.missing]
     with _progress_bar(progress) as bar:
         checker = _Checker(report, decode=decode, bar=bar)
         for data in plan.files:
@@ -753,8 +755,10 @@ def run_check(
     return report
 
 
-def _missing_json(spec: DatasetSpec) -> Problem:
+def _missing_json(spec: DatasetSpec, *, root_given: bool) -> Problem:
+    """`path` is where the file is expected: under `root` when one was given, else beside the YAML."""
     tried = ", ".join(str(p) for p in spec.tried)
+    expected = spec.tried[0] if root_given else spec.tried[-1]
     return Problem(
         "missing_json",
         None,
@@ -762,7 +766,7 @@ def _missing_json(spec: DatasetSpec) -> Problem:
         None,
         f"{spec.where}: data file not found (tried {tried})",
         None,
-        str(spec.tried[0]),
+        str(expected),
     )
 
 
