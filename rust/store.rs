@@ -122,6 +122,9 @@ pub struct JsonIndex {
     pub build_seconds: f64,
     index: Mmap,
     source: Option<Mmap>,
+    /// Byte positions of the `offset` and `length` columns in `index`, looked up once.
+    offset_column: usize,
+    length_column: usize,
 }
 
 // SAFETY (for both maps below): the files are mapped read-only. fusion-fast never writes a file that
@@ -180,18 +183,14 @@ impl JsonIndex {
         self.source.as_deref().unwrap_or(&[])
     }
 
-    fn read_u64(&self, column: &str, i: usize) -> u64 {
-        let c = self.header.column(column).expect("checked on open");
-        let o = c.offset as usize + i * c.dtype.size();
-        let b = &self.index[o..o + c.dtype.size()];
-        let mut le = [0u8; 8];
-        le[..b.len()].copy_from_slice(b);
-        u64::from_le_bytes(le)
-    }
-
-    /// Byte span (offset, length) of record `i`.
+    /// Byte span (offset, length) of record `i`; `i` must be below `len()`.
+    #[inline]
     pub fn span(&self, i: usize) -> (u64, u64) {
-        (self.read_u64("offset", i), self.read_u64("length", i))
+        let o = self.offset_column + 8 * i;
+        let l = self.length_column + 4 * i;
+        let offset = u64::from_le_bytes(self.index[o..o + 8].try_into().unwrap());
+        let length = u32::from_le_bytes(self.index[l..l + 4].try_into().unwrap());
+        (offset, u64::from(length))
     }
 
     /// The raw bytes of record `i`, or a corrupt-index error when its span leaves the data file.
@@ -249,7 +248,11 @@ impl JsonIndex {
         }
         let src = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
         let source_map = map(&src, source)?;
+        let column_at = |name: &str| header.column(name).map_or(0, |c| c.offset as usize);
+        let (offset_column, length_column) = (column_at("offset"), column_at("length"));
         Ok(JsonIndex {
+            offset_column,
+            length_column,
             source_path: source.to_path_buf(),
             index_path: index_path.to_path_buf(),
             header,

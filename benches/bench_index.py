@@ -1,0 +1,198 @@
+"""Index build, open latency and random access, against the physical floor and the usual JSON loaders.
+
+    python benches/bench_index.py [--size 1GiB] [--data-dir DIR] [--repeat 3] [--out results.json]
+
+Targets (issue 3, 2-core machine, page-cached): build ≤ 2× the time of reading the file; open ≤ 1 ms;
+`idx[i]` at least as fast as `orjson.loads` on pre-split bytes and `get_many` faster; peak memory while
+indexing ≤ 64 MiB + 24 B per record beyond the mapped file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PEAK_RSS, fmt_time, machine, machine_markdown, repeat, run_child, table  # noqa: E402
+
+import fusion_fast as ff  # noqa: E402
+from fusion_fast import synth  # noqa: E402
+
+
+def parse_size(s: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = s.strip().lower().removesuffix("ib").removesuffix("b")
+    return int(float(s[:-1]) * units[s[-1]]) if s[-1] in units else int(s)
+
+
+def ensure_data(folder: Path, size: int) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"json": folder / f"llava-{size >> 20}MiB.json", "jsonl": folder / f"llava-{size >> 20}MiB.jsonl"}
+    for kind, path in files.items():
+        if not path.exists():
+            tmp = path.with_name(path.name + ".part" + path.suffix)
+            synth.write_file(tmp, size=size, seed=7, indent=4 if kind == "json" else None)
+            tmp.rename(path)
+    return files
+
+
+def read_floor(path: Path) -> tuple[float, float]:
+    """(streaming read in 1 MiB pieces, reading the whole file into one buffer), seconds."""
+    buf = memoryview(bytearray(1 << 20))
+    t = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.readinto(buf):
+            pass
+    stream = time.perf_counter() - t
+    t = time.perf_counter()
+    with open(path, "rb") as f:
+        data = f.read()
+    whole = time.perf_counter() - t
+    del data
+    return stream, whole
+
+
+BUILD_MEMORY = PEAK_RSS.split(";")[0] + """
+import sys, json, time
+sys.path.insert(0, {benches!r})
+from common import MemorySampler
+import fusion_fast as ff
+with MemorySampler() as m:
+    t = time.perf_counter()
+    idx = ff.open({path!r}, rebuild="always", index_dir={index_dir!r})
+    s = time.perf_counter() - t
+print(json.dumps({{"seconds": s, "anon_growth": m.growth, "records": len(idx)}}))
+"""
+
+# name -> (module that must be importable, code for a .json array, code for .jsonl); P is the path.
+LINES = "with open(P, 'rb') as f: v = [{parse}(line) for line in f if line.strip()]"
+COMPETITORS = {
+    "json.load": ("json", "import json\nwith open(P, 'rb') as f: v = json.load(f)",
+                  "import json\n" + LINES.format(parse="json.loads")),
+    "orjson.loads": ("orjson", "import orjson\nwith open(P, 'rb') as f: v = orjson.loads(f.read())",
+                     "import orjson\n" + LINES.format(parse="orjson.loads")),
+    "msgspec.json.decode": ("msgspec", "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.decode(f.read())",
+                            "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.Decoder().decode_lines(f.read())"),
+    "pysimdjson (lazy)": ("simdjson", "import simdjson\nwith open(P, 'rb') as f: v = simdjson.Parser().parse(f.read())",
+                          "import simdjson\np = simdjson.Parser()\n" + LINES.format(parse="p.parse")),
+    "polars.read_ndjson": ("polars", None, "import polars as pl\nv = pl.read_ndjson(P)"),
+    "datasets.load_dataset": ("datasets", None, "import datasets, tempfile\n"
+                              "v = datasets.load_dataset('json', data_files=P, split='train', cache_dir=tempfile.mkdtemp())"),
+}
+
+
+def competitor(name: str, path: Path, kind: str) -> dict | None:
+    module, array_body, lines_body = COMPETITORS[name]
+    body = array_body if kind == "json" else lines_body
+    code = (f"import importlib.util, sys, json, time\n"
+            f"if importlib.util.find_spec({module!r}) is None: print(json.dumps({{'skipped': True}})); sys.exit()\n"
+            f"P = {str(path)!r}\nt = time.perf_counter()\n{body}\ns = time.perf_counter() - t\n"
+            f"{PEAK_RSS}\nprint(json.dumps({{'seconds': s, 'peak_rss': peak_rss}}))")
+    r = run_child(code)
+    return None if r.get("skipped") else r
+
+
+def random_access(idx: ff.JsonIndex, n: int) -> dict[str, float]:
+    rng = random.Random(1)
+    picks = [rng.randrange(len(idx)) for _ in range(n)]
+    import orjson
+
+    pre_split = [bytes(idx.raw(i)) for i in picks]
+    out = {}
+    t = time.perf_counter()
+    for i in picks:
+        idx[i]
+    out["idx[i]"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for k in range(0, n, 1024):
+        idx.get_many(picks[k : k + 1024])
+    out["get_many (1024)"] = n / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for b in pre_split:
+        orjson.loads(b)
+    out["orjson.loads (pre-split bytes)"] = n / (time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1GiB")
+    ap.add_argument("--quick", action="store_true", help="32 MiB, one repetition")
+    ap.add_argument("--data-dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-fast-bench"))
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-competitors", action="store_true")
+    ap.add_argument("--out", default=None, help="write every raw figure to this JSON file")
+    args = ap.parse_args()
+    size = parse_size("32MiB" if args.quick else args.size)
+    reps = 1 if args.quick else args.repeat
+    data_dir = Path(args.data_dir)
+    files = ensure_data(data_dir, size)
+    index_dir = str(data_dir / "indexes")
+    results: dict = {"machine": machine(), "size_bytes": size, "files": {}}
+    for kind, path in files.items():
+        r: dict = {"path": str(path), "bytes": path.stat().st_size}
+        path.read_bytes()  # page cache
+        floors = [read_floor(path) for _ in range(reps)]
+        r["read_stream_s"] = min(f[0] for f in floors)
+        r["read_whole_s"] = min(f[1] for f in floors)
+        for threads in (2, 1):
+            r[f"build_{threads}t"] = repeat(
+                lambda t=threads: ff.open(path, rebuild="always", threads=t, index_dir=index_dir), reps)
+        idx = ff.open(path, index_dir=index_dir)
+        r["records"] = len(idx)
+        mem = run_child(BUILD_MEMORY.format(benches=str(Path(__file__).parent), path=str(path), index_dir=index_dir))
+        r["build_anon_growth"] = mem["anon_growth"]
+        r["memory_budget"] = 64 * 2**20 + 24 * len(idx)
+        r["open"] = repeat(lambda: ff.open(path, index_dir=index_dir, rebuild="never"), 200)
+        r["random_access_per_s"] = random_access(idx, 20000 if args.quick else 200000)
+        if not args.no_competitors:
+            names = ["json.load", "orjson.loads", "msgspec.json.decode", "pysimdjson (lazy)"]
+            names += ["polars.read_ndjson", "datasets.load_dataset"] if kind == "jsonl" else []
+            r["competitors"] = {n: competitor(n, path, kind) for n in names}
+        results["files"][kind] = r
+    print(render(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+
+
+def render(results: dict) -> str:
+    out = [f"### Index build, open and random access ({results['size_bytes'] / 2**30:.2f} GiB files)", "",
+           machine_markdown(results["machine"]), ""]
+    rows = []
+    for kind, r in results["files"].items():
+        b = r["bytes"]
+        build = r["build_2t"]["median"]
+        rows.append([f"{kind}: fusion-fast build, 2 threads", fmt_time(r["build_2t"]), f"{b / build / 1e9:.2f}",
+                     f"{build / r['read_stream_s']:.1f}× / {build / r['read_whole_s']:.2f}×",
+                     f"{r['build_anon_growth'] / 2**20:.0f} MiB (budget {r['memory_budget'] / 2**20:.0f})"])
+        rows.append([f"{kind}: fusion-fast build, 1 thread", fmt_time(r["build_1t"]),
+                     f"{b / r['build_1t']['median'] / 1e9:.2f}", "", ""])
+        rows.append([f"{kind}: read file, 1 MiB pieces (floor)", f"{r['read_stream_s'] * 1e3:.0f} ms",
+                     f"{b / r['read_stream_s'] / 1e9:.2f}", "1×", ""])
+        rows.append([f"{kind}: read whole file into memory", f"{r['read_whole_s'] * 1e3:.0f} ms",
+                     f"{b / r['read_whole_s'] / 1e9:.2f}", "", ""])
+        for name, c in (r.get("competitors") or {}).items():
+            if c is None:
+                rows.append([f"{kind}: {name}", "skipped (not installed)", "", "", ""])
+            else:
+                rows.append([f"{kind}: {name}", f"{c['seconds']:.2f} s", f"{b / c['seconds'] / 1e9:.2f}",
+                             f"{c['seconds'] / build:.0f}× slower than fusion-fast",
+                             f"{c['peak_rss'] / 2**20:.0f} MiB peak RSS"])
+    out.append(table(["work", "time (median, min–max)", "GB/s", "vs read floor (stream / whole)", "memory"], rows))
+    out.append("")
+    rows = []
+    for kind, r in results["files"].items():
+        rows.append([kind, f"{r['records']:,}", fmt_time(r["open"])] +
+                    [f"{v:,.0f}/s" for v in r["random_access_per_s"].values()])
+    out.append(table(["file", "records", "open existing index", "idx[i]", "get_many (batches of 1024)",
+                      "orjson.loads on pre-split bytes"], rows))
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Shared helpers for the benchmark scripts: machine description, timing, memory sampling, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, memory, OS, Python and the versions of every package a benchmark may compare."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = 0
+    try:
+        mem = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]) * 1024
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for pkg in ("fusion-fast", "numpy", "polars", "orjson", "msgspec", "pysimdjson", "datasets", "torch",
+                "megatron-energon"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem / 2**30, 1),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def machine_markdown(m: dict[str, Any]) -> str:
+    vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, "
+            f"Python {m['python']}; {vers}.")
+
+
+def repeat(fn: Callable[[], Any], n: int) -> dict[str, float]:
+    """Run `fn` n times; median, min and max seconds."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": n}
+
+
+def fmt_time(r: dict[str, float]) -> str:
+    def one(s: float) -> str:
+        return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+    return f"{one(r['median'])} ({one(r['min'])}–{one(r['max'])})"
+
+
+class MemorySampler:
+    """Samples this process's anonymous (non-file-backed) resident memory, to separate what a program
+    allocates from the pages of files it maps."""
+
+    def __init__(self, interval: float = 0.002) -> None:
+        self.interval = interval
+        self.peak_anon = 0
+        self.base_anon = self.anon()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def anon() -> int:
+        for line in open("/proc/self/status"):
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_anon = max(self.peak_anon, self.anon())
+            time.sleep(self.interval)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_anon = max(self.peak_anon, self.anon())
+
+    @property
+    def growth(self) -> int:
+        return self.peak_anon - self.base_anon
+
+
+def run_child(code: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
+    """Run `code` in a fresh Python; its last output line is one JSON object, returned."""
+    out = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
+                         timeout=timeout, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+PEAK_RSS = "import resource; peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
