@@ -365,13 +365,47 @@ def _image_root(data: _DataFile, image_folder: str | None, layout: Layout | None
 # -- the checker ------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Ref:
-    """One image or video path a record references."""
+class _Refs:
+    """The image and video paths of one file's records, as parallel lists (cheaper than an object each)."""
 
-    record: int
-    path: str
-    video: bool
+    __slots__ = ("records", "paths", "videos")
+
+    def __init__(self) -> None:
+        self.records: list[int] = []
+        self.paths: list[str] = []
+        self.videos: set[int] = set()  # positions of video paths (few)
+
+    def add(self, record: int, paths: list[str], video: bool) -> None:
+        if video:
+            self.videos.update(range(len(self.paths), len(self.paths) + len(paths)))
+        self.records += [record] * len(paths)
+        self.paths += paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+class _FileCheck:
+    """The problems found in one data file so far."""
+
+    def __init__(self, idx: JsonIndex, stats: DatasetStats) -> None:
+        self.stats = stats
+        self.offsets = idx.columns["offset"]
+        self.ids: list[Any] = []  # per record
+        self.refs = _Refs()
+        self.problems: list[Problem] = []
+
+    def add(self, kind: str, record: int, detail: str, *, path: str | None = None, bad: bool = True) -> None:
+        """A problem of one record; `bad` records are the ones `--write-exclude` lists."""
+        rid = self.ids[record]
+        self.problems.append(
+            Problem(kind, self.stats.path, record, rid, detail, int(self.offsets[record]), path)
+        )
+        if bad:
+            self.stats.bad_records.add(record)
+
+    def add_file_level(self, kind: str, detail: str, path: str | None = None) -> None:
+        self.problems.append(Problem(kind, self.stats.path, None, None, detail, None, path))
 
 
 class _Checker:
@@ -392,143 +426,99 @@ class _Checker:
             problems = [Problem("malformed_record", stats.path, e.record, None, detail, e.offset)]
         else:
             stats.records = len(idx)
-            problems, refs, ids = self._check_records(idx, stats)
-            stats.images = len(refs)
-            problems += self._check_paths(refs, image_root, stats, ids, idx)
+            check = _FileCheck(idx, stats)
+            self._check_records(idx, check)
+            stats.images = len(check.refs)
+            self._check_paths(check, image_root)
+            problems = check.problems
         for p in problems:
             stats.problems[p.kind] += 1
         problems.sort(key=lambda p: (-1 if p.record is None else p.record, _KIND_ORDER[p.kind]))
         return problems
 
-    def _check_records(
-        self, idx: JsonIndex, stats: DatasetStats
-    ) -> tuple[list[Problem], list[_Ref], list[Any]]:
-        problems: list[Problem] = []
-        refs: list[_Ref] = []
-        ids: list[Any] = []
-        offsets = idx.columns["offset"]
+    def _check_records(self, idx: JsonIndex, check: _FileCheck) -> None:
         first_with_id: dict[Any, int] = {}
         missing_id: list[int] = []
         n = len(idx)
         task = self.bar.task(f"checking {Path(idx.path).name}", n)
         for start in range(0, n, BATCH):
             for i, rec in enumerate(idx.get_many(range(start, min(n, start + BATCH))), start):
-                rid = rec.get("id") if isinstance(rec, dict) else None
-                ids.append(rid)
-                found = _record_problems(rec, i, refs)
-                if isinstance(rec, dict):
-                    if "id" not in rec:
-                        missing_id.append(i)
-                    elif isinstance(rid, bool) or not isinstance(rid, (str, int)):
-                        problems.append(
-                            Problem(
-                                "malformed_record",
-                                stats.path,
-                                i,
-                                rid,
-                                f"id must be a string or an integer, not {type(rid).__name__}",
-                                int(offsets[i]),
-                            )
-                        )
-                    elif (first := first_with_id.setdefault(rid, i)) != i:
-                        problems.append(
-                            Problem(
-                                "duplicate_id",
-                                stats.path,
-                                i,
-                                rid,
-                                f"id {rid!r} is also used by record {first}",
-                                int(offsets[i]),
-                            )
-                        )
-                if found:
-                    stats.bad_records.add(i)
-                    offset = int(offsets[i])
-                    problems.extend(Problem(k, stats.path, i, rid, d, offset) for k, d in found)
+                if type(rec) is not dict:
+                    check.ids.append(None)
+                    check.add("malformed_record", i, f"record is a JSON {type(rec).__name__}, not an object")
+                    continue
+                rid = rec.get("id")
+                check.ids.append(rid)
+                for kind, detail in _record_problems(rec, i, check.refs):
+                    check.add(kind, i, detail)
+                # A missing, odd or repeated id does not stop training, so it is reported, not excluded.
+                if rid is None and "id" not in rec:
+                    missing_id.append(i)
+                elif type(rid) is not str and type(rid) is not int:
+                    check.add(
+                        "malformed_record", i, f"id must be a string or an integer, not {rid!r}", bad=False
+                    )
+                elif (first := first_with_id.setdefault(rid, i)) != i:
+                    check.add("duplicate_id", i, f"id {rid!r} is also used by record {first}", bad=False)
             self.bar.advance(task, min(BATCH, n - start))
         # A file where no record has an id simply does not use ids (FUSION's loader does not need them):
         # one file-level problem. Missing ids among records that have them are reported one by one.
         if missing_id and len(missing_id) == n:
-            problems.append(
-                Problem("malformed_record", stats.path, None, None, f"none of the {n:,} records has an id")
-            )
-        elif missing_id:
-            problems.extend(
-                Problem("malformed_record", stats.path, i, None, "missing id", int(offsets[i]))
-                for i in missing_id
-            )
-        return problems, refs, ids
+            check.add_file_level("malformed_record", f"none of the {n:,} records has an id")
+        else:
+            for i in missing_id:
+                check.add("malformed_record", i, "missing id", bad=False)
 
-    def _check_paths(
-        self, refs: list[_Ref], image_root: Path, stats: DatasetStats, ids: list[Any], idx: JsonIndex
-    ) -> list[Problem]:
+    def _check_paths(self, check: _FileCheck, image_root: Path) -> None:
         """Existence of every referenced file (then decoding), grouping files under missing folders."""
-        if not refs:
-            return []
-        problems: list[Problem] = []
-        offsets = idx.columns["offset"]
+        refs = check.refs
         base = str(image_root)
-        task = self.bar.task(f"finding images of {stats.name}", len(refs))
+        task = self.bar.task(f"finding images of {check.stats.name}", len(refs))
         exists = bytearray()
         for start in range(0, len(refs), EXIST_CHUNK):
-            chunk = [r.path for r in refs[start : start + EXIST_CHUNK]]
+            chunk = refs.paths[start : start + EXIST_CHUNK]
             exists += _core.files_exist(chunk, base)
             self.bar.advance(task, len(chunk))
         folders = _MissingFolders(image_root)
-        under_missing: dict[Path, list[_Ref]] = defaultdict(list)
-        present: list[_Ref] = []
-        for ref, ok in zip(refs, exists, strict=True):
+        under_missing: dict[Path, list[int]] = defaultdict(list)
+        present: list[int] = []
+        for k, ok in enumerate(exists):
             if ok:
-                present.append(ref)
-            elif (folder := folders.missing_folder(ref.path)) is not None:
-                under_missing[folder].append(ref)
+                present.append(k)
+            elif (folder := folders.missing_folder(refs.paths[k])) is not None:
+                under_missing[folder].append(k)
             else:
-                what = "video" if ref.video else "image"
-                problems.append(
-                    Problem(
-                        "missing_image",
-                        stats.path,
-                        ref.record,
-                        ids[ref.record],
-                        f"{what} not found: {ref.path}",
-                        int(offsets[ref.record]),
-                        os.path.join(base, ref.path),
-                    )
+                what = "video" if k in refs.videos else "image"
+                path = refs.paths[k]
+                check.add(
+                    "missing_image",
+                    refs.records[k],
+                    f"{what} not found: {path}",
+                    path=os.path.join(base, path),
                 )
-                stats.bad_records.add(ref.record)
         for folder, missing in under_missing.items():
-            records = sorted({r.record for r in missing})
-            problems.append(
-                Problem(
-                    "missing_image_folder",
-                    stats.path,
-                    None,
-                    None,
-                    f"folder does not exist; {len(missing):,} files in {len(records):,} records are under it "
-                    f"(first: record {records[0]}, {missing[0].path})",
-                    None,
-                    str(folder),
-                )
+            records = sorted({refs.records[k] for k in missing})
+            check.add_file_level(
+                "missing_image_folder",
+                f"folder does not exist; {len(missing):,} files in {len(records):,} records are under it "
+                f"(first: record {records[0]}, {refs.paths[missing[0]]})",
+                str(folder),
             )
-            stats.bad_records.update(records)
+            check.stats.bad_records.update(records)
         if self.decode:
-            for ref, error in self._decode([r for r in present if not r.video], base):
-                problems.append(
-                    Problem(
-                        "unreadable_image",
-                        stats.path,
-                        ref.record,
-                        ids[ref.record],
-                        f"cannot decode {ref.path}: {error}",
-                        int(offsets[ref.record]),
-                        os.path.join(base, ref.path),
-                    )
+            images = [k for k in present if k not in refs.videos]
+            for k, error in self._decode([os.path.join(base, refs.paths[k]) for k in images], images):
+                path = refs.paths[k]
+                check.add(
+                    "unreadable_image",
+                    refs.records[k],
+                    f"cannot decode {path}: {error}",
+                    path=os.path.join(base, path),
                 )
-                stats.bad_records.add(ref.record)
-        return problems
 
-    def _decode(self, refs: list[_Ref], base: str) -> Iterator[tuple[_Ref, str]]:
-        todo = sorted({os.path.join(base, r.path) for r in refs} - self._decoded.keys())
+    def _decode(self, paths: list[str], keys: list[int]) -> Iterator[tuple[int, str]]:
+        """(key, error) for each of `paths` that Pillow cannot decode; each file is decoded once a run."""
+        todo = sorted(set(paths) - self._decoded.keys())
         if todo:
             task = self.bar.task("decoding images", len(todo), min_total=PROGRESS_MIN_DECODES)
             # Pillow releases the GIL while decoding, so threads use every core.
@@ -537,10 +527,10 @@ class _Checker:
                     self._decoded[path] = error
                     self.bar.advance(task, 1)
             self.report.decoded += len(todo)
-        for r in refs:
-            error = self._decoded[os.path.join(base, r.path)]
+        for key, path in zip(keys, paths, strict=True):
+            error = self._decoded[path]
             if error is not None:
-                yield r, error
+                yield key, error
 
 
 class _MissingFolders:
@@ -578,21 +568,37 @@ def _decode_error(path: str) -> str | None:
     return None
 
 
-def _paths_of(value: Any, key: str, record: int, refs: list[_Ref]) -> tuple[int, str | None]:
-    """Add the paths in `image` / `video` to `refs`; returns (count, problem detail or None)."""
+def _paths_of(value: Any, key: str) -> tuple[list[str], str | None]:
+    """The paths in an `image` / `video` value, and what is wrong with it (or None)."""
+    if type(value) is str:
+        return [value], None
     if value is None:
-        return 0, f"{key} is null"
-    items = [value] if isinstance(value, str) else value if isinstance(value, list) else None
-    if items is None:
-        return 0, f"{key} must be a path or a list of paths, not {type(value).__name__}"
-    if not all(isinstance(p, str) for p in items):
-        return len(items), f"{key} list holds something other than a path"
-    refs.extend(_Ref(record, p, key == "video") for p in items)
-    return len(items), None
+        return [], f"{key} is null"
+    if type(value) is not list:
+        return [], f"{key} must be a path or a list of paths, not {type(value).__name__}"
+    if not all(type(p) is str for p in value):
+        return [], f"{key} list holds something other than a path"
+    return value, None
 
 
-def _conversation_problems(conv: Any) -> tuple[list[tuple[str, str]], list[str] | None]:
-    """(problems, the turns' values when the conversation is well formed)."""
+def _conversation_text(conv: Any) -> tuple[list[tuple[str, str]], str | None]:
+    """(problems, the turns' values joined by newlines when every turn is well formed)."""
+    # Fast path: an even number of well-formed turns from human, gpt, human, gpt, ...
+    if type(conv) is list and conv and len(conv) % 2 == 0:
+        try:
+            roles = [turn["from"] for turn in conv]
+            text = "\n".join([turn["value"] for turn in conv])
+        except (TypeError, KeyError):
+            pass
+        else:
+            half = len(roles) // 2
+            if roles[0::2].count(HUMAN) == half and roles[1::2].count(GPT) == half:
+                return [], text
+    return _conversation_problems(conv)
+
+
+def _conversation_problems(conv: Any) -> tuple[list[tuple[str, str]], str | None]:
+    """`_conversation_text` for conversations that are not plain human/gpt pairs: names the problem."""
     if conv is None:
         return [("missing_conversations", "no conversations")], None
     if not isinstance(conv, list):
@@ -611,7 +617,7 @@ def _conversation_problems(conv: Any) -> tuple[list[tuple[str, str]], list[str] 
         roles.append(role)
         values.append(value)
     bad = _role_problem(roles)
-    return ([("bad_roles", bad)] if bad else []), values
+    return ([("bad_roles", bad)] if bad else []), "\n".join(values)
 
 
 def _role_problem(roles: list[str]) -> str | None:
@@ -630,28 +636,36 @@ def _role_problem(roles: list[str]) -> str | None:
     return None
 
 
-def _record_problems(rec: Any, i: int, refs: list[_Ref]) -> list[tuple[str, str]]:
-    """(kind, detail) of everything wrong with one parsed record; its image/video paths go to `refs`."""
-    if not isinstance(rec, dict):
-        return [("malformed_record", f"record is a JSON {type(rec).__name__}, not an object")]
+def _record_problems(rec: dict[str, Any], i: int, refs: _Refs) -> list[tuple[str, str]]:
+    """(kind, detail) of everything wrong with one record object; its image/video paths go to `refs`."""
     found: list[tuple[str, str]] = []
-    counts: dict[str, int] = {}
-    for key in ("image", "video"):
-        if key in rec:
-            counts[key], bad = _paths_of(rec[key], key, i, refs)
-            if bad is not None:
-                found.append(("malformed_record", bad))
-    conv_found, values = _conversation_problems(rec.get("conversations"))
+    images = videos = 0
+    if "image" in rec:
+        paths, bad = _paths_of(rec["image"], "image")
+        refs.add(i, paths, False)
+        images = len(paths)
+        if bad:
+            found.append(("malformed_record", bad))
+    if "video" in rec:
+        paths, bad = _paths_of(rec["video"], "video")
+        refs.add(i, paths, True)
+        videos = len(paths)
+        if bad:
+            found.append(("malformed_record", bad))
+    conv_found, text = _conversation_text(rec.get("conversations"))
     found += conv_found
-    if values is not None and not found:
-        images, videos = counts.get("image", 0), counts.get("video", 0)
-        image_tokens = sum(v.count(IMAGE_TOKEN) for v in values)
-        video_tokens = sum(v.count(VIDEO_TOKEN) for v in values)
+    if text is not None and not found:
+        # Turns are joined by newlines, which no token contains, so no token is counted twice or made up.
+        image_tokens = text.count(IMAGE_TOKEN)
+        video_tokens = text.count(VIDEO_TOKEN)
+        if image_tokens == images and video_tokens == videos:
+            return found
         # LLaVA-OneVision writes a video-only record's prompt with <image> tokens: accept that too.
-        onevision_video = videos > 0 and "image" not in rec and video_tokens == 0 and image_tokens == videos
-        if image_tokens != images and not onevision_video:
+        if videos and "image" not in rec and video_tokens == 0 and image_tokens == videos:
+            return found
+        if image_tokens != images:
             found.append(("image_token_mismatch", f"{image_tokens} {IMAGE_TOKEN} tokens for {images} images"))
-        if video_tokens != videos and not onevision_video:
+        if video_tokens != videos:
             found.append(("image_token_mismatch", f"{video_tokens} {VIDEO_TOKEN} tokens for {videos} videos"))
     return found
 
