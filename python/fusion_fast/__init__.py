@@ -17,6 +17,7 @@ from .errors import (
     StaleIndexError,
 )
 from .index import JsonIndex, open
+from .mixture import Mixture
 
 __all__ = [
     "__version__",
@@ -30,4 +31,18 @@ __all__ = [
     "FusionFastIOError",
     "MixtureError",
     "RecordError",
+    "Mixture",
+    "DistributedMixtureSampler",
+    "LengthGroupedSampler",
 ]
+
+#: Public names imported on first use, so `import fusion_fast` never imports torch.
+_LAZY = {"DistributedMixtureSampler": "samplers", "LengthGroupedSampler": "samplers"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,329 @@
+"""Samplers for mixtures: deterministic, resumable, vectorised with numpy.
+
+- `DistributedMixtureSampler`: `torch.utils.data.DistributedSampler`'s sharding (padding, `drop_last`) with a
+  per-epoch shuffle drawn from (seed, epoch), and `state_dict` / `load_state_dict` to resume mid-epoch.
+- `LengthGroupedSampler`: FUSION's / LLaVA's `group_by_modality_length` ordering (see
+  `length_grouped_order`), seeded, so that every rank computes the same order without HF Trainer.
+
+They subclass `torch.utils.data.Sampler` when torch is installed; numpy is all they need otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterator, Sized
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from torch.utils.data import Sampler as _SamplerBase
+else:
+    try:
+        from torch.utils.data import Sampler as _SamplerBase
+    except ImportError:  # torch is optional: keep the same interface without it
+        _T = TypeVar("_T")
+
+        class _SamplerBase(Generic[_T]):
+            pass
+
+
+#: Sample positions handed out per `tolist()` call while iterating.
+_YIELD_CHUNK = 8192
+
+
+def epoch_rng(kind: str, seed: int, epoch: int) -> np.random.Generator:
+    """The random generator of one (sampler kind, seed, epoch): PCG64 seeded with the first 16 bytes of
+    `blake2b(b"fusion-fast/sampler/v1\\0{kind}\\0{seed}\\0{epoch}")`, the same in every process."""
+    material = b"\0".join([b"fusion-fast/sampler/v1", kind.encode(), str(seed).encode(), str(epoch).encode()])
+    entropy = int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """World size and rank from `torch.distributed` when it is initialised, else 1 and 0."""
+    if num_replicas is None or rank is None:
+        world, me = 1, 0
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                world, me = dist.get_world_size(), dist.get_rank()
+        except ImportError:
+            pass
+        num_replicas = world if num_replicas is None else num_replicas
+        rank = me if rank is None else rank
+    if num_replicas < 1:
+        raise ValueError(f"num_replicas must be >= 1, not {num_replicas}")
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+    return num_replicas, rank
+
+
+class _ResumableSampler(_SamplerBase[int]):
+    """Shared epoch and resume logic: subclasses give `_order()`, this rank's positions for the epoch."""
+
+    _kind = "sampler"
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"seed must be an integer, not {seed!r}")
+        self.seed = int(seed)
+        self.epoch = 0
+        self._yielded = 0
+        self._resume_at = 0
+
+    def _order(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields. A resume point loaded with
+        `load_state_dict` survives setting the same epoch again."""
+        if epoch != self.epoch:
+            self._resume_at = 0
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        start, self._resume_at = self._resume_at, 0
+        self._yielded = start
+        for lo in range(start, len(order), _YIELD_CHUNK):
+            for i in order[lo : lo + _YIELD_CHUNK].tolist():
+                self._yielded += 1
+                yield i
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where iteration stands: the epoch and how many positions this rank has yielded in it."""
+        return {"seed": self.seed, "epoch": self.epoch, "yielded": self._yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next iteration continue exactly after the last position `state` counted."""
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
+        yielded = int(state["yielded"])
+        if yielded < 0:
+            raise ValueError(f"cannot resume at a negative position ({yielded})")
+        self.epoch = int(state["epoch"])
+        self._resume_at = yielded
+        self._yielded = yielded
+
+    def order(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's whole order for `epoch` (default: the current one) as an int64 array."""
+        if epoch is None:
+            return self._order()
+        saved, self.epoch = self.epoch, int(epoch)
+        try:
+            return self._order()
+        finally:
+            self.epoch = saved
+
+
+class DistributedMixtureSampler(_ResumableSampler):
+    """Shards a dataset of `data_or_len` samples over ranks like `torch.utils.data.DistributedSampler`:
+    the (shuffled) positions are padded by wrapping around to a multiple of `num_replicas` (or, with
+    `drop_last`, cut to one) and rank r takes every `num_replicas`-th from r. The shuffle is
+    `epoch_rng("distributed", seed, epoch).permutation(n)`, identical on every rank. `num_replicas` and
+    `rank` default to `torch.distributed`'s when it is initialised, else 1 and 0."""
+
+    _kind = "distributed"
+
+    def __init__(
+        self,
+        data_or_len: Sized | int,
+        *,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(seed)
+        n = data_or_len if isinstance(data_or_len, (int, np.integer)) else len(data_or_len)
+        if n < 0:
+            raise ValueError(f"a dataset cannot have {n} samples")
+        self.total = int(n)
+        self.num_replicas, self.rank = _distributed_defaults(num_replicas, rank)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        if drop_last and self.total % self.num_replicas:
+            self.num_samples = math.ceil((self.total - self.num_replicas) / self.num_replicas)
+        else:
+            self.num_samples = math.ceil(self.total / self.num_replicas)
+        self.total_size = self.num_samples * self.num_replicas
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _order(self) -> np.ndarray:
+        n = self.total
+        if self.shuffle:
+            positions = epoch_rng(self._kind, self.seed, self.epoch).permutation(n)
+        else:
+            positions = np.arange(n, dtype=np.int64)
+        positions = _pad_or_cut(positions, self.total_size)
+        return positions[self.rank : self.total_size : self.num_replicas]
+
+
+class LengthGroupedSampler(_ResumableSampler):
+    """FUSION's length-grouped order (`group_by_modality_length`), deterministic from (seed, epoch).
+
+    `lengths`: FUSION's `modality_lengths` (positive: has an image, otherwise text-only) when
+    `group_by_modality`, else its `lengths`. Without `rank` it yields the whole order, for HF Trainer to
+    shard. With `rank` it yields that rank's share, as HF Trainer + accelerate hand it out: the order is
+    padded by wrapping around to a multiple of `world_size * batch_size` and rank r takes the r-th
+    `batch_size` slice of every megabatch, so every rank yields the same number of samples.
+    """
+
+    _kind = "length-grouped"
+
+    def __init__(
+        self,
+        lengths: Any,
+        *,
+        batch_size: int,
+        world_size: int = 1,
+        group_by_modality: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(seed)
+        if batch_size < 1 or world_size < 1:
+            raise ValueError(f"batch_size and world_size must be >= 1 (got {batch_size}, {world_size})")
+        if rank is not None and not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        if self.lengths.ndim != 1:
+            raise ValueError("lengths must be one-dimensional")
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.group_by_modality = group_by_modality
+        self.rank = rank
+
+    def __len__(self) -> int:
+        if self.rank is None:
+            return len(self.lengths)
+        megabatch = self.world_size * self.batch_size
+        return math.ceil(len(self.lengths) / megabatch) * self.batch_size
+
+    def _order(self) -> np.ndarray:
+        order = length_grouped_order(
+            self.lengths,
+            batch_size=self.batch_size,
+            world_size=self.world_size,
+            group_by_modality=self.group_by_modality,
+            rng=epoch_rng(self._kind, self.seed, self.epoch),
+        )
+        if self.rank is None:
+            return order
+        megabatch = self.world_size * self.batch_size
+        padded = _pad_or_cut(order, math.ceil(len(order) / megabatch) * megabatch)
+        return padded.reshape(-1, self.world_size, self.batch_size)[:, self.rank].ravel()
+
+
+def length_grouped_order(
+    lengths: np.ndarray,
+    *,
+    batch_size: int,
+    world_size: int = 1,
+    group_by_modality: bool = True,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """FUSION's `get_modality_length_grouped_indices` (or, without `group_by_modality`,
+    `get_length_grouped_indices`), vectorised, drawing from `rng` in this order: the permutation of the
+    image samples (`lengths > 0`), of the others, then of the megabatches. A single modality (or
+    `group_by_modality=False`) draws one permutation of everything. Sorting and chunk balancing use
+    |length|; zero lengths count as text-only."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    megabatch = world_size * batch_size
+    size = np.abs(lengths)
+    image = lengths > 0
+    n_image = int(image.sum())
+    if not group_by_modality or n_image in (0, len(lengths)):
+        return _grouped(rng.permutation(len(lengths)), size, megabatch, world_size)
+    image_ids = np.flatnonzero(image)
+    text_ids = np.flatnonzero(~image)
+    image_order = image_ids[_grouped(rng.permutation(len(image_ids)), size[image_ids], megabatch, world_size)]
+    text_order = text_ids[_grouped(rng.permutation(len(text_ids)), size[text_ids], megabatch, world_size)]
+    # Each kind's last megabatch (even when full) goes to the end, merged and sorted by position.
+    image_cut = (math.ceil(len(image_order) / megabatch) - 1) * megabatch
+    text_cut = (math.ceil(len(text_order) / megabatch) - 1) * megabatch
+    body = np.concatenate([image_order[:image_cut], text_order[:text_cut]]).reshape(-1, megabatch)
+    body = body[rng.permutation(len(body))]
+    last = np.sort(np.concatenate([image_order[image_cut:], text_order[text_cut:]]))
+    return np.concatenate([body.ravel(), last])
+
+
+def _grouped(perm: np.ndarray, size: np.ndarray, megabatch: int, chunks: int) -> np.ndarray:
+    """FUSION's `get_length_grouped_indices` given its permutation: cut `perm` into megabatches, sort each
+    by size (longest first, ties in permutation order) and split it with `split_to_even_chunks`."""
+    n = len(perm)
+    cut = n // megabatch * megabatch
+    sizes = size[perm]
+    out = np.empty(n, dtype=np.int64)
+    if cut:
+        ids, row_sizes = _longest_first(perm[:cut].reshape(-1, megabatch), sizes[:cut].reshape(-1, megabatch))
+        out[:cut] = _even_chunks(ids, row_sizes, chunks).ravel()
+    if cut < n:
+        ids, row_sizes = _longest_first(perm[cut:].reshape(1, -1), sizes[cut:].reshape(1, -1))
+        if (n - cut) % chunks:  # FUSION deals an uneven megabatch out round-robin
+            out[cut:] = np.concatenate([ids[0, c::chunks] for c in range(chunks)])
+        else:
+            out[cut:] = _even_chunks(ids, row_sizes, chunks).ravel()
+    return out
+
+
+def _longest_first(ids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of `ids` (and of their `sizes`) sorted by size, longest first, ties kept in order."""
+    m = ids.shape[1]
+    top = int(sizes.max())
+    # Keys (top - size) * m + column are unique per row, so numpy's fast (unstable, SIMD) value sort of
+    # each row gives exactly the stable order; the column comes back as key % m.
+    dtype = np.int32 if (top + 1) * m < 1 << 31 else np.int64
+    keys = (top - sizes).astype(dtype) * m + np.arange(m, dtype=dtype)
+    keys.sort(axis=1)
+    columns, flipped = np.divmod(keys, m)[::-1]
+    return np.take_along_axis(ids, columns, axis=1), top - flipped.astype(np.int64)
+
+
+def _even_chunks(ids: np.ndarray, sizes: np.ndarray, chunks: int) -> np.ndarray:
+    """FUSION's greedy `split_to_even_chunks` on every row at once: in row order, each sample joins the
+    not-yet-full chunk with the smallest total size (the first on ties); each row comes back as its
+    chunks one after another, each in joining order. Row lengths are multiples of `chunks`."""
+    if chunks == 1:
+        return ids
+    k, m = ids.shape
+    per_chunk = m // chunks
+    # One int64 per (chunk, row): total * chunks + chunk, so a minimum over chunks (a fast reduction
+    # along axis 0) finds the smallest total and, on ties, the first chunk; full chunks get a huge total.
+    full = (np.iinfo(np.int64).max // chunks - 1) * chunks
+    state = np.repeat(np.arange(chunks, dtype=np.int64), k).reshape(chunks, k)
+    flat_state = state.reshape(-1)
+    filled = np.zeros(chunks * k, dtype=np.int64)
+    rows = np.arange(k, dtype=np.int64)
+    added = np.ascontiguousarray(sizes.T) * chunks
+    slot = np.empty((m, k), dtype=np.int64)  # where each sample lands within its row
+    for t in range(m):
+        target = state.min(axis=0) % chunks
+        cell = target * k + rows
+        before = filled.take(cell)
+        slot[t] = target * per_chunk + before
+        before += 1
+        filled.put(cell, before)
+        flat_state.put(cell, flat_state.take(cell) + added[t])
+        done = cell[before == per_chunk]
+        flat_state.put(done, full + done // k)
+    out = np.empty((k, m), dtype=np.int64)
+    np.put_along_axis(out, slot.T, ids, axis=1)
+    return out
+
+
+def _pad_or_cut(positions: np.ndarray, size: int) -> np.ndarray:
+    """`positions` cut to `size`, or padded to it by wrapping around (as DistributedSampler pads)."""
+    if size <= len(positions):
+        return positions[:size]
+    if not len(positions):
+        raise ValueError("cannot pad an empty order")
+    reps = math.ceil(size / len(positions))
+    return np.tile(positions, reps)[:size]
