@@ -392,3 +392,83 @@ def test_real_files_are_checked_without_crashing() -> None:
     assert (
         report.datasets[str(real / "lmms-finetune__video.json")].problems["malformed_record"] == 1
     )  # no ids
+
+
+@pytest.mark.parametrize(
+    ("conversations", "kind", "detail"),
+    [
+        ("hello", "missing_conversations", "conversations is a str, not a list"),
+        (["hello"], "missing_conversations", "turn 0 is not an object"),
+        (
+            [{"value": "x"}, {"from": "gpt", "value": "y"}],
+            "missing_conversations",
+            "turn 0 has no string 'from'",
+        ),
+        (
+            [{"from": "human"}, {"from": "gpt", "value": "y"}],
+            "missing_conversations",
+            "turn 0 has no string 'value'",
+        ),
+        (convo(("system", "s")), "bad_roles", "only system turns"),
+        (convo(("human", "a"), ("human", "b")), "bad_roles", "turn 1 is from 'human', expected 'gpt'"),
+        (
+            convo(("human", "a"), ("gpt", "b"), ("system", "c"), ("gpt", "d")),
+            "bad_roles",
+            "turn 2 is from 'system'",
+        ),
+        (
+            convo(("system", "s"), ("human", "a"), ("gpt", "b"), ("human", "c")),
+            "bad_roles",
+            "turn 3 (human) has no",
+        ),
+    ],
+)
+def test_conversation_details(tmp_path: Path, conversations: Any, kind: str, detail: str) -> None:
+    data = write(tmp_path / "d.jsonl", json.dumps({"id": 1, "conversations": conversations}) + "\n")
+    [problem] = run_check(data).problems
+    assert (problem.kind, problem.record) == (kind, 0)
+    assert problem.detail.startswith(detail), problem.detail
+
+
+@pytest.mark.parametrize(
+    "conversations",
+    [
+        convo(("system", "s"), ("system", "t"), ("human", "a"), ("gpt", "b")),
+        convo(("human", "a"), ("gpt", "b"), ("human", "c"), ("gpt", "d")),
+        # A token split over two turns is no token.
+        convo(("human", "<ima"), ("gpt", "ge>")),
+    ],
+)
+def test_well_formed_conversations_pass(tmp_path: Path, conversations: Any) -> None:
+    data = write(tmp_path / "d.jsonl", json.dumps({"id": 1, "conversations": conversations}) + "\n")
+    assert run_check(data).clean
+
+
+def test_malformed_jsonl_and_plain_folder(tmp_path: Path) -> None:
+    good = json.dumps({"id": 0, "conversations": qa()})
+    write(tmp_path / "data" / "a.jsonl", f"{good}\n{good[:-1]}\n")
+    write(tmp_path / "data" / "sub" / "b.json", json.dumps([{"id": 0, "conversations": qa()}]))
+    report = run_check(tmp_path / "data")
+    assert [(p.kind, Path(p.dataset or "").name, p.record) for p in report.problems] == [
+        ("malformed_record", "a.jsonl", 1)
+    ]
+    assert report.datasets[str(tmp_path / "data" / "sub" / "b.json")].records == 1
+
+
+def test_unused_json_counts_every_stage_yaml(planted) -> None:
+    yaml, want = planted
+    train = yaml.parent
+    # Another stage of the same run uses the orphan: it is no longer unused, from either target.
+    write(train / "stage2.yaml", f"datasets:\n  - json_path: jsons/{ORPHAN}\n")
+    no_unused = {w for w in want if w[0] != "unused_json"}
+    assert found(run_check(yaml)) == {w for w in no_unused if w[0] != "unreadable_image"}
+    assert found(run_check(train.parent, decode=True)) == no_unused
+    # A YAML that is not a stage YAML (a config, say) in train/ is ignored.
+    write(train / "deepspeed.yaml", "zero_optimization: {stage: 2}\n")
+    assert found(run_check(train.parent, decode=True)) == no_unused
+
+
+def test_playground_without_stage_yaml_has_no_unused_json(tmp_path: Path) -> None:
+    pg = write_playground(tmp_path / "demo")
+    pg.yaml.unlink()
+    assert run_check(pg.root).clean
