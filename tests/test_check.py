@@ -186,6 +186,8 @@ def test_every_planted_problem_is_reported_and_nothing_else(planted, target: str
     checked = {Path(d).name for d in report.datasets}
     # A folder target checks every data file in jsons/, a YAML only those it lists.
     assert checked == {PLANTED, BROKEN, CLEAN} | ({ORPHAN} if target != "yaml" else set())
+    if target != "yaml":
+        assert report.datasets[str(train / "jsons" / ORPHAN)].problems == {"unused_json": 1}
     stats = report.datasets[str(train / "jsons" / PLANTED)]
     assert stats.records == 26
     assert stats.problems["unreadable_image"] == 2

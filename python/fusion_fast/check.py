@@ -174,10 +174,10 @@ class CheckReport:
 
         kinds = [k for k in KINDS if k in self.counts()]
         table = Table(title=f"fusion-fast check: {Path(self.target).name}", title_justify="left")
-        table.add_column("dataset", no_wrap=True)
+        table.add_column("dataset", overflow="fold")
         for col in ("records", "images", "problems"):
-            table.add_column(col, justify="right")
-        table.add_column("by kind")
+            table.add_column(col, justify="right", no_wrap=True)
+        table.add_column("by kind", no_wrap=True)
         for d in self.datasets.values():
             table.add_row(d.name, f"{d.records:,}", f"{d.images:,}", *_problem_cells(d.problems))
         layout = Counter(p.kind for p in self.problems if p.dataset not in self.datasets)
@@ -204,10 +204,10 @@ class CheckReport:
 
 
 def _problem_cells(counts: Counter[str]) -> tuple[str, str]:
-    """(total, "kind n, kind n") in KINDS order; empty when there is nothing."""
+    """(total, one "kind n" line per kind in KINDS order); empty when there is nothing."""
     if not counts:
         return "", ""
-    by_kind = ", ".join(f"{k} {counts[k]:,}" for k in KINDS if counts[k])
+    by_kind = "\n".join(f"{k} {counts[k]:,}" for k in KINDS if counts[k])
     return f"{sum(counts.values()):,}", by_kind
 
 
@@ -752,19 +752,11 @@ def run_check(
         for data in plan.files:
             report.problems += checker.check_file(data, _image_root(data, folder_str, folder_layout))
     for layout in plan.layouts:
-        report.problems += [
-            Problem(
-                "unused_json",
-                str(p),
-                None,
-                None,
-                f"in {layout.jsons} but used by no stage YAML",
-                None,
-                str(p),
-            )
-            for p in layout.data_files()
-            if p not in plan.used
-        ]
+        for unused in (p for p in layout.data_files() if p not in plan.used):
+            detail = f"in {layout.jsons} but used by no stage YAML"
+            report.problems.append(Problem("unused_json", str(unused), None, None, detail, None, str(unused)))
+            if (stats := report.datasets.get(str(unused))) is not None:  # a folder target checked it too
+                stats.problems["unused_json"] += 1
     report.seconds = time.perf_counter() - started
     return report
 
