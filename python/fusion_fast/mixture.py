@@ -189,18 +189,21 @@ class Mixture(Sequence[Any]):
         np.cumsum(sizes, out=self._offsets[1:])
         self._starts = self._offsets[:-1].tolist()
         records = np.empty(int(self._offsets[-1]), dtype=np.int64)
-        datasets = []
-        for (spec, index, sel, excluded), start, size in zip(chosen, self._starts, sizes, strict=True):
-            view = records[start : start + size]
-            if isinstance(sel, tuple):
-                view[:] = np.arange(sel[0], sel[1], dtype=np.int64)
-            else:
-                view[:] = sel
-            datasets.append(
-                MixtureDataset(spec, index, view, excluded, start, sel if isinstance(sel, tuple) else None)
-            )
+        for (_, _, sel, _), start, size in zip(chosen, self._starts, sizes, strict=True):
+            records[start : start + size] = np.arange(*sel, dtype=np.int64) if isinstance(sel, tuple) else sel
         records.flags.writeable = False
         self._records = records
+        datasets = [
+            MixtureDataset(
+                spec,
+                index,
+                records[start : start + size],
+                excluded,
+                start,
+                sel if isinstance(sel, tuple) else None,
+            )
+            for (spec, index, sel, excluded), start, size in zip(chosen, self._starts, sizes, strict=True)
+        ]
         self.datasets: list[MixtureDataset] = datasets
 
     def __reduce__(self) -> tuple[Any, ...]:

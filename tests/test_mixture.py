@@ -1,0 +1,478 @@
+"""`Mixture`: FUSION / LLaVA-OneVision stage YAMLs checked against a reference implementation of FUSION's
+loader over `json.load`, plus random strategies, repeat, exclude, summary, export and pickling."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+import fusion_fast
+from fusion_fast import FusionFastError, Mixture, MixtureError
+from fusion_fast.exclude import write_exclude
+from fusion_fast.synth import write_file
+
+from .conftest import write
+
+# -- the reference: FUSION's loader and properties, from the issue text, over json.load ------------------
+
+
+def load_records(path: str | Path) -> list[Any]:
+    path = str(path)
+    if path.endswith(".jsonl"):
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    raise ValueError(f"unsupported file {path}")
+
+
+def fusion_list_data_dict(yaml_path: Path, root: Path) -> list[Any]:
+    """FUSION's `list_data_dict` for all / first / end strategies (random has no reproducible reference)."""
+    with open(yaml_path, encoding="utf-8") as f:
+        datasets = yaml.safe_load(f)["datasets"]
+    out: list[Any] = []
+    for ds in datasets:
+        data = load_records(root / ds["json_path"])
+        strategy = ds.get("sampling_strategy", "all")
+        if ":" in strategy:
+            name, number = strategy.split(":")
+            if "%" in number:
+                k = math.ceil(Fraction(number.rstrip("%")) * len(data) / 100)
+            else:
+                k = int(number)
+            if name == "first":
+                data = data[:k]
+            elif name == "end":
+                data = data[-k:]
+            else:
+                raise AssertionError(f"the reference has no {name}")
+        out.extend(data)
+    return out
+
+
+def fusion_lengths(records: list[Any]) -> list[int]:
+    length_list = []
+    for sample in records:
+        img_tokens = 128 if "image" in sample else 0
+        length_list.append(sum(len(conv["value"].split()) for conv in sample["conversations"]) + img_tokens)
+    return length_list
+
+
+def fusion_modality_lengths(records: list[Any]) -> list[int]:
+    length_list = []
+    for sample in records:
+        cur_len = sum(len(conv["value"].split()) for conv in sample["conversations"])
+        length_list.append(cur_len if "image" in sample else -cur_len)
+    return length_list
+
+
+def make_stage(root: Path, entries: list[dict[str, Any]], name: str = "stage.yaml") -> Path:
+    path = root / name
+    path.write_text(yaml.safe_dump({"datasets": entries}), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """Three generated files: a pretty-printed .json array, a compact one and a .jsonl."""
+    root = tmp_path_factory.mktemp("mixture")
+    (root / "jsons").mkdir()
+    write_file(root / "jsons" / "Pretty-300.json", records=300, seed=1, indent=4)
+    write_file(root / "jsons" / "Compact-257.json", records=257, seed=2, indent=None)
+    write_file(root / "jsons" / "Lines-211.jsonl", records=211, seed=3)
+    return root
+
+
+ALL_FIRST_END = [
+    {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "all"},
+    {"json_path": "jsons/Compact-257.json", "sampling_strategy": "first:100"},
+    {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "end:50"},
+    {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "end:12.5%"},
+    {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:33%"},
+    {"json_path": "jsons/Compact-257.json"},
+    {"json_path": "jsons/Compact-257.json", "sampling_strategy": "first:100000"},
+    {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "end:0.5%"},
+]
+
+
+def test_all_first_end_and_percent_equal_fusion(files):
+    stage = make_stage(files, ALL_FIRST_END)
+    mix = Mixture.from_yaml(stage, root=files)
+    ref = fusion_list_data_dict(stage, files)
+    assert len(mix) == len(ref) == 300 + 100 + 50 + 38 + 70 + 257 + 257 + 2
+    assert list(mix) == ref
+    assert [mix[i] for i in range(0, len(ref), 7)] == ref[::7]
+    assert mix[-1] == ref[-1] and mix[-len(ref)] == ref[0]
+    assert mix[10:40:3] == ref[10:40:3] and mix[-5:] == ref[-5:]
+    picks = np.random.default_rng(0).integers(-len(ref), len(ref), 500)
+    assert mix.get_many(picks) == [ref[i] for i in picks]
+    assert mix.lengths.dtype == np.int64 and mix.lengths.tolist() == fusion_lengths(ref)
+    assert mix.modality_lengths.tolist() == fusion_modality_lengths(ref)
+    assert [len(d) for d in mix.datasets] == [300, 100, 50, 38, 70, 257, 257, 2]
+
+
+def test_percent_is_an_exact_ceiling(tmp_path):
+    write(tmp_path / "seven.json", json.dumps([{"n": i} for i in range(7)]))
+    cases = {"first:50%": 4, "end:14.2857%": 1, "first:100%": 7, "first:0%": 0, "first:0.0001%": 1,
+             "end:42.857142857142857142%": 3, "first:42.86%": 4, "random:50%": 4}
+    for strategy, expected in cases.items():
+        mix = Mixture([{"json_path": "seven.json", "sampling_strategy": strategy}], root=tmp_path)
+        assert len(mix) == expected, strategy
+
+
+def test_end_zero_keeps_nothing_unlike_fusion(tmp_path):
+    write(tmp_path / "a.json", json.dumps([{"n": i} for i in range(5)]))
+    assert len(Mixture([{"json_path": "a.json", "sampling_strategy": "end:0"}], root=tmp_path)) == 0
+    assert Mixture([{"json_path": "a.json", "sampling_strategy": "end:2"}], root=tmp_path)[:] == [{"n": 3}, {"n": 4}]
+
+
+def test_sequence_api(files):
+    mix = Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:10"},
+                   {"json_path": "jsons/Compact-257.json", "sampling_strategy": "end:5"}], root=files)
+    ref = load_records(files / "jsons" / "Compact-257.json")
+    assert isinstance(mix, Sequence) and len(mix) == 15
+    assert mix.source(0) == ("Lines-211", 0) and mix.source(10) == ("Compact-257", 252)
+    assert mix.source(-1) == ("Compact-257", 256)
+    ds, rec = mix.locate([0, 9, 10, -1, 14])
+    assert ds.tolist() == [0, 0, 1, 1, 1] and rec.tolist() == [0, 9, 252, 256, 256]
+    assert mix.get_many([]) == [] and mix.get_many(np.array([14, 0, 14])) == [mix[14], mix[0], ref[-1]]
+    assert mix.offsets.tolist() == [0, 10, 15]
+    for bad in (15, -16):
+        with pytest.raises(IndexError):
+            mix[bad]
+        with pytest.raises(IndexError):
+            mix.get_many([0, bad])
+    with pytest.raises(IndexError):
+        mix.source(15)
+    assert mix.index(mix[3]) == 3 and mix[14] in mix
+    assert "2 datasets" in repr(mix) and "15 records" in repr(mix)
+
+
+def test_one_shared_selection_array(files):
+    mix = Mixture.from_yaml(make_stage(files, ALL_FIRST_END), root=files)
+    records = mix.datasets[0].selected.base
+    assert all(np.shares_memory(d.selected, mix.datasets[0].selected.base) for d in mix.datasets if len(d))
+    assert records is not None and records.nbytes == 8 * len(mix)
+    assert all(d.selected.dtype == np.int64 and not d.selected.flags.writeable for d in mix.datasets)
+    d = mix.datasets[3]
+    assert d.name == "Pretty-300" and d.records == 300 and d.start == 450 and d.stop == 488
+    assert d.selected.tolist() == list(range(262, 300)) and d.path == files / "jsons" / "Pretty-300.json"
+    assert isinstance(d.index, fusion_fast.JsonIndex) and d.spec.entry == 3
+
+
+def test_entries_from_python_objects(files):
+    spec = fusion_fast.stage.spec_from_entry({"json_path": "jsons/Lines-211.jsonl"}, 0, root=files)
+    by_dict = Mixture([{"json_path": str(files / "jsons" / "Lines-211.jsonl"), "images_folder": "/imgs"}])
+    by_path = Mixture([files / "jsons" / "Lines-211.jsonl"])
+    by_spec = Mixture([spec])
+    assert list(by_dict) == list(by_path) == list(by_spec) == load_records(files / "jsons" / "Lines-211.jsonl")
+    assert by_dict.datasets[0].image_folder == Path("/imgs") and by_path.datasets[0].image_folder is None
+    folders = Mixture([{"json_path": "jsons/Lines-211.jsonl", key: "img"} for key in
+                       ("image_folder", "images_folder", "data_folder")], root=files)
+    assert [d.image_folder for d in folders.datasets] == [files / "img"] * 3
+
+
+def test_paths_resolve_against_root_then_the_yaml_folder(files, tmp_path, monkeypatch):
+    stage_dir = tmp_path / "scripts"
+    stage_dir.mkdir()
+    os.symlink(files / "jsons", stage_dir / "jsons")
+    stage = make_stage(stage_dir, [{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:3"}])
+    monkeypatch.chdir(tmp_path)  # FUSION resolves against the working directory; here it does not hold it
+    assert len(Mixture.from_yaml(stage)) == 3  # found beside the YAML
+    assert Mixture.from_yaml(stage, root=files).datasets[0].path == files / "jsons" / "Lines-211.jsonl"
+
+
+# -- random, repeat, exclude ------------------------------------------------------------------------------
+
+RANDOM_STAGE = [
+    {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:40"},
+    {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:25%"},
+]
+
+SELECTIONS_SCRIPT = """
+import json, sys
+from fusion_fast import Mixture
+mix = Mixture.from_yaml(sys.argv[1], root=sys.argv[2], seed=int(sys.argv[3]))
+print(json.dumps([d.selected.tolist() for d in mix.datasets]))
+"""
+
+
+def selections(mix: Mixture) -> list[list[int]]:
+    return [d.selected.tolist() for d in mix.datasets]
+
+
+def test_random_is_a_subset_of_the_right_size(files):
+    mix = Mixture.from_yaml(make_stage(files, RANDOM_STAGE), root=files, seed=7)
+    first, second = mix.datasets
+    assert len(first) == 40 and len(second) == math.ceil(211 / 4)
+    for d in mix.datasets:
+        sel = d.selected.tolist()
+        assert sel == sorted(set(sel)) and 0 <= sel[0] and sel[-1] < d.records
+    pretty = load_records(files / "jsons" / "Pretty-300.json")
+    assert mix[:40] == [pretty[i] for i in first.selected]
+    # a subset is a fair draw, not a prefix or a stride
+    assert first.selected.tolist() != list(range(40)) and first.selected.max() > 200
+
+
+def test_random_is_identical_across_processes_and_changes_with_the_seed(files):
+    stage = make_stage(files, RANDOM_STAGE)
+
+    def in_child(seed: int) -> list[list[int]]:
+        out = subprocess.run([sys.executable, "-c", SELECTIONS_SCRIPT, str(stage), str(files), str(seed)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return json.loads(out.stdout)
+
+    a, b = in_child(3), in_child(3)
+    assert a == b == selections(Mixture.from_yaml(stage, root=files, seed=3))
+    other = in_child(4)
+    assert all(x != y for x, y in zip(a, other, strict=True))
+    assert [len(x) for x in other] == [len(x) for x in a]
+
+
+def test_random_subset_depends_only_on_seed_file_and_occurrence(files):
+    alone = Mixture([RANDOM_STAGE[0]], root=files, seed=5)
+    behind = Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:10"}, RANDOM_STAGE[0],
+                      RANDOM_STAGE[0]], root=files, seed=5)
+    assert behind.datasets[1].selected.tolist() == alone.datasets[0].selected.tolist()
+    # the same file listed twice draws two independent subsets, like two FUSION shuffles
+    assert behind.datasets[2].selected.tolist() != behind.datasets[1].selected.tolist()
+
+
+def test_repeat_whole_and_fractional(files):
+    base = {"json_path": "jsons/Compact-257.json", "sampling_strategy": "first:40"}
+    mix = Mixture([{**base, "repeat": 2}, {**base, "repeat": 1.5}, {**base, "repeat": 0}, {**base, "repeat": "0.1"}],
+                  root=files, seed=1)
+    twice, one_half, none, tenth = (d.selected for d in mix.datasets)
+    assert twice.tolist() == list(range(40)) * 2
+    assert one_half[:40].tolist() == list(range(40)) and len(one_half) == 60
+    assert len(set(one_half[40:].tolist())) == 20 and one_half[40:].tolist() == sorted(one_half[40:].tolist())
+    assert len(none) == 0 and len(tenth) == 4 and set(tenth.tolist()) <= set(range(40))
+    assert mix.summary()["selected"].to_list() == [80, 60, 0, 4]
+    rnd = Mixture([{"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:10", "repeat": 1.5}],
+                  root=files, seed=2).datasets[0].selected
+    assert len(rnd) == 15 and set(rnd[10:].tolist()) <= set(rnd[:10].tolist())
+
+
+def test_exclude_applies_after_the_strategy(files, tmp_path):
+    data = files / "jsons" / "Lines-211.jsonl"
+    exclude = tmp_path / "bad.json"
+    write_exclude(exclude, {data: [2, 5, 9, 150]})
+    mix = Mixture([{"json_path": str(data), "sampling_strategy": "first:10", "exclude": str(exclude),
+                    "repeat": 2}], root=files)
+    ref = load_records(data)
+    keep = [0, 1, 3, 4, 6, 7, 8]
+    assert mix.datasets[0].excluded == 3 and mix.datasets[0].selected.tolist() == keep * 2
+    assert list(mix) == [ref[i] for i in keep * 2]
+    row = mix.summary().row(0, named=True)
+    assert row["excluded"] == 3 and row["selected"] == 14
+    write_exclude(exclude, {data: [211]})
+    with pytest.raises(MixtureError, match="record 211"):
+        Mixture([{"json_path": str(data), "exclude": str(exclude)}])
+
+
+# -- malformed stages --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "shuffle:10"}, "unknown sampling_strategy"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:-5"}, "non-negative number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:abc"}, "non-negative number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "end:"}, "non-negative number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:1.5"}, "must be an integer"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:150%"}, "cannot exceed 100%"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first"}, "needs a number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "all:5"}, "takes no number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": 10}, "must be a string"),
+        ({"json_path": "jsons/Lines-211.jsonl", "repeat": -1}, "repeat must be >= 0"),
+        ({"json_path": "jsons/Lines-211.jsonl", "repeat": "twice"}, "repeat must be a number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "repeat": True}, "repeat must be a number"),
+        ({"json_path": "jsons/Lines-211.jsonl", "image_folder": 3}, "image_folder must be a string"),
+        ({"json_path": "jsons/Lines-211.jsonl", "exclude": "nope.json"}, "exclude file 'nope.json' not found"),
+        ({"json_path": "jsons/data.parquet"}, "unsupported file type"),
+        ({"sampling_strategy": "all"}, "json_path is missing"),
+        ({"json_path": 12}, "json_path is missing or not a string"),
+        (["jsons/Lines-211.jsonl"], "must be a mapping"),
+    ],
+)
+def test_malformed_entries_name_the_yaml_and_the_entry(files, entry, message):
+    stage = make_stage(files, [{"json_path": "jsons/Pretty-300.json"}, entry], name="bad-entry.yaml")
+    with pytest.raises(MixtureError) as err:
+        Mixture.from_yaml(stage, root=files)
+    text = str(err.value)
+    assert message in text and str(stage) in text and "datasets[1]" in text
+    assert isinstance(err.value, FusionFastError)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("other: 1\n", "expected a mapping with a 'datasets' list"),
+        ("- json_path: a.json\n", "expected a mapping with a 'datasets' list"),
+        ("datasets: a.json\n", "'datasets' must be a list"),
+        ("datasets: []\n", "'datasets' is empty"),
+        ("datasets: [\n", "not valid YAML"),
+    ],
+)
+def test_malformed_stage_files(tmp_path, text, message):
+    stage = write(tmp_path / "stage.yaml", text)
+    with pytest.raises(MixtureError, match=message) as err:
+        Mixture.from_yaml(stage, root=tmp_path)
+    assert str(stage) in str(err.value)
+
+
+def test_missing_files_list_every_path_tried(files, tmp_path):
+    stage_dir = tmp_path / "scripts"
+    stage_dir.mkdir()
+    stage = make_stage(stage_dir, [{"json_path": "jsons/Pretty-300.json"}, {"json_path": "gone/A.json"},
+                                   {"json_path": "/abs/B.jsonl"}])
+    with pytest.raises(MixtureError) as err:
+        Mixture.from_yaml(stage, root=files)
+    text = str(err.value)
+    assert str(files / "gone" / "A.json") in text and str(stage_dir / "gone" / "A.json") in text
+    assert "/abs/B.jsonl" in text and "datasets[1]" in text and "datasets[2]" in text
+    with pytest.raises(MixtureError, match="stage YAML not found"):
+        Mixture.from_yaml(tmp_path / "nope.yaml")
+
+
+def test_bad_arguments(files):
+    with pytest.raises(MixtureError, match="seed must be an integer"):
+        Mixture(["x.json"], seed=1.5)  # type: ignore[arg-type]
+    with pytest.raises(MixtureError, match="at least one dataset"):
+        Mixture([])
+    with pytest.raises(MixtureError, match="Mixture.from_yaml"):
+        Mixture(str(files / "stage.yaml"))  # type: ignore[arg-type]
+
+
+def test_rebuild_never_needs_an_index(tmp_path):
+    write_file(tmp_path / "a.jsonl", records=5)
+    with pytest.raises(fusion_fast.IndexMissingError):
+        Mixture([tmp_path / "a.jsonl"], rebuild="never")
+    assert len(Mixture([tmp_path / "a.jsonl"])) == 5
+    assert len(Mixture([tmp_path / "a.jsonl"], rebuild="never")) == 5
+
+
+# -- summary and export ------------------------------------------------------------------------------------
+
+
+def test_summary_matches_the_records(files):
+    entries = [*ALL_FIRST_END[:3], {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:30",
+                                    "repeat": 1.5}]
+    mix = Mixture(entries, root=files, seed=3)
+    df = mix.summary(total=True)
+    assert df["dataset"].to_list() == ["Pretty-300", "Compact-257", "Lines-211", "Pretty-300", "total"]
+    assert df["records"].to_list() == [300, 257, 211, 300, 1068]
+    assert df["strategy"].to_list()[:4] == ["all", "first:100", "end:50", "random:30"]
+    assert df["repeat"].to_list()[:4] == [1.0, 1.0, 1.0, 1.5]
+    assert df["selected"].to_list() == [300, 100, 50, 45, 495]
+    assert df["share"].to_list() == pytest.approx([300 / 495, 100 / 495, 50 / 495, 45 / 495, 1.0])
+    bounds = [*mix.offsets.tolist()]
+    groups = [list(mix[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)] + [list(mix)]
+    for row, records in zip(df.iter_rows(named=True), groups, strict=True):
+        words = [-x if x < 0 else x for x in fusion_modality_lengths(records)]
+        images = [r.get("image") for r in records]
+        assert row["image"] == sum("image" in r for r in records)
+        assert row["video"] == sum("video" in r for r in records)
+        assert row["text_only"] == sum("image" not in r and "video" not in r for r in records)
+        assert row["multi_image"] == sum(isinstance(i, list) and len(i) > 1 for i in images)
+        assert row["words_mean"] == pytest.approx(np.mean(words))
+        assert [row["words_p50"], row["words_p95"]] == pytest.approx(np.percentile(words, [50, 95]).tolist())
+        assert row["excluded"] == 0
+    assert sum(df["multi_image"].to_list()[:4]) > 0 and sum(df["video"].to_list()[:4]) > 0
+
+
+def test_summary_of_an_empty_selection(files):
+    row = Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:0"}], root=files)
+    df = row.summary(total=True)
+    assert df["selected"].to_list() == [0, 0] and df["words_mean"].to_list() == [None, None]
+
+
+def test_export_is_the_selection_in_order_one_line_each(files, tmp_path):
+    mix = Mixture.from_yaml(make_stage(files, ALL_FIRST_END + RANDOM_STAGE), root=files, seed=9)
+    out = tmp_path / "out.jsonl"
+    size = mix.export_jsonl(out, batch=37)
+    raw = out.read_bytes()
+    assert size == len(raw) and raw.endswith(b"\n")
+    lines = raw.split(b"\n")[:-1]
+    assert len(lines) == len(mix) and all(b"\r" not in line for line in lines)
+    assert [json.loads(line) for line in lines] == list(mix)
+    # raw byte copy: the pretty-printed record's bytes, newlines turned into spaces
+    pretty = files / "jsons" / "Pretty-300.json"
+    start, length = mix.datasets[0].index.span(0)
+    assert lines[0] == pretty.read_bytes()[start : start + length].replace(b"\n", b" ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
+def test_export_failure_leaves_nothing(files, tmp_path):
+    mix = Mixture([{"json_path": "jsons/Lines-211.jsonl"}], root=files)
+    with pytest.raises(fusion_fast.FusionFastIOError):
+        mix.export_jsonl(tmp_path / "no-such-dir" / "out.jsonl")
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- pickling and DataLoader workers ----------------------------------------------------------------------
+
+
+def test_pickle_is_small_and_equal(files):
+    mix = Mixture.from_yaml(make_stage(files, ALL_FIRST_END + RANDOM_STAGE), root=files, seed=4)
+    blob = pickle.dumps(mix)
+    assert len(blob) < 200 * len(mix.datasets) + 2000 < 8 * len(mix)
+    back = pickle.loads(blob)
+    assert len(back) == len(mix) and selections(back) == selections(mix) and back.seed == 4
+    assert back[len(mix) // 2] == mix[len(mix) // 2]
+
+
+def test_unpickling_notices_a_changed_mixture(files, tmp_path):
+    data = files / "jsons" / "Lines-211.jsonl"
+    exclude = tmp_path / "ex.json"
+    write_exclude(exclude, {data: [1]})
+    blob = pickle.dumps(Mixture([{"json_path": str(data), "exclude": str(exclude)}]))
+    write_exclude(exclude, {data: [1, 2]})
+    with pytest.raises(MixtureError, match="changed"):
+        pickle.loads(blob)
+
+
+class MixtureItems:
+    """The smallest torch Dataset over a mixture (module level so spawn workers can import it)."""
+
+    def __init__(self, mix: Mixture) -> None:
+        self.mix = mix
+
+    def __len__(self) -> int:
+        return len(self.mix)
+
+    def __getitem__(self, i: int) -> Any:
+        return {"record": json.dumps(self.mix[i]), "source": self.mix.source(i), "pid": os.getpid()}
+
+
+def as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_workers(files, method):
+    torch_data = pytest.importorskip("torch.utils.data")
+    if method not in multiprocessing.get_all_start_methods():
+        pytest.skip(f"no {method} start method here")
+    mix = Mixture.from_yaml(make_stage(files, ALL_FIRST_END + RANDOM_STAGE), root=files, seed=2)
+    loader = torch_data.DataLoader(MixtureItems(mix), batch_size=16, num_workers=2,
+                                   multiprocessing_context=method, collate_fn=as_list)
+    items = [item for batch in loader for item in batch]
+    assert [json.loads(item["record"]) for item in items] == list(mix)
+    assert [item["source"] for item in items] == [mix.source(i) for i in range(len(mix))]
+    assert len({item["pid"] for item in items}) == 2 and os.getpid() not in {item["pid"] for item in items}
