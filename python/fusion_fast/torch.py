@@ -1,0 +1,603 @@
+"""Training integration: a torch `Dataset` over mixtures, batching, GPU prefetch and distributed indexing.
+
+    from torch.utils.data import DataLoader
+    from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed
+
+    ensure_indexed("stage1.yaml")                       # under torchrun: each missing index built once
+    ds = FusionDataset("stage1.yaml", image_folder="playground/train/images", transform=tokenize)
+    loader = DataLoader(ds, batch_size=16, num_workers=4, collate_fn=collate, pin_memory=True)
+    for batch in CudaPrefetcher(loader):                # copies batch k+1 while batch k trains
+        ...
+
+Everything here needs torch (`pip install fusion-fast[torch]`); Pillow only for `load_images=True`.
+See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, get_worker_info
+
+from .errors import CorruptIndexError, IndexMissingError, RecordError, StaleIndexError
+from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex
+from .index import open as open_index
+from .indexing import expand_targets
+from .mixture import Mixture
+from .stage import is_stage_yaml
+
+__all__ = [
+    "FusionDataset",
+    "collate",
+    "CudaPrefetcher",
+    "ensure_indexed",
+    "distributed_share",
+    "private_memory",
+    "SOURCE_KEY",
+    "IMAGE_KEY",
+    "DEFAULT_PAD_VALUES",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Key added to every item: `{"dataset": name, "index": record number in its file}`.
+SOURCE_KEY = "_source"
+#: Key of the decoded image(s) with `load_images=True`: one RGB `PIL.Image` for a string `image`, a list
+#: of them for a list.
+IMAGE_KEY = "_image"
+
+OnError = Literal["raise", "skip"]
+Source = Mixture | str | os.PathLike[str]
+
+# -- the dataset ------------------------------------------------------------------------------------
+
+#: Index flags that make a record unusable for training, with the cause and detail reported.
+_BAD_FLAGS = (
+    (NOT_OBJECT, "malformed_record", "the record is not a JSON object"),
+    (BAD_IMAGE, "malformed_record", "'image' is neither a path nor a list of paths"),
+    (NO_CONVERSATIONS, "missing_conversations", "'conversations' is missing or not a list"),
+    (BAD_CONVERSATIONS, "missing_conversations", "a turn of 'conversations' has no string 'value'"),
+)
+_ANY_BAD_FLAG = NOT_OBJECT | BAD_IMAGE | NO_CONVERSATIONS | BAD_CONVERSATIONS
+
+
+class _DatasetInfo(NamedTuple):
+    """What the per-record loop needs of one mixture dataset."""
+
+    name: str
+    data_path: str
+    #: The image folder with a trailing "/", or "" without one: `prefix + p` is POSIX
+    #: `os.path.join(folder, p)` for relative `p`, at a sixth of its cost.
+    image_prefix: str
+    flags: np.ndarray  # the index's `flags` column, by record number (memory-mapped)
+
+
+class _BadSample(Exception):
+    """A sample that cannot be used: `cause` (a short category) and the `RecordError` to raise."""
+
+    def __init__(self, cause: str, error: RecordError) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.error = error
+
+
+class FusionDataset(Dataset[Any]):
+    """A map-style torch `Dataset` over a `Mixture`, a stage YAML or one `.json` / `.jsonl` file.
+
+    Item i is record i of the mixture as a dict, with `image` resolved: a relative path (or each one of
+    a list) is joined to the dataset's own image folder (the YAML's `image_folder` / `images_folder` /
+    `data_folder`), else to `image_folder`, exactly like FUSION's `os.path.join(image_folder, image)`;
+    absolute paths stay. `item["_source"] = {"dataset": name, "index": record number in its file}`.
+    With `load_images=True`, `item["_image"]` holds the image(s) opened with Pillow and converted to
+    RGB. `transform(item)`, when given, runs last and its result is the item.
+
+    Bad samples: a record that is not an object, has no well-formed `conversations` or a malformed
+    `image` (all read from the index, no parsing needed), an image that is missing or cannot be decoded
+    (with `load_images=True`), or a `RecordError` raised by `transform`. With `on_error="raise"` a
+    `RecordError` names the dataset, record number, id and path. With `on_error="skip"` item i is
+    replaced by the next good sample (i+1, i+2, ... wrapping around), deterministically; `skipped`
+    counts the bad samples met and `skip_causes` counts them by cause, in this process (each DataLoader
+    worker keeps its own counts); the first of each cause is logged as a warning.
+
+    Opening is lazy: nothing is read until the first access. Given a path, pickling keeps only the
+    description, so DataLoader workers (fork or spawn) open the memory-mapped indexes themselves; a
+    `Mixture` object pickles as its YAML entries (see `Mixture`). `root` and `seed` apply to a YAML.
+    `__getitems__` fetches a whole batch with one `get_many`, which DataLoader uses automatically.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        image_folder: str | os.PathLike[str] | None = None,
+        transform: Callable[[dict[str, Any]], Any] | None = None,
+        load_images: bool = False,
+        on_error: OnError = "raise",
+        root: str | os.PathLike[str] | None = None,
+        seed: int = 0,
+    ) -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if isinstance(source, Mixture):
+            self._description: tuple[str, str | None, int] | None = None
+            self._mixture: Mixture | None = source
+        elif isinstance(source, (str, os.PathLike)):
+            self._description = (
+                os.path.abspath(source),
+                os.path.abspath(root) if root is not None else None,
+                seed,
+            )
+            self._mixture = None
+        else:
+            raise TypeError(
+                f"source must be a Mixture or the path of a stage YAML / .json / .jsonl file, not "
+                f"{type(source).__name__}"
+            )
+        self.image_folder = os.fspath(image_folder) if image_folder is not None else None
+        self.transform = transform
+        self.load_images = load_images
+        self.on_error = on_error
+        self.skipped = 0
+        self.skip_causes: Counter[str] = Counter()
+        self._info: list[_DatasetInfo] | None = None
+
+    # -- opening ------------------------------------------------------------------------------------
+    @property
+    def mixture(self) -> Mixture:
+        """The underlying mixture, opened on first use."""
+        if self._mixture is None:
+            assert self._description is not None
+            path, root, seed = self._description
+            if is_stage_yaml(path):
+                self._mixture = Mixture.from_yaml(path, root=root, seed=seed)
+            else:
+                self._mixture = Mixture([path], seed=seed)
+        return self._mixture
+
+    def _datasets(self) -> list[_DatasetInfo]:
+        if self._info is None:
+            self._info = [
+                _DatasetInfo(
+                    d.name,
+                    str(d.path),
+                    _prefix(os.fspath(d.image_folder) if d.image_folder is not None else self.image_folder),
+                    d.index.columns["flags"],
+                )
+                for d in self.mixture.datasets
+            ]
+        return self._info
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_info"] = None  # holds memory-mapped arrays: rebuilt in the receiving process
+        if self._description is not None:
+            state["_mixture"] = None  # reopened from the path on first access
+        return state
+
+    # -- sizes --------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.mixture)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """FUSION's `lengths` (int64 numpy), for `LengthGroupedSampler` / HF Trainer."""
+        return self.mixture.lengths
+
+    @property
+    def modality_lengths(self) -> np.ndarray:
+        """FUSION's `modality_lengths` (int64 numpy): positive with an image, negative text-only."""
+        return self.mixture.modality_lengths
+
+    # -- items --------------------------------------------------------------------------------------
+    def __getitem__(self, i: int) -> Any:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        """Items at `indices` (negative allowed), records parsed in one call: DataLoader's batched path."""
+        out = self._prepare(indices)
+        for k, item in enumerate(out):
+            if isinstance(item, _BadSample):
+                out[k] = self._replace(int(indices[k]), item)
+        return out
+
+    def _prepare(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
+        """Items at `indices`, with a `_BadSample` in place of each bad one."""
+        mixture = self.mixture
+        info = self._datasets()
+        dataset_ids, numbers = mixture.locate(indices)
+        records = mixture.get_many(indices)
+        flags = np.empty(len(numbers), dtype=np.uint8)
+        for d in np.unique(dataset_ids).tolist():
+            where = dataset_ids == d
+            flags[where] = info[d].flags[numbers[where]]
+        out: list[Any] = []
+        for record, d, number, flag in zip(
+            records, dataset_ids.tolist(), numbers.tolist(), flags.tolist(), strict=True
+        ):
+            try:
+                out.append(self._item(record, info[d], number, flag))
+            except _BadSample as bad:
+                out.append(bad)
+        return out
+
+    def _item(self, record: Any, ds: _DatasetInfo, number: int, flag: int) -> Any:
+        if flag & _ANY_BAD_FLAG:
+            for bit, cause, detail in _BAD_FLAGS:
+                if flag & bit:
+                    raise _bad(cause, detail, ds, number, record)
+        image = record.get("image")
+        if image is not None:
+            record["image"] = image = _resolve_images(image, ds, number, record)
+        record[SOURCE_KEY] = {"dataset": ds.name, "index": number}
+        if self.load_images and "image" in record:
+            if image is None:
+                raise _bad("malformed_record", "'image' is null", ds, number, record)
+            record[IMAGE_KEY] = (
+                _open_image(image, ds, number, record)
+                if isinstance(image, str)
+                else [_open_image(p, ds, number, record) for p in image]
+            )
+        if self.transform is None:
+            return record
+        try:
+            return self.transform(record)
+        except RecordError as e:
+            raise _bad("rejected", f"rejected by the transform: {e}", ds, number, record) from e
+
+    def _replace(self, i: int, bad: _BadSample) -> Any:
+        """The next good sample after bad sample i (on_error="skip"), or raise (on_error="raise")."""
+        if self.on_error == "raise":
+            raise bad.error from bad.__cause__
+        n = len(self)
+        start = i % n
+        for step in range(n):
+            self._count(bad)
+            if step == n - 1:
+                break
+            item = self._prepare([(start + step + 1) % n])[0]
+            if not isinstance(item, _BadSample):
+                return item
+            bad = item
+        raise RecordError(f"every one of the {n} samples is bad; the last: {bad.error}") from bad.error
+
+    def _count(self, bad: _BadSample) -> None:
+        self.skipped += 1
+        self.skip_causes[bad.cause] += 1
+        if self.skip_causes[bad.cause] == 1:
+            logger.warning(
+                "skipping bad samples (%s), replacing each with the next good one; first: %s "
+                "(further ones are only counted in FusionDataset.skipped)",
+                bad.cause,
+                bad.error,
+            )
+
+
+def _bad(cause: str, detail: str, ds: _DatasetInfo, number: int, record: Any) -> _BadSample:
+    record_id = record.get("id") if isinstance(record, dict) else None
+    message = f"dataset {ds.name!r}, record {number} (id {record_id!r}): {detail}"
+    return _BadSample(cause, RecordError(message, path=ds.data_path, record=number))
+
+
+def _prefix(folder: str | None) -> str:
+    if not folder:
+        return ""
+    return folder if folder.endswith("/") else folder + "/"
+
+
+def _resolve_images(image: Any, ds: _DatasetInfo, number: int, record: Any) -> str | list[str]:
+    prefix = ds.image_prefix
+    if isinstance(image, str):
+        return image if image[:1] == "/" else prefix + image
+    if not all(isinstance(p, str) for p in image):  # a list: other types are flagged in the index
+        raise _bad("malformed_record", "'image' list holds something other than a path", ds, number, record)
+    return [p if p[:1] == "/" else prefix + p for p in image]
+
+
+def _open_image(path: str, ds: _DatasetInfo, number: int, record: Any) -> Any:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise _bad("missing_image", f"image not found: {path}", ds, number, record) from e
+    except Exception as e:  # whatever Pillow raises, training cannot use this image
+        raise _bad("unreadable_image", f"cannot decode image {path}: {e}", ds, number, record) from e
+
+
+# -- batching ---------------------------------------------------------------------------------------
+
+#: Pad values by field name; fields not listed pad with `collate`'s `default_pad`.
+DEFAULT_PAD_VALUES: Mapping[str, int | float] = {"input_ids": 0, "labels": -100, "attention_mask": 0}
+
+
+def collate(
+    batch: Sequence[Any],
+    *,
+    pad_values: Mapping[str, int | float] | None = None,
+    default_pad: int | float = 0,
+) -> Any:
+    """Collate a list of items into a batch, field by field (dicts recursively, tuples position-wise):
+    tensors of one shape are stacked, 1-D tensors of different lengths are right-padded into one
+    `(batch, longest)` tensor with the field's pad value (`DEFAULT_PAD_VALUES`, overridden by
+    `pad_values`, else `default_pad`), and everything else (strings, numbers, lists, PIL images, tensors
+    of other shapes, fields some items lack) becomes a list with one entry per item (None when absent).
+
+    For `DataLoader(collate_fn=...)` with other pad values use `functools.partial(collate, pad_values=...)`.
+    In DataLoader workers stacked and padded tensors are built directly in shared memory, as torch's
+    default collate does, so sending them to the main process copies nothing.
+    """
+    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
+    return _collate(list(batch), None, pads, default_pad)
+
+
+def _collate(items: list[Any], key: str | None, pads: Mapping[str, int | float], default: int | float) -> Any:
+    first = items[0] if items else None
+    if isinstance(first, torch.Tensor) and all(isinstance(x, torch.Tensor) for x in items):
+        pad = pads.get(key, default) if key is not None else default
+        return _stack_or_pad(items, pad)
+    if isinstance(first, Mapping) and all(isinstance(x, Mapping) for x in items):
+        keys = dict.fromkeys(k for x in items for k in x)  # union of keys, in first-seen order
+        return {k: _collate([x.get(k) for x in items], k, pads, default) for k in keys}
+    if isinstance(first, tuple) and all(isinstance(x, tuple) and len(x) == len(first) for x in items):
+        fields = [_collate(list(column), key, pads, default) for column in zip(*items, strict=True)]
+        return type(first)(*fields) if hasattr(first, "_fields") else tuple(fields)
+    return items
+
+
+def _stack_or_pad(tensors: list[torch.Tensor], pad: int | float) -> torch.Tensor | list[torch.Tensor]:
+    first = tensors[0]
+    if all(t.shape == first.shape for t in tensors):
+        return torch.stack(tensors, out=_new_batch_tensor(first, (len(tensors), *first.shape)))
+    if all(t.dim() == 1 for t in tensors) and all(t.dtype == first.dtype for t in tensors):
+        out = _new_batch_tensor(first, (len(tensors), max(len(t) for t in tensors)))
+        if out is None:
+            out = first.new_empty((len(tensors), max(len(t) for t in tensors)))
+        out.fill_(pad)
+        for row, t in zip(out, tensors, strict=True):
+            row[: len(t)] = t
+        return out
+    return tensors
+
+
+def _new_batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """In a DataLoader worker, an uninitialised tensor of `shape` in shared memory; else None."""
+    if get_worker_info() is None or like.device.type != "cpu":
+        return None
+    numel = 1
+    for s in shape:
+        numel *= s
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).resize_(shape)
+
+
+# -- GPU transfer -----------------------------------------------------------------------------------
+
+
+class CudaPrefetcher:
+    """Iterate `loader` with each batch already on the GPU: while batch k is in use, batch k+1 is
+    copied on a side CUDA stream (asynchronous from pinned memory, so use `pin_memory=True`). The main
+    stream waits for the copy before it is handed out (`wait_stream`) and every tensor is marked as used
+    by it (`record_stream`), so the caching allocator never reuses its memory too early. Tensors are
+    found in nested dicts, lists and tuples; other values pass unchanged.
+
+    `device`: a CUDA device (default: the current one). Without CUDA (or with a CPU `device`) batches
+    pass through unchanged, so the same training script runs on CPU. `len()` is the loader's.
+    """
+
+    def __init__(
+        self, loader: Iterable[Any], device: torch.device | str | int | None = None, non_blocking: bool = True
+    ):
+        self.loader = loader
+        self.non_blocking = non_blocking
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether batches are copied to a GPU (False: pass-through)."""
+        return self.device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self.enabled:
+            return iter(self.loader)
+        return self._prefetch()
+
+    def _prefetch(self) -> Iterator[Any]:
+        side = torch.cuda.Stream(self.device)
+        batches = iter(self.loader)
+
+        def copy_next() -> Any:
+            batch = next(batches, _END)
+            if batch is _END:
+                return _END
+            with torch.cuda.stream(side):
+                return _to_device(batch, self.device, self.non_blocking)
+
+        upcoming = copy_next()
+        while upcoming is not _END:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(side)
+            batch = upcoming
+            _record_stream(batch, current)
+            upcoming = copy_next()  # queued on the side stream before batch k's work is queued
+            yield batch
+
+
+_END = object()
+
+
+def _to_device(obj: Any, device: torch.device, non_blocking: bool) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        moved = [_to_device(v, device, non_blocking) for v in obj]
+        return type(obj)(*moved) if hasattr(obj, "_fields") else tuple(moved)
+    if isinstance(obj, list):
+        return [_to_device(v, device, non_blocking) for v in obj]
+    return obj
+
+
+def _record_stream(obj: Any, stream: torch.cuda.Stream) -> None:
+    if isinstance(obj, torch.Tensor):
+        if obj.is_cuda:
+            obj.record_stream(stream)
+    elif isinstance(obj, Mapping):
+        for v in obj.values():
+            _record_stream(v, stream)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _record_stream(v, stream)
+
+
+# -- distributed indexing ---------------------------------------------------------------------------
+
+#: How long ranks wait for each other while others build indexes (big files take minutes each).
+DISTRIBUTED_TIMEOUT = timedelta(hours=2)
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class _Group:
+    """A gloo process group used only to coordinate index building; `close` releases it."""
+
+    group: Any  # None: the default group, created here
+    rank: int
+    world_size: int
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.group)
+
+    def close(self) -> None:
+        """Wait for every rank, then release the group so that training code can set up its own."""
+        self.barrier()
+        dist.destroy_process_group(self.group)
+
+
+def _coordination_group() -> _Group | None:
+    """A gloo group over all ranks: a new one beside an initialised `torch.distributed` (whatever its
+    backend, so that long waits don't hit NCCL's timeout), or the default group set up from torchrun's
+    environment. None when not distributed (or with one rank)."""
+    if not dist.is_available():
+        return None
+    if dist.is_initialized():
+        if dist.get_world_size() == 1:
+            return None
+        group = dist.new_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
+        return _Group(group, dist.get_rank(), dist.get_world_size())
+    if not all(k in os.environ for k in _TORCHRUN_ENV) or int(os.environ["WORLD_SIZE"]) <= 1:
+        return None
+    dist.init_process_group("gloo", timeout=DISTRIBUTED_TIMEOUT)
+    return _Group(None, dist.get_rank(), dist.get_world_size())
+
+
+def _has_valid_index(path: Path, index_dir: str | None) -> bool:
+    try:
+        open_index(path, rebuild="never", index_dir=index_dir)
+    except (IndexMissingError, StaleIndexError, CorruptIndexError):
+        return False
+    return True
+
+
+def _shares(paths: list[Path], world_size: int) -> list[list[Path]]:
+    """Split `paths` over `world_size` ranks with balanced bytes: biggest file first, each to the rank
+    with the fewest bytes so far (the lowest rank on ties). Every rank computes the same split; each
+    share keeps the order of `paths`."""
+    sizes = {p: p.stat().st_size for p in paths}
+    load = [0] * world_size
+    owner: dict[Path, int] = {}
+    for p in sorted(paths, key=lambda p: (-sizes[p], str(p))):
+        rank = load.index(min(load))
+        owner[p] = rank
+        load[rank] += sizes[p]
+    return [[p for p in paths if owner[p] == r] for r in range(world_size)]
+
+
+def distributed_share(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    index_dir: str | os.PathLike[str] | None = None,
+    only_missing: bool = True,
+) -> tuple[list[Path], Callable[[], None] | None]:
+    """This rank's share of the data files whose index must be built, and a callable to run once they
+    are built: `(my_paths, done)`.
+
+    Under `torch.distributed` (initialised, or torchrun's environment, when a gloo group is set up
+    here) rank 0 finds the files without a valid index (all files with `only_missing=False`), sends the
+    list to every rank and each rank takes its byte-balanced share, so every index is built exactly once;
+    `done()` waits for all ranks and releases the coordination group. Otherwise: `(paths, None)`.
+    """
+    files = [Path(p) for p in paths]
+    group = _coordination_group()
+    if group is None:
+        return files, None
+    idx_dir = os.fspath(index_dir) if index_dir is not None else None
+    todo: list[Any] = [None]
+    if group.rank == 0:
+        todo[0] = [str(p) for p in files if not only_missing or not _has_valid_index(p, idx_dir)]
+    dist.broadcast_object_list(todo, src=0, group=group.group)
+    return _shares([Path(p) for p in todo[0]], group.world_size)[group.rank], group.close
+
+
+def ensure_indexed(
+    paths_or_yaml: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    index_dir: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> list[JsonIndex]:
+    """Make sure every data file named (files, folders, stage YAMLs) has a valid index, and open them
+    all, in order.
+
+    Under `torch.distributed` (or torchrun's environment) the files still missing an index are split
+    over the ranks and each is built exactly once (on a shared filesystem), then all ranks meet at a
+    barrier; each rank builds with `threads` cores (default: the machine's cores divided among the
+    node's ranks). Without it, this simply opens (building as needed) each file. `JsonIndex.built` of
+    the result tells which indexes this process built.
+    """
+    targets = [paths_or_yaml] if isinstance(paths_or_yaml, (str, os.PathLike)) else list(paths_or_yaml)
+    paths = expand_targets(targets, root=os.fspath(root) if root is not None else None)
+    idx_dir = os.fspath(index_dir) if index_dir is not None else None
+    mine, done = distributed_share(paths, index_dir=idx_dir)
+    opened: dict[Path, JsonIndex] = {}
+    if done is not None:
+        if threads is None:
+            threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        try:
+            for p in mine:
+                opened[p] = open_index(p, index_dir=idx_dir, threads=threads)
+        finally:
+            done()  # reached even when a build fails, so the other ranks are not left waiting
+    return [opened[p] if p in opened else open_index(p, index_dir=idx_dir, threads=threads) for p in paths]
+
+
+# -- diagnostics ------------------------------------------------------------------------------------
+
+
+def private_memory(pid: int | None = None) -> int:
+    """Bytes of memory private to process `pid` (default: this one): `Private_Clean + Private_Dirty`
+    of `/proc/PID/smaps_rollup` (Linux). Pages shared with other processes, such as the memory-mapped
+    data and index files every DataLoader worker maps, are not counted."""
+    total = 0
+    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1]) * 1024
+    return total
