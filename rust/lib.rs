@@ -21,3 +21,5 @@ pub use store::{open, JsonIndex, OpenOptions, Rebuild};
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod to_python;

@@ -3,9 +3,8 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use jiter::{PythonParse, StringCacheMode};
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -14,6 +13,7 @@ use crate::columns::{Records, COLUMNS};
 use crate::error::{Error, ErrorKind};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
+use crate::to_python::Builder;
 
 /// Raises the `fusion_fast.errors` class that matches `err.kind`.
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
@@ -67,7 +67,7 @@ impl Progress {
 #[pyclass(module = "fusion_fast._core", frozen)]
 struct Index {
     inner: JsonIndex,
-    parser: PythonParse,
+    builder: Mutex<Builder>,
 }
 
 impl Index {
@@ -84,20 +84,15 @@ impl Index {
 
     fn parse<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
         let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
-        self.parser.python_parse(py, raw).map_err(|e| {
-            let (off, _) = self.inner.span(i);
-            let err = Error::malformed(
-                self.inner.source_bytes(),
-                off as usize + e.index,
-                i as u64,
-                e.error_type.to_string(),
+        // The GIL is held, so the lock is never contended; it only satisfies `Sync`.
+        let mut builder = self.builder.lock().unwrap_or_else(|e| e.into_inner());
+        builder.build(py, raw).map_err(|e| {
+            let msg = format!(
+                "record {i} cannot be decoded ({e}); the data file changed after it was opened"
             );
             to_py_err(
                 py,
-                Error {
-                    kind: ErrorKind::StaleIndex,
-                    ..err.with_path(&self.inner.source_path)
-                },
+                Error::new(ErrorKind::StaleIndex, msg).with_path(&self.inner.source_path),
             )
         })
     }
@@ -222,11 +217,10 @@ fn open_index(
     let inner = py
         .detach(|| store::open(&path, &opts))
         .map_err(|e| to_py_err(py, e))?;
-    let parser = PythonParse {
-        cache_mode: StringCacheMode::Keys,
-        ..Default::default()
-    };
-    Ok(Index { inner, parser })
+    Ok(Index {
+        inner,
+        builder: Mutex::new(Builder::default()),
+    })
 }
 
 /// Scans `data` without writing an index and returns each column as little-endian bytes.
