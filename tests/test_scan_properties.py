@@ -91,3 +91,41 @@ def test_damaged_documents_give_the_same_error_at_any_chunk_size(records, data, 
         assert errors[0] is None
     if not python_ok:
         assert errors[0] is not None
+
+
+json_value = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(10**40), 10**40), text,
+        st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, -0.0, 1e300, 5e-324]),
+    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(json_value, max_size=5), st.sampled_from([None, 2]), st.booleans())
+def test_records_decode_exactly_like_json_loads(tmp_path_factory, values, indent, ascii_only):
+    """`idx[i]` (the Rust builder) equals `json.loads` on every kind of value, escapes included."""
+    import fusion_fast as ff
+
+    path = tmp_path_factory.mktemp("v") / "v.json"
+    path.write_text(json.dumps(values, indent=indent, ensure_ascii=ascii_only), encoding="utf-8")
+    idx = ff.open(path)
+    decoded = [idx[i] for i in range(len(idx))]
+    assert decoded == values
+    assert [type(v) for v in decoded] == [type(v) for v in values]
+    assert idx.get_many(range(len(idx))) == values
+
+
+def test_special_numbers_and_surrogates(tmp_path):
+    import fusion_fast as ff
+
+    doc = '[-0, -0.0, 1E400, 123456789012345678901234567890, "\\ud800x", "\\ud83d\\ude00", 1e-400, 0.1]'
+    path = tmp_path / "n.json"
+    path.write_text(doc)
+    got = [ff.open(path)[i] for i in range(8)]
+    want = json.loads(doc)
+    assert got[2] == float("inf") and got == want
+    assert [type(v) for v in got] == [type(v) for v in want]
+    assert str(got[1]) == "-0.0" and got[0] == 0 and isinstance(got[0], int)
