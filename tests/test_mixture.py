@@ -127,8 +127,16 @@ def test_all_first_end_and_percent_equal_fusion(files):
 
 def test_percent_is_an_exact_ceiling(tmp_path):
     write(tmp_path / "seven.json", json.dumps([{"n": i} for i in range(7)]))
-    cases = {"first:50%": 4, "end:14.2857%": 1, "first:100%": 7, "first:0%": 0, "first:0.0001%": 1,
-             "end:42.857142857142857142%": 3, "first:42.86%": 4, "random:50%": 4}
+    cases = {
+        "first:50%": 4,
+        "end:14.2857%": 1,
+        "first:100%": 7,
+        "first:0%": 0,
+        "first:0.0001%": 1,
+        "end:42.857142857142857142%": 3,
+        "first:42.86%": 4,
+        "random:50%": 4,
+    }
     for strategy, expected in cases.items():
         mix = Mixture([{"json_path": "seven.json", "sampling_strategy": strategy}], root=tmp_path)
         assert len(mix) == expected, strategy
@@ -137,12 +145,20 @@ def test_percent_is_an_exact_ceiling(tmp_path):
 def test_end_zero_keeps_nothing_unlike_fusion(tmp_path):
     write(tmp_path / "a.json", json.dumps([{"n": i} for i in range(5)]))
     assert len(Mixture([{"json_path": "a.json", "sampling_strategy": "end:0"}], root=tmp_path)) == 0
-    assert Mixture([{"json_path": "a.json", "sampling_strategy": "end:2"}], root=tmp_path)[:] == [{"n": 3}, {"n": 4}]
+    assert Mixture([{"json_path": "a.json", "sampling_strategy": "end:2"}], root=tmp_path)[:] == [
+        {"n": 3},
+        {"n": 4},
+    ]
 
 
 def test_sequence_api(files):
-    mix = Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:10"},
-                   {"json_path": "jsons/Compact-257.json", "sampling_strategy": "end:5"}], root=files)
+    mix = Mixture(
+        [
+            {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:10"},
+            {"json_path": "jsons/Compact-257.json", "sampling_strategy": "end:5"},
+        ],
+        root=files,
+    )
     ref = load_records(files / "jsons" / "Compact-257.json")
     assert isinstance(mix, Sequence) and len(mix) == 15
     assert mix.source(0) == ("Lines-211", 0) and mix.source(10) == ("Compact-257", 252)
@@ -179,10 +195,17 @@ def test_entries_from_python_objects(files):
     by_dict = Mixture([{"json_path": str(files / "jsons" / "Lines-211.jsonl"), "images_folder": "/imgs"}])
     by_path = Mixture([files / "jsons" / "Lines-211.jsonl"])
     by_spec = Mixture([spec])
-    assert list(by_dict) == list(by_path) == list(by_spec) == load_records(files / "jsons" / "Lines-211.jsonl")
+    assert (
+        list(by_dict) == list(by_path) == list(by_spec) == load_records(files / "jsons" / "Lines-211.jsonl")
+    )
     assert by_dict.datasets[0].image_folder == Path("/imgs") and by_path.datasets[0].image_folder is None
-    folders = Mixture([{"json_path": "jsons/Lines-211.jsonl", key: "img"} for key in
-                       ("image_folder", "images_folder", "data_folder")], root=files)
+    folders = Mixture(
+        [
+            {"json_path": "jsons/Lines-211.jsonl", key: "img"}
+            for key in ("image_folder", "images_folder", "data_folder")
+        ],
+        root=files,
+    )
     assert [d.image_folder for d in folders.datasets] == [files / "img"] * 3
 
 
@@ -232,8 +255,13 @@ def test_random_is_identical_across_processes_and_changes_with_the_seed(files):
     stage = make_stage(files, RANDOM_STAGE)
 
     def in_child(seed: int) -> list[list[int]]:
-        out = subprocess.run([sys.executable, "-c", SELECTIONS_SCRIPT, str(stage), str(files), str(seed)],
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", SELECTIONS_SCRIPT, str(stage), str(files), str(seed)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         return json.loads(out.stdout)
 
     a, b = in_child(3), in_child(3)
@@ -245,8 +273,15 @@ def test_random_is_identical_across_processes_and_changes_with_the_seed(files):
 
 def test_random_subset_depends_only_on_seed_file_and_occurrence(files):
     alone = Mixture([RANDOM_STAGE[0]], root=files, seed=5)
-    behind = Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:10"}, RANDOM_STAGE[0],
-                      RANDOM_STAGE[0]], root=files, seed=5)
+    behind = Mixture(
+        [
+            {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:10"},
+            RANDOM_STAGE[0],
+            RANDOM_STAGE[0],
+        ],
+        root=files,
+        seed=5,
+    )
     assert behind.datasets[1].selected.tolist() == alone.datasets[0].selected.tolist()
     # the same file listed twice draws two independent subsets, like two FUSION shuffles
     assert behind.datasets[2].selected.tolist() != behind.datasets[1].selected.tolist()
@@ -254,16 +289,26 @@ def test_random_subset_depends_only_on_seed_file_and_occurrence(files):
 
 def test_repeat_whole_and_fractional(files):
     base = {"json_path": "jsons/Compact-257.json", "sampling_strategy": "first:40"}
-    mix = Mixture([{**base, "repeat": 2}, {**base, "repeat": 1.5}, {**base, "repeat": 0}, {**base, "repeat": "0.1"}],
-                  root=files, seed=1)
+    mix = Mixture(
+        [{**base, "repeat": 2}, {**base, "repeat": 1.5}, {**base, "repeat": 0}, {**base, "repeat": "0.1"}],
+        root=files,
+        seed=1,
+    )
     twice, one_half, none, tenth = (d.selected for d in mix.datasets)
     assert twice.tolist() == list(range(40)) * 2
     assert one_half[:40].tolist() == list(range(40)) and len(one_half) == 60
     assert len(set(one_half[40:].tolist())) == 20 and one_half[40:].tolist() == sorted(one_half[40:].tolist())
     assert len(none) == 0 and len(tenth) == 4 and set(tenth.tolist()) <= set(range(40))
     assert mix.summary()["selected"].to_list() == [80, 60, 0, 4]
-    rnd = Mixture([{"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:10", "repeat": 1.5}],
-                  root=files, seed=2).datasets[0].selected
+    rnd = (
+        Mixture(
+            [{"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:10", "repeat": 1.5}],
+            root=files,
+            seed=2,
+        )
+        .datasets[0]
+        .selected
+    )
     assert len(rnd) == 15 and set(rnd[10:].tolist()) <= set(rnd[:10].tolist())
 
 
@@ -271,8 +316,10 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
     data = files / "jsons" / "Lines-211.jsonl"
     exclude = tmp_path / "bad.json"
     write_exclude(exclude, {data: [2, 5, 9, 150]})
-    mix = Mixture([{"json_path": str(data), "sampling_strategy": "first:10", "exclude": str(exclude),
-                    "repeat": 2}], root=files)
+    mix = Mixture(
+        [{"json_path": str(data), "sampling_strategy": "first:10", "exclude": str(exclude), "repeat": 2}],
+        root=files,
+    )
     ref = load_records(data)
     keep = [0, 1, 3, 4, 6, 7, 8]
     assert mix.datasets[0].excluded == 3 and mix.datasets[0].selected.tolist() == keep * 2
@@ -290,7 +337,10 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "shuffle:10"}, "unknown sampling_strategy"),
+        (
+            {"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "shuffle:10"},
+            "unknown sampling_strategy",
+        ),
         ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "first:-5"}, "non-negative number"),
         ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "random:abc"}, "non-negative number"),
         ({"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": "end:"}, "non-negative number"),
@@ -303,7 +353,10 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
         ({"json_path": "jsons/Lines-211.jsonl", "repeat": "twice"}, "repeat must be a number"),
         ({"json_path": "jsons/Lines-211.jsonl", "repeat": True}, "repeat must be a number"),
         ({"json_path": "jsons/Lines-211.jsonl", "image_folder": 3}, "image_folder must be a string"),
-        ({"json_path": "jsons/Lines-211.jsonl", "exclude": "nope.json"}, "exclude file 'nope.json' not found"),
+        (
+            {"json_path": "jsons/Lines-211.jsonl", "exclude": "nope.json"},
+            "exclude file 'nope.json' not found",
+        ),
         ({"json_path": "jsons/data.parquet"}, "unsupported file type"),
         ({"sampling_strategy": "all"}, "json_path is missing"),
         ({"json_path": 12}, "json_path is missing or not a string"),
@@ -339,8 +392,10 @@ def test_malformed_stage_files(tmp_path, text, message):
 def test_missing_files_list_every_path_tried(files, tmp_path):
     stage_dir = tmp_path / "scripts"
     stage_dir.mkdir()
-    stage = make_stage(stage_dir, [{"json_path": "jsons/Pretty-300.json"}, {"json_path": "gone/A.json"},
-                                   {"json_path": "/abs/B.jsonl"}])
+    stage = make_stage(
+        stage_dir,
+        [{"json_path": "jsons/Pretty-300.json"}, {"json_path": "gone/A.json"}, {"json_path": "/abs/B.jsonl"}],
+    )
     with pytest.raises(MixtureError) as err:
         Mixture.from_yaml(stage, root=files)
     text = str(err.value)
@@ -371,8 +426,10 @@ def test_rebuild_never_needs_an_index(tmp_path):
 
 
 def test_summary_matches_the_records(files):
-    entries = [*ALL_FIRST_END[:3], {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:30",
-                                    "repeat": 1.5}]
+    entries = [
+        *ALL_FIRST_END[:3],
+        {"json_path": "jsons/Pretty-300.json", "sampling_strategy": "random:30", "repeat": 1.5},
+    ]
     mix = Mixture(entries, root=files, seed=3)
     df = mix.summary(total=True)
     assert df["dataset"].to_list() == ["Pretty-300", "Compact-257", "Lines-211", "Pretty-300", "total"]
@@ -470,8 +527,9 @@ def test_dataloader_workers(files, method):
     if method not in multiprocessing.get_all_start_methods():
         pytest.skip(f"no {method} start method here")
     mix = Mixture.from_yaml(make_stage(files, ALL_FIRST_END + RANDOM_STAGE), root=files, seed=2)
-    loader = torch_data.DataLoader(MixtureItems(mix), batch_size=16, num_workers=2,
-                                   multiprocessing_context=method, collate_fn=as_list)
+    loader = torch_data.DataLoader(
+        MixtureItems(mix), batch_size=16, num_workers=2, multiprocessing_context=method, collate_fn=as_list
+    )
     items = [item for batch in loader for item in batch]
     assert [json.loads(item["record"]) for item in items] == list(mix)
     assert [item["source"] for item in items] == [mix.source(i) for i in range(len(mix))]
