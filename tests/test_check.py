@@ -330,6 +330,9 @@ def test_cli_exit_codes_and_json_schema(planted, tmp_path: Path, capsys) -> None
     assert main(["check", str(tmp_path / "nope.yaml")]) == 2
     assert main(["check", str(write(tmp_path / "notes.txt", "hi"))]) == 2
     assert main(["check", str(write(tmp_path / "bad.yaml", "datasets: 3\n"))]) == 2
+    assert main(["check", str(write(tmp_path / "empty.yaml", "datasets: []\n"))]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["check", str(tmp_path / "empty")]) == 2
     with pytest.raises(SystemExit) as e:
         main(["check", str(yaml), "--no-such-flag"])
     assert e.value.code == 2
@@ -474,3 +477,40 @@ def test_playground_without_stage_yaml_has_no_unused_json(tmp_path: Path) -> Non
     pg = write_playground(tmp_path / "demo")
     pg.yaml.unlink()
     assert run_check(pg.root).clean
+
+
+def test_small_batches_and_chunks_give_the_same_report(planted, monkeypatch) -> None:
+    yaml, want = planted
+    monkeypatch.setattr(check_module, "BATCH", 4)
+    monkeypatch.setattr(check_module, "EXIST_CHUNK", 3)
+    monkeypatch.setattr(check_module, "DECODE_CHUNK", 2)
+    report = run_check(yaml, decode=True)
+    assert found(report) == want
+    folder = next(p for p in report.problems if p.kind == "missing_image_folder")
+    assert "3 files in 2 records" in folder.detail and "first: record 19" in folder.detail
+
+
+def test_duplicate_ids_survive_hash_collisions(tmp_path: Path, monkeypatch) -> None:
+    # Every id hashes alike: only really equal ids (of the same type) may be reported.
+    monkeypatch.setattr(check_module, "hash", lambda _value: 7, raising=False)
+    ids = ["a", "b", 1, "1", "a", 1, "c", "a"]
+    data = write(tmp_path / "d.json", json.dumps([{"id": i, "conversations": qa()} for i in ids]))
+    report = run_check(data)
+    assert [(p.record, p.id, p.detail) for p in report.problems] == [
+        (4, "a", "id 'a' is also used by record 0"),
+        (5, 1, "id 1 is also used by record 2"),
+        (7, "a", "id 'a' is also used by record 0"),
+    ]
+
+
+def test_data_files_linked_into_jsons_stay_in_the_playground(tmp_path: Path) -> None:
+    pg = write_playground(tmp_path / "demo")
+    store = tmp_path / "store"
+    store.mkdir()
+    for path in pg.jsons:  # the annotation files live elsewhere, linked into jsons/
+        path.rename(store / path.name)
+        path.symlink_to(store / path.name)
+    for target in (pg.yaml, pg.root, pg.jsons[0]):
+        report = run_check(target)
+        assert report.clean, report.problems[:3]
+        assert {Path(d).parent for d in report.datasets} == {pg.root / "train" / "jsons"}

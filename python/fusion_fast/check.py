@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+
 from . import _core
 from .errors import FusionFastError, MalformedJSONError, MixtureError
 from .exclude import write_exclude
@@ -55,9 +57,12 @@ HUMAN, GPT, SYSTEM = "human", "gpt", "system"
 
 #: Records parsed per `get_many` call.
 BATCH = 4096
-#: Paths per `files_exist` call: bounds the memory of one call and paces the progress bar.
+#: Paths gathered before one `files_exist` call (bounds memory), and before decoding them (paces the bar).
 EXIST_CHUNK = 1 << 18
-#: Runs with at least this many records (or images to decode) get a progress bar.
+DECODE_CHUNK = 1 << 12
+#: States of a record's id.
+ID_OK, ID_MISSING, ID_INVALID = 0, 1, 2
+#: Files with at least this many records (or images to decode) get a progress bar.
 PROGRESS_MIN_RECORDS = 100_000
 PROGRESS_MIN_DECODES = 2_000
 
@@ -261,10 +266,18 @@ class Layout:
         return _data_files(self.jsons)
 
 
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    """Absolute but not resolved: a data file linked into `jsons/` stays in the playground, and paths
+    compare equal to those `read_stage` returns."""
+    return Path(os.path.abspath(path))
+
+
 def _data_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
-    return sorted(p.resolve() for p in folder.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file())
+    return sorted(
+        _absolute(p) for p in folder.rglob("*") if p.suffix.lower() in DATA_SUFFIXES and p.is_file()
+    )
 
 
 def target_kind(target: str | os.PathLike[str]) -> TargetKind:
@@ -328,9 +341,9 @@ def _yamls_in(folder: Path) -> list[Path]:
 def _plan(target: Path, kind: TargetKind, root: str | None) -> _Plan:
     plan = _Plan()
     if kind == "data":
-        plan.files.append(_DataFile(target.resolve(), None))
+        plan.files.append(_DataFile(_absolute(target), None))
     elif kind == "yaml":
-        yaml_path = target.resolve()
+        yaml_path = _absolute(target)
         plan.add_specs(read_stage(yaml_path, root=root), check=True)
         plan.layouts = sorted({lay for f in plan.files if (lay := Layout.of_file(f.path))}, key=str)
         # Other stages of the same run use the rest of jsons/: their YAMLs sit beside this one or in train/.
@@ -338,7 +351,7 @@ def _plan(target: Path, kind: TargetKind, root: str | None) -> _Plan:
         others.discard(yaml_path)
         plan.add_specs(_stage_specs(sorted(others), root), check=False)
     else:
-        layout = Layout.of_folder(target)
+        layout = Layout.of_folder(_absolute(target))
         if layout is None:
             plan.files = [_DataFile(p, None) for p in expand_targets([target])]
         else:
@@ -366,38 +379,97 @@ def _image_root(data: _DataFile, image_folder: str | None, layout: Layout | None
 
 
 class _Refs:
-    """The image and video paths of one file's records, as parallel lists (cheaper than an object each)."""
+    """Image and video paths waiting for the existence check, as parallel lists (cheaper than an object
+    each), with the ids of the records they come from."""
 
-    __slots__ = ("records", "paths", "videos")
+    __slots__ = ("records", "paths", "videos", "ids")
 
     def __init__(self) -> None:
         self.records: list[int] = []
         self.paths: list[str] = []
         self.videos: set[int] = set()  # positions of video paths (few)
+        self.ids: dict[int, Any] = {}
 
-    def add(self, record: int, paths: list[str], video: bool) -> None:
+    def add(self, record: int, rid: Any, paths: list[str], video: bool) -> None:
         if video:
             self.videos.update(range(len(self.paths), len(self.paths) + len(paths)))
         self.records += [record] * len(paths)
         self.paths += paths
+        self.ids[record] = rid
 
     def __len__(self) -> int:
         return len(self.paths)
 
 
+@dataclass
+class _MissingFolder:
+    """Files under one folder that does not exist."""
+
+    first_record: int
+    first_path: str
+    files: int = 0
+    records: int = 0
+    last_record: int = -1
+
+
+class _MissingFolders:
+    """Which missing files sit under a folder that is missing altogether: the image root itself, or
+    its first-level `<Source>` folder (FUSION's `train/images/<Source>/...`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root_exists = root.is_dir()
+        self._sources: dict[str, bool] = {}
+        self.found: dict[Path, _MissingFolder] = {}
+
+    def folder_of(self, path: str) -> Path | None:
+        """The missing folder a missing file `path` is under, if any."""
+        if os.path.isabs(path):
+            return None
+        if not self.root_exists:
+            return self.root
+        head, sep, _ = path.partition("/")
+        if not sep or head in ("", ".", ".."):
+            return None
+        exists = self._sources.get(head)
+        if exists is None:
+            exists = self._sources[head] = (self.root / head).is_dir()
+        return None if exists else self.root / head
+
+    def add(self, folder: Path, record: int, path: str) -> None:
+        """Count one missing file; records arrive in increasing order."""
+        entry = self.found.get(folder)
+        if entry is None:
+            entry = self.found[folder] = _MissingFolder(record, path)
+        entry.files += 1
+        if record != entry.last_record:
+            entry.records += 1
+            entry.last_record = record
+
+
 class _FileCheck:
-    """The problems found in one data file so far."""
+    """Checks one data file, streaming: records in batches, their paths in chunks, so memory stays
+    bounded by the chunk size (plus the problems found and one id hash per record)."""
 
-    def __init__(self, idx: JsonIndex, stats: DatasetStats) -> None:
+    def __init__(self, checker: _Checker, idx: JsonIndex, stats: DatasetStats, image_root: Path) -> None:
+        self.checker = checker
+        self.idx = idx
         self.stats = stats
+        self.base = str(image_root)
         self.offsets = idx.columns["offset"]
-        self.ids: list[Any] = []  # per record
         self.refs = _Refs()
+        self.folders = _MissingFolders(image_root)
         self.problems: list[Problem] = []
+        self.chunk = DECODE_CHUNK if checker.decode else EXIST_CHUNK
+        n = len(idx)
+        # Ids are compared by hash, 8 bytes a record; equal hashes are confirmed by re-reading the ids.
+        self.id_hash = np.zeros(n, dtype=np.int64)
+        self.id_state = np.full(n, ID_INVALID, dtype=np.int8)
 
-    def add(self, kind: str, record: int, detail: str, *, path: str | None = None, bad: bool = True) -> None:
+    def add(
+        self, kind: str, record: int, rid: Any, detail: str, *, path: str | None = None, bad: bool = True
+    ) -> None:
         """A problem of one record; `bad` records are the ones `--write-exclude` lists."""
-        rid = self.ids[record]
         self.problems.append(
             Problem(kind, self.stats.path, record, rid, detail, int(self.offsets[record]), path)
         )
@@ -407,13 +479,115 @@ class _FileCheck:
     def add_file_level(self, kind: str, detail: str, path: str | None = None) -> None:
         self.problems.append(Problem(kind, self.stats.path, None, None, detail, None, path))
 
+    def run(self, bar: _Bar) -> list[Problem]:
+        n = len(self.idx)
+        images = int(self.idx.columns["images"].sum())
+        big = n >= PROGRESS_MIN_RECORDS or (self.checker.decode and images >= PROGRESS_MIN_DECODES)
+        # Only long runs get a bar: many records, or many images to decode.
+        task = bar.task(f"checking {self.stats.name}", n) if big else None
+        for start in range(0, n, BATCH):
+            stop = min(n, start + BATCH)
+            self._check_records(start, self.idx.get_many(range(start, stop)))
+            if len(self.refs) >= self.chunk:
+                self._check_paths()
+            bar.advance(task, stop - start)
+        self._check_paths()
+        self._report_ids()
+        for folder, entry in self.folders.found.items():
+            self.add_file_level(
+                "missing_image_folder",
+                f"folder does not exist; {entry.files:,} files in {entry.records:,} records are under it "
+                f"(first: record {entry.first_record}, {entry.first_path})",
+                str(folder),
+            )
+        return self.problems
+
+    def _check_records(self, start: int, records: list[Any]) -> None:
+        hashes, states = [], []
+        for i, rec in enumerate(records, start):
+            if type(rec) is not dict:
+                hashes.append(0)
+                states.append(ID_INVALID)
+                self.add("malformed_record", i, None, f"record is a JSON {type(rec).__name__}, not an object")
+                continue
+            rid = rec.get("id")
+            for kind, detail in _record_problems(rec, i, rid, self.refs):
+                self.add(kind, i, rid, detail)
+            # A missing, odd or repeated id does not stop training, so it is reported, not excluded.
+            if type(rid) is str or type(rid) is int:
+                hashes.append(hash(rid))
+                states.append(ID_OK)
+                continue
+            hashes.append(0)
+            if rid is None and "id" not in rec:
+                states.append(ID_MISSING)
+            else:
+                states.append(ID_INVALID)
+                self.add(
+                    "malformed_record", i, rid, f"id must be a string or an integer, not {rid!r}", bad=False
+                )
+        self.id_hash[start : start + len(records)] = hashes
+        self.id_state[start : start + len(records)] = states
+
+    def _report_ids(self) -> None:
+        n = len(self.idx)
+        missing = np.flatnonzero(self.id_state == ID_MISSING)
+        # A file where no record has an id simply does not use ids (FUSION's loader does not need them):
+        # one file-level problem. Missing ids among records that have them are reported one by one.
+        if n and len(missing) == n:
+            self.add_file_level("malformed_record", f"none of the {n:,} records has an id")
+        else:
+            for i in missing.tolist():
+                self.add("malformed_record", i, None, "missing id", bad=False)
+        with_id = np.flatnonzero(self.id_state == ID_OK)
+        order = with_id[np.argsort(self.id_hash[with_id], kind="stable")]
+        hashes = self.id_hash[order]
+        shared = np.zeros(len(order), dtype=bool)
+        shared[1:] = hashes[1:] == hashes[:-1]
+        shared[:-1] |= shared[1:]
+        candidates = np.sort(order[shared])
+        first_with_id: dict[Any, int] = {}
+        for start in range(0, len(candidates), BATCH):
+            batch = candidates[start : start + BATCH]
+            for i, rec in zip(batch.tolist(), self.idx.get_many(batch), strict=True):
+                rid = rec["id"]
+                if (first := first_with_id.setdefault(rid, i)) != i:
+                    self.add("duplicate_id", i, rid, f"id {rid!r} is also used by record {first}", bad=False)
+
+    def _check_paths(self) -> None:
+        """Existence of the pending paths (then decoding), grouping files under missing folders."""
+        refs, self.refs = self.refs, _Refs()
+        if not refs:
+            return
+        self.stats.images += len(refs)
+        present: list[int] = []
+        for k, ok in enumerate(_core.files_exist(refs.paths, self.base)):
+            path, record = refs.paths[k], refs.records[k]
+            if ok:
+                if k not in refs.videos:
+                    present.append(k)
+            elif (folder := self.folders.folder_of(path)) is not None:
+                self.folders.add(folder, record, path)
+                self.stats.bad_records.add(record)
+            else:
+                what = "video" if k in refs.videos else "image"
+                full = os.path.join(self.base, path)
+                self.add("missing_image", record, refs.ids[record], f"{what} not found: {path}", path=full)
+        if self.checker.decode and present:
+            paths = [os.path.join(self.base, refs.paths[k]) for k in present]
+            for k, path, error in zip(present, paths, self.checker.decode_errors(paths), strict=True):
+                if error is not None:
+                    record = refs.records[k]
+                    detail = f"cannot decode {refs.paths[k]}: {error}"
+                    self.add("unreadable_image", record, refs.ids[record], detail, path=path)
+
 
 class _Checker:
     def __init__(self, report: CheckReport, *, decode: bool, bar: _Bar) -> None:
         self.report = report
         self.decode = decode
         self.bar = bar
-        self._decoded: dict[str, str | None] = {}  # resolved path -> error, across datasets
+        self._pool: ThreadPoolExecutor | None = None
 
     def check_file(self, data: _DataFile, image_root: Path) -> list[Problem]:
         stats = DatasetStats(str(data.path), str(image_root))
@@ -426,134 +600,25 @@ class _Checker:
             problems = [Problem("malformed_record", stats.path, e.record, None, detail, e.offset)]
         else:
             stats.records = len(idx)
-            check = _FileCheck(idx, stats)
-            self._check_records(idx, check)
-            stats.images = len(check.refs)
-            self._check_paths(check, image_root)
-            problems = check.problems
+            problems = _FileCheck(self, idx, stats, image_root).run(self.bar)
         for p in problems:
             stats.problems[p.kind] += 1
         problems.sort(key=lambda p: (-1 if p.record is None else p.record, _KIND_ORDER[p.kind]))
         return problems
 
-    def _check_records(self, idx: JsonIndex, check: _FileCheck) -> None:
-        first_with_id: dict[Any, int] = {}
-        missing_id: list[int] = []
-        n = len(idx)
-        task = self.bar.task(f"checking {Path(idx.path).name}", n)
-        for start in range(0, n, BATCH):
-            for i, rec in enumerate(idx.get_many(range(start, min(n, start + BATCH))), start):
-                if type(rec) is not dict:
-                    check.ids.append(None)
-                    check.add("malformed_record", i, f"record is a JSON {type(rec).__name__}, not an object")
-                    continue
-                rid = rec.get("id")
-                check.ids.append(rid)
-                for kind, detail in _record_problems(rec, i, check.refs):
-                    check.add(kind, i, detail)
-                # A missing, odd or repeated id does not stop training, so it is reported, not excluded.
-                if rid is None and "id" not in rec:
-                    missing_id.append(i)
-                elif type(rid) is not str and type(rid) is not int:
-                    check.add(
-                        "malformed_record", i, f"id must be a string or an integer, not {rid!r}", bad=False
-                    )
-                elif (first := first_with_id.setdefault(rid, i)) != i:
-                    check.add("duplicate_id", i, f"id {rid!r} is also used by record {first}", bad=False)
-            self.bar.advance(task, min(BATCH, n - start))
-        # A file where no record has an id simply does not use ids (FUSION's loader does not need them):
-        # one file-level problem. Missing ids among records that have them are reported one by one.
-        if missing_id and len(missing_id) == n:
-            check.add_file_level("malformed_record", f"none of the {n:,} records has an id")
-        else:
-            for i in missing_id:
-                check.add("malformed_record", i, "missing id", bad=False)
-
-    def _check_paths(self, check: _FileCheck, image_root: Path) -> None:
-        """Existence of every referenced file (then decoding), grouping files under missing folders."""
-        refs = check.refs
-        base = str(image_root)
-        task = self.bar.task(f"finding images of {check.stats.name}", len(refs))
-        exists = bytearray()
-        for start in range(0, len(refs), EXIST_CHUNK):
-            chunk = refs.paths[start : start + EXIST_CHUNK]
-            exists += _core.files_exist(chunk, base)
-            self.bar.advance(task, len(chunk))
-        folders = _MissingFolders(image_root)
-        under_missing: dict[Path, list[int]] = defaultdict(list)
-        present: list[int] = []
-        for k, ok in enumerate(exists):
-            if ok:
-                present.append(k)
-            elif (folder := folders.missing_folder(refs.paths[k])) is not None:
-                under_missing[folder].append(k)
-            else:
-                what = "video" if k in refs.videos else "image"
-                path = refs.paths[k]
-                check.add(
-                    "missing_image",
-                    refs.records[k],
-                    f"{what} not found: {path}",
-                    path=os.path.join(base, path),
-                )
-        for folder, missing in under_missing.items():
-            records = sorted({refs.records[k] for k in missing})
-            check.add_file_level(
-                "missing_image_folder",
-                f"folder does not exist; {len(missing):,} files in {len(records):,} records are under it "
-                f"(first: record {records[0]}, {refs.paths[missing[0]]})",
-                str(folder),
-            )
-            check.stats.bad_records.update(records)
-        if self.decode:
-            images = [k for k in present if k not in refs.videos]
-            for k, error in self._decode([os.path.join(base, refs.paths[k]) for k in images], images):
-                path = refs.paths[k]
-                check.add(
-                    "unreadable_image",
-                    refs.records[k],
-                    f"cannot decode {path}: {error}",
-                    path=os.path.join(base, path),
-                )
-
-    def _decode(self, paths: list[str], keys: list[int]) -> Iterator[tuple[int, str]]:
-        """(key, error) for each of `paths` that Pillow cannot decode; each file is decoded once a run."""
-        todo = sorted(set(paths) - self._decoded.keys())
-        if todo:
-            task = self.bar.task("decoding images", len(todo), min_total=PROGRESS_MIN_DECODES)
+    def decode_errors(self, paths: list[str]) -> list[str | None]:
+        """For each path, None when Pillow decodes it, else why not. Each distinct path is decoded once."""
+        distinct = list(dict.fromkeys(paths))
+        if self._pool is None:
             # Pillow releases the GIL while decoding, so threads use every core.
-            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-                for path, error in zip(todo, pool.map(_decode_error, todo, chunksize=16), strict=True):
-                    self._decoded[path] = error
-                    self.bar.advance(task, 1)
-            self.report.decoded += len(todo)
-        for key, path in zip(keys, paths, strict=True):
-            error = self._decoded[path]
-            if error is not None:
-                yield key, error
+            self._pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+        errors = dict(zip(distinct, self._pool.map(_decode_error, distinct, chunksize=16), strict=True))
+        self.report.decoded += len(distinct)
+        return [errors[p] for p in paths]
 
-
-class _MissingFolders:
-    """Which missing files sit under a folder that is missing altogether: the image root itself, or
-    its first-level `<Source>` folder (FUSION's `train/images/<Source>/...`)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.root_exists = root.is_dir()
-        self._sources: dict[str, bool] = {}
-
-    def missing_folder(self, path: str) -> Path | None:
-        if os.path.isabs(path):
-            return None
-        if not self.root_exists:
-            return self.root
-        head, sep, _ = path.partition("/")
-        if not sep or head in ("", ".", ".."):
-            return None
-        exists = self._sources.get(head)
-        if exists is None:
-            exists = self._sources[head] = (self.root / head).is_dir()
-        return None if exists else self.root / head
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def _decode_error(path: str) -> str | None:
@@ -636,19 +701,19 @@ def _role_problem(roles: list[str]) -> str | None:
     return None
 
 
-def _record_problems(rec: dict[str, Any], i: int, refs: _Refs) -> list[tuple[str, str]]:
+def _record_problems(rec: dict[str, Any], i: int, rid: Any, refs: _Refs) -> list[tuple[str, str]]:
     """(kind, detail) of everything wrong with one record object; its image/video paths go to `refs`."""
     found: list[tuple[str, str]] = []
     images = videos = 0
     if "image" in rec:
         paths, bad = _paths_of(rec["image"], "image")
-        refs.add(i, paths, False)
+        refs.add(i, rid, paths, False)
         images = len(paths)
         if bad:
             found.append(("malformed_record", bad))
     if "video" in rec:
         paths, bad = _paths_of(rec["video"], "video")
-        refs.add(i, paths, True)
+        refs.add(i, rid, paths, True)
         videos = len(paths)
         if bad:
             found.append(("malformed_record", bad))
@@ -674,15 +739,13 @@ def _record_problems(rec: dict[str, Any], i: int, refs: _Refs) -> list[tuple[str
 
 
 class _Bar:
-    """A rich progress bar on stderr, shown only for long runs (tasks below `min_total` stay hidden)."""
+    """A rich progress bar on stderr, or nothing."""
 
     def __init__(self, progress: Progress | None) -> None:
         self.progress = progress
 
-    def task(self, description: str, total: int, *, min_total: int = PROGRESS_MIN_RECORDS) -> TaskID | None:
-        if self.progress is None or total < min_total:
-            return None
-        return self.progress.add_task(description, total=total)
+    def task(self, description: str, total: int) -> TaskID | None:
+        return None if self.progress is None else self.progress.add_task(description, total=total)
 
     def advance(self, task: TaskID | None, n: int) -> None:
         if self.progress is not None and task is not None:
@@ -744,13 +807,18 @@ def run_check(
     root_str = os.fspath(root) if root is not None else None
     folder_str = os.fspath(image_folder) if image_folder is not None else None
     plan = _plan(target_path, kind, root_str)
-    folder_layout = Layout.of_folder(target_path) if kind == "folder" else None
+    if not plan.files and not plan.missing:
+        raise TargetError(f"{target_path}: no .json / .jsonl data files to check", path=str(target_path))
+    folder_layout = Layout.of_folder(_absolute(target_path)) if kind == "folder" else None
     report = CheckReport(os.fspath(target))
     report.problems += [_missing_json(spec, root_given=root is not None) for spec in plan.missing]
     with _progress_bar(progress) as bar:
         checker = _Checker(report, decode=decode, bar=bar)
-        for data in plan.files:
-            report.problems += checker.check_file(data, _image_root(data, folder_str, folder_layout))
+        try:
+            for data in plan.files:
+                report.problems += checker.check_file(data, _image_root(data, folder_str, folder_layout))
+        finally:
+            checker.close()
     for layout in plan.layouts:
         for unused in (p for p in layout.data_files() if p not in plan.used):
             detail = f"in {layout.jsons} but used by no stage YAML"
@@ -765,15 +833,8 @@ def _missing_json(spec: DatasetSpec, *, root_given: bool) -> Problem:
     """`path` is where the file is expected: under `root` when one was given, else beside the YAML."""
     tried = ", ".join(str(p) for p in spec.tried)
     expected = spec.tried[0] if root_given else spec.tried[-1]
-    return Problem(
-        "missing_json",
-        None,
-        None,
-        None,
-        f"{spec.where}: data file not found (tried {tried})",
-        None,
-        str(expected),
-    )
+    detail = f"{spec.where}: data file not found (tried {tried})"
+    return Problem("missing_json", None, None, None, detail, None, str(expected))
 
 
 __all__ = [
