@@ -514,3 +514,18 @@ def test_data_files_linked_into_jsons_stay_in_the_playground(tmp_path: Path) -> 
         report = run_check(target)
         assert report.clean, report.problems[:3]
         assert {Path(d).parent for d in report.datasets} == {pg.root / "train" / "jsons"}
+
+
+def test_exclude_file_makes_the_mixture_skip_bad_records(tmp_path: Path) -> None:
+    mixture = pytest.importorskip("fusion_fast.mixture")
+    records = [{"id": i, "conversations": qa()} for i in range(6)]
+    records[1]["conversations"] = []
+    records[4] = {"id": 4, "conversations": qa("<image> but no image")}
+    data = write(tmp_path / "d.json", json.dumps(records))
+    out = tmp_path / "bad.json"
+    assert main(["check", str(data), "--write-exclude", str(out)]) == 1
+    yaml = write(tmp_path / "stage.yaml", f"datasets:\n  - json_path: {data}\n    exclude: {out}\n")
+    mix = mixture.Mixture.from_yaml(yaml, seed=0)
+    assert [rec["id"] for rec in mix] == [0, 2, 3, 5]
+    assert mix.datasets[0].excluded == 2
+    assert run_check(yaml).counts() == {"missing_conversations": 1, "image_token_mismatch": 1}
