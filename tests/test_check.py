@@ -355,6 +355,9 @@ def test_render_and_progress_bar(planted, monkeypatch) -> None:
     yaml, _ = planted
     monkeypatch.setattr(check_module, "PROGRESS_MIN_RECORDS", 1)
     monkeypatch.setattr(check_module, "PROGRESS_MIN_DECODES", 1)
+    monkeypatch.setattr(check_module, "PROGRESS_MIN_BYTES", 1)
+    for idx_file in (yaml.parent / "jsons").glob("*.ffidx"):
+        idx_file.unlink()  # so the bar shows indexing too
     report = run_check(yaml, decode=True, progress=True)
     console = Console(record=True, width=200)
     report.render(console, examples=2)

@@ -28,7 +28,7 @@ from .errors import FusionFastError, MalformedJSONError, MixtureError
 from .exclude import write_exclude
 from .index import JsonIndex
 from .index import open as open_index
-from .indexing import expand_targets
+from .indexing import expand_targets, index_file
 from .stage import DATA_SUFFIXES, DatasetSpec, is_stage_yaml, read_stage
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ ID_OK, ID_MISSING, ID_INVALID = 0, 1, 2
 #: Files with at least this many records (or images to decode) get a progress bar.
 PROGRESS_MIN_RECORDS = 100_000
 PROGRESS_MIN_DECODES = 2_000
+#: Data files at least this big show the progress of building their index.
+PROGRESS_MIN_BYTES = 64 << 20
 
 TargetKind = Literal["yaml", "data", "folder"]
 
@@ -491,6 +493,7 @@ class _FileCheck:
             if len(self.refs) >= self.chunk:
                 self._check_paths()
             bar.advance(task, stop - start)
+        bar.done(task)
         self._check_paths()
         self._report_ids()
         for folder, entry in self.folders.found.items():
@@ -593,7 +596,7 @@ class _Checker:
         stats = DatasetStats(str(data.path), str(image_root))
         self.report.datasets[stats.path] = stats
         try:
-            idx = open_index(data.path)
+            idx = self._open(data.path)
         except MalformedJSONError as e:
             where = f"line {e.line} column {e.column}: " if e.line is not None else ""
             detail = f"{where}{e.message} (the file cannot be indexed, so none of its records were checked)"
@@ -605,6 +608,18 @@ class _Checker:
             stats.problems[p.kind] += 1
         problems.sort(key=lambda p: (-1 if p.record is None else p.record, _KIND_ORDER[p.kind]))
         return problems
+
+    def _open(self, path: Path) -> JsonIndex:
+        """The file's index; building a big one shows its progress."""
+        size = path.stat().st_size
+        if self.bar.progress is None or size < PROGRESS_MIN_BYTES:
+            return open_index(path)
+        task = self.bar.task(f"indexing {path.name}", size)
+        try:
+            idx, _ = index_file(path, on_progress=lambda _path, done, _total: self.bar.update(task, done))
+        finally:
+            self.bar.done(task)
+        return idx
 
     def decode_errors(self, paths: list[str]) -> list[str | None]:
         """For each path, None when Pillow decodes it, else why not. Each distinct path is decoded once."""
@@ -750,6 +765,15 @@ class _Bar:
     def advance(self, task: TaskID | None, n: int) -> None:
         if self.progress is not None and task is not None:
             self.progress.advance(task, n)
+
+    def update(self, task: TaskID | None, completed: int) -> None:
+        if self.progress is not None and task is not None:
+            self.progress.update(task, completed=completed)
+
+    def done(self, task: TaskID | None) -> None:
+        """Remove a finished task, so checking many files does not stack up lines."""
+        if self.progress is not None and task is not None:
+            self.progress.remove_task(task)
 
 
 @contextmanager
