@@ -1,0 +1,522 @@
+"""`fusion_fast.torch`: FusionDataset (items, images, errors, pickling, DataLoader workers), collate,
+CudaPrefetcher, ensure_indexed without torch.distributed, and the CPU training example."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+PIL_Image = pytest.importorskip("PIL.Image")
+
+from torch.utils.data import DataLoader  # noqa: E402
+
+import fusion_fast as ff  # noqa: E402
+from fusion_fast import synth  # noqa: E402
+from fusion_fast.errors import RecordError  # noqa: E402
+from fusion_fast.mixture import Mixture  # noqa: E402
+from fusion_fast.torch import (  # noqa: E402
+    CudaPrefetcher,
+    FusionDataset,
+    collate,
+    distributed_share,
+    ensure_indexed,
+    private_memory,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PNG = synth.tiny_png()
+#: Private memory a DataLoader worker may use beyond a bare process importing torch (issue 5: 100 MB).
+WORKER_MEMORY_BOUND = 100 << 20
+
+
+def conversation(i: int, image_tokens: int = 0) -> list[dict[str, str]]:
+    question = "\n".join(["<image>"] * image_tokens + [f"what is in picture {i}?"])
+    return [{"from": "human", "value": question}, {"from": "gpt", "value": f"answer number {i} here"}]
+
+
+def write_data(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        path.write_text(json.dumps(records, indent=2), encoding="utf-8")
+    return path
+
+
+def put_image(path: Path, data: bytes = PNG) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def stage(tmp_path):
+    """Two datasets: `alpha` (text-only, single, multi-image and absolute paths; images under the
+    global folder) and `beta` (its own `image_folder` in the YAML, `first:20`)."""
+    images, own, absolute = tmp_path / "images", tmp_path / "beta-images", tmp_path / "abs"
+    alpha = []
+    for i in range(40):
+        rec = {"id": f"alpha-{i}"}
+        kind = i % 4
+        if kind == 1:
+            rec["image"] = f"alpha/{i}.png"
+            put_image(images / rec["image"])
+        elif kind == 2:
+            rec["image"] = [f"alpha/{i}_{k}.png" for k in range(2)]
+            for p in rec["image"]:
+                put_image(images / p)
+        elif kind == 3:
+            rec["image"] = str(absolute / f"{i}.png")
+            put_image(Path(rec["image"]))
+        rec["conversations"] = conversation(i, 0 if kind == 0 else 2 if kind == 2 else 1)
+        alpha.append(rec)
+    beta = []
+    for i in range(30):
+        beta.append({"id": f"beta-{i}", "image": f"b{i}.png", "conversations": conversation(i, 1)})
+        put_image(own / f"b{i}.png")
+    write_data(tmp_path / "data" / "alpha.json", alpha)
+    write_data(tmp_path / "data" / "beta.jsonl", beta)
+    yaml = tmp_path / "stage.yaml"
+    yaml.write_text(
+        "datasets:\n"
+        "  - json_path: data/alpha.json\n"
+        "  - json_path: data/beta.jsonl\n"
+        '    sampling_strategy: "first:20"\n'
+        f"    image_folder: {own}\n",
+        encoding="utf-8",
+    )
+    return {"yaml": yaml, "images": images, "own": own, "alpha": alpha, "beta": beta, "root": tmp_path}
+
+
+def expected_item(stage, i: int) -> dict:
+    """What FusionDataset must return for position i of the stage, written out from the rules."""
+    if i < 40:
+        rec, folder, name, number = dict(stage["alpha"][i]), stage["images"], "alpha", i
+    else:
+        rec, folder, name, number = dict(stage["beta"][i - 40]), stage["own"], "beta", i - 40
+    if "image" in rec:
+        image = rec["image"]
+        rec["image"] = (
+            os.path.join(folder, image)
+            if isinstance(image, str)
+            else [os.path.join(folder, p) for p in image]
+        )
+    rec["_source"] = {"dataset": name, "index": number}
+    return rec
+
+
+def test_items_resolve_images_and_name_their_source(stage):
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    assert len(ds) == 60
+    assert [ds[i] for i in range(len(ds))] == [expected_item(stage, i) for i in range(60)]
+    assert ds[3]["image"] == stage["alpha"][3]["image"]  # absolute: kept
+    assert ds[-1] == expected_item(stage, 59)
+    with pytest.raises(IndexError):
+        ds[60]
+    with pytest.raises(IndexError):
+        ds[-61]
+
+
+def test_batched_fetch_equals_single_fetches(stage):
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    order = [59, 0, 41, 2, 2, -3, 17]
+    assert ds.__getitems__(order) == [ds[i] for i in order]
+
+
+def test_without_image_folder_paths_stay_relative(stage):
+    ds = FusionDataset(stage["yaml"], root=stage["root"])
+    assert ds[1]["image"] == "alpha/1.png"
+    assert ds[45]["image"] == os.path.join(stage["own"], "b5.png")  # the dataset's own folder still applies
+
+
+def test_lengths_are_the_mixtures(stage):
+    ds = FusionDataset(stage["yaml"], root=stage["root"])
+    mix = Mixture.from_yaml(stage["yaml"], root=stage["root"])
+    np.testing.assert_array_equal(ds.lengths, mix.lengths)
+    np.testing.assert_array_equal(ds.modality_lengths, mix.modality_lengths)
+    words = [
+        sum(len(t["value"].split()) for t in expected_item(stage, i)["conversations"]) for i in range(60)
+    ]
+    has_image = ["image" in expected_item(stage, i) for i in range(60)]
+    assert ds.lengths.tolist() == [w + 128 * h for w, h in zip(words, has_image, strict=True)]
+    assert ds.modality_lengths.tolist() == [w if h else -w for w, h in zip(words, has_image, strict=True)]
+
+
+@pytest.mark.parametrize("name", ["one.json", "one.jsonl"])
+def test_single_file_source(tmp_path, name):
+    records = [{"id": i, "image": f"{i}.jpg", "conversations": conversation(i, 1)} for i in range(25)]
+    path = write_data(tmp_path / name, records)
+    ds = FusionDataset(path, image_folder="/data/images")
+    idx = ff.open(path)
+    assert len(ds) == 25
+    assert ds[7] == {**records[7], "image": "/data/images/7.jpg", "_source": {"dataset": "one", "index": 7}}
+    np.testing.assert_array_equal(ds.lengths, idx.lengths)
+    np.testing.assert_array_equal(ds.modality_lengths, idx.modality_lengths)
+
+
+def test_mixture_object_source(stage):
+    mix = Mixture.from_yaml(stage["yaml"], root=stage["root"])
+    ds = FusionDataset(mix, image_folder=stage["images"])
+    assert ds.mixture is mix
+    assert ds[41] == expected_item(stage, 41)
+
+
+def test_rejects_other_sources_and_modes(stage):
+    with pytest.raises(TypeError, match="Mixture or the path"):
+        FusionDataset(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_error"):
+        FusionDataset(stage["yaml"], on_error="retry")  # type: ignore[arg-type]
+
+
+def test_load_images_gives_rgb_and_transform_runs_last(stage):
+    gray = stage["images"] / "alpha" / "1.png"
+    PIL_Image.new("L", (3, 2), 90).save(gray)
+    seen = []
+
+    def transform(item):
+        seen.append(item)
+        return ("done", item["_source"]["index"])
+
+    ds = FusionDataset(
+        stage["yaml"], image_folder=stage["images"], root=stage["root"], load_images=True, transform=transform
+    )
+    assert ds[1] == ("done", 1)
+    one = seen[-1]["_image"]
+    assert one.mode == "RGB" and one.size == (3, 2) and one.getpixel((0, 0)) == (90, 90, 90)
+    ds[2]
+    assert [im.mode for im in seen[-1]["_image"]] == ["RGB", "RGB"]
+    assert seen[-1]["image"] == expected_item(stage, 2)["image"]
+    ds[0]
+    assert "_image" not in seen[-1]  # text-only
+
+
+# -- bad samples ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bad_file(tmp_path):
+    """gamma.json: record 3's image is missing, 5 is not an object, 6 has no conversations, 7's image
+    is not an image, 9's image is null; the rest are good."""
+    images = tmp_path / "images"
+    records = []
+    for i in range(10):
+        records.append({"id": f"g{i}", "image": f"g/{i}.png", "conversations": conversation(i, 1)})
+        if i not in (3, 7, 9):
+            put_image(images / f"g/{i}.png")
+    put_image(images / "g/7.png", b"not a png at all")
+    records[5] = 42
+    del records[6]["conversations"]
+    records[9]["image"] = None
+    return write_data(tmp_path / "gamma.json", records), images
+
+
+def test_raise_names_dataset_record_id_and_path(bad_file):
+    path, images = bad_file
+    ds = FusionDataset(path, image_folder=images, load_images=True)
+    with pytest.raises(RecordError) as e:
+        ds[3]
+    message = str(e.value)
+    assert "'gamma'" in message and "record 3" in message and "'g3'" in message
+    assert str(images / "g/3.png") in message and "not found" in message
+    assert e.value.record == 3 and e.value.path == str(path)
+    with pytest.raises(RecordError, match=r"record 7 \(id 'g7'\): cannot decode image .*7\.png"):
+        ds[7]
+    with pytest.raises(RecordError, match=r"record 9 \(id 'g9'\): 'image' is null"):
+        ds[9]
+    assert ds.skipped == 0
+
+
+def test_bad_records_raise_without_loading_images(bad_file):
+    path, images = bad_file
+    ds = FusionDataset(path, image_folder=images)
+    assert ds[3]["image"] == str(images / "g/3.png")  # images are not touched without load_images
+    with pytest.raises(RecordError, match=r"record 5 \(id None\): the record is not a JSON object"):
+        ds[5]
+    with pytest.raises(RecordError, match=r"record 6 \(id 'g6'\): 'conversations' is missing"):
+        ds.__getitems__([0, 6])
+
+
+def test_raise_crosses_dataloader_workers(bad_file):
+    path, images = bad_file
+    ds = FusionDataset(path, image_folder=images, load_images=True)
+    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate)
+    with pytest.raises(RecordError, match="record 3"):
+        list(loader)
+
+
+def test_skip_moves_to_next_good_sample_deterministically(bad_file, caplog):
+    path, images = bad_file
+    ds = FusionDataset(path, image_folder=images, load_images=True, on_error="skip")
+    source = lambda item: item["_source"]["index"]  # noqa: E731
+    with caplog.at_level(logging.WARNING, logger="fusion_fast.torch"):
+        order = [source(it) for it in ds.__getitems__(list(range(10)))]
+        # 3 -> 4; 5, 6, 7 -> 8; 9 -> wraps to 0
+        assert order == [0, 1, 2, 4, 4, 8, 8, 8, 8, 0]
+        assert ds.skipped == 1 + 3 + 2 + 1 + 1
+        assert ds.skip_causes == {
+            "missing_image": 1,
+            "malformed_record": 2,
+            "missing_conversations": 2,
+            "unreadable_image": 3,
+        }
+        assert [source(ds[i]) for i in (3, 3, 9)] == [4, 4, 0]  # same answer every time
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fusion_fast.torch"]
+    assert len(warnings) == 4  # once per cause
+    assert sum("(missing_image)" in w for w in warnings) == 1
+    assert any("record 3 (id 'g3')" in w for w in warnings)
+
+
+def test_skip_when_everything_is_bad_raises(tmp_path):
+    path = write_data(tmp_path / "bad.json", [{"id": 1}, {"id": 2}, 3])
+    ds = FusionDataset(path, on_error="skip")
+    with pytest.raises(RecordError, match="every one of the 3 samples is bad"):
+        ds[1]
+    assert ds.skipped == 3
+
+
+def test_transform_can_reject_samples(tmp_path):
+    records = [{"id": i, "conversations": conversation(i)} for i in range(6)]
+    path = write_data(tmp_path / "t.json", records)
+
+    def odd_only(item):
+        if item["id"] % 2 == 0:
+            raise RecordError("even ids are not wanted")
+        return item["id"]
+
+    assert [FusionDataset(path, transform=odd_only, on_error="skip")[i] for i in range(6)] == [
+        1,
+        1,
+        3,
+        3,
+        5,
+        5,
+    ]
+    with pytest.raises(RecordError, match=r"record 2 \(id 2\): rejected by the transform: even ids"):
+        FusionDataset(path, transform=odd_only)[2]
+
+
+# -- pickling and DataLoader workers ----------------------------------------------------------------
+
+
+def test_pickles_only_the_description(stage, tmp_path):
+    big = synth.write_file(tmp_path / "big.jsonl", records=5000, seed=3)
+    ds = FusionDataset(tmp_path / "big.jsonl")
+    assert len(ds) == big  # opened here
+    blob = pickle.dumps(ds)
+    assert len(blob) < 1000
+    clone = pickle.loads(blob)
+    assert clone._mixture is None  # opens lazily, on first access
+    assert clone[4321] == ds[4321]
+    yaml_ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    yaml_ds[0]
+    assert pickle.loads(pickle.dumps(yaml_ds))[59] == expected_item(stage, 59)
+    mix_ds = FusionDataset(Mixture.from_yaml(stage["yaml"], root=stage["root"]), image_folder=stage["images"])
+    assert len(pickle.dumps(mix_ds)) < 4000
+    assert pickle.loads(pickle.dumps(mix_ds))[41] == expected_item(stage, 41)
+
+
+def worker_view(item):
+    """Transform for the worker tests: which process made the item, and from where."""
+    return os.getpid(), item["_source"]["dataset"], item["_source"]["index"], item.get("image")
+
+
+def report_private_memory(queue) -> None:
+    import fusion_fast.torch  # noqa: F401 - the baseline: what a worker has before any data
+
+    queue.put(private_memory())
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_dataloader_workers(stage, start_method):
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"], transform=worker_view)
+    len(ds)  # opened in the parent first, as a sampler would
+    loader = DataLoader(
+        ds,
+        batch_size=8,
+        num_workers=2,
+        collate_fn=list,
+        persistent_workers=True,
+        multiprocessing_context=start_method,
+    )
+    items = [item for batch in loader for item in batch]
+    expected = [expected_item(stage, i) for i in range(60)]
+    assert [(d, i, img) for _, d, i, img in items] == [
+        (e["_source"]["dataset"], e["_source"]["index"], e.get("image")) for e in expected
+    ]
+    workers = {pid for pid, *_ in items}
+    assert len(workers) == 2 and os.getpid() not in workers
+    used = {pid: private_memory(pid) for pid in workers}  # still alive: persistent_workers
+    baseline = 0
+    if start_method == "spawn":  # a spawned worker first pays for its own `import torch`
+        ctx = multiprocessing.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=report_private_memory, args=(queue,))
+        proc.start()
+        baseline = queue.get(timeout=120)
+        proc.join()
+    del loader
+    for pid, size in used.items():
+        assert size - baseline < WORKER_MEMORY_BOUND, (
+            f"worker {pid}: {size >> 20} MiB, baseline {baseline >> 20}"
+        )
+
+
+# -- collate ----------------------------------------------------------------------------------------
+
+
+def test_collate_pads_stacks_and_lists():
+    batch = [
+        {
+            "input_ids": torch.tensor([1, 2, 3]),
+            "labels": torch.tensor([4, 5, 6]),
+            "pixels": torch.ones(3, 2, 2),
+            "mask": torch.tensor([1, 1, 1]),
+            "id": "a",
+            "meta": {"n": torch.tensor(1), "tag": "x"},
+        },
+        {
+            "input_ids": torch.tensor([7]),
+            "labels": torch.tensor([8]),
+            "pixels": torch.zeros(3, 2, 2),
+            "mask": torch.tensor([1]),
+            "id": "b",
+            "meta": {"n": torch.tensor(2), "tag": "y"},
+            "extra": [1, 2],
+        },
+    ]
+    out = collate(batch)
+    assert out["input_ids"].tolist() == [[1, 2, 3], [7, 0, 0]]
+    assert out["labels"].tolist() == [[4, 5, 6], [8, -100, -100]]
+    assert out["mask"].tolist() == [[1, 1, 1], [1, 0, 0]]  # default pad 0
+    assert (
+        out["pixels"].shape == (2, 3, 2, 2) and out["pixels"][0].sum() == 12 and out["pixels"][1].sum() == 0
+    )
+    assert out["id"] == ["a", "b"]
+    assert out["meta"]["n"].tolist() == [1, 2] and out["meta"]["tag"] == ["x", "y"]
+    assert out["extra"] == [None, [1, 2]]  # absent from the first item
+    assert list(out) == ["input_ids", "labels", "pixels", "mask", "id", "meta", "extra"]
+
+
+def test_collate_pad_values_other_shapes_and_tuples():
+    custom = functools.partial(collate, pad_values={"input_ids": 99}, default_pad=-1)
+    out = custom(
+        [
+            {"input_ids": torch.tensor([1]), "x": torch.tensor([2.0])},
+            {"input_ids": torch.tensor([1, 2]), "x": torch.tensor([2.0, 3.0])},
+        ]
+    )
+    assert out["input_ids"].tolist() == [[1, 99], [1, 2]]
+    assert out["x"].tolist() == [[2.0, -1.0], [2.0, 3.0]]
+    images = [torch.zeros(3, 4, 4), torch.zeros(3, 5, 4)]
+    kept = collate([{"img": images[0]}, {"img": images[1]}])["img"]  # different shapes: a list
+    assert isinstance(kept, list) and kept[0] is images[0] and kept[1] is images[1]
+    pairs = collate([(torch.tensor([1, 2]), "a"), (torch.tensor([3]), "b")])
+    assert isinstance(pairs, tuple) and pairs[0].tolist() == [[1, 2], [3, 0]] and pairs[1] == ["a", "b"]
+    assert collate([1, 2, 3]) == [1, 2, 3]
+
+
+def make_tensors(item):
+    n = item["_source"]["index"] % 3 + 1
+    return {"input_ids": torch.arange(n), "labels": torch.full((n,), 7), "pixels": torch.ones(2, 2) * n}
+
+
+def test_collate_in_workers_builds_batches(stage):
+    ds = FusionDataset(stage["yaml"], root=stage["root"], transform=make_tensors)
+    batches = list(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate))
+    first = batches[0]
+    assert first["input_ids"].tolist() == [[0, 0, 0], [0, 1, 0], [0, 1, 2], [0, 0, 0]]
+    assert first["labels"].tolist() == [[7, -100, -100], [7, 7, -100], [7, 7, 7], [7, -100, -100]]
+    assert first["pixels"].shape == (4, 2, 2) and first["pixels"][:, 0, 0].tolist() == [1, 2, 3, 1]
+    assert sum(len(b["input_ids"]) for b in batches) == 60
+
+
+# -- CudaPrefetcher ---------------------------------------------------------------------------------
+
+
+def test_prefetcher_passes_through_without_cuda():
+    batches = [{"x": torch.ones(2)}, {"x": torch.zeros(2)}]
+    prefetcher = CudaPrefetcher(batches, device="cpu")
+    assert not prefetcher.enabled and len(prefetcher) == 2
+    assert all(a is b for a, b in zip(prefetcher, batches, strict=True))
+    if not torch.cuda.is_available():
+        auto = CudaPrefetcher(batches)
+        assert not auto.enabled and auto.device.type == "cpu" and next(iter(auto)) is batches[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_prefetcher_copies_nested_batches_to_the_gpu():
+    batches = [
+        {
+            "ids": torch.arange(6).reshape(2, 3).pin_memory() + k,
+            "meta": {"n": torch.tensor([k]).pin_memory()},
+            "pair": (torch.ones(2).pin_memory() * k, "tag"),
+            "names": ["a", "b"],
+        }
+        for k in range(5)
+    ]
+    prefetcher = CudaPrefetcher(batches)
+    assert prefetcher.enabled and len(prefetcher) == 5
+    seen = 0
+    for k, batch in enumerate(prefetcher):
+        assert batch["ids"].is_cuda and batch["meta"]["n"].is_cuda and batch["pair"][0].is_cuda
+        assert (batch["ids"] * 2).cpu().tolist() == ((torch.arange(6).reshape(2, 3) + k) * 2).tolist()
+        assert batch["meta"]["n"].item() == k and batch["pair"][1] == "tag" and batch["names"] == ["a", "b"]
+        seen += 1
+    assert seen == 5
+
+
+# -- indexing ---------------------------------------------------------------------------------------
+
+
+def test_ensure_indexed_without_distributed(stage, monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    first = ensure_indexed(stage["yaml"], root=stage["root"])
+    assert [Path(i.path).name for i in first] == ["alpha.json", "beta.jsonl"]
+    assert all(i.built for i in first)
+    again = ensure_indexed([stage["root"] / "data"])
+    assert [Path(i.path).name for i in again] == ["alpha.json", "beta.jsonl"] and not any(
+        i.built for i in again
+    )
+    paths = [stage["root"] / "data" / "alpha.json"]
+    assert distributed_share(paths) == (paths, None)
+
+
+# -- the example ------------------------------------------------------------------------------------
+
+
+def test_minimal_training_example_runs(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "train_minimal.py"),
+            "--workdir",
+            str(tmp_path),
+            "--steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--workers",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    steps = [line for line in lines if "step" in line]
+    assert [s["step"] for s in steps] == list(range(1, 7))
+    assert all(np.isfinite(s["loss"]) and s["samples"] == 8 for s in steps)
+    assert lines[-1]["done"] and lines[-1]["steps"] == 6
