@@ -183,7 +183,9 @@ def spec_from_entry(
         if key in item and item[key] is not None:
             if not isinstance(item[key], str):
                 raise MixtureError(f"{where}: {key} must be a string path, not {item[key]!r}")
-            image_folder = _candidates(item[key], root, yaml_dir)[0]
+            # Like json_path: the working directory (root) first, then the YAML's folder.
+            folders = _candidates(item[key], root, yaml_dir)
+            image_folder = next((f for f in folders if f.is_dir()), folders[0])
             break
     exclude = None
     if item.get("exclude") is not None:

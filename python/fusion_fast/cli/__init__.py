@@ -9,7 +9,7 @@ import sys
 from ..errors import FusionFastError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("index", "demo", "check", "mix", "prepare")
+COMMANDS = ("index", "demo", "check", "mix", "prepare", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
