@@ -134,3 +134,33 @@ def test_index_dir_and_sidecar_location(tmp_path):
     idx = ff.open(path, index_dir=other)
     assert idx.index_path.startswith(str(other)) and idx.built
     assert ff.open(path, index_dir=other, rebuild="never")[1] == 2
+
+
+def test_build_releases_the_gil_and_reports_progress(tmp_path):
+    """While one thread builds, another keeps running Python and sees the byte counter move."""
+    import threading
+
+    from fusion_fast import _core
+
+    path = tmp_path / "big.jsonl"
+    synth.write_file(path, size=24 << 20, seed=5, indent=None)
+    progress = _core.Progress()
+    done = threading.Event()
+    seen: list[int] = []
+
+    def build() -> None:
+        ff.open(path, threads=1, progress=progress)
+        done.set()
+
+    t = threading.Thread(target=build)
+    t.start()
+    spins = 0
+    while not done.is_set():
+        spins += 1
+        if spins % 1000 == 0:
+            seen.append(progress.value)
+    t.join()
+    size = path.stat().st_size
+    assert spins > 10_000, "the main thread barely ran while the index was built"
+    assert any(0 < v < size for v in seen), seen[:5]
+    assert progress.value == size
