@@ -49,9 +49,22 @@ ZIP_SUFFIXES = (".zip",)
 ARCHIVE_SUFFIXES = TAR_SUFFIXES + ZIP_SUFFIXES
 #: Files materialised from unpacked folders.
 IMAGE_SUFFIXES = (
-    ".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif",
-    ".mp4", ".webm", ".mkv", ".avi", ".mov",
-)  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".gif",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".avif",
+    ".mp4",
+    ".webm",
+    ".mkv",
+    ".avi",
+    ".mov",
+)
 #: Marker folder under `images/`.
 MARKER_DIR = ".fusion-fast"
 TMP_PREFIX = ".tmp-"

@@ -1,0 +1,175 @@
+"""`fusion-fast prepare`: downloaded (or Hub) files -> an indexed FUSION playground, checked."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ..prepare import (
+    Plan,
+    PrepareResult,
+    Preview,
+    placed_at,
+    plan_prepare,
+    preview_units,
+    resolve_source,
+    run_prepare,
+)
+from .output import console, error_console, human_bytes
+
+
+def _jobs(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("--jobs must be at least 1")
+    return n
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="turn downloaded (or Hugging Face Hub) FUSION data into an indexed, checked playground",
+        description=(
+            "Link annotation files into PLAYGROUND/train/jsons/, extract image archives into "
+            "PLAYGROUND/train/images/ (nesting chosen so that the records' image paths resolve), write a "
+            "stage YAML, index every file and run `fusion-fast check` on the YAML. Safe to interrupt and "
+            "re-run: what is in place is skipped."
+        ),
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="a folder of downloaded files, or a Hugging Face dataset id such as "
+        "starriver030515/FUSION-Pretrain-10M",
+    )
+    p.add_argument(
+        "--root", default="playground", metavar="PLAYGROUND", help="the playground (default: %(default)s)"
+    )
+    p.add_argument("--stage", default=None, metavar="NAME", help="stage name: the YAML is train/NAME.yaml")
+    p.add_argument("--yaml", default=None, metavar="OUT.yaml", help="where to write the stage YAML")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=min(8, os.cpu_count() or 1),
+        metavar="N",
+        help="archives extracted at once (default: %(default)s)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="take only files whose path matches (repeatable; e.g. 'json/*' 'images/PixelProse*')",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    source, name = resolve_source(args.source, revision=args.revision, include=args.include)
+    plan = plan_prepare(
+        source, args.root, name=name, stage=args.stage, yaml_path=args.yaml, include=args.include
+    )
+    if args.dry_run:
+        print_plan(plan, preview_units(plan))
+        return 0
+    work = sum(u.stamp.size for u in plan.units if u.todo)
+    with Progress(
+        TextColumn("extracting"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=error_console(),
+        disable=work == 0,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("extract", total=work)
+        result = run_prepare(
+            plan, jobs=args.jobs, progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
+    print_result(result)
+    return 0 if result.ok else 1
+
+
+def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
+    out = console()
+    table = Table(title=f"fusion-fast prepare --dry-run: {plan.source} -> {plan.train}", title_justify="left")
+    for col in ("action", "from", "to", "detail"):
+        table.add_column(col)
+    for j in plan.jsons:
+        table.add_row(
+            j.action, j.key, os.path.relpath(j.target, plan.train), human_bytes(j.source.stat().st_size)
+        )
+    for u in plan.units:
+        unit = u.unit
+        what = f"{unit.kind}, {human_bytes(u.stamp.size)}"
+        if u.marker is not None:
+            where = placed_at(u.marker.prefix, u.marker.entries)
+            table.add_row("in place", unit.key, where, f"{what}, {u.marker.files:,} files")
+            continue
+        pv = previews[unit.key]
+        if pv.placement is None:
+            table.add_row("[red]refuse[/]", unit.key, "", pv.error or "")
+            continue
+        listed = f"{pv.listed:,} files" if pv.complete else f"decided from the first {pv.listed:,} files"
+        verb = "link" if unit.kind == "folder" else "extract"
+        table.add_row(verb, unit.key, pv.target, f"{what}, {listed}; {pv.placement.describe()}")
+    out.print(table)
+    yaml_action = "unchanged" if plan.yaml_unchanged else "write"
+    out.print(f"stage YAML: {yaml_action} {plan.yaml_path} ({len(plan.jsons)} datasets)")
+    out.print("dry run: nothing was written")
+
+
+def print_result(result: PrepareResult) -> None:
+    out = console()
+    plan = result.plan
+    table = Table(title=f"fusion-fast prepare: {plan.source} -> {plan.train}", title_justify="left")
+    for col in ("source", "kind", "placed at", "files", "records", "referenced", "bytes", "time", "status"):
+        table.add_column(
+            col, justify="right" if col in ("files", "records", "referenced", "bytes", "time") else "left"
+        )
+    for j in result.jsons:
+        status = f"[red]{j.error}[/]" if j.error else j.action
+        table.add_row(
+            j.item.key, "annotations", os.path.relpath(j.item.target, plan.train), "1",
+            f"{j.records:,}", "", human_bytes(j.bytes), f"{j.seconds:.2f} s", status,
+        )  # fmt: skip
+    for u in result.units:
+        ok = u.error is None
+        table.add_row(
+            u.item.unit.key,
+            u.item.unit.kind,
+            u.target,
+            f"{u.files:,}" if ok else "",
+            "",
+            f"{u.referenced:,}" if u.referenced is not None else "",
+            human_bytes(u.bytes) if ok else "",
+            f"{u.seconds:.2f} s" if u.status != "in place" else "",
+            u.status if ok else f"[red]{u.error}[/]",
+        )
+    out.print(table)
+    out.print(f"stage YAML: {'wrote' if result.yaml_written else 'unchanged'} {plan.yaml_path}")
+    if result.check is not None:
+        result.check.render(out)
+    else:
+        out.print(f"[red]check did not run: {result.check_error}[/]")
+    failed = sum(1 for j in result.jsons if j.error) + sum(1 for u in result.units if u.error)
+    if result.ok:
+        out.print(f"[green]ready[/] in {result.seconds:.1f} s: train with {plan.yaml_path}")
+    else:
+        why = [f"{failed} source(s) failed"] if failed else []
+        if result.check is not None and not result.check.clean:
+            why.append(f"check found {len(result.check.problems):,} problems")
+        out.print(f"[red]not ready[/]: {'; '.join(why) or result.check_error}")
