@@ -15,11 +15,12 @@ See docs/training.md.
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -474,38 +475,77 @@ DISTRIBUTED_TIMEOUT = timedelta(hours=2)
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-@dataclass
-class _Group:
-    """A gloo process group used only to coordinate index building; `close` releases it."""
+class _Coordinator:
+    """Barriers and one broadcast among the ranks of a job, for index building only."""
 
-    group: Any  # None: the default group, created here
     rank: int
     world_size: int
 
-    def barrier(self) -> None:
-        dist.barrier(group=self.group)
+    def broadcast(self, value: list[str]) -> list[str]:
+        """Rank 0's `value`, on every rank."""
+        raise NotImplementedError
 
     def close(self) -> None:
-        """Wait for every rank, then release the group so that training code can set up its own."""
-        self.barrier()
+        """Wait for every rank, then release what was set up."""
+        raise NotImplementedError
+
+
+class _GroupCoordinator(_Coordinator):
+    """Beside an initialised `torch.distributed`: a new gloo group, whatever the default backend, so
+    that waiting for index builds is bound by our timeout rather than, say, NCCL's."""
+
+    def __init__(self) -> None:
+        group = dist.new_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
+        assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+        self.group = group
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def broadcast(self, value: list[str]) -> list[str]:
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+    def close(self) -> None:
+        dist.barrier(group=self.group)
         dist.destroy_process_group(self.group)
 
 
-def _coordination_group() -> _Group | None:
-    """A gloo group over all ranks: a new one beside an initialised `torch.distributed` (whatever its
-    backend, so that long waits don't hit NCCL's timeout), or the default group set up from torchrun's
-    environment. None when not distributed (or with one rank)."""
+class _StoreCoordinator(_Coordinator):
+    """Before (or without) `init_process_group`, from torchrun's environment: keys in the job's TCP
+    store, so that no default process group is created (and torn down) under the training code's feet.
+    Every rank must make the same sequence of calls (like collectives): call k uses key prefix k."""
+
+    _calls = itertools.count()
+
+    def __init__(self) -> None:
+        store, self.rank, self.world_size = next(dist.rendezvous("env://", timeout=DISTRIBUTED_TIMEOUT))
+        self.store = dist.PrefixStore(f"fusion-fast/index/{next(self._calls)}/", store)
+
+    def broadcast(self, value: list[str]) -> list[str]:
+        if self.rank == 0:
+            self.store.set("todo", json.dumps(value))
+            return value
+        return json.loads(self.store.get("todo"))
+
+    def close(self) -> None:
+        self.store.set(f"done/{self.rank}", "1")
+        self.store.wait([f"done/{r}" for r in range(self.world_size)])
+        # Rank 0 may host the store: it lets go only once every other rank has stopped using it.
+        if self.rank == 0:
+            self.store.wait([f"left/{r}" for r in range(1, self.world_size)])
+        else:
+            self.store.set(f"left/{self.rank}", "1")
+
+
+def _coordinator() -> _Coordinator | None:
+    """How this process meets the other ranks; None when it runs alone."""
     if not dist.is_available():
         return None
     if dist.is_initialized():
-        if dist.get_world_size() == 1:
-            return None
-        group = dist.new_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
-        return _Group(group, dist.get_rank(), dist.get_world_size())
-    if not all(k in os.environ for k in _TORCHRUN_ENV) or int(os.environ["WORLD_SIZE"]) <= 1:
-        return None
-    dist.init_process_group("gloo", timeout=DISTRIBUTED_TIMEOUT)
-    return _Group(None, dist.get_rank(), dist.get_world_size())
+        return _GroupCoordinator() if dist.get_world_size() > 1 else None
+    if all(k in os.environ for k in _TORCHRUN_ENV) and int(os.environ["WORLD_SIZE"]) > 1:
+        return _StoreCoordinator()
+    return None
 
 
 def _has_valid_index(path: Path, index_dir: str | None) -> bool:
@@ -539,21 +579,21 @@ def distributed_share(
     """This rank's share of the data files whose index must be built, and a callable to run once they
     are built: `(my_paths, done)`.
 
-    Under `torch.distributed` (initialised, or torchrun's environment, when a gloo group is set up
-    here) rank 0 finds the files without a valid index (all files with `only_missing=False`), sends the
-    list to every rank and each rank takes its byte-balanced share, so every index is built exactly once;
-    `done()` waits for all ranks and releases the coordination group. Otherwise: `(paths, None)`.
+    Under `torch.distributed` (initialised, or just torchrun's environment: then the job's TCP store is
+    used and no process group is created) rank 0 finds the files without a valid index (all of them
+    with `only_missing=False`) and sends the list to every rank; each rank takes its byte-balanced share,
+    so every index is built exactly once. `done()` waits for all ranks. Otherwise: `(paths, None)`.
     """
     files = [Path(p) for p in paths]
-    group = _coordination_group()
-    if group is None:
+    ranks = _coordinator()
+    if ranks is None:
         return files, None
     idx_dir = os.fspath(index_dir) if index_dir is not None else None
-    todo: list[Any] = [None]
-    if group.rank == 0:
-        todo[0] = [str(p) for p in files if not only_missing or not _has_valid_index(p, idx_dir)]
-    dist.broadcast_object_list(todo, src=0, group=group.group)
-    return _shares([Path(p) for p in todo[0]], group.world_size)[group.rank], group.close
+    todo: list[str] = []
+    if ranks.rank == 0:
+        todo = [str(p) for p in files if not only_missing or not _has_valid_index(p, idx_dir)]
+    todo = ranks.broadcast(todo)
+    return _shares([Path(p) for p in todo], ranks.world_size)[ranks.rank], ranks.close
 
 
 def ensure_indexed(
