@@ -261,6 +261,9 @@ MALICIOUS: dict[str, tuple[list[Member], str]] = {
     "symlink-out": ([link("evil", "../../outside.txt")], "evil"),
     "symlink-absolute": ([link("evil", "/etc/passwd")], "evil"),
     "symlink-then-write": ([link("d", ".."), ("d/escape.jpg", b"evil")], "d"),
+    # Each link looks inside on paper; on disk a/b is the destination itself, so a/b/c -> .. leaves it.
+    # Only the on-disk check (tarfile's data filter) can see that.
+    "symlink-chain": ([link("a/b", ".."), link("a/b/c", "..")], "a/b/c"),
     "hardlink-out": ([link("evil", "../outside.txt", tarfile.LNKTYPE)], "evil"),
     "chardev": ([special("dev", tarfile.CHRTYPE)], "dev"),
     "blockdev": ([special("dev", tarfile.BLKTYPE)], "dev"),
@@ -271,6 +274,8 @@ MALICIOUS: dict[str, tuple[list[Member], str]] = {
 @pytest.mark.parametrize("case", sorted(MALICIOUS))
 def test_malicious_tar_members_are_refused(tmp_path: Path, case: str) -> None:
     members, refused = MALICIOUS[case]
+    if case == "symlink-chain" and not hasattr(tarfile, "data_filter"):
+        pytest.skip("needs tarfile's data filter (Python >= 3.10.12 / 3.11.4)")
     box = tmp_path / "box"
     (box / "src").mkdir(parents=True)
     (box / "outside.txt").write_bytes(b"precious")
@@ -285,8 +290,9 @@ def test_malicious_tar_members_are_refused(tmp_path: Path, case: str) -> None:
     after = {k: v for k, v in tree(box).items() if not k.startswith("dest/")}
     assert after == {k: v for k, v in before.items() if not k.startswith("dest/")}
     assert not Path("/tmp/fusion-fast-absolute-escape.jpg").exists()
-    with pytest.raises(FusionFastError, match="refusing member"):
-        list(a.members())
+    if case != "symlink-chain":  # listing sees names only; that one needs the disk
+        with pytest.raises(FusionFastError, match="refusing member"):
+            list(a.members())
 
 
 @pytest.mark.parametrize(

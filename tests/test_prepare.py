@@ -405,6 +405,19 @@ def test_truncated_archive_fails_alone_and_a_rerun_after_fixing_it_completes(dow
     assert (images / "videos/clips/5.mp4").is_file()
 
 
+def test_malformed_annotation_file_fails_alone(tmp_path, capsys) -> None:
+    src = tmp_path / "src"
+    write_json(src / "Good-1.json", [record("g", "Good/0.jpg")])
+    (src / "Bad-1.json").write_text('[{"id": 1,')
+    (src / "Good.tar").write_bytes(tar_bytes(image_files(["Good/0.jpg"])))
+    pg = tmp_path / "pg"
+    assert prepare(src, "--root", pg, "--jobs", "1") == 1
+    out = capsys.readouterr().out
+    assert "Bad-1.json: line 1 column 11" in out and "malformed_record" in out
+    assert (pg / "train/images/Good/0.jpg").is_file()
+    assert json_names(pg / "train") == ["Bad-1.json", "Good-1.json"]
+
+
 def test_conflicting_annotation_file_is_an_error_before_anything_is_written(download) -> None:
     src, pg, _ = download
     (pg / "train" / "jsons").mkdir(parents=True)

@@ -187,14 +187,13 @@ def safe_member_path(unit: str, name: str) -> str | None:
     return "/".join(parts) or None
 
 
-def _check_link_target(unit: str, member: str, target: str, *, relative_to: str) -> str:
-    """The link's target as a path inside the archive; raises when it is absolute or leaves the archive."""
+def _check_link_target(unit: str, member: str, target: str, *, relative_to: str) -> None:
+    """Raise when a link's target (relative to the folder `relative_to`) is absolute or leaves the tree."""
     if target.startswith("/") or re.match(r"^[A-Za-z]:", target):
         raise _refuse(unit, member, f"link to absolute path {target!r}")
     resolved = posixpath.normpath(posixpath.join(relative_to, target))
     if resolved == ".." or resolved.startswith("../"):
         raise _refuse(unit, member, f"link target {target!r} is outside the archive")
-    return resolved
 
 
 @dataclass

@@ -340,6 +340,8 @@ def decide_placement(members: Sequence[str], refs: References | None, fallback_p
 # -- the plan ----------------------------------------------------------------------------------------
 @dataclass
 class JsonItem:
+    """An annotation file and where it goes."""
+
     key: str  #: path relative to the download folder
     source: Path
     target: Path
@@ -348,6 +350,8 @@ class JsonItem:
 
 @dataclass
 class UnitItem:
+    """An archive or unpacked folder, as it is now, and its marker when it is already in place."""
+
     unit: ImageUnit
     stamp: Stamp
     marker: Marker | None  #: set when the unit is already in place
@@ -362,7 +366,6 @@ class Plan:
     """Everything `run_prepare` will do; building it writes nothing."""
 
     source: Path
-    name: str
     root: Path
     yaml_path: Path
     jsons: list[JsonItem]
@@ -409,14 +412,13 @@ def plan_prepare(
     by_name: dict[str, str] = {}
     jsons = []
     for key, path in found.jsons:
-        name_ = path.name
-        if name_ in by_name:
+        if path.name in by_name:
             raise FusionFastError(
-                f"two annotation files are both named {name_}: {by_name[name_]} and {key}; FUSION's "
-                "jsons/ folder can hold only one (use --include to pick)"
+                f"two annotation files are both named {path.name}: {by_name[path.name]} and {key}; "
+                "FUSION's jsons/ folder can hold only one (use --include to pick)"
             )
-        by_name[name_] = key
-        target = train / "jsons" / name_
+        by_name[path.name] = key
+        target = train / "jsons" / path.name
         jsons.append(JsonItem(key, path, target, _json_action(path, target)))
     images = train / "images"
     units = []
@@ -432,7 +434,7 @@ def plan_prepare(
             f"{yaml_out} exists and was not written by fusion-fast prepare; pass another --yaml or remove it",
             path=str(yaml_out),
         )
-    return Plan(source, name or source.name, root_path, yaml_out, jsons, units, text)
+    return Plan(source, root_path, yaml_out, jsons, units, text)
 
 
 def _json_action(source: Path, target: Path) -> str:
@@ -451,9 +453,12 @@ def _json_action(source: Path, target: Path) -> str:
 
 def _same_content(a: Path, b: Path) -> bool:
     """The same file, or a copy of it: same size and either same mtime (copies keep it) or same bytes."""
-    if os.path.samefile(a, b):
-        return True
-    sa, sb = a.stat(), b.stat()
+    try:
+        if os.path.samefile(a, b):
+            return True
+        sa, sb = a.stat(), b.stat()
+    except OSError:  # e.g. a dangling symlink in jsons/
+        return False
     if sa.st_size != sb.st_size:
         return False
     return sa.st_mtime_ns == sb.st_mtime_ns or filecmp.cmp(a, b, shallow=False)
@@ -514,6 +519,8 @@ def preview_units(plan: Plan) -> dict[str, Preview]:
 # -- running -----------------------------------------------------------------------------------------
 @dataclass
 class JsonResult:
+    """How placing and indexing one annotation file went."""
+
     item: JsonItem
     action: str  #: "linked", "copied", "in place" or "failed"
     records: int = 0
@@ -524,6 +531,8 @@ class JsonResult:
 
 @dataclass
 class UnitResult:
+    """How one archive or unpacked folder went; `target` says where its files are (`placed_at`)."""
+
     item: UnitItem
     status: str  #: "extracted", "in place" or "failed"
     files: int = 0
@@ -537,6 +546,8 @@ class UnitResult:
 
 @dataclass
 class PrepareResult:
+    """Everything `run_prepare` did, per annotation file and per unit, and the `check` report."""
+
     plan: Plan
     jsons: list[JsonResult] = field(default_factory=list)
     units: list[UnitResult] = field(default_factory=list)
