@@ -276,15 +276,20 @@ def _grouped(perm: np.ndarray, size: np.ndarray, megabatch: int, chunks: int) ->
 
 def _longest_first(ids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row of `ids` (and of their `sizes`) sorted by size, longest first, ties kept in order."""
-    m = ids.shape[1]
+    k, m = ids.shape
     top = int(sizes.max())
-    # Keys (top - size) * m + column are unique per row, so numpy's fast (unstable, SIMD) value sort of
-    # each row gives exactly the stable order; the column comes back as key % m.
-    dtype = np.int32 if (top + 1) * m < 1 << 31 else np.int64
-    keys = (top - sizes).astype(dtype) * m + np.arange(m, dtype=dtype)
+    shift = (m - 1).bit_length()
+    # Keys (top - size) << shift | column are unique within a row, so numpy's fast (unstable, SIMD) value
+    # sort of each row gives exactly the stable order, and both parts come back with bit operations.
+    dtype = np.int32 if (top + 1) << shift < 1 << 31 else np.int64
+    keys = (top - sizes).astype(dtype)
+    keys <<= shift
+    keys |= np.arange(m, dtype=dtype)
     keys.sort(axis=1)
-    columns, flipped = np.divmod(keys, m)[::-1]
-    return np.take_along_axis(ids, columns, axis=1), top - flipped.astype(np.int64)
+    where = (keys & ((1 << shift) - 1)).astype(np.int64)
+    where += np.arange(0, k * m, m, dtype=np.int64)[:, None]
+    keys >>= shift
+    return ids.reshape(-1).take(where), top - keys.astype(np.int64)
 
 
 def _even_chunks(ids: np.ndarray, sizes: np.ndarray, chunks: int) -> np.ndarray:
@@ -295,25 +300,34 @@ def _even_chunks(ids: np.ndarray, sizes: np.ndarray, chunks: int) -> np.ndarray:
         return ids
     k, m = ids.shape
     per_chunk = m // chunks
-    # One int64 per (chunk, row): total * chunks + chunk, so a minimum over chunks (a fast reduction
-    # along axis 0) finds the smallest total and, on ties, the first chunk; full chunks get a huge total.
-    full = (np.iinfo(np.int64).max // chunks - 1) * chunks
-    state = np.repeat(np.arange(chunks, dtype=np.int64), k).reshape(chunks, k)
+    # Each (chunk, row) cell is one int64: total << high | chunk << low | samples taken. Its minimum over
+    # the chunks (a fast reduction along axis 0) is the smallest total, the first chunk on ties, and says
+    # how many samples that chunk holds; a full chunk is set past every total.
+    low = per_chunk.bit_length()
+    high = low + (chunks - 1).bit_length()
+    if (int(sizes.max(initial=0)) * per_chunk + 1) >> (62 - high):
+        raise ValueError("lengths are too large to balance (more than 2**40 / batch_size)")
+    full = 1 << 62
+    state = np.repeat(np.arange(chunks, dtype=np.int64) << low, k).reshape(chunks, k)
     flat_state = state.reshape(-1)
-    filled = np.zeros(chunks * k, dtype=np.int64)
+    added = np.ascontiguousarray(sizes.T) << high
+    added += 1
     rows = np.arange(k, dtype=np.int64)
-    added = np.ascontiguousarray(sizes.T) * chunks
+    count_mask = (1 << low) - 1
+    chunk_mask = (1 << (high - low)) - 1
     slot = np.empty((m, k), dtype=np.int64)  # where each sample lands within its row
     for t in range(m):
-        target = state.min(axis=0) % chunks
-        cell = target * k + rows
-        before = filled.take(cell)
-        slot[t] = target * per_chunk + before
-        before += 1
-        filled.put(cell, before)
-        flat_state.put(cell, flat_state.take(cell) + added[t])
-        done = cell[before == per_chunk]
-        flat_state.put(done, full + done // k)
+        best = state.min(axis=0)
+        target = best >> low
+        target &= chunk_mask
+        taken = best & count_mask
+        np.multiply(target, per_chunk, out=slot[t])
+        slot[t] += taken
+        best += added[t]
+        best[taken == per_chunk - 1] = full
+        target *= k
+        target += rows
+        flat_state.put(target, best)
     out = np.empty((k, m), dtype=np.int64)
     np.put_along_axis(out, slot.T, ids, axis=1)
     return out
