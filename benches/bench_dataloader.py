@@ -1,0 +1,271 @@
+"""DataLoader over raw records: samples/s, private memory per worker and time to the first batch, for
+fusion-fast's `FusionDataset` against FUSION's `list_data_dict` dataset (and Hugging Face `datasets`
+random access when it is installed), with the same DataLoader settings, in the same run.
+
+    python benches/bench_dataloader.py [--quick] [--data DIR] [--samples N] [--workers 2] [--batch 64]
+                                       [--baseline-records N] [--start-method fork] [--out FILE.json]
+
+The stage is bench_mixture.py's: 9 files shaped like FUSION's Stage 1 (10M records; `--quick`: 100k),
+generated once into `--data` and indexed before anything is timed. Every loader shuffles (random
+access, as in training), uses `fusion_fast.torch.collate` and runs `--samples` samples after a warm-up.
+The baselines hold a subset of the mixture (`--baseline-records`) as `json.load`ed Python objects: all
+10M do not fit in memory; their worker memory grows with the subset (copy-on-write of touched objects).
+
+Targets (issue 5, 2-core machine): >= 150k samples/s with batch 64 and 2 workers; <= 3 s from a fresh
+`python` to the first batch (including `import torch`); <= 100 MB private memory per worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
+from common import machine, machine_markdown, table  # noqa: E402
+from fusion_fast.mixture import Mixture  # noqa: E402
+from fusion_fast.torch import FusionDataset, collate, private_memory  # noqa: E402
+
+WARMUP_BATCHES = 20
+
+FIRST_BATCH_CHILD = r"""
+import json, sys, time
+started = time.perf_counter()
+import torch
+from torch.utils.data import DataLoader
+from fusion_fast.torch import FusionDataset, collate
+imported = time.perf_counter()
+dataset = FusionDataset(sys.argv[1], root=sys.argv[2])
+n = len(dataset)
+opened = time.perf_counter()
+loader = DataLoader(dataset, batch_size=int(sys.argv[3]), shuffle=True, num_workers=int(sys.argv[4]),
+                    collate_fn=collate)
+batch = next(iter(loader))
+done = time.perf_counter()
+print(json.dumps({"first_batch_at": time.time(), "import_s": imported - started, "open_s": opened - imported,
+                  "loader_s": done - opened, "records": n, "batch": len(batch["id"])}), flush=True)
+"""
+
+
+class ListDataset(Dataset[Any]):
+    """FUSION's `LazySupervisedDataset` on raw records: `list_data_dict[i]`, one item at a time."""
+
+    def __init__(self, list_data_dict: list[Any]) -> None:
+        self.list_data_dict = list_data_dict
+
+    def __len__(self) -> int:
+        return len(self.list_data_dict)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.list_data_dict[i]
+
+
+def subset_file(mix: Mixture, n: int, path: Path) -> Path:
+    """n records spread over the mixture, as one JSON array file (what FUSION would json.load)."""
+    picks = np.linspace(0, len(mix) - 1, min(n, len(mix))).astype(np.int64)
+    datasets, records = mix.locate(picks)
+    with open(path, "wb") as f:
+        f.write(b"[")
+        f.write(
+            b",\n".join(
+                bytes(mix.datasets[d].index.raw(r))
+                for d, r in zip(datasets.tolist(), records.tolist(), strict=True)
+            )
+        )
+        f.write(b"]\n")
+    return path
+
+
+def run_loader(dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """samples/s after a warm-up, and the private memory of each worker once the samples are done."""
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch,
+        shuffle=True,
+        num_workers=args.workers,
+        collate_fn=collate,
+        persistent_workers=args.workers > 0,
+        multiprocessing_context=args.start_method if args.workers > 0 else None,
+    )
+    batches = seen = 0
+    started = 0.0
+    while seen < args.samples:
+        for batch in loader:
+            batches += 1
+            if batches == WARMUP_BATCHES:
+                started = time.perf_counter()
+            elif batches > WARMUP_BATCHES:
+                seen += len(batch["id"])
+                if seen >= args.samples:
+                    break
+    seconds = time.perf_counter() - started
+    workers = [private_memory(p.pid) for p in multiprocessing.active_children() if p.pid is not None]
+    del loader
+    return {"samples": seen, "seconds": seconds, "per_s": seen / seconds, "worker_private": workers}
+
+
+def hf_datasets(path: Path) -> Any:
+    """Hugging Face `datasets` over the baseline subset (its Arrow cache is built first, untimed)."""
+    import datasets
+
+    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=tempfile.mkdtemp())
+
+
+def first_batch(stage: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """From exec'ing a fresh `python` to its first batch (wall clock), best of 3 (cold caches aside)."""
+    runs = []
+    for _ in range(3):
+        spawned = time.time()
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                FIRST_BATCH_CHILD,
+                str(stage),
+                str(data),
+                str(args.batch),
+                str(args.workers),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
+            timeout=600,
+        ).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        result["seconds"] = result.pop("first_batch_at") - spawned
+        runs.append(result)
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="100k records in total instead of 10M")
+    ap.add_argument("--data", default=None, help="where the stage is generated / reused")
+    ap.add_argument(
+        "--samples", type=int, default=None, help="samples timed per loader (200k quick, 2M full)"
+    )
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--baseline-records", type=int, default=1_000_000)
+    ap.add_argument("--start-method", default="fork", choices=["fork", "spawn", "forkserver"])
+    ap.add_argument("--out", default=None, help="write the raw figures here as JSON")
+    args = ap.parse_args()
+    scale = 0.01 if args.quick else 1.0
+    args.samples = args.samples or (200_000 if args.quick else 2_000_000)
+    data = Path(
+        args.data
+        or Path(tempfile.gettempdir()) / f"fusion-fast-bench-mixture-{'quick' if args.quick else 'full'}"
+    )
+    stage, prep = prepare(data, scale)
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "scale": scale,
+        "file_records": round(FULL_RECORDS * scale),
+        "workers": args.workers,
+        "batch": args.batch,
+        "start_method": args.start_method,
+        **prep,
+    }
+
+    results["first_batch"] = first_batch(stage, data, args)
+
+    dataset = FusionDataset(stage, root=data)
+    results["selected"] = len(dataset)
+    results["fusion_fast"] = run_loader(dataset, args)
+
+    subset = subset_file(dataset.mixture, args.baseline_records, data / "baseline-subset.json")
+    gc.collect()
+    t = time.perf_counter()
+    with open(subset, encoding="utf-8") as f:
+        list_data_dict = json.load(f)
+    load_s = time.perf_counter() - t
+    results["list_data_dict"] = {
+        "records": len(list_data_dict),
+        "json_load_s": load_s,
+        **run_loader(ListDataset(list_data_dict), args),
+    }
+    del list_data_dict
+    gc.collect()
+
+    if importlib.util.find_spec("datasets") is not None:
+        results["hf_datasets"] = run_loader(hf_datasets(subset), args)
+    subset.unlink()
+
+    print(report(results))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    ff, base, hf = r["fusion_fast"], r["list_data_dict"], r.get("hf_datasets")
+    n = r["selected"]
+    mib = 2**20
+
+    def rate(x: dict[str, Any] | None) -> str:
+        return f"{x['per_s']:,.0f}" if x else "not installed"
+
+    def memory(x: dict[str, Any] | None) -> str:
+        if not x:
+            return "-"
+        return " / ".join(f"{m / mib:.0f}" for m in x["worker_private"]) + " MiB"
+
+    fb = r["first_batch"]
+    per_record_load = base["json_load_s"] / base["records"]
+    rows = [
+        [
+            f"samples/s (batch {r['batch']}, {r['workers']} workers, shuffled)",
+            rate(ff),
+            rate(base),
+            rate(hf),
+            ">= 150k",
+        ],
+        [
+            "speed-up of fusion-fast",
+            "1x",
+            f"{ff['per_s'] / base['per_s']:.1f}x",
+            f"{ff['per_s'] / hf['per_s']:.1f}x" if hf else "-",
+            "",
+        ],
+        [
+            f"private memory per worker ({r['start_method']}, after the samples)",
+            memory(ff),
+            memory(base),
+            memory(hf),
+            "<= 100 MB",
+        ],
+        [
+            "fresh `python` -> first batch (incl. import torch)",
+            f"{fb['seconds']:.2f} s (import {fb['import_s']:.2f} s, open {fb['open_s'] * 1e3:.0f} ms, "
+            f"loader {fb['loader_s']:.2f} s)",
+            f"{per_record_load * n:.0f} s json.load extrapolated ({per_record_load * 1e6:.1f} us/record, "
+            f"measured {base['json_load_s']:.1f} s on {base['records']:,})",
+            "-",
+            "<= 3 s",
+        ],
+    ]
+    head = (
+        f"DataLoader over raw records. Stage: 9 files, {r['file_records']:,} records, {n:,} selected; "
+        f"baselines over {base['records']:,} of them as Python objects. {machine_markdown(r['machine'])}"
+    )
+    return (
+        head
+        + "\n\n"
+        + table(["measurement", "fusion-fast", "FUSION list_data_dict", "HF datasets", "target"], rows)
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
