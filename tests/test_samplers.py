@@ -207,6 +207,10 @@ def test_length_grouped_argument_errors():
         LengthGroupedSampler([[1, 2]], batch_size=2)
     with pytest.raises(TypeError):
         LengthGroupedSampler([1, 2], batch_size=2, seed="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="too large to sort"):
+        LengthGroupedSampler([2**62, 1, 2, 3], batch_size=2).order()
+    with pytest.raises(ValueError, match="too large to balance"):
+        LengthGroupedSampler([2**58, 1, 2, 3], batch_size=2, world_size=2).order()
 
 
 # -- DistributedMixtureSampler -------------------------------------------------------------------------------
@@ -329,6 +333,7 @@ def test_with_a_dataloader():
     assert len(list(torch_data.DataLoader(list(range(100)), batch_size=5, sampler=dist_sampler))) == 10
 
 
+@pytest.mark.filterwarnings("ignore:.set_vital. is deprecated")
 @pytest.mark.parametrize("workers", [0, 2])
 def test_stateful_dataloader_resume(workers):
     stateful = pytest.importorskip("torchdata.stateful_dataloader")

@@ -281,6 +281,8 @@ def _longest_first(ids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.n
     shift = (m - 1).bit_length()
     # Keys (top - size) << shift | column are unique within a row, so numpy's fast (unstable, SIMD) value
     # sort of each row gives exactly the stable order, and both parts come back with bit operations.
+    if (top + 1) << shift >= 1 << 63:
+        raise ValueError(f"lengths too large to sort: the longest must stay below 2**{63 - shift}")
     dtype = np.int32 if (top + 1) << shift < 1 << 31 else np.int64
     keys = (top - sizes).astype(dtype)
     keys <<= shift
@@ -306,7 +308,9 @@ def _even_chunks(ids: np.ndarray, sizes: np.ndarray, chunks: int) -> np.ndarray:
     low = per_chunk.bit_length()
     high = low + (chunks - 1).bit_length()
     if (int(sizes.max(initial=0)) * per_chunk + 1) >> (62 - high):
-        raise ValueError("lengths are too large to balance (more than 2**40 / batch_size)")
+        raise ValueError(
+            f"lengths too large to balance: max length x batch_size must stay below 2**{62 - high}"
+        )
     full = 1 << 62
     state = np.repeat(np.arange(chunks, dtype=np.int64) << low, k).reshape(chunks, k)
     flat_state = state.reshape(-1)
