@@ -22,6 +22,7 @@ import yaml
 import fusion_fast
 from fusion_fast import FusionFastError, Mixture, MixtureError
 from fusion_fast.exclude import write_exclude
+from fusion_fast.mixture import smallest_positions
 from fusion_fast.synth import write_file
 
 from .conftest import write
@@ -269,6 +270,27 @@ def test_random_is_identical_across_processes_and_changes_with_the_seed(files):
     other = in_child(4)
     assert all(x != y for x, y in zip(a, other, strict=True))
     assert [len(x) for x in other] == [len(x) for x in a]
+
+
+def test_smallest_keys_and_their_ties():
+    keys = np.array([5, 3, 3, 3, 9, 1], dtype=np.uint64)
+    picks = {k: smallest_positions(keys, k).tolist() for k in range(8)}
+    assert picks == {
+        0: [],
+        1: [5],
+        2: [1, 5],
+        3: [1, 2, 5],
+        4: [1, 2, 3, 5],
+        5: [0, 1, 2, 3, 5],
+        6: [0, 1, 2, 3, 4, 5],
+        7: [0, 1, 2, 3, 4, 5],
+    }
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        keys = rng.integers(0, 5, 50).astype(np.uint64)
+        k = int(rng.integers(0, 51))
+        expected = sorted(sorted(range(50), key=lambda i: (keys[i], i))[:k])
+        assert smallest_positions(keys, k).tolist() == expected
 
 
 def test_random_subset_depends_only_on_seed_file_and_occurrence(files):

@@ -414,16 +414,23 @@ class _KeyStream:
 
     def smallest(self, n: int, k: int) -> np.ndarray:
         """Positions (ascending) of the k smallest of the next n keys."""
-        keys = self._bits.random_raw(n)
-        if k >= n:
-            return np.arange(n, dtype=np.int64)
-        if k <= 0:
-            return np.empty(0, dtype=np.int64)
-        kth = np.partition(keys, k - 1)[k - 1]
-        below = keys < kth
-        ties = np.flatnonzero(keys == kth)[: k - int(below.sum())]
-        below[ties] = True
-        return np.flatnonzero(below)
+        return smallest_positions(self._bits.random_raw(n), k)
+
+
+def smallest_positions(keys: np.ndarray, k: int) -> np.ndarray:
+    """Positions (ascending) of the k smallest `keys`; of keys equal to the k-th, the lower positions."""
+    n = len(keys)
+    if k >= n:
+        return np.arange(n, dtype=np.int64)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    kth = np.partition(keys, k - 1)[k - 1]
+    chosen = keys <= kth
+    surplus = int(np.count_nonzero(chosen)) - k
+    if surplus:
+        ties = np.flatnonzero(keys == kth)
+        chosen[ties[len(ties) - surplus :]] = False
+    return np.flatnonzero(chosen)
 
 
 def _select(spec: DatasetSpec, index: JsonIndex, keys: _KeyStream) -> tuple[Selection, int]:
