@@ -162,7 +162,7 @@ impl<'a> Reader<'a> {
         let k = if escaped {
             let mut buf = std::mem::take(&mut self.key_buf);
             buf.clear();
-            unescape(raw, &mut buf);
+            unescape_into(raw, &mut buf);
             let k = classify(&buf);
             self.key_buf = buf;
             k
@@ -385,42 +385,51 @@ fn hex4(d: &[u8], i: usize) -> Option<u32> {
     Some(v)
 }
 
-/// Decodes the escapes of a validated string body (for comparing keys). Lone surrogates become U+FFFD.
-fn unescape(raw: &[u8], out: &mut Vec<u8>) {
+/// Decodes the escapes of a validated string body (the bytes between the quotes) into UTF-8, writing a
+/// lone surrogate as its 3-byte form (as Python's "surrogatepass" reads it back). Returns whether any
+/// lone surrogate was written, or `None` when the body is not a valid one (it changed since validation).
+pub fn unescape_into(raw: &[u8], out: &mut Vec<u8>) -> Option<bool> {
+    let mut surrogates = false;
     let mut i = 0;
     while i < raw.len() {
-        if raw[i] != b'\\' {
-            out.push(raw[i]);
-            i += 1;
-            continue;
+        let k = memchr::memchr(b'\\', &raw[i..]).map_or(raw.len(), |k| i + k);
+        out.extend_from_slice(&raw[i..k]);
+        if k == raw.len() {
+            break;
         }
-        let c = match raw[i + 1] {
+        i = k + 2;
+        let c = match *raw.get(k + 1)? {
             b'b' => 0x08,
             b'f' => 0x0C,
             b'n' => 0x0A,
             b'r' => 0x0D,
             b't' => 0x09,
             b'u' => {
-                let mut cp = hex4(raw, i + 2).unwrap_or(0xFFFD);
-                i += 6;
-                if (0xD800..0xDC00).contains(&cp)
-                    && raw.get(i) == Some(&b'\\')
-                    && raw.get(i + 1) == Some(&b'u')
-                {
+                let mut cp = hex4(raw, i)?;
+                i += 4;
+                if (0xD800..0xDC00).contains(&cp) && raw.get(i..i + 2) == Some(b"\\u") {
                     if let Some(lo) = hex4(raw, i + 2).filter(|lo| (0xDC00..0xE000).contains(lo)) {
                         cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                         i += 6;
                     }
                 }
-                let c = char::from_u32(cp).unwrap_or('\u{FFFD}');
-                out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                if (0xD800..0xE000).contains(&cp) {
+                    surrogates = true;
+                    out.extend_from_slice(&[
+                        0xE0 | (cp >> 12) as u8,
+                        0x80 | ((cp >> 6) & 0x3F) as u8,
+                        0x80 | (cp & 0x3F) as u8,
+                    ]);
+                } else {
+                    out.extend_from_slice(char::from_u32(cp)?.encode_utf8(&mut [0; 4]).as_bytes());
+                }
                 continue;
             }
-            other => other as u32,
+            other => other,
         };
-        out.push(c as u8);
-        i += 2;
+        out.push(c);
     }
+    Some(surrogates)
 }
 
 /// Advances over plain string bytes (printable ASCII other than `"` and `\`), counting words,

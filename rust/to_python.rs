@@ -13,7 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::json::MAX_DEPTH;
+use crate::json::{unescape_into, MAX_DEPTH};
 
 /// Strings up to this length are cached (keys, roles, short values).
 const CACHED_MAX_LEN: usize = 16;
@@ -252,53 +252,20 @@ impl Builder {
             Some(_) => {}
             None => return Err(()),
         }
-        // Escapes: decode into the scratch buffer (surrogates as 3-byte sequences, passed through).
-        let mut buf = std::mem::take(&mut self.scratch);
-        buf.clear();
-        let mut i = start;
-        let mut surrogates = false;
+        // Escapes: find the closing quote (skipping escaped characters), then decode into the scratch
+        // buffer, lone surrogates passed through as Python's `json` keeps them.
+        let mut i = start + end;
         loop {
             let k = memchr::memchr2(b'"', b'\\', c.d.get(i..).ok_or(())?).ok_or(())?;
-            buf.extend_from_slice(&c.d[i..i + k]);
             i += k;
             if c.d[i] == b'"' {
                 break;
             }
-            let esc = *c.d.get(i + 1).ok_or(())?;
             i += 2;
-            let ch = match esc {
-                b'b' => 0x08,
-                b'f' => 0x0C,
-                b'n' => 0x0A,
-                b'r' => 0x0D,
-                b't' => 0x09,
-                b'u' => {
-                    let mut cp = hex4(c.d, i)?;
-                    i += 4;
-                    if (0xD800..0xDC00).contains(&cp) && c.d.get(i..i + 2) == Some(b"\\u") {
-                        let lo = hex4(c.d, i + 2)?;
-                        if (0xDC00..0xE000).contains(&lo) {
-                            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-                            i += 6;
-                        }
-                    }
-                    if (0xD800..0xE000).contains(&cp) {
-                        surrogates = true;
-                        buf.extend_from_slice(&[
-                            0xE0 | (cp >> 12) as u8,
-                            0x80 | ((cp >> 6) & 0x3F) as u8,
-                            0x80 | (cp & 0x3F) as u8,
-                        ]);
-                    } else {
-                        let ch = char::from_u32(cp).ok_or(())?;
-                        buf.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes());
-                    }
-                    continue;
-                }
-                other => other,
-            };
-            buf.push(ch);
         }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let surrogates = unescape_into(&c.d[start..i], &mut buf).ok_or(())?;
         c.i = i + 1;
         let result = if surrogates {
             // SAFETY: GIL held; the buffer outlives the call.
@@ -335,11 +302,6 @@ impl Builder {
         self.cache[k] = Some((s.into(), cached));
         Ok(obj)
     }
-}
-
-fn hex4(d: &[u8], i: usize) -> BuildResult<u32> {
-    let h = std::str::from_utf8(d.get(i..i + 4).ok_or(())?).map_err(|_| ())?;
-    u32::from_str_radix(h, 16).map_err(|_| ())
 }
 
 /// Offset of the first `"` or `\\` in `s` (or its length), and whether the bytes before it are ASCII:
