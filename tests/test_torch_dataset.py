@@ -440,6 +440,29 @@ def test_collate_in_workers_builds_batches(stage):
     assert sum(len(b["input_ids"]) for b in batches) == 60
 
 
+def plain_and_arrays(item):
+    return {
+        "id": item["id"],
+        "source": item["_source"],
+        "turns": item["conversations"],
+        "array": np.full(2, item["_source"]["index"]),
+    }
+
+
+def test_worker_batches_equal_in_process_batches(stage):
+    """Whatever the fields hold (JSON values, numpy arrays), batches from workers are the same."""
+    ds = FusionDataset(stage["yaml"], root=stage["root"], transform=plain_and_arrays)
+    via_workers = list(DataLoader(ds, batch_size=7, num_workers=2, collate_fn=collate))
+    in_process = [collate([ds[i] for i in range(lo, min(lo + 7, 60))]) for lo in range(0, 60, 7)]
+    assert len(via_workers) == len(in_process) == 9
+    for got, want in zip(via_workers, in_process, strict=True):
+        assert (
+            type(got["id"]) is list and type(got["source"]["dataset"]) is list and type(got["array"]) is list
+        )
+        assert got["id"] == want["id"] and got["source"] == want["source"] and got["turns"] == want["turns"]
+        assert [a.tolist() for a in got["array"]] == [a.tolist() for a in want["array"]]
+
+
 # -- CudaPrefetcher ---------------------------------------------------------------------------------
 
 

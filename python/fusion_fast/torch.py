@@ -77,6 +77,7 @@ class _DatasetInfo(NamedTuple):
 
     name: str
     data_path: str
+    records: JsonIndex
     #: The image folder with a trailing "/", or "" without one: `prefix + p` is POSIX
     #: `os.path.join(folder, p)` for relative `p`, at a sixth of its cost.
     image_prefix: str
@@ -171,6 +172,7 @@ class FusionDataset(Dataset[Any]):
                 _DatasetInfo(
                     d.name,
                     str(d.path),
+                    d.index,
                     _prefix(os.fspath(d.image_folder) if d.image_folder is not None else self.image_folder),
                     d.index.columns["flags"],
                 )
@@ -213,22 +215,22 @@ class FusionDataset(Dataset[Any]):
 
     def _prepare(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
         """Items at `indices`, with a `_BadSample` in place of each bad one."""
-        mixture = self.mixture
         info = self._datasets()
-        dataset_ids, numbers = mixture.locate(indices)
-        records = mixture.get_many(indices)
-        flags = np.empty(len(numbers), dtype=np.uint8)
+        dataset_ids, numbers = self.mixture.locate(indices)
+        out: list[Any] = [None] * len(numbers)
+        # One pass per dataset present: its records parsed in one call, its flags read in one gather.
         for d in np.unique(dataset_ids).tolist():
-            where = dataset_ids == d
-            flags[where] = info[d].flags[numbers[where]]
-        out: list[Any] = []
-        for record, d, number, flag in zip(
-            records, dataset_ids.tolist(), numbers.tolist(), flags.tolist(), strict=True
-        ):
-            try:
-                out.append(self._item(record, info[d], number, flag))
-            except _BadSample as bad:
-                out.append(bad)
+            ds = info[d]
+            where = np.flatnonzero(dataset_ids == d)
+            mine = numbers[where]
+            records = ds.records.get_many(mine)
+            for pos, record, number, flag in zip(
+                where.tolist(), records, mine.tolist(), ds.flags[mine].tolist(), strict=True
+            ):
+                try:
+                    out[pos] = self._item(record, ds, number, flag)
+                except _BadSample as bad:
+                    out[pos] = bad
         return out
 
     def _item(self, record: Any, ds: _DatasetInfo, number: int, flag: int) -> Any:
