@@ -481,9 +481,9 @@ def test_prefetcher_passes_through_without_cuda():
 def test_prefetcher_copies_nested_batches_to_the_gpu():
     batches = [
         {
-            "ids": torch.arange(6).reshape(2, 3).pin_memory() + k,
+            "ids": (torch.arange(6).reshape(2, 3) + k).pin_memory(),
             "meta": {"n": torch.tensor([k]).pin_memory()},
-            "pair": (torch.ones(2).pin_memory() * k, "tag"),
+            "pair": ((torch.ones(2) * k).pin_memory(), "tag"),
             "names": ["a", "b"],
         }
         for k in range(5)
