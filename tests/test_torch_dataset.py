@@ -543,3 +543,18 @@ def test_minimal_training_example_runs(tmp_path):
     assert [s["step"] for s in steps] == list(range(1, 7))
     assert all(np.isfinite(s["loss"]) and s["samples"] == 8 for s in steps)
     assert lines[-1]["done"] and lines[-1]["steps"] == 6
+
+
+def test_docs_training_example_runs(tmp_path):
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    code = text.split("<!-- example: cpu-training -->\n```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "train.py"
+    script.write_text(code, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180
+    )
+    assert result.returncode == 0, result.stderr
+    losses = [
+        float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("step ")
+    ]
+    assert len(losses) == 20 and all(np.isfinite(losses))
