@@ -7,11 +7,24 @@ use fusion_fast::scan::{scan, scan_sequential, Format, ScanOptions};
 use fusion_fast::words::count_words;
 
 fn document(target: usize, pretty: bool) -> Vec<u8> {
-    let words = ["the", "image", "shows", "a", "cat", "on", "\\\"mat\\\"", "日本", "[1, 2]", "café"];
+    let words = [
+        "the",
+        "image",
+        "shows",
+        "a",
+        "cat",
+        "on",
+        "\\\"mat\\\"",
+        "日本",
+        "[1, 2]",
+        "café",
+    ];
     let mut out = String::from("[");
     let mut i = 0usize;
     while out.len() < target {
-        let text: Vec<&str> = (0..40).map(|k| words[(i * 7 + k * 3) % words.len()]).collect();
+        let text: Vec<&str> = (0..40)
+            .map(|k| words[(i * 7 + k * 3) % words.len()])
+            .collect();
         let sep = if pretty { "\n    " } else { "" };
         if i > 0 {
             out.push(',');
