@@ -344,14 +344,23 @@ def collate(
     return _collate(list(batch), None, pads, default_pad)
 
 
+#: Values `collate` keeps as they are, checked first because most fields of raw records are these.
+_LEAVES = (str, bytes, int, float, list, type(None))
+
+
 def _collate(items: list[Any], key: str | None, pads: Mapping[str, int | float], default: int | float) -> Any:
     first = items[0] if items else None
-    if isinstance(first, torch.Tensor) and all(isinstance(x, torch.Tensor) for x in items):
-        pad = pads.get(key, default) if key is not None else default
-        return _stack_or_pad(items, pad)
-    if isinstance(first, Mapping) and all(isinstance(x, Mapping) for x in items):
-        keys = dict.fromkeys(k for x in items for k in x)  # union of keys, in first-seen order
-        return {k: _collate([x.get(k) for x in items], k, pads, default) for k in keys}
+    if isinstance(first, _LEAVES):
+        return items
+    if isinstance(first, torch.Tensor):
+        if all(isinstance(x, torch.Tensor) for x in items):
+            return _stack_or_pad(items, pads.get(key, default) if key is not None else default)
+        return items
+    if isinstance(first, Mapping):
+        if all(isinstance(x, dict) or isinstance(x, Mapping) for x in items):
+            keys = dict.fromkeys(itertools.chain.from_iterable(items))  # union, in first-seen order
+            return {k: _collate([x.get(k) for x in items], k, pads, default) for k in keys}
+        return items
     if isinstance(first, tuple) and all(isinstance(x, tuple) and len(x) == len(first) for x in items):
         fields = [_collate(list(column), key, pads, default) for column in zip(*items, strict=True)]
         return type(first)(*fields) if hasattr(first, "_fields") else tuple(fields)
