@@ -88,16 +88,16 @@ def subset_file(mix: Mixture, n: int, path: Path) -> Path:
     return path
 
 
-def run_loader(dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
+def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
     """samples/s after a warm-up, and the private memory of each worker once the samples are done."""
     loader = DataLoader(
         dataset,
         batch_size=args.batch,
         shuffle=True,
-        num_workers=args.workers,
+        num_workers=workers,
         collate_fn=collate,
-        persistent_workers=args.workers > 0,
-        multiprocessing_context=args.start_method if args.workers > 0 else None,
+        persistent_workers=workers > 0,
+        multiprocessing_context=args.start_method if workers > 0 else None,
     )
     batches = seen = 0
     started = 0.0
@@ -183,7 +183,8 @@ def main() -> int:
 
     dataset = FusionDataset(stage, root=data)
     results["selected"] = len(dataset)
-    results["fusion_fast"] = run_loader(dataset, args)
+    results["fusion_fast"] = run_loader(dataset, args, args.workers)
+    results["fusion_fast_in_process"] = run_loader(dataset, args, 0)
 
     subset = subset_file(dataset.mixture, args.baseline_records, data / "baseline-subset.json")
     gc.collect()
@@ -194,13 +195,16 @@ def main() -> int:
     results["list_data_dict"] = {
         "records": len(list_data_dict),
         "json_load_s": load_s,
-        **run_loader(ListDataset(list_data_dict), args),
+        **run_loader(ListDataset(list_data_dict), args, args.workers),
     }
+    results["list_data_dict_in_process"] = run_loader(ListDataset(list_data_dict), args, 0)
     del list_data_dict
     gc.collect()
 
     if importlib.util.find_spec("datasets") is not None:
-        results["hf_datasets"] = run_loader(hf_datasets(subset), args)
+        hf = hf_datasets(subset)
+        results["hf_datasets"] = run_loader(hf, args, args.workers)
+        results["hf_datasets_in_process"] = run_loader(hf, args, 0)
     subset.unlink()
 
     print(report(results))
@@ -233,10 +237,17 @@ def report(r: dict[str, Any]) -> str:
             ">= 150k",
         ],
         [
-            "speed-up of fusion-fast",
-            "1x",
-            f"{ff['per_s'] / base['per_s']:.1f}x",
-            f"{ff['per_s'] / hf['per_s']:.1f}x" if hf else "-",
+            "fusion-fast's rate / this one",
+            "-",
+            f"{ff['per_s'] / base['per_s']:.2f}x",
+            f"{ff['per_s'] / hf['per_s']:.2f}x" if hf else "-",
+            "",
+        ],
+        [
+            "samples/s, same but without workers (num_workers=0)",
+            rate(r["fusion_fast_in_process"]),
+            rate(r["list_data_dict_in_process"]),
+            rate(r.get("hf_datasets_in_process")),
             "",
         ],
         [
