@@ -15,6 +15,7 @@ See docs/training.md.
 
 from __future__ import annotations
 
+import abc
 import itertools
 import json
 import logging
@@ -30,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
-from .errors import CorruptIndexError, IndexMissingError, RecordError, StaleIndexError
+from .errors import CorruptIndexError, FusionFastError, IndexMissingError, RecordError, StaleIndexError
 from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex
 from .index import open as open_index
 from .indexing import expand_targets
@@ -486,19 +487,19 @@ DISTRIBUTED_TIMEOUT = timedelta(hours=2)
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-class _Coordinator:
-    """Barriers and one broadcast among the ranks of a job, for index building only."""
+class _Coordinator(abc.ABC):
+    """One broadcast and a final barrier among the ranks of a job, for index building only."""
 
     rank: int
     world_size: int
 
-    def broadcast(self, value: list[str]) -> list[str]:
-        """Rank 0's `value`, on every rank."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def broadcast(self, value: dict[str, Any]) -> dict[str, Any]:
+        """Rank 0's `value` (JSON-like), on every rank."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Wait for every rank, then release what was set up."""
-        raise NotImplementedError
 
 
 class _GroupCoordinator(_Coordinator):
@@ -511,7 +512,7 @@ class _GroupCoordinator(_Coordinator):
         self.group = group
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
-    def broadcast(self, value: list[str]) -> list[str]:
+    def broadcast(self, value: dict[str, Any]) -> dict[str, Any]:
         box = [value]
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
@@ -532,11 +533,11 @@ class _StoreCoordinator(_Coordinator):
         store, self.rank, self.world_size = next(dist.rendezvous("env://", timeout=DISTRIBUTED_TIMEOUT))
         self.store = dist.PrefixStore(f"fusion-fast/index/{next(self._calls)}/", store)
 
-    def broadcast(self, value: list[str]) -> list[str]:
+    def broadcast(self, value: dict[str, Any]) -> dict[str, Any]:
         if self.rank == 0:
-            self.store.set("todo", json.dumps(value))
+            self.store.set("message", json.dumps(value))
             return value
-        return json.loads(self.store.get("todo"))
+        return json.loads(self.store.get("message"))
 
     def close(self) -> None:
         self.store.set(f"done/{self.rank}", "1")
@@ -600,11 +601,21 @@ def distributed_share(
     if ranks is None:
         return files, None
     idx_dir = os.fspath(index_dir) if index_dir is not None else None
-    todo: list[str] = []
+    plan: dict[str, Any] = {}
+    failure: Exception | None = None
     if ranks.rank == 0:
-        todo = [str(p) for p in files if not only_missing or not _has_valid_index(p, idx_dir)]
-    todo = ranks.broadcast(todo)
-    return _shares([Path(p) for p in todo], ranks.world_size)[ranks.rank], ranks.close
+        try:
+            plan["todo"] = [str(p) for p in files if not only_missing or not _has_valid_index(p, idx_dir)]
+        except Exception as e:  # the other ranks wait for rank 0's word: tell them, then raise everywhere
+            failure = e
+            plan["error"] = f"{type(e).__name__}: {e}"
+    plan = ranks.broadcast(plan)
+    if "error" in plan:
+        ranks.close()
+        if failure is not None:
+            raise failure
+        raise FusionFastError(f"rank 0 could not check which indexes to build: {plan['error']}")
+    return _shares([Path(p) for p in plan["todo"]], ranks.world_size)[ranks.rank], ranks.close
 
 
 def ensure_indexed(
