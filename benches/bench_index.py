@@ -18,9 +18,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PEAK_RSS, fmt_time, machine, machine_markdown, repeat, run_child, table  # noqa: E402
-
 import fusion_fast as ff  # noqa: E402
+from common import PEAK_RSS, fmt_time, machine, machine_markdown, repeat, run_child, table  # noqa: E402
 from fusion_fast import synth  # noqa: E402
 
 
@@ -57,7 +56,9 @@ def read_floor(path: Path) -> tuple[float, float]:
     return stream, whole
 
 
-BUILD_MEMORY = PEAK_RSS.split(";")[0] + """
+BUILD_MEMORY = (
+    PEAK_RSS.split(";")[0]
+    + """
 import sys, json, time
 sys.path.insert(0, {benches!r})
 from common import MemorySampler
@@ -68,27 +69,47 @@ with MemorySampler() as m:
     s = time.perf_counter() - t
 print(json.dumps({{"seconds": s, "anon_growth": m.growth, "records": len(idx)}}))
 """
+)
 
 # name -> (module that must be importable, code for a .json array, code for .jsonl); P is the path.
 LINES = "with open(P, 'rb') as f: v = [{parse}(line) for line in f if line.strip()]"
 COMPETITORS = {
-    "json.load": ("json", "import json\nwith open(P, 'rb') as f: v = json.load(f)",
-                  "import json\n" + LINES.format(parse="json.loads")),
-    "orjson.loads": ("orjson", "import orjson\nwith open(P, 'rb') as f: v = orjson.loads(f.read())",
-                     "import orjson\n" + LINES.format(parse="orjson.loads")),
-    "msgspec.json.decode": ("msgspec", "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.decode(f.read())",
-                            "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.Decoder().decode_lines(f.read())"),
+    "json.load": (
+        "json",
+        "import json\nwith open(P, 'rb') as f: v = json.load(f)",
+        "import json\n" + LINES.format(parse="json.loads"),
+    ),
+    "orjson.loads": (
+        "orjson",
+        "import orjson\nwith open(P, 'rb') as f: v = orjson.loads(f.read())",
+        "import orjson\n" + LINES.format(parse="orjson.loads"),
+    ),
+    "msgspec.json.decode": (
+        "msgspec",
+        "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.decode(f.read())",
+        "import msgspec\nwith open(P, 'rb') as f: v = msgspec.json.Decoder().decode_lines(f.read())",
+    ),
     # A lazy parse of the whole array; for JSON Lines a parser document cannot outlive the next parse,
     # so each line is fully converted (`simdjson.loads`).
-    "pysimdjson": ("simdjson", "import simdjson\nwith open(P, 'rb') as f: v = simdjson.Parser().parse(f.read())",
-                   "import simdjson\n" + LINES.format(parse="simdjson.loads")),
+    "pysimdjson": (
+        "simdjson",
+        "import simdjson\nwith open(P, 'rb') as f: v = simdjson.Parser().parse(f.read())",
+        "import simdjson\n" + LINES.format(parse="simdjson.loads"),
+    ),
     "polars.read_ndjson": ("polars", None, "import polars as pl\nv = pl.read_ndjson(P)"),
-    "datasets.load_dataset": ("datasets", None, "import datasets, tempfile\n"
-                              "v = datasets.load_dataset('json', data_files=P, split='train', cache_dir=tempfile.mkdtemp())"),
+    "datasets.load_dataset": (
+        "datasets",
+        None,
+        "import datasets, tempfile\n"
+        "v = datasets.load_dataset('json', data_files=P, split='train', cache_dir=tempfile.mkdtemp())",
+    ),
     # Megatron-Energon's JSONL index preparation (offsets of every line; writes P.idx next to the file).
-    "Megatron-Energon JSONL prepare": ("megatron.energon", None,
-                                       "from megatron.energon.flavors.jsonl.jsonl_prepare import JsonlPreparator\n"
-                                       "n = JsonlPreparator.prepare_dataset(P)"),
+    "Megatron-Energon JSONL prepare": (
+        "megatron.energon",
+        None,
+        "from megatron.energon.flavors.jsonl.jsonl_prepare import JsonlPreparator\n"
+        "n = JsonlPreparator.prepare_dataset(P)",
+    ),
 }
 
 # Random access in Hugging Face `datasets` (after its Arrow cache is built, which is not timed).
@@ -107,10 +128,13 @@ print(json.dumps({"per_s": N / (time.perf_counter() - t)}))
 def competitor(name: str, path: Path, kind: str) -> dict | None:
     module, array_body, lines_body = COMPETITORS[name]
     body = array_body if kind == "json" else lines_body
-    code = (f"import importlib.util, sys, json, time\n"
-            f"if importlib.util.find_spec({module!r}) is None: print(json.dumps({{'skipped': True}})); sys.exit()\n"
-            f"P = {str(path)!r}\nt = time.perf_counter()\n{body}\ns = time.perf_counter() - t\n"
-            f"{PEAK_RSS}\nprint(json.dumps({{'seconds': s, 'peak_rss': peak_rss}}))")
+    code = (
+        f"import importlib.util, sys, json, time\n"
+        f"if importlib.util.find_spec({module!r}) is None:\n"
+        f"    print(json.dumps({{'skipped': True}}))\n    sys.exit()\n"
+        f"P = {str(path)!r}\nt = time.perf_counter()\n{body}\ns = time.perf_counter() - t\n"
+        f"{PEAK_RSS}\nprint(json.dumps({{'seconds': s, 'peak_rss': peak_rss}}))"
+    )
     r = run_child(code)
     return None if r.get("skipped") else r
 
@@ -160,18 +184,24 @@ def main() -> None:
         r["read_whole_s"] = min(f[1] for f in floors)
         for threads in (2, 1):
             r[f"build_{threads}t"] = repeat(
-                lambda t=threads: ff.open(path, rebuild="always", threads=t, index_dir=index_dir), reps)
+                lambda t=threads, p=path: ff.open(p, rebuild="always", threads=t, index_dir=index_dir), reps
+            )
         idx = ff.open(path, index_dir=index_dir)
         r["records"] = len(idx)
-        mem = run_child(BUILD_MEMORY.format(benches=str(Path(__file__).parent), path=str(path), index_dir=index_dir))
+        mem = run_child(
+            BUILD_MEMORY.format(benches=str(Path(__file__).parent), path=str(path), index_dir=index_dir)
+        )
         r["build_anon_growth"] = mem["anon_growth"]
         r["memory_budget"] = 64 * 2**20 + 24 * len(idx)
-        r["open"] = repeat(lambda: ff.open(path, index_dir=index_dir, rebuild="never"), 200)
+        r["open"] = repeat(lambda p=path: ff.open(p, index_dir=index_dir, rebuild="never"), 200)
         r["random_access_per_s"] = random_access(idx, 20000 if args.quick else 200000)
         if not args.no_competitors:
             names = ["json.load", "orjson.loads", "msgspec.json.decode", "pysimdjson"]
-            names += ["polars.read_ndjson", "datasets.load_dataset", "Megatron-Energon JSONL prepare"] \
-                if kind == "jsonl" else []
+            names += (
+                ["polars.read_ndjson", "datasets.load_dataset", "Megatron-Energon JSONL prepare"]
+                if kind == "jsonl"
+                else []
+            )
             r["competitors"] = {n: competitor(n, path, kind) for n in names}
             if kind == "jsonl":
                 n = 2000 if args.quick else 20000
@@ -184,38 +214,94 @@ def main() -> None:
 
 
 def render(results: dict) -> str:
-    out = [f"### Index build, open and random access ({results['size_bytes'] / 2**30:.2f} GiB files)", "",
-           machine_markdown(results["machine"]), ""]
+    out = [
+        f"### Index build, open and random access ({results['size_bytes'] / 2**30:.2f} GiB files)",
+        "",
+        machine_markdown(results["machine"]),
+        "",
+    ]
     rows = []
     for kind, r in results["files"].items():
         b = r["bytes"]
         build = r["build_2t"]["median"]
-        rows.append([f"{kind}: fusion-fast build, 2 threads", fmt_time(r["build_2t"]), f"{b / build / 1e9:.2f}",
-                     f"{build / r['read_stream_s']:.1f}× / {build / r['read_whole_s']:.2f}×",
-                     f"{r['build_anon_growth'] / 2**20:.0f} MiB (budget {r['memory_budget'] / 2**20:.0f})"])
-        rows.append([f"{kind}: fusion-fast build, 1 thread", fmt_time(r["build_1t"]),
-                     f"{b / r['build_1t']['median'] / 1e9:.2f}", "", ""])
-        rows.append([f"{kind}: read file, 1 MiB pieces (floor)", f"{r['read_stream_s'] * 1e3:.0f} ms",
-                     f"{b / r['read_stream_s'] / 1e9:.2f}", "1×", ""])
-        rows.append([f"{kind}: read whole file into memory", f"{r['read_whole_s'] * 1e3:.0f} ms",
-                     f"{b / r['read_whole_s'] / 1e9:.2f}", "", ""])
+        rows.append(
+            [
+                f"{kind}: fusion-fast build, 2 threads",
+                fmt_time(r["build_2t"]),
+                f"{b / build / 1e9:.2f}",
+                f"{build / r['read_stream_s']:.1f}× / {build / r['read_whole_s']:.2f}×",
+                f"{r['build_anon_growth'] / 2**20:.0f} MiB (budget {r['memory_budget'] / 2**20:.0f})",
+            ]
+        )
+        rows.append(
+            [
+                f"{kind}: fusion-fast build, 1 thread",
+                fmt_time(r["build_1t"]),
+                f"{b / r['build_1t']['median'] / 1e9:.2f}",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"{kind}: read file, 1 MiB pieces (floor)",
+                f"{r['read_stream_s'] * 1e3:.0f} ms",
+                f"{b / r['read_stream_s'] / 1e9:.2f}",
+                "1×",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"{kind}: read whole file into memory",
+                f"{r['read_whole_s'] * 1e3:.0f} ms",
+                f"{b / r['read_whole_s'] / 1e9:.2f}",
+                "",
+                "",
+            ]
+        )
         for name, c in (r.get("competitors") or {}).items():
             if c is None:
                 rows.append([f"{kind}: {name}", "skipped (not installed)", "", "", ""])
             else:
-                rows.append([f"{kind}: {name}", f"{c['seconds']:.2f} s", f"{b / c['seconds'] / 1e9:.2f}",
-                             f"{c['seconds'] / build:.1f}× the fusion-fast build time",
-                             f"{c['peak_rss'] / 2**20:.0f} MiB peak RSS"])
-    out.append(table(["work", "time (median, min–max)", "GB/s", "vs read floor (stream / whole)", "memory"], rows))
+                rows.append(
+                    [
+                        f"{kind}: {name}",
+                        f"{c['seconds']:.2f} s",
+                        f"{b / c['seconds'] / 1e9:.2f}",
+                        f"{c['seconds'] / build:.1f}× the fusion-fast build time",
+                        f"{c['peak_rss'] / 2**20:.0f} MiB peak RSS",
+                    ]
+                )
+    out.append(
+        table(["work", "time (median, min–max)", "GB/s", "vs read floor (stream / whole)", "memory"], rows)
+    )
     out.append("")
     rows = []
     for kind, r in results["files"].items():
         ra = r["random_access_per_s"]
-        cells = [ra.get(k) for k in ("idx[i]", "get_many (1024)", "orjson.loads (pre-split bytes)", "datasets ds[i]")]
-        rows.append([kind, f"{r['records']:,}", fmt_time(r["open"])] +
-                    ["-" if v is None else f"{v:,.0f}/s" for v in cells])
-    out.append(table(["file", "records", "open existing index", "idx[i]", "get_many (batches of 1024)",
-                      "orjson.loads on pre-split bytes", "datasets ds[i]"], rows))
+        cells = [
+            ra.get(k)
+            for k in ("idx[i]", "get_many (1024)", "orjson.loads (pre-split bytes)", "datasets ds[i]")
+        ]
+        rows.append(
+            [kind, f"{r['records']:,}", fmt_time(r["open"])]
+            + ["-" if v is None else f"{v:,.0f}/s" for v in cells]
+        )
+    out.append(
+        table(
+            [
+                "file",
+                "records",
+                "open existing index",
+                "idx[i]",
+                "get_many (batches of 1024)",
+                "orjson.loads on pre-split bytes",
+                "datasets ds[i]",
+            ],
+            rows,
+        )
+    )
     return "\n".join(out)
 
 

@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fusion_fast as ff  # noqa: E402
 from bench_index import ensure_data, parse_size, read_floor  # noqa: E402
 from common import fmt_time, machine, machine_markdown, repeat, table  # noqa: E402
-
-import fusion_fast as ff  # noqa: E402
 
 
 def main() -> None:
@@ -39,19 +38,43 @@ def main() -> None:
             row = {"kind": kind, "bytes": path.stat().st_size, "read_stream_s": stream}
             for threads in (1, 2):
                 row[f"build_{threads}t"] = repeat(
-                    lambda t=threads, p=path: ff.open(p, rebuild="always", threads=t, index_dir=index_dir), reps)
+                    lambda t=threads, p=path: ff.open(p, rebuild="always", threads=t, index_dir=index_dir),
+                    reps,
+                )
             results["runs"].append(row)
     rows = []
     for r in results["runs"]:
         b = r["bytes"]
         one, two = r["build_1t"]["median"], r["build_2t"]["median"]
-        rows.append([r["kind"], f"{b / 2**30:.2f} GiB", fmt_time(r["build_1t"]), f"{b / one / 1e9:.2f}",
-                     fmt_time(r["build_2t"]), f"{b / two / 1e9:.2f}", f"{one / two:.2f}×",
-                     f"{two / r['read_stream_s']:.1f}×"])
+        rows.append(
+            [
+                r["kind"],
+                f"{b / 2**30:.2f} GiB",
+                fmt_time(r["build_1t"]),
+                f"{b / one / 1e9:.2f}",
+                fmt_time(r["build_2t"]),
+                f"{b / two / 1e9:.2f}",
+                f"{one / two:.2f}×",
+                f"{two / r['read_stream_s']:.1f}×",
+            ]
+        )
     print("### Build scaling: threads and file size\n")
     print(machine_markdown(results["machine"]) + "\n")
-    print(table(["format", "size", "1 thread", "GB/s", "2 threads", "GB/s", "speed-up", "2 threads vs streaming read"],
-                rows))
+    print(
+        table(
+            [
+                "format",
+                "size",
+                "1 thread",
+                "GB/s",
+                "2 threads",
+                "GB/s",
+                "speed-up",
+                "2 threads vs streaming read",
+            ],
+            rows,
+        )
+    )
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
 

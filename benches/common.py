@@ -30,12 +30,21 @@ def machine() -> dict[str, Any]:
         pass
     mem = 0
     try:
-        mem = int(next(l for l in open("/proc/meminfo") if l.startswith("MemTotal")).split()[1]) * 1024
+        mem = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1]) * 1024
     except (OSError, StopIteration):
         pass
     versions = {}
-    for pkg in ("fusion-fast", "numpy", "polars", "orjson", "msgspec", "pysimdjson", "datasets", "torch",
-                "megatron-energon"):
+    for pkg in (
+        "fusion-fast",
+        "numpy",
+        "polars",
+        "orjson",
+        "msgspec",
+        "pysimdjson",
+        "datasets",
+        "torch",
+        "megatron-energon",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -52,8 +61,10 @@ def machine() -> dict[str, Any]:
 
 def machine_markdown(m: dict[str, Any]) -> str:
     vers = ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v)
-    return (f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, "
-            f"Python {m['python']}; {vers}.")
+    return (
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, {m['os']}, "
+        f"Python {m['python']}; {vers}."
+    )
 
 
 def repeat(fn: Callable[[], Any], n: int) -> dict[str, float]:
@@ -69,6 +80,7 @@ def repeat(fn: Callable[[], Any], n: int) -> dict[str, float]:
 def fmt_time(r: dict[str, float]) -> str:
     def one(s: float) -> str:
         return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
+
     return f"{one(r['median'])} ({one(r['min'])}–{one(r['max'])})"
 
 
@@ -111,8 +123,9 @@ class MemorySampler:
 
 def run_child(code: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
     """Run `code` in a fresh Python; its last output line is one JSON object, returned."""
-    out = subprocess.run([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True,
-                         timeout=timeout, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, timeout=timeout, check=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -158,7 +158,10 @@ def read_only_dir(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     mounted = subprocess.run(["mount", "--bind", str(src), str(ro)], capture_output=True).returncode == 0
-    if not mounted or subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode:
+    if (
+        not mounted
+        or subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], capture_output=True).returncode
+    ):
         if mounted:
             subprocess.run(["umount", str(ro)])
         pytest.skip("cannot make a read-only folder here (no bind mounts)")
@@ -188,7 +191,9 @@ def test_eight_processes_open_one_file_and_exactly_one_builds(tmp_path):
         print(int(idx.built), len(idx))
         """
     )
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(8)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(8)
+    ]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sum(int(o[0]) for o in outs) == 1

@@ -53,7 +53,9 @@ def test_index_failure_exits_non_zero_with_location(tmp_path):
 
 
 def test_info_and_show(tmp_path, capsys):
-    path = write(tmp_path / "s.json", json.dumps([{"id": "x", "image": "a.jpg", "conversations": []}, {"id": "y"}]))
+    path = write(
+        tmp_path / "s.json", json.dumps([{"id": "x", "image": "a.jpg", "conversations": []}, {"id": "y"}])
+    )
     assert main(["info", str(path), "--verify"]) == 0
     out = capsys.readouterr().out
     assert "records" in out and "2" in out and "all column checksums" in out

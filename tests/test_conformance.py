@@ -69,7 +69,8 @@ def test_real_files_index_and_round_trip(tmp_path):
         assert idx.get_many(range(len(ref))) == ref, path.name
         has_conv = [isinstance(r, dict) and isinstance(r.get("conversations"), list) for r in ref]
         words = [
-            sum(len(t["value"].split()) for t in r["conversations"]) if ok else 0 for r, ok in zip(ref, has_conv)
+            sum(len(t["value"].split()) for t in r["conversations"]) if ok else 0
+            for r, ok in zip(ref, has_conv, strict=True)
         ]
         assert idx.columns["words"].tolist() == words, path.name
         assert idx.has_image.tolist() == [isinstance(r, dict) and "image" in r for r in ref], path.name

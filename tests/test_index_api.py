@@ -14,8 +14,14 @@ from fusion_fast import synth
 from .conftest import write
 
 RECORDS = [
-    {"id": "a", "image": "x/1.jpg", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
-                                                       {"from": "gpt", "value": "A cat\u00a0on a\u3000mat."}]},
+    {
+        "id": "a",
+        "image": "x/1.jpg",
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "A cat\u00a0on a\u3000mat."},
+        ],
+    },
     {"id": "b", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}]},
     {"id": "c", "image": ["1.jpg", "2.jpg"], "conversations": [{"from": "human", "value": "a\u001cb"}]},
     {"id": "d", "image": None, "video": "v.mp4", "conversations": []},

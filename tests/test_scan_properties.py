@@ -14,18 +14,45 @@ from fusion_fast import _core
 
 # Characters that matter to a chunked scanner and to Python's whitespace set.
 TRICKY = list('[]{},:"\\/ \n\t\r') + [
-    "\\\\", "\\\\\\", "\u001c", "\u001f", "\u0085", "\u00a0", "\u1680", "\u2000", "\u200a", "\u2028",
-    "\u202f", "\u205f", "\u3000", "\u200b", "\ufeff", "é", "日本", "😀", "<image>", "\x0b", "\x0c",
+    "\\\\",
+    "\\\\\\",
+    "\u001c",
+    "\u001f",
+    "\u0085",
+    "\u00a0",
+    "\u1680",
+    "\u2000",
+    "\u200a",
+    "\u2028",
+    "\u202f",
+    "\u205f",
+    "\u3000",
+    "\u200b",
+    "\ufeff",
+    "é",
+    "日本",
+    "😀",
+    "<image>",
+    "\x0b",
+    "\x0c",
 ]
 text = st.lists(st.one_of(st.sampled_from(TRICKY), st.text(max_size=4)), max_size=10).map("".join)
 turn = st.fixed_dictionaries({"from": st.sampled_from(["human", "gpt"]), "value": text})
-scalar = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30), st.floats(allow_nan=False, allow_infinity=False), text)
+scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**30), 10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    text,
+)
 record = st.fixed_dictionaries(
     {"id": text, "conversations": st.lists(turn, max_size=4)},
     optional={
         "image": st.one_of(st.none(), text, st.lists(text, max_size=3)),
         "video": text,
-        "extra": st.recursive(scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3), max_leaves=6),
+        "extra": st.recursive(
+            scalar, lambda c: st.lists(c, max_size=3) | st.dictionaries(text, c, max_size=3), max_leaves=6
+        ),
     },
 )
 
@@ -48,7 +75,9 @@ def check(data: bytes, fmt: str, records: list, chunk: int) -> None:
         assert seq["words"][i] == sum(len(t["value"].split()) for t in rec["conversations"])
         assert seq["turns"][i] == len(rec["conversations"])
         image = rec.get("image")
-        assert seq["images"][i] == (1 if isinstance(image, str) else len(image) if isinstance(image, list) else 0)
+        assert seq["images"][i] == (
+            1 if isinstance(image, str) else len(image) if isinstance(image, list) else 0
+        )
         assert bool(seq["flags"][i] & 1) == ("image" in rec)
 
 
@@ -71,7 +100,9 @@ def test_json_lines(records, chunk, newline):
 def test_damaged_documents_give_the_same_error_at_any_chunk_size(records, data, chunk):
     doc = bytearray(json.dumps(records, indent=1).encode())
     for _ in range(data.draw(st.integers(1, 3))):
-        doc[data.draw(st.integers(0, len(doc) - 1))] = data.draw(st.sampled_from(list(b'[]{},"\\: x0\n\x01\xff')))
+        doc[data.draw(st.integers(0, len(doc) - 1))] = data.draw(
+            st.sampled_from(list(b'[]{},"\\: x0\n\x01\xff'))
+        )
     doc = bytes(doc)
     try:
         json.loads(doc)
@@ -95,8 +126,12 @@ def test_damaged_documents_give_the_same_error_at_any_chunk_size(records, data, 
 
 json_value = st.recursive(
     st.one_of(
-        st.none(), st.booleans(), st.integers(-(10**40), 10**40), text,
-        st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([0.0, -0.0, 1e300, 5e-324]),
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**40), 10**40),
+        text,
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([0.0, -0.0, 1e300, 5e-324]),
     ),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(text, children, max_size=4),
     max_leaves=12,

@@ -65,7 +65,7 @@ def write_playground(root: str | os.PathLike[str], *, seed: int = 0) -> DemoPlay
     yaml_path = root / "train" / STAGE_YAML
     lines = ["datasets:"]
     strategies = ["all", "random:50%", "first:500"]
-    for path, strategy in zip(jsons, strategies):
+    for path, strategy in zip(jsons, strategies, strict=True):
         lines += [f"  - json_path: jsons/{path.name}", f'    sampling_strategy: "{strategy}"']
     yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return DemoPlayground(root, jsons, n_images, yaml_path)

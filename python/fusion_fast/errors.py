@@ -29,9 +29,7 @@ class FusionFastError(Exception):
         if self.path is not None:
             where.append(str(self.path))
         if self.line is not None:
-            where.append(
-                f"line {self.line} column {self.column} (byte {self.offset}, record {self.record})"
-            )
+            where.append(f"line {self.line} column {self.column} (byte {self.offset}, record {self.record})")
         return ": ".join([*where, self.message])
 
     def __reduce__(self):  # keep the fields across processes (DataLoader workers)

@@ -20,13 +20,13 @@ FORMAT_KEY = "fusion_fast_exclude"
 FORMAT_VERSION = 1
 
 
-def write_exclude(path: str | os.PathLike[str], records: Mapping[str | os.PathLike[str], Sequence[int]]) -> None:
+def write_exclude(
+    path: str | os.PathLike[str], records: Mapping[str | os.PathLike[str], Sequence[int]]
+) -> None:
     """Write `{data file: record numbers}` atomically."""
     doc = {
         FORMAT_KEY: FORMAT_VERSION,
-        "datasets": {
-            os.path.abspath(k): sorted({int(r) for r in v}) for k, v in records.items()
-        },
+        "datasets": {os.path.abspath(k): sorted({int(r) for r in v}) for k, v in records.items()},
     }
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -41,8 +41,10 @@ def read_exclude(path: str | os.PathLike[str], data_file: str | os.PathLike[str]
             doc = json.load(f)
     except (OSError, ValueError) as e:
         raise MixtureError(f"cannot read exclude file {path}: {e}", path=os.fspath(path)) from None
-    if not isinstance(doc, dict) or doc.get(FORMAT_KEY) != FORMAT_VERSION or not isinstance(
-        doc.get("datasets"), dict
+    if (
+        not isinstance(doc, dict)
+        or doc.get(FORMAT_KEY) != FORMAT_VERSION
+        or not isinstance(doc.get("datasets"), dict)
     ):
         raise MixtureError(
             f"{path}: not a fusion-fast exclude file (expected {{'{FORMAT_KEY}': 1, 'datasets': {{...}}}})",
@@ -58,7 +60,9 @@ def read_exclude(path: str | os.PathLike[str], data_file: str | os.PathLike[str]
     try:
         arr = np.asarray(numbers, dtype=np.int64)
     except (TypeError, ValueError):
-        raise MixtureError(f"{path}: record numbers for {key} must be integers", path=os.fspath(path)) from None
+        raise MixtureError(
+            f"{path}: record numbers for {key} must be integers", path=os.fspath(path)
+        ) from None
     if arr.ndim != 1 or (arr < 0).any():
         raise MixtureError(f"{path}: record numbers for {key} must be non-negative integers")
     return np.unique(arr)

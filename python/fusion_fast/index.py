@@ -38,7 +38,6 @@ def _map_file(path: str) -> mmap.mmap | bytes:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-
 def open(  # noqa: A001 - the public name mirrors builtins.open on purpose
     path: str | os.PathLike[str],
     *,

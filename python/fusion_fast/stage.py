@@ -3,7 +3,7 @@
 ```yaml
 datasets:
   - json_path: ../../playground/train/jsons/LLaVA-Pretrain-558k.json
-    sampling_strategy: "random:10%"   # all | first:N | end:N | random:N, N an integer or P% (P may be fractional)
+    sampling_strategy: "random:10%"   # all | first:N | end:N | random:N; N an integer or P% (P fractional ok)
     repeat: 1.5                        # optional upsampling, K >= 0
     image_folder: ../../playground/train/images   # optional (also images_folder, data_folder)
     exclude: bad-records.txt           # optional: record numbers to skip (from `fusion-fast check`)
@@ -161,9 +161,7 @@ def _repeat(value: Any, where: str) -> Fraction:
     return r
 
 
-def spec_from_entry(
-    item: Any, entry: int, *, root: Path, yaml_path: Path | None = None
-) -> DatasetSpec:
+def spec_from_entry(item: Any, entry: int, *, root: Path, yaml_path: Path | None = None) -> DatasetSpec:
     """Validate one dataset entry (a mapping, or a bare path string) and locate its files."""
     yaml_dir = yaml_path.parent if yaml_path is not None else None
     where = f"{yaml_path or '<mixture>'}: datasets[{entry}]"
@@ -210,7 +208,9 @@ def spec_from_entry(
     )
 
 
-def read_stage(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> list[DatasetSpec]:
+def read_stage(
+    path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None
+) -> list[DatasetSpec]:
     """Parse and validate a stage YAML. Relative paths are tried against `root` (default: the working
     directory, like FUSION), then against the YAML's own folder. Missing data files are reported in
     the specs (`path is None`), not raised, so `check` can list them all."""

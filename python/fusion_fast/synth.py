@@ -26,7 +26,9 @@ def _sentence(rng: random.Random, n: int) -> str:
     parts = []
     for _ in range(n):
         r = rng.random()
-        parts.append(rng.choice(UNICODE) if r < 0.03 else rng.choice(TRICKY) if r < 0.05 else rng.choice(WORDS))
+        parts.append(
+            rng.choice(UNICODE) if r < 0.03 else rng.choice(TRICKY) if r < 0.05 else rng.choice(WORDS)
+        )
     return " ".join(parts)
 
 
@@ -121,4 +123,6 @@ def tiny_png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (200, 
 
     raw = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )

@@ -15,7 +15,7 @@ from ..errors import FusionFastError
 from .output import console, error_console
 
 #: (script, arguments at full size, arguments for --quick); `{size}` and `{data}` are filled in.
-SUITE = (
+SUITE: tuple[tuple[str, list[str], list[str]], ...] = (
     ("bench_index.py", ["--size", "{size}", "--data-dir", "{data}"], ["--quick", "--data-dir", "{data}"]),
     ("bench_scaling.py", ["--data-dir", "{data}"], ["--quick", "--data-dir", "{data}"]),
     ("bench_mixture.py", ["--data", "{data}/stage"], ["--quick", "--data", "{data}/stage-quick"]),
@@ -27,9 +27,13 @@ SUITE = (
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run the benchmark suite and write a report (Markdown, JSON, PNG)")
-    p.add_argument("--size", default="1GiB", help="size of the generated annotation files (default: %(default)s)")
+    p.add_argument(
+        "--size", default="1GiB", help="size of the generated annotation files (default: %(default)s)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: proves the suite runs")
-    p.add_argument("--out", default="bench-out", help="folder for benchmarks.md, results.json, throughput.png")
+    p.add_argument(
+        "--out", default="bench-out", help="folder for benchmarks.md, results.json, throughput.png"
+    )
     p.add_argument("--data-dir", default=None, help="where generated data is kept between runs")
     p.add_argument("--only", action="append", default=None, help="run only these scripts (e.g. bench_index)")
     p.add_argument("--benches", default=None, help="the benches/ folder (default: found next to the package)")
@@ -80,7 +84,9 @@ def run_bench(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
     chart = throughput_chart(raw.get("bench_index"), out / "throughput.png")
     console().print(report)
-    console().print(f"wrote {out / 'benchmarks.md'}, {out / 'results.json'}" + (f", {chart}" if chart else ""))
+    console().print(
+        f"wrote {out / 'benchmarks.md'}, {out / 'results.json'}" + (f", {chart}" if chart else "")
+    )
     if failed:
         error_console().print(f"[bold red]failed:[/] {', '.join(failed)}")
         return 1
@@ -101,17 +107,22 @@ def throughput_chart(index_results: dict | None, path: Path) -> Path | None:
         return None
     files = index_results["files"]
     fig, axes = plt.subplots(1, len(files), figsize=(6 * len(files), 4.5), squeeze=False)
-    for ax, (kind, r) in zip(axes[0], files.items()):
+    for ax, (kind, r) in zip(axes[0], files.items(), strict=True):
         size = r["bytes"]
-        bars = {"fusion-fast (2 threads)": size / r["build_2t"]["median"],
-                "fusion-fast (1 thread)": size / r["build_1t"]["median"],
-                "read whole file": size / r["read_whole_s"]}
+        bars = {
+            "fusion-fast (2 threads)": size / r["build_2t"]["median"],
+            "fusion-fast (1 thread)": size / r["build_1t"]["median"],
+            "read whole file": size / r["read_whole_s"],
+        }
         for name, c in (r.get("competitors") or {}).items():
             if c:
                 bars[name] = size / c["seconds"]
         names = list(bars)
-        ax.barh(names, [bars[n] / 1e9 for n in names],
-                color=["#2a7" if n.startswith("fusion") else "#999" for n in names])
+        ax.barh(
+            names,
+            [bars[n] / 1e9 for n in names],
+            color=["#2a7" if n.startswith("fusion") else "#999" for n in names],
+        )
         ax.invert_yaxis()
         ax.set_xlabel("GB/s (higher is better)")
         ax.set_title(f"{kind}: {size / 2**30:.2f} GiB, index build vs loading")

@@ -14,7 +14,9 @@ from .output import console, human_bytes
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="write a small FUSION-like playground, index it and show it")
-    p.add_argument("dir", nargs="?", default="fusion-fast-demo", help="where to write it (default: %(default)s)")
+    p.add_argument(
+        "dir", nargs="?", default="fusion-fast-demo", help="where to write it (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)
 

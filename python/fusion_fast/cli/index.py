@@ -6,9 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
+from ..index import Rebuild
 from ..index import open as open_index
 from ..indexing import IndexReport, expand_targets, index_file
 from .output import console, error_console, human_bytes
@@ -55,7 +57,7 @@ def run_index(args: argparse.Namespace) -> int:
         return 1
     mine, barrier = _distributed_share(paths)
     reports: list[IndexReport] = []
-    rebuild = "always" if args.force else "auto"
+    rebuild: Rebuild = "always" if args.force else "auto"
     big = any(p.stat().st_size >= PROGRESS_MIN_BYTES for p in mine)
     with Progress(
         TextColumn("{task.description}"),
@@ -97,6 +99,7 @@ def run_index(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     idx = open_index(args.path, index_dir=args.index_dir, rebuild="auto", verify=args.verify or None)
     df = idx.to_polars()
+    words = idx.columns["words"]
     h = idx.header
     table = Table(title=f"{Path(idx.path).name}", show_header=False)
     table.add_column("key")
@@ -114,12 +117,11 @@ def run_info(args: argparse.Namespace) -> int:
         "text-only": f"{int((~df['has_image'] & ~df['has_video']).sum()):,}",
         "bad/missing conversations": f"{int((~df['conversations_ok']).sum()):,}",
         "words mean / p50 / p95": (
-            f"{df['words'].mean() or 0:.1f} / {df['words'].quantile(0.5) or 0:.0f} / "
-            f"{df['words'].quantile(0.95) or 0:.0f}"
-            if len(df)
+            f"{words.mean():.1f} / {np.percentile(words, 50):.0f} / {np.percentile(words, 95):.0f}"
+            if len(idx)
             else "-"
         ),
-        "turns mean": f"{df['turns'].mean() or 0:.2f}" if len(df) else "-",
+        "turns mean": f"{idx.columns['turns'].mean():.2f}" if len(idx) else "-",
         "verified": "all column checksums" if args.verify else "header",
     }
     for k, v in rows.items():
