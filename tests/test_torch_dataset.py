@@ -36,6 +36,8 @@ from fusion_fast.torch import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = synth.tiny_png()
+#: The examples' tiny models gain nothing from intra-op threads, which fight DataLoader workers for 2 cores.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 #: Private memory a DataLoader worker may use beyond a bare process importing torch (issue 5: 100 MB).
 WORKER_MEMORY_BOUND = 100 << 20
 
@@ -536,6 +538,7 @@ def test_minimal_training_example_runs(tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
+        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
@@ -551,7 +554,12 @@ def test_docs_training_example_runs(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(code, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=180
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=ONE_THREAD,
     )
     assert result.returncode == 0, result.stderr
     losses = [
