@@ -41,13 +41,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_show)
 
 
-def _distributed_share(paths: list[Path]) -> tuple[list[Path], object | None]:
-    """Under torchrun, this rank's share of the files (see `fusion_fast.torch.ensure_indexed`)."""
+def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[list[Path], object | None]:
+    """Under torchrun, this rank's share of the files to build (see `fusion_fast.torch.ensure_indexed`)."""
     try:
         from ..torch import distributed_share
-    except ImportError:
+    except ImportError:  # torch is optional: without it there is no torchrun either
         return paths, None
-    return distributed_share(paths)
+    return distributed_share(paths, index_dir=args.index_dir, only_missing=not args.force)
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -55,7 +55,7 @@ def run_index(args: argparse.Namespace) -> int:
     if not paths:
         error_console().print("no .json / .jsonl files found")
         return 1
-    mine, barrier = _distributed_share(paths)
+    mine, barrier = _distributed_share(paths, args)
     reports: list[IndexReport] = []
     rebuild: Rebuild = "always" if args.force else "auto"
     big = any(p.stat().st_size >= PROGRESS_MIN_BYTES for p in mine)
