@@ -6,6 +6,7 @@ pub mod chunk_shape;
 pub mod columns;
 pub mod error;
 pub mod json;
+pub mod lengths;
 pub mod paths;
 pub mod record;
 pub mod scan;

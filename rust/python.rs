@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::columns::{Records, COLUMNS};
 use crate::error::{Error, ErrorKind};
+use crate::lengths::{lengths_into, LengthKind};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::to_python::Builder;
@@ -118,6 +120,43 @@ impl Index {
             list.append(self.parse(py, self.position(i)?)?)?;
         }
         Ok(list)
+    }
+
+    /// Writes FUSION's `lengths` (or `modality_lengths` with `modality=True`) into the int64 array `out`:
+    /// of the records numbered by the int64 array `selection`, or of records `start..start + len(out)`.
+    #[pyo3(signature = (out, selection=None, *, start=0, modality=false))]
+    fn lengths_into(
+        &self,
+        py: Python<'_>,
+        out: PyBuffer<i64>,
+        selection: Option<PyBuffer<i64>>,
+        start: usize,
+        modality: bool,
+    ) -> PyResult<()> {
+        let contiguous = |b: &PyBuffer<i64>| b.is_c_contiguous();
+        if out.readonly() || !contiguous(&out) || selection.as_ref().is_some_and(|s| !contiguous(s)) {
+            return Err(PyValueError::new_err("out must be a writable, contiguous int64 array"));
+        }
+        if let Some(s) = &selection {
+            if s.item_count() != out.item_count() {
+                return Err(PyValueError::new_err("selection and out must have the same length"));
+            }
+        }
+        let kind = if modality { LengthKind::Modality } else { LengthKind::Lengths };
+        let words = self.inner.column_bytes("words").unwrap_or_default();
+        let flags = self.inner.column_bytes("flags").unwrap_or_default();
+        // SAFETY: both buffers are C-contiguous int64 memory of `item_count` elements that the
+        // `PyBuffer`s keep alive and exported (numpy cannot resize them) for this whole call; `out` is
+        // writable. Python code that could touch them cannot run on these objects meanwhile.
+        let out_slice = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()) };
+        let sel_slice = selection
+            .as_ref()
+            .map(|s| unsafe { std::slice::from_raw_parts(s.buf_ptr() as *const i64, s.item_count()) });
+        let result = py.detach(|| {
+            self.inner.populate_index();
+            lengths_into(words, flags, sel_slice, start, kind, out_slice)
+        });
+        result.map_err(|bad| PyIndexError::new_err(format!("record number {bad} out of range")))
     }
 
     /// (offset, length) of record `i` in the data file.

@@ -193,6 +193,19 @@ impl JsonIndex {
         (offset, u64::from(length))
     }
 
+    /// Maps every page of the index file in one call (Linux 5.14+; elsewhere a no-op): before a pass
+    /// over whole columns, this is several times cheaper than a page fault per 4 KiB.
+    pub fn populate_index(&self) {
+        #[cfg(target_os = "linux")]
+        let _ = self.index.advise(memmap2::Advice::PopulateRead);
+    }
+
+    /// The little-endian bytes of column `name` (see `columns::COLUMNS`).
+    pub fn column_bytes(&self, name: &str) -> Option<&[u8]> {
+        let c = self.header.column(name)?;
+        Some(self.header.column_bytes(&self.index, c))
+    }
+
     /// The raw bytes of record `i`, or a corrupt-index error when its span leaves the data file.
     pub fn raw(&self, i: usize) -> Result<&[u8]> {
         let (off, len) = self.span(i);

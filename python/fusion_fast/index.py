@@ -38,6 +38,21 @@ def _map_file(path: str) -> mmap.mmap | bytes:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+#: Linux's MADV_POPULATE_READ (5.14+): map every page of a file-backed mapping in one call.
+_MADV_POPULATE_READ = 22
+
+
+def _populate(mapped: mmap.mmap | bytes) -> None:
+    """Fault in the whole index file at once when its columns are first used: the columns are read in
+    full (lengths, samplers, summaries), and one call is several times cheaper than a fault per 4 KiB
+    page. Opening stays O(1); older kernels simply fault pages as they are touched."""
+    if isinstance(mapped, mmap.mmap):
+        try:
+            mapped.madvise(_MADV_POPULATE_READ)
+        except (OSError, ValueError):
+            pass
+
+
 def open(  # noqa: A001 - the public name mirrors builtins.open on purpose
     path: str | os.PathLike[str],
     *,
@@ -158,6 +173,7 @@ class JsonIndex(Sequence[Any]):
         """Every stored column as a read-only numpy array mapped from the index file (zero-copy)."""
         if self._columns is None:
             index_map = _map_file(self.index_path)
+            _populate(index_map)
             self._columns = {
                 name: np.frombuffer(index_map, dtype=np.dtype(dtype), count=count, offset=offset)
                 for name, dtype, offset, count in self._core.column_table()
@@ -173,17 +189,24 @@ class JsonIndex(Sequence[Any]):
     def lengths(self) -> np.ndarray:
         """FUSION's `lengths`: words + 128 when the record has an `image` key, else words (int64)."""
         if self._lengths is None:
-            words = self.columns["words"].astype(np.int64)
-            self._lengths = words + IMAGE_TOKENS * (self.columns["flags"] & HAS_IMAGE).astype(np.int64)
+            self._lengths = np.empty(len(self), dtype=np.int64)
+            self._core.lengths_into(self._lengths)
         return self._lengths
 
     @property
     def modality_lengths(self) -> np.ndarray:
         """FUSION's `modality_lengths`: +words with an `image` key, -words without (int64)."""
         if self._modality_lengths is None:
-            words = self.columns["words"].astype(np.int64)
-            self._modality_lengths = np.where(self.has_image, words, -words)
+            self._modality_lengths = np.empty(len(self), dtype=np.int64)
+            self._core.lengths_into(self._modality_lengths, modality=True)
         return self._modality_lengths
+
+    def lengths_into(
+        self, out: np.ndarray, selection: np.ndarray | None = None, *, start: int = 0, modality: bool = False
+    ) -> None:
+        """Write FUSION's lengths (or modality lengths) of the records numbered `selection` (int64), or of
+        records `start .. start + len(out)`, into the int64 array `out`, in one parallel pass in Rust."""
+        self._core.lengths_into(out, selection, start=start, modality=modality)
 
     def to_polars(self) -> pl.DataFrame:
         """One row per record with its metadata."""

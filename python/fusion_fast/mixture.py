@@ -31,7 +31,7 @@ import bisect
 import hashlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
-from .index import HAS_IMAGE, HAS_VIDEO, IMAGE_TOKENS, JsonIndex, Rebuild, _map_file
+from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, _map_file
 from .index import open as open_index
 from .stage import DatasetSpec, read_stage, spec_from_entry
 
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
 EXPORT_BATCH = 1 << 16
 
 #: Records per step when deriving per-record arrays: the temporaries stay in the CPU cache.
-_BLOCK = 1 << 15
 
 
 _KEY_DOMAIN = b"fusion-fast/mixture/v1"
@@ -291,21 +290,24 @@ class Mixture(Sequence[Any]):
     def lengths(self) -> np.ndarray:
         """FUSION's `lengths` (int64): words, plus 128 when the record has an `image` key. Computed on
         each access (no per-record cache is kept)."""
-        return self._words_with_flags(_add_image_tokens)
+        return self._words_with_flags(modality=False)
 
     @property
     def modality_lengths(self) -> np.ndarray:
         """FUSION's `modality_lengths` (int64): +words with an `image` key, -words without."""
-        return self._words_with_flags(_negate_text_only)
+        return self._words_with_flags(modality=True)
 
-    def _words_with_flags(self, fill: Callable[[np.ndarray, np.ndarray, np.ndarray], None]) -> np.ndarray:
-        # Cache-sized blocks keep the temporaries in cache: about one pass over the output in all.
+    def _words_with_flags(self, *, modality: bool) -> np.ndarray:
+        # One parallel pass in Rust per dataset, straight from the mapped words and flags columns.
         out = np.empty(len(self), dtype=np.int64)
         for d in self.datasets:
-            words, flags = d.column("words"), d.column("flags")
-            for lo in range(0, len(d), _BLOCK):
-                hi = min(lo + _BLOCK, len(d))
-                fill(out[d.start + lo : d.start + hi], words[lo:hi], flags[lo:hi])
+            part = out[d.start : d.stop]
+            if d.span is not None:
+                d.index.lengths_into(part, start=d.span[0], modality=modality)
+            else:
+                d.index.lengths_into(
+                    part, np.ascontiguousarray(d.selected, dtype=np.int64), modality=modality
+                )
         return out
 
     # -- reporting ----------------------------------------------------------------------------------
@@ -500,21 +502,6 @@ def _one_line_each(records: bytes) -> bytes:
     tokens (never inside a string), so it becomes a space; NUL, which valid JSON never contains, marks
     where each record ends. `bytes.replace` scans with memchr, so absent bytes cost next to nothing."""
     return records.replace(b"\n", b" ").replace(b"\r", b" ").replace(b"\0", b"\n")
-
-
-def _add_image_tokens(out: np.ndarray, words: np.ndarray, flags: np.ndarray) -> None:
-    out[:] = words
-    image = (flags & HAS_IMAGE).astype(np.int64)
-    image *= IMAGE_TOKENS
-    out += image
-
-
-def _negate_text_only(out: np.ndarray, words: np.ndarray, flags: np.ndarray) -> None:
-    out[:] = words
-    mask = (flags & HAS_IMAGE).astype(np.int64)
-    mask -= 1  # 0 with an image, else -1 (all bits set): x ^ -1 - -1 == -x
-    out ^= mask
-    out -= mask
 
 
 def _remove_quietly(path: str) -> None:
