@@ -56,9 +56,7 @@ def read_floor(path: Path) -> tuple[float, float]:
     return stream, whole
 
 
-BUILD_MEMORY = (
-    PEAK_RSS.split(";")[0]
-    + """
+BUILD_MEMORY = """
 import sys, json, time
 sys.path.insert(0, {benches!r})
 from common import MemorySampler
@@ -69,7 +67,6 @@ with MemorySampler() as m:
     s = time.perf_counter() - t
 print(json.dumps({{"seconds": s, "anon_growth": m.growth, "records": len(idx)}}))
 """
-)
 
 # name -> (module that must be importable, code for a .json array, code for .jsonl); P is the path.
 LINES = "with open(P, 'rb') as f: v = [{parse}(line) for line in f if line.strip()]"

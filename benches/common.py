@@ -129,7 +129,11 @@ def run_child(code: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-PEAK_RSS = "import resource; peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024"
+# Peak resident memory of this process since it started: VmHWM belongs to the process image, so unlike
+# ru_maxrss it does not carry over the parent's peak across fork + exec.
+PEAK_RSS = (
+    "peak_rss = next(int(x.split()[1]) * 1024 for x in open('/proc/self/status') if x.startswith('VmHWM:'))"
+)
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
