@@ -19,7 +19,9 @@ pub enum LengthKind {
 
 #[inline]
 fn length(words: &[u8], flags: &[u8], i: usize, kind: LengthKind) -> i64 {
-    let w = i64::from(u32::from_le_bytes(words[4 * i..4 * i + 4].try_into().unwrap()));
+    let w = i64::from(u32::from_le_bytes(
+        words[4 * i..4 * i + 4].try_into().unwrap(),
+    ));
     let image = flags[i] & HAS_IMAGE != 0;
     match (kind, image) {
         (LengthKind::Lengths, true) => w + IMAGE_TOKENS,
@@ -46,11 +48,13 @@ pub fn lengths_into(
             if let Some(&bad) = sel.iter().find(|&&r| r < 0 || r as usize >= n) {
                 return Err(bad);
             }
-            out.par_chunks_mut(PIECE).zip(sel.par_chunks(PIECE)).for_each(|(o, s)| {
-                for (dst, &r) in o.iter_mut().zip(s) {
-                    *dst = length(words, flags, r as usize, kind);
-                }
-            });
+            out.par_chunks_mut(PIECE)
+                .zip(sel.par_chunks(PIECE))
+                .for_each(|(o, s)| {
+                    for (dst, &r) in o.iter_mut().zip(s) {
+                        *dst = length(words, flags, r as usize, kind);
+                    }
+                });
         }
         None => {
             if start + out.len() > n {
@@ -81,9 +85,20 @@ mod tests {
         lengths_into(&words, &flags, None, 0, LengthKind::Modality, &mut out).unwrap();
         assert_eq!(out, [5, 0, -7]);
         let mut two = [0i64; 2];
-        lengths_into(&words, &flags, Some(&[2, 0]), 0, LengthKind::Modality, &mut two).unwrap();
+        lengths_into(
+            &words,
+            &flags,
+            Some(&[2, 0]),
+            0,
+            LengthKind::Modality,
+            &mut two,
+        )
+        .unwrap();
         assert_eq!(two, [-7, 5]);
-        assert_eq!(lengths_into(&words, &flags, Some(&[3]), 0, LengthKind::Lengths, &mut [0]), Err(3));
+        assert_eq!(
+            lengths_into(&words, &flags, Some(&[3]), 0, LengthKind::Lengths, &mut [0]),
+            Err(3)
+        );
         assert!(lengths_into(&words, &flags, None, 2, LengthKind::Lengths, &mut two).is_err());
     }
 }

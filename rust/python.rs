@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
@@ -134,24 +134,34 @@ impl Index {
         modality: bool,
     ) -> PyResult<()> {
         let contiguous = |b: &PyBuffer<i64>| b.is_c_contiguous();
-        if out.readonly() || !contiguous(&out) || selection.as_ref().is_some_and(|s| !contiguous(s)) {
-            return Err(PyValueError::new_err("out must be a writable, contiguous int64 array"));
+        if out.readonly() || !contiguous(&out) || selection.as_ref().is_some_and(|s| !contiguous(s))
+        {
+            return Err(PyValueError::new_err(
+                "out must be a writable, contiguous int64 array",
+            ));
         }
         if let Some(s) = &selection {
             if s.item_count() != out.item_count() {
-                return Err(PyValueError::new_err("selection and out must have the same length"));
+                return Err(PyValueError::new_err(
+                    "selection and out must have the same length",
+                ));
             }
         }
-        let kind = if modality { LengthKind::Modality } else { LengthKind::Lengths };
+        let kind = if modality {
+            LengthKind::Modality
+        } else {
+            LengthKind::Lengths
+        };
         let words = self.inner.column_bytes("words").unwrap_or_default();
         let flags = self.inner.column_bytes("flags").unwrap_or_default();
         // SAFETY: both buffers are C-contiguous int64 memory of `item_count` elements that the
         // `PyBuffer`s keep alive and exported (numpy cannot resize them) for this whole call; `out` is
         // writable. Python code that could touch them cannot run on these objects meanwhile.
-        let out_slice = unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()) };
-        let sel_slice = selection
-            .as_ref()
-            .map(|s| unsafe { std::slice::from_raw_parts(s.buf_ptr() as *const i64, s.item_count()) });
+        let out_slice =
+            unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()) };
+        let sel_slice = selection.as_ref().map(|s| unsafe {
+            std::slice::from_raw_parts(s.buf_ptr() as *const i64, s.item_count())
+        });
         let result = py.detach(|| {
             self.inner.populate_index();
             lengths_into(words, flags, sel_slice, start, kind, out_slice)

@@ -1,8 +1,8 @@
 """fusion-fast: memory-mapped, Rust-built indexes over huge FUSION / LLaVA-style annotation files.
 
-    import fusion_fast
-    idx = fusion_fast.open("PixelProse-5500k.json")   # builds the index once, then maps it
-    idx[123], idx.lengths, idx.modality_lengths
+import fusion_fast
+idx = fusion_fast.open("PixelProse-5500k.json")   # builds the index once, then maps it
+idx[123], idx.lengths, idx.modality_lengths
 """
 
 from ._core import __version__
