@@ -185,6 +185,7 @@ def main() -> int:
     results["selected"] = len(dataset)
     results["fusion_fast"] = run_loader(dataset, args, args.workers)
     results["fusion_fast_in_process"] = run_loader(dataset, args, 0)
+    results["fusion_fast_1_worker"] = run_loader(dataset, args, 1)
 
     subset = subset_file(dataset.mixture, args.baseline_records, data / "baseline-subset.json")
     gc.collect()
@@ -248,6 +249,13 @@ def report(r: dict[str, Any]) -> str:
             rate(r["fusion_fast_in_process"]),
             rate(r["list_data_dict_in_process"]),
             rate(r.get("hf_datasets_in_process")),
+            "",
+        ],
+        [
+            "samples/s, fusion-fast with 1 worker",
+            rate(r.get("fusion_fast_1_worker")),
+            "",
+            "",
             "",
         ],
         [
