@@ -21,9 +21,23 @@ pub struct SyntaxError {
 
 pub type ParseResult<T> = Result<T, SyntaxError>;
 
+/// The offset of the first non-whitespace byte at or after `i` (JSON whitespace: space, tab, CR, LF).
+/// Pretty-printed files indent every line with runs of spaces, skipped eight at a time after a newline.
 #[inline]
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+pub fn skip_whitespace(d: &[u8], mut i: usize) -> usize {
+    while let Some(&b) = d.get(i) {
+        match b {
+            b' ' | b'\t' | b'\r' => i += 1,
+            b'\n' => {
+                i += 1;
+                while d.get(i..i + 8) == Some(b"        ") {
+                    i += 8;
+                }
+            }
+            _ => break,
+        }
+    }
+    i
 }
 
 /// Word-count state carried through one string: `len(s.split())` of its decoded text.
@@ -77,13 +91,11 @@ impl<'a> Reader<'a> {
     /// Skips whitespace and returns the next byte without consuming it.
     #[inline]
     pub fn peek(&mut self) -> ParseResult<u8> {
-        while let Some(&b) = self.data.get(self.pos) {
-            if !is_ws(b) {
-                return Ok(b);
-            }
-            self.pos += 1;
+        self.pos = skip_whitespace(self.data, self.pos);
+        match self.data.get(self.pos) {
+            Some(&b) => Ok(b),
+            None => self.err(self.pos, "unexpected end of input: expected a value"),
         }
-        self.err(self.pos, "unexpected end of input: expected a value")
     }
 
     /// Consumes `{` and the first key; `None` for an empty object. `classify` sees the decoded key.

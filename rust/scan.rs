@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::chunk_shape::{chunk_shape, ChunkShape};
 use crate::columns::Records;
 use crate::error::{Error, Result};
-use crate::json::{Reader, SyntaxError};
+use crate::json::{skip_whitespace, Reader, SyntaxError};
 use crate::record::read_record;
 
 /// How records are laid out in the file.
@@ -125,19 +125,6 @@ pub fn scan_sequential(data: &[u8], format: Format) -> Result<Records> {
     }
 }
 
-#[inline]
-fn is_ws(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
-}
-
-#[inline]
-fn skip_ws(data: &[u8], mut i: usize) -> usize {
-    while i < data.len() && is_ws(data[i]) {
-        i += 1;
-    }
-    i
-}
-
 fn report(opts: &ScanOptions, bytes: usize) {
     if let Some(p) = &opts.progress {
         p.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -202,7 +189,7 @@ fn read_array_run(
     let mut reported = pos;
     let record_no = |out: &Records| first_record + out.len() as u64;
     if after_open {
-        let p = skip_ws(data, pos);
+        let p = skip_whitespace(data, pos);
         if data.get(p) == Some(&b']') {
             return Ok(if stop.is_some() {
                 RunEnd::Mismatch
@@ -212,7 +199,7 @@ fn read_array_run(
         }
     }
     loop {
-        let start = skip_ws(data, pos);
+        let start = skip_whitespace(data, pos);
         match data.get(start) {
             None => {
                 return Err(Error::malformed(
@@ -237,7 +224,7 @@ fn read_array_run(
             report(opts, end - reported);
             reported = end;
         }
-        let q = skip_ws(data, end);
+        let q = skip_whitespace(data, end);
         match data.get(q) {
             Some(b',') => match stop {
                 Some(s) if q == s => {
@@ -301,7 +288,7 @@ fn open_array(data: &[u8]) -> Result<usize> {
             "unexpected UTF-8 byte order mark: expected '['",
         ));
     }
-    let p = skip_ws(data, 0);
+    let p = skip_whitespace(data, 0);
     match data.get(p) {
         None => Err(Error::malformed(data, p, 0, "empty file: expected a JSON array '[' of records")),
         Some(b'[') => Ok(p + 1),
@@ -316,7 +303,7 @@ fn open_array(data: &[u8]) -> Result<usize> {
 }
 
 fn check_trailing(data: &[u8], end: usize, records: u64) -> Result<()> {
-    let p = skip_ws(data, end);
+    let p = skip_whitespace(data, end);
     if p < data.len() {
         return Err(Error::malformed(
             data,
@@ -453,7 +440,7 @@ fn read_lines(
     while line_start < end {
         let line_end =
             memchr::memchr(b'\n', &data[line_start..end]).map_or(end, |k| line_start + k);
-        let first = skip_ws(&data[..line_end], line_start);
+        let first = skip_whitespace(&data[..line_end], line_start);
         if first < line_end {
             let record = first_record + out.len() as u64;
             // jiter sees only this line, so a record cannot run on into the next one.
@@ -466,7 +453,7 @@ fn read_lines(
                     e
                 }
             })?;
-            let rest = skip_ws(line, value_end);
+            let rest = skip_whitespace(line, value_end);
             if rest < line_end {
                 return Err(Error::malformed(
                     data,

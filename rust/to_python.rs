@@ -13,7 +13,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::json::{unescape_into, MAX_DEPTH};
+use crate::json::{skip_whitespace, unescape_into, MAX_DEPTH};
 
 /// Strings up to this length are cached (keys, roles, short values).
 const CACHED_MAX_LEN: usize = 16;
@@ -93,20 +93,8 @@ struct Cursor<'a> {
 impl Cursor<'_> {
     #[inline]
     fn peek(&mut self) -> BuildResult<u8> {
-        // Pretty-printed records indent with runs of spaces: skip them eight at a time.
-        while let Some(chunk) = self.d.get(self.i..self.i + 8) {
-            if chunk != b"        " {
-                break;
-            }
-            self.i += 8;
-        }
-        while let Some(&b) = self.d.get(self.i) {
-            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
-                return Ok(b);
-            }
-            self.i += 1;
-        }
-        Err(())
+        self.i = skip_whitespace(self.d, self.i);
+        self.d.get(self.i).copied().ok_or(())
     }
 }
 
