@@ -410,14 +410,8 @@ fn build_locked(
         }
     }
     let started = Instant::now();
-    let built_stamp = build(source, dest, opts).map_err(|e| match e.kind {
-        ErrorKind::Io
-            if e.message.contains("Permission denied") || e.message.contains("Read-only") =>
-        {
-            BuildError::Unwritable(e)
-        }
-        _ => BuildError::Failed(e),
-    })?;
+    // The lock file was created beside `dest`, so this folder is writable: any failure now is real.
+    let built_stamp = build(source, dest, opts).map_err(BuildError::Failed)?;
     let seconds = started.elapsed().as_secs_f64();
     let mut idx =
         JsonIndex::try_map(source, dest, &built_stamp, Some(false)).map_err(BuildError::Failed)?;

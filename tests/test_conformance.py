@@ -45,12 +45,20 @@ def test_every_y_array_file_matches_python(tmp_path):
 
 
 def test_i_files_never_crash(tmp_path):
-    for path in suite_files("i_"):
+    """Implementation-defined inputs: either accepted with records equal to Python's, or a located error."""
+    files = suite_files("i_")
+    assert len(files) > 20
+    for path in files:
         try:
             idx = ff.open(path, index_dir=tmp_path)
-            [idx[i] for i in range(len(idx))]
-        except ff.FusionFastError:
-            pass
+        except ff.FusionFastError as e:
+            assert e.path == str(path) and e.message
+            continue
+        try:
+            value = json.loads(path.read_bytes())
+        except (ValueError, RecursionError):
+            continue  # implementation-defined: accepting what Python rejects is allowed here
+        assert [idx[i] for i in range(len(idx))] == value, path.name
 
 
 REAL_JSON_LOADERS = {

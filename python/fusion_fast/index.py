@@ -78,7 +78,32 @@ def open(  # noqa: A001 - the public name mirrors builtins.open on purpose
     return JsonIndex(core, index_dir=index_dir)
 
 
-class JsonIndex(Sequence[Any]):
+class RecordSequence(Sequence[Any]):
+    """A read-only sequence of records: subclasses give `__len__`, `_get_one(i)` and `get_many`."""
+
+    def _get_one(self, i: int) -> Any:
+        raise NotImplementedError
+
+    def get_many(self, indices: Iterable[int] | np.ndarray) -> list[Any]:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return self.get_many(range(*i.indices(len(self))))
+        return self._get_one(i)
+
+    def __iter__(self) -> Iterator[Any]:
+        # Batches keep iteration fast without materialising everything.
+        n = len(self)
+        for start in range(0, n, 1024):
+            yield from self.get_many(range(start, min(start + 1024, n)))
+
+
+class JsonIndex(RecordSequence):
     """The records of one data file, memory-mapped. `idx[i]` parses record i in Rust (jiter)."""
 
     def __init__(self, core: _core.Index, *, index_dir: str | None = None) -> None:
@@ -122,19 +147,8 @@ class JsonIndex(Sequence[Any]):
     def __len__(self) -> int:
         return len(self._core)
 
-    @overload
-    def __getitem__(self, i: int) -> Any: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Any]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            return self.get_many(range(*i.indices(len(self))))
+    def _get_one(self, i: int) -> Any:
         return self._core.get(i)
-
-    def __iter__(self) -> Iterator[Any]:
-        n = len(self)
-        for start in range(0, n, 1024):
-            yield from self.get_many(range(start, min(start + 1024, n)))
 
     def get_many(self, indices: Iterable[int] | np.ndarray) -> list[Any]:
         """The records at `indices` (negative allowed), parsed in one call."""

@@ -31,17 +31,17 @@ import bisect
 import hashlib
 import math
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
-from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, _map_file
+from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence, _map_file
 from .index import open as open_index
 from .stage import DatasetSpec, read_stage, spec_from_entry
 
@@ -110,7 +110,7 @@ class MixtureDataset:
         return f"MixtureDataset({self.name!r}, selected={len(self.selected)}, records={self.records})"
 
 
-class Mixture(Sequence[Any]):
+class Mixture(RecordSequence):
     """The records of a training stage, in FUSION's order: datasets in YAML order, each one's selection
     appended. A drop-in for FUSION's `list_data_dict`, with numpy `lengths` / `modality_lengths`.
 
@@ -215,20 +215,9 @@ class Mixture(Sequence[Any]):
     def __len__(self) -> int:
         return len(self._records)
 
-    @overload
-    def __getitem__(self, i: int) -> Any: ...
-    @overload
-    def __getitem__(self, i: slice) -> list[Any]: ...
-    def __getitem__(self, i: int | slice) -> Any:
-        if isinstance(i, slice):
-            return self.get_many(range(*i.indices(len(self))))
+    def _get_one(self, i: int) -> Any:
         d, record = self._locate_one(i)
         return self.datasets[d].index[record]
-
-    def __iter__(self) -> Iterator[Any]:
-        n = len(self)
-        for start in range(0, n, 1024):
-            yield from self.get_many(range(start, min(start + 1024, n)))
 
     def get_many(self, indices: Iterable[int] | np.ndarray) -> list[Any]:
         """The records at mixture positions `indices` (negative allowed), in that order."""
