@@ -277,7 +277,8 @@ impl JsonIndex {
     }
 }
 
-/// Builds the index of `source` into `dest` (atomically) and returns nothing; the caller maps it.
+/// Builds the index of `source` into `dest` (atomically) and returns the source's stamp as scanned.
+/// It is taken here, not reused from `open`, because the file may change while a builder waits on the lock.
 pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceStamp> {
     let stamp = SourceStamp::of(source)?;
     let file = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
