@@ -31,7 +31,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::scan::Format;
 
 pub const MAGIC: &[u8; 8] = b"FFINDEX\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 pub const ALIGN: u64 = 64;
 const FIXED_HEADER: usize = 64;
 const COLUMN_ENTRY: usize = 40;

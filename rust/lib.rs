@@ -21,6 +21,8 @@ pub mod store;
 pub use store::{open, JsonIndex, OpenOptions, Rebuild};
 
 #[cfg(feature = "python")]
+mod py_items;
+#[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]
 mod to_python;

@@ -3,16 +3,17 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::columns::{Records, COLUMNS};
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
+use crate::py_items::{collate_json, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::to_python::Builder;
@@ -88,15 +89,18 @@ impl Index {
         let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
         // The GIL is held, so the lock is never contended; it only satisfies `Sync`.
         let mut builder = self.builder.lock().unwrap_or_else(|e| e.into_inner());
-        builder.build(py, raw).map_err(|e| {
-            let msg = format!(
-                "record {i} cannot be decoded ({e}); the data file changed after it was opened"
-            );
-            to_py_err(
-                py,
-                Error::new(ErrorKind::StaleIndex, msg).with_path(&self.inner.source_path),
-            )
-        })
+        builder.build(py, raw).map_err(|e| self.changed(py, i, e))
+    }
+
+    /// The error for record `i` whose bytes no longer decode.
+    fn changed(&self, py: Python<'_>, i: usize, e: PyErr) -> PyErr {
+        let msg = format!(
+            "record {i} cannot be decoded ({e}); the data file changed after it was opened"
+        );
+        to_py_err(
+            py,
+            Error::new(ErrorKind::StaleIndex, msg).with_path(&self.inner.source_path),
+        )
     }
 }
 
@@ -331,6 +335,219 @@ fn files_exist<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// The builder shared by `ItemSources` and `build_items` (its string cache stays warm).
+static ITEM_BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
+
+fn item_builder() -> std::sync::MutexGuard<'static, Builder> {
+    // The GIL is held by every caller, so the lock is never contended; it only satisfies `Sync`.
+    ITEM_BUILDER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Samples given as two little-endian int64 arrays of equal length: dataset and record numbers.
+fn samples<'a>(
+    datasets: &'a [u8],
+    numbers: &'a [u8],
+) -> PyResult<impl Iterator<Item = (i64, i64)> + 'a> {
+    if datasets.len() != numbers.len() || datasets.len() % 8 != 0 {
+        return Err(PyValueError::new_err(
+            "datasets and numbers must be int64 arrays of the same length",
+        ));
+    }
+    let int = |c: &[u8]| i64::from_le_bytes(c.try_into().unwrap());
+    Ok(datasets
+        .chunks_exact(8)
+        .map(int)
+        .zip(numbers.chunks_exact(8).map(int)))
+}
+
+fn nth<T>(items: &[T], d: i64) -> PyResult<&T> {
+    usize::try_from(d)
+        .ok()
+        .and_then(|d| items.get(d))
+        .ok_or_else(|| PyIndexError::new_err(format!("dataset number {d} out of range")))
+}
+
+/// The datasets of a mixture as `FusionDataset` reads them: by dataset number, its index, name and
+/// image prefix (the image folder with a trailing "/", or ""). Samples are given as two little-endian
+/// int64 arrays, dataset numbers and record numbers; one call serves a whole batch.
+#[pyclass(module = "fusion_fast._core", frozen)]
+struct ItemSources {
+    indexes: Vec<Py<Index>>,
+    names: Vec<Py<PyString>>,
+    prefixes: Vec<Py<PyString>>,
+}
+
+#[pymethods]
+impl ItemSources {
+    #[new]
+    fn new(
+        indexes: Vec<Py<Index>>,
+        names: Vec<Py<PyString>>,
+        prefixes: Vec<Py<PyString>>,
+    ) -> PyResult<Self> {
+        if indexes.len() != names.len() || names.len() != prefixes.len() {
+            return Err(PyValueError::new_err(
+                "indexes, names and prefixes must have the same length",
+            ));
+        }
+        Ok(ItemSources {
+            indexes,
+            names,
+            prefixes,
+        })
+    }
+
+    /// The datasets' names, by dataset number.
+    #[getter]
+    fn names(&self, py: Python<'_>) -> Vec<Py<PyString>> {
+        self.names.iter().map(|n| n.clone_ref(py)).collect()
+    }
+
+    /// The datasets' image prefixes, by dataset number.
+    #[getter]
+    fn prefixes(&self, py: Python<'_>) -> Vec<Py<PyString>> {
+        self.prefixes.iter().map(|p| p.clone_ref(py)).collect()
+    }
+
+    /// Each sample's index flags (one byte each).
+    fn flags<'py>(
+        &self,
+        py: Python<'py>,
+        datasets: &[u8],
+        numbers: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let columns: Vec<&[u8]> = self
+            .indexes
+            .iter()
+            .map(|ix| ix.get().inner.column_bytes("flags").unwrap_or_default())
+            .collect();
+        let mut out = Vec::with_capacity(datasets.len() / 8);
+        for (d, i) in samples(datasets, numbers)? {
+            let index = nth(&self.indexes, d)?.get();
+            out.push(nth(&columns, d)?[index.position(i)?]);
+        }
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The samples as items (none may be flagged bad): each record with its image paths resolved
+    /// and its source added (see `py_items`).
+    fn items<'py>(
+        &self,
+        py: Python<'py>,
+        datasets: &[u8],
+        numbers: &[u8],
+    ) -> PyResult<Bound<'py, PyList>> {
+        let sources = item_sources(py, &self.names, &self.prefixes)?;
+        let mut builder = item_builder();
+        let list = PyList::empty(py);
+        for (d, i) in samples(datasets, numbers)? {
+            let index = nth(&self.indexes, d)?.get();
+            let i = index.position(i)?;
+            let raw = index.inner.raw(i).map_err(|e| to_py_err(py, e))?;
+            let record = builder
+                .build(py, raw)
+                .map_err(|e| index.changed(py, i, e))?;
+            nth(&sources, d)?.finish(&record, i as i64)?;
+            list.append(record)?;
+        }
+        Ok(list)
+    }
+
+    /// The samples' bytes concatenated, and each one's length as little-endian uint32: a batch as a
+    /// worker process ships it, decoded by `build_items`.
+    fn pack<'py>(
+        &self,
+        py: Python<'py>,
+        datasets: &[u8],
+        numbers: &[u8],
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        let mut spans = Vec::with_capacity(datasets.len() / 8);
+        for (d, i) in samples(datasets, numbers)? {
+            let index = nth(&self.indexes, d)?.get();
+            spans.push(
+                index
+                    .inner
+                    .raw(index.position(i)?)
+                    .map_err(|e| to_py_err(py, e))?,
+            );
+        }
+        let total = spans.iter().map(|s| s.len()).sum();
+        let data = PyBytes::new_with(py, total, |out| {
+            let mut at = 0;
+            for s in &spans {
+                out[at..at + s.len()].copy_from_slice(s);
+                at += s.len();
+            }
+            Ok(())
+        })?;
+        // A record is under 4 GiB: the index stores lengths as uint32.
+        let lengths: Vec<u8> = spans
+            .iter()
+            .flat_map(|s| (s.len() as u32).to_le_bytes())
+            .collect();
+        Ok((data, PyBytes::new(py, &lengths)))
+    }
+}
+
+fn item_sources<'py>(
+    py: Python<'py>,
+    names: &[Py<PyString>],
+    prefixes: &[Py<PyString>],
+) -> PyResult<Vec<ItemSource<'py>>> {
+    names
+        .iter()
+        .zip(prefixes)
+        .map(|(n, p)| ItemSource::new(n.bind(py).clone(), p.bind(py).clone()))
+        .collect()
+}
+
+/// Decodes samples shipped by `ItemSources.pack` into the same items `ItemSources.items` makes:
+/// `data` holds the records back to back, `lengths` their byte lengths (little-endian uint32);
+/// `datasets`, `numbers`, `names` and `prefixes` are as in `ItemSources`.
+#[pyfunction]
+fn build_items<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    lengths: &[u8],
+    datasets: &[u8],
+    numbers: &[u8],
+    names: Vec<Py<PyString>>,
+    prefixes: Vec<Py<PyString>>,
+) -> PyResult<Bound<'py, PyList>> {
+    if lengths.len() * 2 != numbers.len() {
+        return Err(PyValueError::new_err(
+            "lengths and numbers must describe the same records",
+        ));
+    }
+    let sources = item_sources(py, &names, &prefixes)?;
+    let mut builder = item_builder();
+    let list = PyList::empty(py);
+    let mut at = 0usize;
+    for ((d, i), len) in samples(datasets, numbers)?.zip(lengths.chunks_exact(4)) {
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let bytes = at
+            .checked_add(len)
+            .and_then(|end| data.get(at..end))
+            .ok_or_else(|| PyValueError::new_err("record lengths exceed the shipped bytes"))?;
+        let record = builder.build(py, bytes)?;
+        nth(&sources, d)?.finish(&record, i)?;
+        list.append(record)?;
+        at += len;
+    }
+    if at != data.len() {
+        return Err(PyValueError::new_err(
+            "record lengths do not add up to the shipped bytes",
+        ));
+    }
+    Ok(list)
+}
+
+/// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).
+#[pyfunction]
+fn collate_records<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    collate_json(items)
+}
+
 /// Where indexes of read-only data go.
 #[pyfunction]
 fn cache_dir() -> String {
@@ -353,8 +570,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FORMAT_VERSION", crate::index_file::FORMAT_VERSION)?;
     m.add_class::<Index>()?;
     m.add_class::<Progress>()?;
+    m.add_class::<ItemSources>()?;
     m.add_function(wrap_pyfunction!(open_index, m)?)?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(build_items, m)?)?;
+    m.add_function(wrap_pyfunction!(collate_records, m)?)?;
+    m.add("SOURCE_KEY", SOURCE_KEY)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
     m.add_function(wrap_pyfunction!(files_exist, m)?)?;
     m.add_function(wrap_pyfunction!(index_candidates, m)?)?;

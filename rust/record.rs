@@ -15,7 +15,7 @@ pub mod flags {
     pub const BAD_CONVERSATIONS: u8 = 8;
     /// The record is not a JSON object.
     pub const NOT_OBJECT: u8 = 16;
-    /// `image` is neither a string, a list nor null.
+    /// `image` is neither a string, a list of strings nor null.
     pub const BAD_IMAGE: u8 = 32;
     /// A count did not fit its column and was clamped (more than 65535 images or turns).
     pub const SATURATED: u8 = 64;
@@ -92,7 +92,8 @@ pub fn read_record(r: &mut Reader<'_>) -> ParseResult<RecordMeta> {
     Ok(meta)
 }
 
-/// `image`: a string counts 1, a list counts its length, null counts 0, anything else is flagged.
+/// `image`: a string counts 1, a list counts its length, null counts 0; anything else, or a list holding
+/// anything but strings, is flagged.
 fn read_image(r: &mut Reader<'_>, flags: &mut u8) -> ParseResult<u16> {
     match r.peek()? {
         b'"' => {
@@ -104,6 +105,9 @@ fn read_image(r: &mut Reader<'_>, flags: &mut u8) -> ParseResult<u16> {
             let mut n = 0usize;
             let mut more = r.array_first()?;
             while more {
+                if r.peek()? != b'"' {
+                    *flags |= flags::BAD_IMAGE; // a list of paths holds only strings
+                }
                 r.skip_value()?;
                 n += 1;
                 more = r.array_next()?;

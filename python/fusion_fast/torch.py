@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -31,8 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
+from ._core import SOURCE_KEY, ItemSources, build_items, collate_records
 from .errors import CorruptIndexError, FusionFastError, IndexMissingError, RecordError, StaleIndexError
-from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex
+from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from .index import open as open_index
 from .indexing import expand_targets
 from .mixture import Mixture
@@ -52,8 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Key added to every item: `{"dataset": name, "index": record number in its file}`.
-SOURCE_KEY = "_source"
+#: Key added to every item: `{"dataset": name, "index": record number in its file}` (`SOURCE_KEY`).
 #: Key of the decoded image(s) with `load_images=True`: one RGB `PIL.Image` for a string `image`, a list
 #: of them for a list.
 IMAGE_KEY = "_image"
@@ -82,7 +82,6 @@ class _DatasetInfo(NamedTuple):
     #: The image folder with a trailing "/", or "" without one: `prefix + p` is POSIX
     #: `os.path.join(folder, p)` for relative `p`, at a sixth of its cost.
     image_prefix: str
-    flags: np.ndarray  # the index's `flags` column, by record number (memory-mapped)
 
 
 class _BadSample(Exception):
@@ -153,6 +152,7 @@ class FusionDataset(Dataset[Any]):
         self.skipped = 0
         self.skip_causes: Counter[str] = Counter()
         self._info: list[_DatasetInfo] | None = None
+        self._sources: ItemSources | None = None  # set with `_info`
 
     # -- opening ------------------------------------------------------------------------------------
     @property
@@ -175,15 +175,19 @@ class FusionDataset(Dataset[Any]):
                     str(d.path),
                     d.index,
                     _prefix(os.fspath(d.image_folder) if d.image_folder is not None else self.image_folder),
-                    d.index.columns["flags"],
                 )
                 for d in self.mixture.datasets
             ]
+            self._sources = ItemSources(
+                [d.records._core for d in self._info],
+                [d.name for d in self._info],
+                [d.image_prefix for d in self._info],
+            )
         return self._info
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_info"] = None  # holds memory-mapped arrays: rebuilt in the receiving process
+        state["_info"] = state["_sources"] = None  # hold open indexes: reopened by the receiver
         if self._description is not None:
             state["_mixture"] = None  # reopened from the path on first access
         return state
@@ -206,59 +210,99 @@ class FusionDataset(Dataset[Any]):
     def __getitem__(self, i: int) -> Any:
         return self.__getitems__([i])[0]
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        """Items at `indices` (negative allowed), records parsed in one call: DataLoader's batched path."""
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[Any]:
+        """Items at `indices` (negative allowed), records parsed in one call: DataLoader's batched path.
+
+        In a DataLoader worker, raw records (no `transform`, no `load_images`) come back as a
+        `PackedRecords`: the same items, carried as their JSON bytes until first used. Sent to the main
+        process untouched, they are decoded there in Rust, which costs less than pickling the Python
+        objects in the worker and unpickling them in the main process."""
+        if self.transform is None and not self.load_images:
+            datasets, numbers = self._locate_good(indices)
+            if get_worker_info() is not None:
+                return PackedRecords(_pack(self._item_sources(), datasets, numbers))
+            with paused_gc():
+                return self._item_sources().items(datasets.tobytes(), numbers.tobytes())
         out = self._prepare(indices)
         for k, item in enumerate(out):
             if isinstance(item, _BadSample):
-                out[k] = self._replace(int(indices[k]), item)
+                out[k] = self._replace(int(indices[k]), item, self._prepare)
         return out
+
+    def _item_sources(self) -> ItemSources:
+        self._datasets()
+        assert self._sources is not None
+        return self._sources
+
+    def _locate_flagged(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dataset numbers, record numbers (little-endian int64) and index flags of the samples at
+        `indices`: the flags alone tell whether a record can become an item."""
+        datasets, numbers = self.mixture.locate(indices)
+        datasets, numbers = datasets.astype("<i8", copy=False), numbers.astype("<i8", copy=False)
+        flags = self._item_sources().flags(datasets.tobytes(), numbers.tobytes())
+        return datasets, numbers, np.frombuffer(flags, dtype=np.uint8)
+
+    def _flagged(self, d: int, number: int, flag: int) -> _BadSample:
+        """The bad sample that the first of `flag`'s bad bits describes (the record parsed for its id)."""
+        ds = self._datasets()[d]
+        return _flagged(ds, number, flag, ds.records[number])
+
+    def _locate_good(self, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Dataset and record numbers of the samples at `indices`, each bad one replaced by the next good
+        one (or raised): from the index flags alone."""
+        datasets, numbers, flags = self._locate_flagged(indices)
+        bad = np.flatnonzero(flags & _ANY_BAD_FLAG)
+        if len(bad):
+            datasets, numbers = datasets.copy(), numbers.copy()
+        for pos in bad.tolist():
+            sample = self._flagged(int(datasets[pos]), int(numbers[pos]), int(flags[pos]))
+            datasets[pos], numbers[pos] = self._replace(int(indices[pos]), sample, self._locate_one)
+        return datasets, numbers
+
+    def _locate_one(self, indices: Sequence[int]) -> list[Any]:
+        """[(dataset number, record number)] of the one sample at `indices`, or [its `_BadSample`]."""
+        datasets, numbers, flags = self._locate_flagged(indices)
+        d, number, flag = int(datasets[0]), int(numbers[0]), int(flags[0])
+        return [self._flagged(d, number, flag) if flag & _ANY_BAD_FLAG else (d, number)]
 
     def _prepare(self, indices: Sequence[int] | np.ndarray) -> list[Any]:
-        """Items at `indices`, with a `_BadSample` in place of each bad one."""
+        """Items at `indices` with images loaded and the transform applied, a `_BadSample` in place of
+        each bad one."""
         info = self._datasets()
-        dataset_ids, numbers = self.mixture.locate(indices)
-        out: list[Any] = [None] * len(numbers)
-        # One pass per dataset present: its records parsed in one call, its flags read in one gather.
-        for d in np.unique(dataset_ids).tolist():
-            ds = info[d]
-            where = np.flatnonzero(dataset_ids == d)
-            mine = numbers[where]
-            records = ds.records.get_many(mine)
-            for pos, record, number, flag in zip(
-                where.tolist(), records, mine.tolist(), ds.flags[mine].tolist(), strict=True
-            ):
-                try:
-                    out[pos] = self._item(record, ds, number, flag)
-                except _BadSample as bad:
-                    out[pos] = bad
+        datasets, numbers, flags = self._locate_flagged(indices)
+        good = (flags & _ANY_BAD_FLAG) == 0
+        with paused_gc():
+            items = self._item_sources().items(datasets[good].tobytes(), numbers[good].tobytes())
+        fresh = iter(items)
+        out: list[Any] = []
+        for d, number, flag in zip(datasets.tolist(), numbers.tolist(), flags.tolist(), strict=True):
+            try:
+                if flag & _ANY_BAD_FLAG:
+                    raise self._flagged(d, number, flag)
+                out.append(self._complete(next(fresh), info[d], number))
+            except _BadSample as bad:
+                out.append(bad)
         return out
 
-    def _item(self, record: Any, ds: _DatasetInfo, number: int, flag: int) -> Any:
-        if flag & _ANY_BAD_FLAG:
-            for bit, cause, detail in _BAD_FLAGS:
-                if flag & bit:
-                    raise _bad(cause, detail, ds, number, record)
-        image = record.get("image")
-        if image is not None:
-            record["image"] = image = _resolve_images(image, ds, number, record)
-        record[SOURCE_KEY] = {"dataset": ds.name, "index": number}
-        if self.load_images and "image" in record:
+    def _complete(self, item: dict[str, Any], ds: _DatasetInfo, number: int) -> Any:
+        """`load_images` and `transform` applied to an item."""
+        if self.load_images and "image" in item:
+            image = item["image"]
             if image is None:
-                raise _bad("malformed_record", "'image' is null", ds, number, record)
-            record[IMAGE_KEY] = (
-                _open_image(image, ds, number, record)
+                raise _bad("malformed_record", "'image' is null", ds, number, item)
+            item[IMAGE_KEY] = (
+                _open_image(image, ds, number, item)
                 if isinstance(image, str)
-                else [_open_image(p, ds, number, record) for p in image]
+                else [_open_image(p, ds, number, item) for p in image]
             )
         if self.transform is None:
-            return record
+            return item
         try:
-            return self.transform(record)
+            return self.transform(item)
         except RecordError as e:
-            raise _bad("rejected", f"rejected by the transform: {e}", ds, number, record) from e
+            raise _bad("rejected", f"rejected by the transform: {e}", ds, number, item) from e
 
-    def _replace(self, i: int, bad: _BadSample) -> Any:
+    def _replace(self, i: int, bad: _BadSample, fetch: Callable[[Sequence[int]], list[Any]]) -> Any:
         """The next good sample after bad sample i (on_error="skip"), or raise (on_error="raise")."""
         if self.on_error == "raise":
             raise bad.error from bad.__cause__
@@ -268,7 +312,7 @@ class FusionDataset(Dataset[Any]):
             self._count(bad)
             if step == n - 1:
                 break
-            item = self._prepare([(start + step + 1) % n])[0]
+            item = fetch([(start + step + 1) % n])[0]
             if not isinstance(item, _BadSample):
                 return item
             bad = item
@@ -286,6 +330,14 @@ class FusionDataset(Dataset[Any]):
             )
 
 
+def _flagged(ds: _DatasetInfo, number: int, flag: int, record: Any) -> _BadSample:
+    """The bad sample that the first of `flag`'s bad bits describes."""
+    for bit, cause, detail in _BAD_FLAGS:
+        if flag & bit:
+            return _bad(cause, detail, ds, number, record)
+    raise AssertionError(f"flag {flag} has no bad bit")
+
+
 def _bad(cause: str, detail: str, ds: _DatasetInfo, number: int, record: Any) -> _BadSample:
     record_id = record.get("id") if isinstance(record, dict) else None
     message = f"dataset {ds.name!r}, record {number} (id {record_id!r}): {detail}"
@@ -298,13 +350,59 @@ def _prefix(folder: str | None) -> str:
     return folder if folder.endswith("/") else folder + "/"
 
 
-def _resolve_images(image: Any, ds: _DatasetInfo, number: int, record: Any) -> str | list[str]:
-    prefix = ds.image_prefix
-    if isinstance(image, str):
-        return image if image[:1] == "/" else prefix + image
-    if not all(isinstance(p, str) for p in image):  # a list: other types are flagged in the index
-        raise _bad("malformed_record", "'image' list holds something other than a path", ds, number, record)
-    return [p if p[:1] == "/" else prefix + p for p in image]
+# -- records shipped as bytes -----------------------------------------------------------------------
+
+#: A packed batch: the records' bytes and lengths (`ItemSources.pack`), their dataset and record numbers
+#: (int64 bytes), and the datasets' names and image prefixes.
+_Payload = tuple[bytes, bytes, bytes, bytes, list[str], list[str]]
+
+
+def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _Payload:
+    d, n = datasets.tobytes(), numbers.tobytes()
+    data, lengths = sources.pack(d, n)
+    return data, lengths, d, n, sources.names, sources.prefixes
+
+
+def _unpack(payload: _Payload) -> list[Any]:
+    """The items of a packed batch, decoded in Rust."""
+    with paused_gc():
+        return build_items(*payload)
+
+
+class PackedRecords(Sequence[Any]):
+    """The items of a batch carried as their JSON bytes: `FusionDataset.__getitems__` returns one in a
+    DataLoader worker for raw records. It behaves as the list of items, decoding them on first use;
+    pickled before that (sent to the main process) it ships the bytes and unpickles as the plain list
+    of items, decoded in Rust. `collate` keeps it packed, as a `PackedBatch`."""
+
+    __slots__ = ("_payload", "_items")
+
+    def __init__(self, payload: _Payload) -> None:
+        self._payload = payload
+        self._items: list[Any] | None = None
+
+    def items(self) -> list[Any]:
+        """The decoded items (decoded once)."""
+        if self._items is None:
+            self._items = _unpack(self._payload)
+        return self._items
+
+    def __len__(self) -> int:
+        return len(self._payload[1]) // 4
+
+    def __getitem__(self, k: Any) -> Any:
+        return self.items()[k]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.items())
+
+    def __eq__(self, other: object) -> bool:
+        return self.items() == (other.items() if isinstance(other, PackedRecords) else other)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._items is None:
+            return (_unpack, (self._payload,))
+        return (list, (self._items,))  # decoded (and perhaps changed) here: send what is here
 
 
 def _open_image(path: str, ds: _DatasetInfo, number: int, record: Any) -> Any:
@@ -342,7 +440,58 @@ def collate(
     default collate does, so sending them to the main process copies nothing.
     """
     pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
-    return _collate(list(batch), None, pads, default_pad)
+    if isinstance(batch, PackedRecords) and batch._items is None:
+        return PackedBatch(batch._payload, pads, default_pad)
+    return _collate_items(list(batch), pads, default_pad)
+
+
+def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: int | float) -> Any:
+    if items and type(items[0]) is dict:
+        collated = collate_records(items)  # the same rules in Rust, for JSON-like items (raw records)
+        if collated is not None:
+            return collated
+    return _collate(items, None, pads, default)
+
+
+def _unpack_collated(payload: _Payload, pads: Mapping[str, int | float], default: int | float) -> Any:
+    return _collate_items(_unpack(payload), pads, default)
+
+
+class PackedBatch(MutableMapping[str, Any]):
+    """`collate` of a `PackedRecords`: the batch (a dict of fields) still carried as JSON bytes. Used in
+    the worker it decodes and behaves as that dict; sent to the main process untouched, it arrives as
+    the plain dict, decoded there in Rust."""
+
+    __slots__ = ("_payload", "_pads", "_default", "_batch")
+
+    def __init__(self, payload: _Payload, pads: Mapping[str, int | float], default: int | float) -> None:
+        self._payload, self._pads, self._default = payload, pads, default
+        self._batch: dict[str, Any] | None = None
+
+    def _decoded(self) -> dict[str, Any]:
+        if self._batch is None:
+            self._batch = _unpack_collated(self._payload, self._pads, self._default)
+        return self._batch
+
+    def __getitem__(self, key: str) -> Any:
+        return self._decoded()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._decoded()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._decoded()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._decoded())
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._batch is None:
+            return (_unpack_collated, (self._payload, self._pads, self._default))
+        return (dict, (self._batch,))
 
 
 #: Values `collate` keeps as they are, checked first because most fields of raw records are these.
