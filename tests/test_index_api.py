@@ -79,6 +79,25 @@ def test_metadata_columns(data_file):
     assert idx.lengths.dtype == np.int64
 
 
+def test_bad_image_flag(tmp_path):
+    """BAD_IMAGE: `image` is not a path, a list of paths or null (then it still counts images)."""
+    records = [
+        {"image": "a.png"},
+        {"image": ["a.png", "b.png"]},
+        {"image": None},
+        {"image": []},
+        {"image": 7},
+        {"image": {"path": "a.png"}},
+        {"image": ["a.png", 3]},
+        {"image": [["a.png"]]},
+        {"image": [None]},
+    ]
+    idx = ff.open(write(tmp_path / "img.json", json.dumps(records)))
+    bad = (idx.columns["flags"] & ff.index.BAD_IMAGE).astype(bool).tolist()
+    assert bad == [False, False, False, False, True, True, True, True, True]
+    assert idx.columns["images"].tolist() == [1, 2, 0, 0, 0, 0, 2, 1, 1]
+
+
 def test_columns_are_zero_copy_views_of_the_index_file(data_file):
     idx = ff.open(data_file)
     col = idx.columns["offset"]

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 PIL_Image = pytest.importorskip("PIL.Image")
@@ -427,6 +429,53 @@ def test_collate_pad_values_other_shapes_and_tuples():
     assert collate([1, 2, 3]) == [1, 2, 3]
 
 
+json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3)
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abcd"), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(json_values | st.dictionaries(st.sampled_from("abcde"), json_values, max_size=4), max_size=5))
+def test_rust_collate_of_json_items_equals_the_python_rules(items):
+    """`collate` hands JSON-like batches to Rust (`collate_records`); the Python rules decide the rest."""
+    from fusion_fast._core import collate_records
+    from fusion_fast.torch import _collate
+
+    by_rules = _collate(items, None, {}, 0)
+    fast = collate_records(items)
+    if fast is not None:  # None: a value only Python's rules may judge (here: dicts mixed with others)
+        assert fast == by_rules
+    else:
+        assert mixes_dicts_and_others(items)
+    assert collate(items) == by_rules
+
+
+def mixes_dicts_and_others(items: list) -> bool:
+    """Whether collating `items` meets a column whose first value is a dict and another is not."""
+    if not items or type(items[0]) is not dict:
+        return False
+    if not all(type(x) is dict for x in items):
+        return True
+    keys = dict.fromkeys(k for x in items for k in x)
+    return any(mixes_dicts_and_others([x.get(k) for x in items]) for k in keys)
+
+
+def test_rust_collate_leaves_tensors_and_tuples_to_python():
+    from fusion_fast._core import collate_records
+
+    assert collate_records([{"x": torch.tensor([1])}]) is None
+    assert collate_records([{"x": {"y": (1, 2)}}, {"x": {"y": (3, 4)}}]) is None
+    assert collate_records([{"a": 1}, 2]) is None  # not every item a dict: Python's rules decide
+    assert collate_records([{"a": [1], "b": {"c": None}}, {"b": {"d": "x"}}]) == {
+        "a": [[1], None],
+        "b": {"c": [None, None], "d": [None, "x"]},
+    }
+    assert collate([{"a": 1}, 2]) == [{"a": 1}, 2]
+
+
 def make_tensors(item):
     n = item["_source"]["index"] % 3 + 1
     return {"input_ids": torch.arange(n), "labels": torch.full((n,), 7), "pixels": torch.ones(2, 2) * n}
@@ -463,6 +512,85 @@ def test_worker_batches_equal_in_process_batches(stage):
         )
         assert got["id"] == want["id"] and got["source"] == want["source"] and got["turns"] == want["turns"]
         assert [a.tolist() for a in got["array"]] == [a.tolist() for a in want["array"]]
+
+
+def add_count(batch):
+    """A collate that reads and changes the batch in the worker, after fusion-fast's collate."""
+    out = collate(batch)
+    out["count"] = len(out["id"])
+    return out
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_raw_records_from_workers_equal_in_process_items(stage, start_method):
+    """Raw records travel from workers as JSON bytes (PackedRecords): what arrives is the same items,
+    as plain lists and dicts, whatever the collate_fn does with them in the worker."""
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    expected = [expected_item(stage, i) for i in range(60)]
+
+    def loader(collate_fn):
+        return DataLoader(
+            ds, batch_size=7, num_workers=2, collate_fn=collate_fn, multiprocessing_context=start_method
+        )
+
+    batches = list(loader(collate))
+    want = [collate(expected[lo : lo + 7]) for lo in range(0, 60, 7)]
+    assert all(type(b) is dict for b in batches) and batches == want
+    lists = list(loader(list))
+    assert all(type(b) is list for b in lists) and [it for b in lists for it in b] == expected
+    counted = list(loader(add_count))
+    assert [b.pop("count") for b in counted] == [7] * 8 + [4] and counted == want
+
+
+def test_packed_records_behave_as_the_items(stage):
+    from fusion_fast.torch import PackedBatch, PackedRecords, _pack
+
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    positions = [3, 45, 2, 59, 2]
+    datasets, numbers = ds._locate_good(positions)
+    packed = PackedRecords(_pack(ds._item_sources(), datasets, numbers))
+    expected = [expected_item(stage, i) for i in positions]
+    assert len(packed) == 5
+    sent = pickle.loads(pickle.dumps(packed))
+    assert type(sent) is list and sent == expected  # untouched: shipped as bytes, decoded on arrival
+    batch = collate(packed)
+    assert isinstance(batch, PackedBatch)
+    assert pickle.loads(pickle.dumps(batch)) == collate(expected)
+    assert batch["id"] == [e["id"] for e in expected]  # used in place: decoded there
+    batch["id"] = "changed"
+    assert pickle.loads(pickle.dumps(batch))["id"] == "changed"  # and what was changed is what is sent
+    packed[0]["id"] = "changed too"
+    assert pickle.loads(pickle.dumps(packed))[0]["id"] == "changed too"
+    assert packed == [{**expected[0], "id": "changed too"}, *expected[1:]]
+
+
+def test_raw_records_skip_and_raise_in_workers(bad_file):
+    """Without load_images only the index flags decide: records 5 (not an object) and 6 (no
+    conversations) are bad; the image problems of 3, 7 and 9 are not looked at."""
+    path, images = bad_file
+    skip = FusionDataset(path, image_folder=images, on_error="skip")
+    via_workers = list(DataLoader(skip, batch_size=4, num_workers=2, collate_fn=collate))
+    assert [i for b in via_workers for i in b["_source"]["index"]] == [0, 1, 2, 3, 4, 7, 7, 7, 8, 9]
+    assert [it["_source"]["index"] for it in skip.__getitems__(list(range(10)))] == [
+        0, 1, 2, 3, 4, 7, 7, 7, 8, 9
+    ]  # fmt: skip
+    assert skip.skipped == 2 + 1 and skip.skip_causes == {"malformed_record": 1, "missing_conversations": 2}
+    raising = FusionDataset(path, image_folder=images)
+    with pytest.raises(RecordError, match=r"record 5 \(id None\): the record is not a JSON object"):
+        list(DataLoader(raising, batch_size=4, num_workers=1, collate_fn=collate))
+
+
+def test_image_lists_holding_other_values_are_bad_records(tmp_path):
+    records = [
+        {"id": "ok", "image": ["a.png", "/abs/b.png"], "conversations": conversation(0, 2)},
+        {"id": "mixed", "image": ["a.png", 3], "conversations": conversation(1, 2)},
+        {"id": "nested", "image": [["a.png"]], "conversations": conversation(2, 1)},
+    ]
+    ds = FusionDataset(write_data(tmp_path / "imgs.json", records), image_folder="/img")
+    assert ds[0]["image"] == ["/img/a.png", "/abs/b.png"]
+    for i, name in ((1, "mixed"), (2, "nested")):
+        with pytest.raises(RecordError, match=rf"\(id '{name}'\): 'image' is neither a path nor a list"):
+            ds[i]
 
 
 # -- CudaPrefetcher ---------------------------------------------------------------------------------
