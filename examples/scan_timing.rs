@@ -1,6 +1,7 @@
 //! Times each stage of one scan: `cargo run --release --example scan_timing -- FILE [threads]`.
 use std::time::Instant;
 
+use fusion_fast::chunk_shape::chunk_shape;
 use fusion_fast::scan::{scan, scan_sequential, Format, ScanOptions};
 
 fn main() {
@@ -37,6 +38,17 @@ fn main() {
     let t = Instant::now();
     let ok = simdutf8::basic::from_utf8(&data).is_ok();
     println!("utf8 {:.3}s {ok}", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let chunk = ScanOptions::default().chunk_size;
+    let mut commas = 0usize;
+    for start in (0..data.len()).step_by(chunk) {
+        let shape = chunk_shape(&data, start, (start + chunk).min(data.len()));
+        commas += shape.hyp[0].first_comma.len();
+    }
+    println!(
+        "chunk shapes, 1 thread {:.3}s ({commas})",
+        t.elapsed().as_secs_f64()
+    );
     let format = Format::from_path(path.as_ref());
     let t = Instant::now();
     let runs = scan(&data, format, &ScanOptions::default()).unwrap();

@@ -1,11 +1,15 @@
 //! `FusionDataset`'s per-record work on decoded records, done in Rust because it runs for every sample
 //! of every epoch: turning a record into an item (image paths joined to the dataset's image folder,
-//! the source added) and collating a batch of items field by field. The semantics are those written
-//! in `fusion_fast/torch.py`; its tests compare both sides.
+//! the source added), collating a batch of items field by field, and building the collated batch of
+//! shipped records directly, without the items in between. The semantics are those written in
+//! `fusion_fast/torch.py`; its tests compare both sides.
 
+use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use crate::to_python::Builder;
 
 /// The key each item gets: `{"dataset": name, "index": record number}`.
 pub const SOURCE_KEY: &str = "_source";
@@ -31,27 +35,42 @@ impl<'py> ItemSource<'py> {
     }
 
     /// Makes `record` (a dict: records flagged as anything else never get here) item `number`:
-    /// a relative `image` path, or each one of a list, becomes `image_prefix + path` (POSIX
-    /// `os.path.join`), absolute ones stay; `record[SOURCE_KEY]` names the dataset and record number.
+    /// `image` resolved (see `resolve_image`), `record[SOURCE_KEY]` naming the dataset and number.
     pub fn finish(&self, record: &Bound<'py, PyAny>, number: i64) -> PyResult<()> {
         let py = record.py();
         let record = record.cast::<PyDict>()?;
         let image_key = intern!(py, "image");
         if let Some(image) = record.get_item(image_key)? {
-            if let Ok(path) = image.cast::<PyString>() {
-                record.set_item(image_key, self.resolve(path)?)?;
-            } else if let Ok(paths) = image.cast::<PyList>() {
-                let resolved = PyList::empty(py);
-                for path in paths.iter() {
-                    resolved.append(self.resolve(path.cast::<PyString>()?)?)?;
-                }
+            if let Some(resolved) = self.resolve_image(&image)? {
                 record.set_item(image_key, resolved)?;
             }
         }
+        record.set_item(intern!(py, SOURCE_KEY), self.source(number)?)
+    }
+
+    /// `{"dataset": name, "index": number}`.
+    fn source(&self, number: i64) -> PyResult<Bound<'py, PyDict>> {
+        let py = self.dataset.py();
         let source = PyDict::new(py);
         source.set_item(intern!(py, "dataset"), &self.dataset)?;
         source.set_item(intern!(py, "index"), number)?;
-        record.set_item(intern!(py, SOURCE_KEY), source)
+        Ok(source)
+    }
+
+    /// An `image` value resolved: a relative path, or each one of a list, becomes `image_prefix + path`
+    /// (POSIX `os.path.join`), absolute ones stay. None when there is nothing to change (null).
+    fn resolve_image(&self, image: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if let Ok(path) = image.cast::<PyString>() {
+            return self.resolve(path).map(Some);
+        }
+        let Ok(paths) = image.cast::<PyList>() else {
+            return Ok(None);
+        };
+        let resolved = PyList::empty(image.py());
+        for path in paths.iter() {
+            resolved.append(self.resolve(path.cast::<PyString>()?)?)?;
+        }
+        Ok(Some(resolved.into_any()))
     }
 
     fn resolve(&self, path: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
@@ -64,10 +83,11 @@ impl<'py> ItemSource<'py> {
 }
 
 /// `collate` of a list of items made only of dicts, lists, strings, bytes, numbers, booleans and None:
-/// a leaf first item (anything but a dict) keeps the list as it is; dicts become one dict over the
-/// union of their keys (in first-seen order) whose values are collated the same way, None standing
-/// for a missing key. Returns None when it meets anything else (tensors, tuples, other mappings):
-/// then `fusion_fast.torch.collate` decides, in Python.
+/// a leaf first item (anything but a dict) keeps the list as it is, and so does a dict first item
+/// beside leaves; dicts only become one dict over the union of their keys (in first-seen order)
+/// whose values are collated the same way, None standing for a missing key. Returns None when it
+/// meets anything else (tensors, tuples, other mappings): then `fusion_fast.torch.collate` decides,
+/// in Python.
 pub fn collate_json<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = items.py();
     let Some(first) = items.iter().next() else {
@@ -80,15 +100,20 @@ pub fn collate_json<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py
         return Ok(None);
     }
     let mut dicts = Vec::with_capacity(items.len());
-    let keys = PyDict::new(py); // an ordered set
     for item in items.iter() {
-        let Ok(dict) = item.cast_into_exact::<PyDict>() else {
+        if let Ok(dict) = item.cast_exact::<PyDict>() {
+            dicts.push(dict.clone());
+        } else if is_leaf(&item) {
+            return Ok(Some(items.into_any())); // dicts beside leaves: kept as they are
+        } else {
             return Ok(None);
-        };
+        }
+    }
+    let keys = PyDict::new(py); // an ordered set
+    for dict in &dicts {
         for key in dict.keys() {
             keys.set_item(key, py.None())?;
         }
-        dicts.push(dict);
     }
     let out = PyDict::new(py);
     for key in keys.keys() {
@@ -111,4 +136,137 @@ fn is_leaf(value: &Bound<'_, PyAny>) -> bool {
         || value.is_instance_of::<PyInt>()
         || value.is_instance_of::<PyFloat>()
         || value.is_instance_of::<PyBytes>()
+}
+
+/// Builds `collate([item, ...])` of records straight from their bytes, one column per key, without
+/// the item dicts: what a batch of raw records shipped by a DataLoader worker becomes in the main
+/// process. Equal to making each item (`ItemSource::finish`) and collating them (`collate_json`).
+pub struct BatchBuilder<'py> {
+    py: Python<'py>,
+    /// Key -> column number, for keys not found at their usual place.
+    lookup: Bound<'py, PyDict>,
+    /// Column keys in first-seen order, and each column's values by row (None: key missing).
+    keys: Vec<Bound<'py, PyAny>>,
+    columns: Vec<Vec<Option<Bound<'py, PyAny>>>>,
+    /// Columns of the previous row's members in order: records usually share their key order.
+    last_order: Vec<usize>,
+    image_column: Option<usize>,
+    source_column: Option<usize>,
+    source_names: Vec<Bound<'py, PyString>>,
+    source_numbers: Vec<i64>,
+}
+
+impl<'py> BatchBuilder<'py> {
+    pub fn new(py: Python<'py>) -> Self {
+        BatchBuilder {
+            py,
+            lookup: PyDict::new(py),
+            keys: Vec::new(),
+            columns: Vec::new(),
+            last_order: Vec::new(),
+            image_column: None,
+            source_column: None,
+            source_names: Vec::new(),
+            source_numbers: Vec::new(),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.source_numbers.len()
+    }
+
+    fn column(&mut self, key: &Bound<'py, PyAny>, member: usize) -> PyResult<usize> {
+        if let Some(&c) = self.last_order.get(member) {
+            if self.keys[c].is(key) {
+                return Ok(c);
+            }
+        }
+        if let Some(c) = self.lookup.get_item(key)? {
+            return c.extract();
+        }
+        let c = self.keys.len();
+        self.lookup.set_item(key, c)?;
+        self.keys.push(key.clone());
+        self.columns.push(vec![None; self.rows()]);
+        if key.eq(intern!(self.py, "image"))? {
+            self.image_column = Some(c);
+        } else if key.eq(intern!(self.py, SOURCE_KEY))? {
+            self.source_column = Some(c);
+        }
+        Ok(c)
+    }
+
+    /// Adds the record in `bytes` as item `number` of `source`'s dataset.
+    pub fn add(
+        &mut self,
+        builder: &mut Builder,
+        bytes: &[u8],
+        source: &ItemSource<'py>,
+        number: i64,
+    ) -> PyResult<()> {
+        let row = self.rows();
+        let mut order = std::mem::take(&mut self.last_order);
+        let mut members = 0;
+        builder.build_members(self.py, bytes, |key, value| {
+            let c = self.column(&key, members)?;
+            let column = &mut self.columns[c];
+            if column.len() > row {
+                column[row] = Some(value); // a repeated key: the last value wins, in the first place
+            } else {
+                column.push(Some(value));
+                if members < order.len() {
+                    order[members] = c;
+                } else {
+                    order.push(c);
+                }
+                members += 1;
+            }
+            Ok(())
+        })?;
+        order.truncate(members);
+        self.last_order = order;
+        if let Some(c) = self.image_column {
+            if let Some(Some(image)) = self.columns[c].get(row) {
+                if let Some(resolved) = source.resolve_image(image)? {
+                    self.columns[c][row] = Some(resolved);
+                }
+            }
+        }
+        if self.source_column.is_none() {
+            // Each item gets SOURCE_KEY last, unless it has the key already: the first item decides
+            // where the column goes.
+            self.column(intern!(self.py, SOURCE_KEY).as_any(), usize::MAX)?;
+        }
+        for column in &mut self.columns {
+            if column.len() == row {
+                column.push(None);
+            }
+        }
+        self.source_names.push(source.dataset.clone());
+        self.source_numbers.push(number);
+        Ok(())
+    }
+
+    /// The collated batch: a dict of columns (an empty list for no rows, as `collate([])`).
+    pub fn finish(self) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.py;
+        if self.rows() == 0 {
+            return Ok(PyList::empty(py).into_any());
+        }
+        let out = PyDict::new(py);
+        for (c, (key, column)) in self.keys.iter().zip(self.columns).enumerate() {
+            let value = if Some(c) == self.source_column {
+                let sources = PyDict::new(py);
+                sources.set_item(intern!(py, "dataset"), PyList::new(py, &self.source_names)?)?;
+                sources.set_item(intern!(py, "index"), PyList::new(py, &self.source_numbers)?)?;
+                sources.into_any()
+            } else {
+                collate_json(PyList::new(py, column)?)?.ok_or_else(|| {
+                    PyValueError::new_err("decoded JSON holds only what collate_json decides")
+                })?
+            };
+            out.set_item(key, value)?;
+        }
+        Ok(out.into_any())
+    }
 }

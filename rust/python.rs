@@ -13,7 +13,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use crate::columns::{Records, COLUMNS};
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
-use crate::py_items::{collate_json, ItemSource, SOURCE_KEY};
+use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::to_python::Builder;
@@ -501,6 +501,37 @@ fn item_sources<'py>(
         .collect()
 }
 
+/// The samples shipped by `ItemSources.pack`: (dataset number, record number, record bytes) each.
+fn shipped<'a>(
+    data: &'a [u8],
+    lengths: &[u8],
+    datasets: &[u8],
+    numbers: &[u8],
+) -> PyResult<Vec<(i64, i64, &'a [u8])>> {
+    if lengths.len() * 2 != numbers.len() {
+        return Err(PyValueError::new_err(
+            "lengths and numbers must describe the same records",
+        ));
+    }
+    let mut out = Vec::with_capacity(lengths.len() / 4);
+    let mut at = 0usize;
+    for ((d, i), len) in samples(datasets, numbers)?.zip(lengths.chunks_exact(4)) {
+        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
+        let bytes = at
+            .checked_add(len)
+            .and_then(|end| data.get(at..end))
+            .ok_or_else(|| PyValueError::new_err("record lengths exceed the shipped bytes"))?;
+        out.push((d, i, bytes));
+        at += len;
+    }
+    if at != data.len() {
+        return Err(PyValueError::new_err(
+            "record lengths do not add up to the shipped bytes",
+        ));
+    }
+    Ok(out)
+}
+
 /// Decodes samples shipped by `ItemSources.pack` into the same items `ItemSources.items` makes:
 /// `data` holds the records back to back, `lengths` their byte lengths (little-endian uint32);
 /// `datasets`, `numbers`, `names` and `prefixes` are as in `ItemSources`.
@@ -514,32 +545,35 @@ fn build_items<'py>(
     names: Vec<Py<PyString>>,
     prefixes: Vec<Py<PyString>>,
 ) -> PyResult<Bound<'py, PyList>> {
-    if lengths.len() * 2 != numbers.len() {
-        return Err(PyValueError::new_err(
-            "lengths and numbers must describe the same records",
-        ));
-    }
     let sources = item_sources(py, &names, &prefixes)?;
     let mut builder = item_builder();
     let list = PyList::empty(py);
-    let mut at = 0usize;
-    for ((d, i), len) in samples(datasets, numbers)?.zip(lengths.chunks_exact(4)) {
-        let len = u32::from_le_bytes(len.try_into().unwrap()) as usize;
-        let bytes = at
-            .checked_add(len)
-            .and_then(|end| data.get(at..end))
-            .ok_or_else(|| PyValueError::new_err("record lengths exceed the shipped bytes"))?;
+    for (d, i, bytes) in shipped(data, lengths, datasets, numbers)? {
         let record = builder.build(py, bytes)?;
         nth(&sources, d)?.finish(&record, i)?;
         list.append(record)?;
-        at += len;
-    }
-    if at != data.len() {
-        return Err(PyValueError::new_err(
-            "record lengths do not add up to the shipped bytes",
-        ));
     }
     Ok(list)
+}
+
+/// Like `collate(build_items(...))`, built column by column without the items in between.
+#[pyfunction]
+fn build_batch<'py>(
+    py: Python<'py>,
+    data: &[u8],
+    lengths: &[u8],
+    datasets: &[u8],
+    numbers: &[u8],
+    names: Vec<Py<PyString>>,
+    prefixes: Vec<Py<PyString>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let sources = item_sources(py, &names, &prefixes)?;
+    let mut builder = item_builder();
+    let mut batch = BatchBuilder::new(py);
+    for (d, i, bytes) in shipped(data, lengths, datasets, numbers)? {
+        batch.add(&mut builder, bytes, nth(&sources, d)?, i)?;
+    }
+    batch.finish()
 }
 
 /// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).
@@ -574,6 +608,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_index, m)?)?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(build_items, m)?)?;
+    m.add_function(wrap_pyfunction!(build_batch, m)?)?;
     m.add_function(wrap_pyfunction!(collate_records, m)?)?;
     m.add("SOURCE_KEY", SOURCE_KEY)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;

@@ -114,6 +114,54 @@ impl Builder {
         }
     }
 
+    /// Decodes the JSON object in `data` (already validated) member by member, calling
+    /// `member(key, value)` for each in order, without building the object itself.
+    pub fn build_members<'py>(
+        &mut self,
+        py: Python<'py>,
+        data: &[u8],
+        mut member: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let bad = |py: Python<'py>| {
+            PyErr::take(py).unwrap_or_else(|| {
+                PyValueError::new_err(
+                    "record bytes changed since they were indexed (not the JSON that was indexed)",
+                )
+            })
+        };
+        let mut c = Cursor { d: data, i: 0 };
+        self.items.clear();
+        if c.peek().map_err(|_| bad(py))? != b'{' {
+            return Err(bad(py));
+        }
+        c.i += 1;
+        if c.peek().map_err(|_| bad(py))? == b'}' {
+            return Ok(());
+        }
+        loop {
+            c.peek().map_err(|_| bad(py))?;
+            let key = self.string(py, &mut c).map_err(|_| bad(py))?;
+            if c.peek().map_err(|_| bad(py))? != b':' {
+                return Err(bad(py));
+            }
+            c.i += 1;
+            let value = self.value(py, &mut c, 1).map_err(|_| bad(py))?;
+            // SAFETY: `string` and `value` return new strong references, handed over here.
+            let (key, value) = unsafe {
+                (
+                    Bound::from_owned_ptr(py, key.into_ptr()),
+                    Bound::from_owned_ptr(py, value.into_ptr()),
+                )
+            };
+            member(key, value)?;
+            match c.peek().map_err(|_| bad(py))? {
+                b',' => c.i += 1,
+                b'}' => return Ok(()),
+                _ => return Err(bad(py)),
+            }
+        }
+    }
+
     fn value(&mut self, py: Python<'_>, c: &mut Cursor<'_>, depth: usize) -> BuildResult<Owned> {
         if depth > MAX_DEPTH {
             return Err(());

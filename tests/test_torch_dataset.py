@@ -429,7 +429,13 @@ def test_collate_pad_values_other_shapes_and_tuples():
     assert collate([1, 2, 3]) == [1, 2, 3]
 
 
-json_leaves = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=3)
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=3)
+)
 json_values = st.recursive(
     json_leaves,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abcd"), inner, max_size=3),
@@ -445,22 +451,63 @@ def test_rust_collate_of_json_items_equals_the_python_rules(items):
     from fusion_fast.torch import _collate
 
     by_rules = _collate(items, None, {}, 0)
-    fast = collate_records(items)
-    if fast is not None:  # None: a value only Python's rules may judge (here: dicts mixed with others)
-        assert fast == by_rules
-    else:
-        assert mixes_dicts_and_others(items)
+    assert collate_records(items) == by_rules
     assert collate(items) == by_rules
 
 
-def mixes_dicts_and_others(items: list) -> bool:
-    """Whether collating `items` meets a column whose first value is a dict and another is not."""
-    if not items or type(items[0]) is not dict:
-        return False
-    if not all(type(x) is dict for x in items):
-        return True
-    keys = dict.fromkeys(k for x in items for k in x)
-    return any(mixes_dicts_and_others([x.get(k) for x in items]) for k in keys)
+image_values = (
+    st.none()
+    | st.sampled_from(["a.png", "/abs/b.png", "", "dir/c d.png"])
+    | st.lists(st.sampled_from(["a.png", "/abs/b.png", "x/y.png"]), max_size=3)
+)
+member_values = {
+    "id": st.text(max_size=4) | st.integers(),
+    "image": image_values,
+    "_source": json_values,
+    "meta": json_values,
+    "conversations": st.lists(
+        st.fixed_dictionaries({"from": st.just("human"), "value": st.text(max_size=5)})
+    ),
+}
+#: A record as its members in order, a key possibly repeated (JSON allows it; the last value wins).
+records_as_members = st.lists(
+    st.lists(
+        st.sampled_from(sorted(member_values)).flatmap(lambda k: st.tuples(st.just(k), member_values[k])),
+        max_size=6,
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(records_as_members)
+def test_batches_built_from_shipped_bytes_equal_collated_items(tmp_path_factory, records):
+    """`build_batch` (what arrives from a worker) == `collate` of the items `build_items` makes, for any
+    key order, missing or repeated keys, an own `_source` key, nested values and image forms."""
+    from fusion_fast import _core
+
+    text = (
+        "["
+        + ",".join(
+            "{" + ",".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in members) + "}"
+            for members in records
+        )
+        + "]"
+    )
+    path = tmp_path_factory.mktemp("batch") / "b.json"
+    path.write_text(text, encoding="utf-8")
+    index = ff.open(path)
+    sources = _core.ItemSources([index._core, index._core], ["one", "two"], ["/img/", ""])
+    n = len(records)
+    datasets = np.array([k % 2 for k in range(n)], dtype="<i8").tobytes()
+    numbers = np.arange(n, dtype="<i8")[::-1].copy().tobytes()
+    data, lengths = sources.pack(datasets, numbers)
+    shipped = (data, lengths, datasets, numbers, sources.names, sources.prefixes)
+    items = _core.build_items(*shipped)
+    assert items == sources.items(datasets, numbers)
+    assert _core.build_batch(*shipped) == collate(items)
+    assert list(_core.build_batch(*shipped)) == list(collate(items))  # same key order
 
 
 def test_rust_collate_leaves_tensors_and_tuples_to_python():
@@ -468,7 +515,8 @@ def test_rust_collate_leaves_tensors_and_tuples_to_python():
 
     assert collate_records([{"x": torch.tensor([1])}]) is None
     assert collate_records([{"x": {"y": (1, 2)}}, {"x": {"y": (3, 4)}}]) is None
-    assert collate_records([{"a": 1}, 2]) is None  # not every item a dict: Python's rules decide
+    assert collate_records([{"a": 1}, torch.tensor(1)]) is None
+    assert collate_records([{"a": 1}, 2]) == [{"a": 1}, 2]  # dicts beside leaves stay a list
     assert collate_records([{"a": [1], "b": {"c": None}}, {"b": {"d": "x"}}]) == {
         "a": [[1], None],
         "b": {"c": [None, None], "d": [None, "x"]},

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
-from ._core import SOURCE_KEY, ItemSources, build_items, collate_records
+from ._core import SOURCE_KEY, ItemSources, build_batch, build_items, collate_records
 from .errors import CorruptIndexError, FusionFastError, IndexMissingError, RecordError, StaleIndexError
 from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from .index import open as open_index
@@ -234,7 +234,9 @@ class FusionDataset(Dataset[Any]):
         assert self._sources is not None
         return self._sources
 
-    def _locate_flagged(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _locate_flagged(
+        self, indices: Sequence[int] | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dataset numbers, record numbers (little-endian int64) and index flags of the samples at
         `indices`: the flags alone tell whether a record can become an item."""
         datasets, numbers = self.mixture.locate(indices)
@@ -454,7 +456,10 @@ def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: i
 
 
 def _unpack_collated(payload: _Payload, pads: Mapping[str, int | float], default: int | float) -> Any:
-    return _collate_items(_unpack(payload), pads, default)
+    """`collate` of a packed batch's items, built column by column in Rust (raw records hold no tensors,
+    so the pad values play no part)."""
+    with paused_gc():
+        return build_batch(*payload)
 
 
 class PackedBatch(MutableMapping[str, Any]):
