@@ -348,7 +348,7 @@ fn samples<'a>(
     datasets: &'a [u8],
     numbers: &'a [u8],
 ) -> PyResult<impl Iterator<Item = (i64, i64)> + 'a> {
-    if datasets.len() != numbers.len() || datasets.len() % 8 != 0 {
+    if datasets.len() != numbers.len() || !datasets.len().is_multiple_of(8) {
         return Err(PyValueError::new_err(
             "datasets and numbers must be int64 arrays of the same length",
         ));
