@@ -335,7 +335,7 @@ fn files_exist<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// The builder shared by `ItemSources` and `build_items` (its string cache stays warm).
+/// The builder shared by `ItemSources` and `decode_shipped` (its string cache stays warm).
 static ITEM_BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
 
 fn item_builder() -> std::sync::MutexGuard<'static, Builder> {
@@ -454,7 +454,7 @@ impl ItemSources {
     }
 
     /// The samples' bytes concatenated, and each one's length as little-endian uint32: a batch as a
-    /// worker process ships it, decoded by `build_items`.
+    /// worker process ships it, decoded by `decode_shipped`.
     fn pack<'py>(
         &self,
         py: Python<'py>,
@@ -532,11 +532,14 @@ fn shipped<'a>(
     Ok(out)
 }
 
-/// Decodes samples shipped by `ItemSources.pack` into the same items `ItemSources.items` makes:
-/// `data` holds the records back to back, `lengths` their byte lengths (little-endian uint32);
-/// `datasets`, `numbers`, `names` and `prefixes` are as in `ItemSources`.
+/// Decodes samples shipped by `ItemSources.pack`: `data` holds the records back to back, `lengths`
+/// their byte lengths (little-endian uint32); `datasets`, `numbers`, `names` and `prefixes` are as in
+/// `ItemSources`. Returns the items `ItemSources.items` makes or, with `collated=True`, their `collate`,
+/// built column by column without the items in between.
 #[pyfunction]
-fn build_items<'py>(
+#[pyo3(signature = (data, lengths, datasets, numbers, names, prefixes, *, collated=false))]
+#[allow(clippy::too_many_arguments)] // the shipped payload, spelled out for Python
+fn decode_shipped<'py>(
     py: Python<'py>,
     data: &[u8],
     lengths: &[u8],
@@ -544,36 +547,25 @@ fn build_items<'py>(
     numbers: &[u8],
     names: Vec<Py<PyString>>,
     prefixes: Vec<Py<PyString>>,
-) -> PyResult<Bound<'py, PyList>> {
+    collated: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let sources = item_sources(py, &names, &prefixes)?;
+    let records = shipped(data, lengths, datasets, numbers)?;
     let mut builder = item_builder();
+    if collated {
+        let mut batch = BatchBuilder::new(py);
+        for (d, i, bytes) in records {
+            batch.add(&mut builder, bytes, nth(&sources, d)?, i)?;
+        }
+        return batch.finish();
+    }
     let list = PyList::empty(py);
-    for (d, i, bytes) in shipped(data, lengths, datasets, numbers)? {
+    for (d, i, bytes) in records {
         let record = builder.build(py, bytes)?;
         nth(&sources, d)?.finish(&record, i)?;
         list.append(record)?;
     }
-    Ok(list)
-}
-
-/// Like `collate(build_items(...))`, built column by column without the items in between.
-#[pyfunction]
-fn build_batch<'py>(
-    py: Python<'py>,
-    data: &[u8],
-    lengths: &[u8],
-    datasets: &[u8],
-    numbers: &[u8],
-    names: Vec<Py<PyString>>,
-    prefixes: Vec<Py<PyString>>,
-) -> PyResult<Bound<'py, PyAny>> {
-    let sources = item_sources(py, &names, &prefixes)?;
-    let mut builder = item_builder();
-    let mut batch = BatchBuilder::new(py);
-    for (d, i, bytes) in shipped(data, lengths, datasets, numbers)? {
-        batch.add(&mut builder, bytes, nth(&sources, d)?, i)?;
-    }
-    batch.finish()
+    Ok(list.into_any())
 }
 
 /// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).
@@ -607,8 +599,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ItemSources>()?;
     m.add_function(wrap_pyfunction!(open_index, m)?)?;
     m.add_function(wrap_pyfunction!(scan_bytes, m)?)?;
-    m.add_function(wrap_pyfunction!(build_items, m)?)?;
-    m.add_function(wrap_pyfunction!(build_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_shipped, m)?)?;
     m.add_function(wrap_pyfunction!(collate_records, m)?)?;
     m.add("SOURCE_KEY", SOURCE_KEY)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;

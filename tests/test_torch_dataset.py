@@ -483,8 +483,8 @@ records_as_members = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(records_as_members)
 def test_batches_built_from_shipped_bytes_equal_collated_items(tmp_path_factory, records):
-    """`build_batch` (what arrives from a worker) == `collate` of the items `build_items` makes, for any
-    key order, missing or repeated keys, an own `_source` key, nested values and image forms."""
+    """The batch decoded from shipped bytes (what arrives from a worker) equals `collate` of the decoded
+    items, for any key order, missing or repeated keys, an own `_source` key, nested values and images."""
     from fusion_fast import _core
 
     text = (
@@ -504,10 +504,11 @@ def test_batches_built_from_shipped_bytes_equal_collated_items(tmp_path_factory,
     numbers = np.arange(n, dtype="<i8")[::-1].copy().tobytes()
     data, lengths = sources.pack(datasets, numbers)
     shipped = (data, lengths, datasets, numbers, sources.names, sources.prefixes)
-    items = _core.build_items(*shipped)
+    items = _core.decode_shipped(*shipped)
     assert items == sources.items(datasets, numbers)
-    assert _core.build_batch(*shipped) == collate(items)
-    assert list(_core.build_batch(*shipped)) == list(collate(items))  # same key order
+    batch = _core.decode_shipped(*shipped, collated=True)
+    assert batch == collate(items)
+    assert list(batch) == list(collate(items))  # same key order
 
 
 def test_rust_collate_leaves_tensors_and_tuples_to_python():

@@ -59,21 +59,15 @@ def open_index(
 def scan_bytes(
     data: bytes, format: str, *, chunk_size: int = 1048576, sequential: bool = False
 ) -> dict[str, bytes]: ...
-def build_items(
+def decode_shipped(
     data: bytes,
     lengths: bytes,
     datasets: bytes,
     numbers: bytes,
     names: list[str],
     prefixes: list[str],
-) -> list[dict[str, Any]]: ...
-def build_batch(
-    data: bytes,
-    lengths: bytes,
-    datasets: bytes,
-    numbers: bytes,
-    names: list[str],
-    prefixes: list[str],
+    *,
+    collated: bool = False,
 ) -> Any: ...
 def collate_records(items: list[Any]) -> Any | None: ...
 def files_exist(paths: list[str], base: str | None = None, threads: int | None = None) -> bytes: ...

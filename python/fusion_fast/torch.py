@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, get_worker_info
 
-from ._core import SOURCE_KEY, ItemSources, build_batch, build_items, collate_records
+from ._core import SOURCE_KEY, ItemSources, collate_records, decode_shipped
 from .errors import CorruptIndexError, FusionFastError, IndexMissingError, RecordError, StaleIndexError
 from .index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from .index import open as open_index
@@ -41,6 +41,8 @@ from .stage import is_stage_yaml
 
 __all__ = [
     "FusionDataset",
+    "PackedRecords",
+    "PackedBatch",
     "collate",
     "CudaPrefetcher",
     "ensure_indexed",
@@ -368,7 +370,8 @@ def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _P
 def _unpack(payload: _Payload) -> list[Any]:
     """The items of a packed batch, decoded in Rust."""
     with paused_gc():
-        return build_items(*payload)
+        items: list[Any] = decode_shipped(*payload)
+        return items
 
 
 class PackedRecords(Sequence[Any]):
@@ -459,7 +462,7 @@ def _unpack_collated(payload: _Payload, pads: Mapping[str, int | float], default
     """`collate` of a packed batch's items, built column by column in Rust (raw records hold no tensors,
     so the pad values play no part)."""
     with paused_gc():
-        return build_batch(*payload)
+        return decode_shipped(*payload, collated=True)
 
 
 class PackedBatch(MutableMapping[str, Any]):
