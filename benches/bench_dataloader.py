@@ -2,14 +2,22 @@
 fusion-fast's `FusionDataset` against FUSION's `list_data_dict` dataset (and Hugging Face `datasets`
 random access when it is installed), with the same DataLoader settings, in the same run.
 
-    python benches/bench_dataloader.py [--quick] [--data DIR] [--samples N] [--workers 2] [--batch 64]
-                                       [--baseline-records N] [--start-method fork] [--out FILE.json]
+    python benches/bench_dataloader.py [--quick] [--data DIR] [--samples N] [--rounds R] [--workers 2]
+                                       [--batch 64] [--baseline-records N] [--start-method fork]
+                                       [--out FILE.json]
 
 The stage is bench_mixture.py's: 9 files shaped like FUSION's Stage 1 (10M records; `--quick`: 100k),
 generated once into `--data` and indexed before anything is timed. Every loader shuffles (random
 access, as in training), uses `fusion_fast.torch.collate` and runs `--samples` samples after a warm-up.
-The baselines hold a subset of the mixture (`--baseline-records`) as `json.load`ed Python objects: all
-10M do not fit in memory; their worker memory grows with the subset (copy-on-write of touched objects).
+fusion-fast and FUSION's list take turns for `--rounds` rounds (the machine's speed wanders; each
+gets the same conditions): the median and the range are reported. The baselines hold a subset of the
+mixture (`--baseline-records`) as `json.load`ed Python objects: all 10M do not fit in memory; their
+worker memory grows with the subset (copy-on-write of touched objects).
+
+The first batch is timed from exec'ing a fresh `python` (best of 3), once with fusion-fast's shuffled
+sampler (`DistributedMixtureSampler`: a numpy permutation handed out in slices) and once with
+`shuffle=True` (torch's `RandomSampler`, which turns a permutation of every sample into a Python list
+before the first batch).
 
 Targets (issue 5, 2-core machine): >= 150k samples/s with batch 64 and 2 workers; <= 3 s from a fresh
 `python` to the first batch (including `import torch`); <= 100 MB private memory per worker.
@@ -22,6 +30,7 @@ import gc
 import importlib.util
 import json
 import multiprocessing
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -45,18 +54,26 @@ import json, sys, time
 started = time.perf_counter()
 import torch
 from torch.utils.data import DataLoader
+from fusion_fast.samplers import DistributedMixtureSampler
 from fusion_fast.torch import FusionDataset, collate
 imported = time.perf_counter()
 dataset = FusionDataset(sys.argv[1], root=sys.argv[2])
 n = len(dataset)
 opened = time.perf_counter()
-loader = DataLoader(dataset, batch_size=int(sys.argv[3]), shuffle=True, num_workers=int(sys.argv[4]),
-                    collate_fn=collate)
+if sys.argv[5] == "fusion-fast":
+    order = dict(sampler=DistributedMixtureSampler(n, seed=0))
+else:
+    order = dict(shuffle=True)
+loader = DataLoader(dataset, batch_size=int(sys.argv[3]), num_workers=int(sys.argv[4]), collate_fn=collate,
+                    **order)
 batch = next(iter(loader))
 done = time.perf_counter()
 print(json.dumps({"first_batch_at": time.time(), "import_s": imported - started, "open_s": opened - imported,
                   "loader_s": done - opened, "records": n, "batch": len(batch["id"])}), flush=True)
 """
+
+#: The samplers the first batch is timed with: fusion-fast's shuffled sampler, and `shuffle=True`.
+FIRST_BATCH_SAMPLERS = ("fusion-fast", "torch")
 
 
 class ListDataset(Dataset[Any]):
@@ -123,7 +140,7 @@ def hf_datasets(path: Path) -> Any:
     return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=tempfile.mkdtemp())
 
 
-def first_batch(stage: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]:
+def first_batch(stage: Path, data: Path, args: argparse.Namespace, sampler: str) -> dict[str, Any]:
     """From exec'ing a fresh `python` to its first batch (wall clock), best of 3 (cold caches aside)."""
     runs = []
     for _ in range(3):
@@ -137,6 +154,7 @@ def first_batch(stage: Path, data: Path, args: argparse.Namespace) -> dict[str, 
                 str(data),
                 str(args.batch),
                 str(args.workers),
+                sampler,
             ],
             stdout=subprocess.PIPE,
             text=True,
@@ -149,6 +167,26 @@ def first_batch(stage: Path, data: Path, args: argparse.Namespace) -> dict[str, 
     return min(runs, key=lambda r: r["seconds"])
 
 
+def rounds(loaders: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each loader in turn, `args.rounds` times: per loader the median rate, its range and the worker
+    memory of the last round."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
+    for _ in range(args.rounds):
+        for name, dataset in loaders.items():
+            runs[name].append(run_loader(dataset, args, args.workers))
+    out = {}
+    for name, results in runs.items():
+        rates = sorted(r["per_s"] for r in results)
+        out[name] = {
+            **results[-1],
+            "per_s": statistics.median(rates),
+            "per_s_min": rates[0],
+            "per_s_max": rates[-1],
+            "rounds": len(rates),
+        }
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="100k records in total instead of 10M")
@@ -156,6 +194,7 @@ def main() -> int:
     ap.add_argument(
         "--samples", type=int, default=None, help="samples timed per loader (200k quick, 2M full)"
     )
+    ap.add_argument("--rounds", type=int, default=None, help="turns per loader (1 quick, 3 full)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--baseline-records", type=int, default=1_000_000)
@@ -163,7 +202,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the raw figures here as JSON")
     args = ap.parse_args()
     scale = 0.01 if args.quick else 1.0
-    args.samples = args.samples or (200_000 if args.quick else 2_000_000)
+    args.samples = args.samples or (200_000 if args.quick else 1_000_000)
+    args.rounds = args.rounds or (1 if args.quick else 3)
     data = Path(
         args.data
         or Path(tempfile.gettempdir()) / f"fusion-fast-bench-mixture-{'quick' if args.quick else 'full'}"
@@ -179,25 +219,25 @@ def main() -> int:
         **prep,
     }
 
-    results["first_batch"] = first_batch(stage, data, args)
+    results["first_batch"] = {name: first_batch(stage, data, args, name) for name in FIRST_BATCH_SAMPLERS}
 
     dataset = FusionDataset(stage, root=data)
     results["selected"] = len(dataset)
-    results["fusion_fast"] = run_loader(dataset, args, args.workers)
-    results["fusion_fast_in_process"] = run_loader(dataset, args, 0)
-    results["fusion_fast_1_worker"] = run_loader(dataset, args, 1)
-
     subset = subset_file(dataset.mixture, args.baseline_records, data / "baseline-subset.json")
     gc.collect()
     t = time.perf_counter()
     with open(subset, encoding="utf-8") as f:
         list_data_dict = json.load(f)
     load_s = time.perf_counter() - t
+    both = rounds({"fusion_fast": dataset, "list_data_dict": ListDataset(list_data_dict)}, args)
+    results["fusion_fast"] = both["fusion_fast"]
     results["list_data_dict"] = {
         "records": len(list_data_dict),
         "json_load_s": load_s,
-        **run_loader(ListDataset(list_data_dict), args, args.workers),
+        **both["list_data_dict"],
     }
+    results["fusion_fast_in_process"] = run_loader(dataset, args, 0)
+    results["fusion_fast_1_worker"] = run_loader(dataset, args, 1)
     results["list_data_dict_in_process"] = run_loader(ListDataset(list_data_dict), args, 0)
     del list_data_dict
     gc.collect()
@@ -220,25 +260,36 @@ def report(r: dict[str, Any]) -> str:
     mib = 2**20
 
     def rate(x: dict[str, Any] | None) -> str:
-        return f"{x['per_s']:,.0f}" if x else "not installed"
+        if not x:
+            return "not installed"
+        if x.get("rounds", 1) > 1:
+            return f"{x['per_s']:,.0f} ({x['per_s_min']:,.0f}-{x['per_s_max']:,.0f})"
+        return f"{x['per_s']:,.0f}"
 
     def memory(x: dict[str, Any] | None) -> str:
         if not x:
             return "-"
         return " / ".join(f"{m / mib:.0f}" for m in x["worker_private"]) + " MiB"
 
+    def first(fb: dict[str, Any]) -> str:
+        return (
+            f"{fb['seconds']:.2f} s (import {fb['import_s']:.2f} s, open {fb['open_s'] * 1e3:.0f} ms, "
+            f"loader {fb['loader_s']:.2f} s)"
+        )
+
     fb = r["first_batch"]
     per_record_load = base["json_load_s"] / base["records"]
     rows = [
         [
-            f"samples/s (batch {r['batch']}, {r['workers']} workers, shuffled)",
+            f"samples/s (batch {r['batch']}, {r['workers']} workers, shuffled; median (range) of "
+            f"{ff.get('rounds', 1)} alternating rounds)",
             rate(ff),
             rate(base),
             rate(hf),
             ">= 150k",
         ],
         [
-            "fusion-fast's rate / this one",
+            "fusion-fast's rate / this one (medians)",
             "-",
             f"{ff['per_s'] / base['per_s']:.2f}x",
             f"{ff['per_s'] / hf['per_s']:.2f}x" if hf else "-",
@@ -251,13 +302,7 @@ def report(r: dict[str, Any]) -> str:
             rate(r.get("hf_datasets_in_process")),
             "",
         ],
-        [
-            "samples/s, fusion-fast with 1 worker",
-            rate(r.get("fusion_fast_1_worker")),
-            "",
-            "",
-            "",
-        ],
+        ["samples/s, fusion-fast with 1 worker", rate(r.get("fusion_fast_1_worker")), "", "", ""],
         [
             f"private memory per worker ({r['start_method']}, after the samples)",
             memory(ff),
@@ -266,13 +311,19 @@ def report(r: dict[str, Any]) -> str:
             "<= 100 MB",
         ],
         [
-            "fresh `python` -> first batch (incl. import torch)",
-            f"{fb['seconds']:.2f} s (import {fb['import_s']:.2f} s, open {fb['open_s'] * 1e3:.0f} ms, "
-            f"loader {fb['loader_s']:.2f} s)",
+            "fresh `python` -> first batch, fusion-fast's shuffled sampler (incl. import torch)",
+            first(fb["fusion-fast"]),
             f"{per_record_load * n:.0f} s json.load extrapolated ({per_record_load * 1e6:.1f} us/record, "
             f"measured {base['json_load_s']:.1f} s on {base['records']:,})",
             "-",
             "<= 3 s",
+        ],
+        [
+            "fresh `python` -> first batch, `shuffle=True` (torch's RandomSampler)",
+            first(fb["torch"]),
+            "",
+            "-",
+            "",
         ],
     ]
     head = (
