@@ -235,11 +235,7 @@ impl Index {
 }
 
 fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
-    s.parse().map_err(|_| {
-        PyValueError::new_err(format!(
-            "rebuild must be 'auto', 'never' or 'always', not {s:?}"
-        ))
-    })
+    s.parse().map_err(PyValueError::new_err)
 }
 
 /// Opens the index of `path`, building it (with the GIL released) when needed and allowed.

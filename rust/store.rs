@@ -27,15 +27,15 @@ pub enum Rebuild {
 }
 
 impl std::str::FromStr for Rebuild {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Rebuild> {
+    /// What was wrong with the value (an argument, not an I/O problem).
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Rebuild, String> {
         match s {
             "auto" => Ok(Rebuild::Auto),
             "never" => Ok(Rebuild::Never),
             "always" => Ok(Rebuild::Always),
-            _ => Err(Error::new(
-                ErrorKind::Io,
-                format!("rebuild must be 'auto', 'never' or 'always', not {s:?}"),
+            _ => Err(format!(
+                "rebuild must be 'auto', 'never' or 'always', not {s:?}"
             )),
         }
     }

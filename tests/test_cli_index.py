@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,10 @@ def test_info_and_show(tmp_path, capsys):
     )
     assert main(["info", str(path), "--verify"]) == 0
     out = capsys.readouterr().out
-    assert "records" in out and "2" in out and "all column checksums" in out
+    assert "all column checksums" in out
+    counts = dict(re.findall(r"│ ([a-z/ -]+?) +│ ([0-9,]+) +│", out))
+    assert counts["records"] == "2" and counts["with image key"] == "1" and counts["text-only"] == "1"
+    assert counts["bad/missing conversations"] == "1" and counts["multi-image"] == "0"
     assert main(["show", str(path), "1", "-2"]) == 0
     shown = capsys.readouterr().out
     assert '"id": "y"' in shown and '"id": "x"' in shown

@@ -163,6 +163,15 @@ class JsonIndex(RecordSequence):
     def __len__(self) -> int:
         return len(self._core)
 
+    @overload
+    def __getitem__(self, i: int) -> Any: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Any]: ...
+    def __getitem__(self, i: int | slice) -> Any:
+        if type(i) is int:  # random access, the hot path: straight to Rust
+            return self._core.get(i)
+        return super().__getitem__(i)
+
     def _get_one(self, i: int) -> Any:
         return self._core.get(i)
 

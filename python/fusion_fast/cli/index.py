@@ -10,7 +10,7 @@ import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from ..index import Rebuild
+from ..index import BAD_CONVERSATIONS, HAS_IMAGE, HAS_VIDEO, NO_CONVERSATIONS, Rebuild
 from ..index import open as open_index
 from ..indexing import IndexReport, expand_targets, index_file
 from .output import console, error_console, human_bytes
@@ -98,8 +98,9 @@ def run_index(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     idx = open_index(args.path, index_dir=args.index_dir, rebuild="auto", verify=args.verify or None)
-    df = idx.to_polars()
-    words = idx.columns["words"]
+    columns = idx.columns
+    words, flags = columns["words"], columns["flags"]
+    has_image, has_video = (flags & HAS_IMAGE) != 0, (flags & HAS_VIDEO) != 0
     h = idx.header
     table = Table(title=f"{Path(idx.path).name}", show_header=False)
     table.add_column("key")
@@ -111,17 +112,17 @@ def run_info(args: argparse.Namespace) -> int:
         "records": f"{len(idx):,}",
         "source size": human_bytes(h["source_size"]),
         "fingerprint": h["source_fingerprint"],
-        "with image key": f"{int(df['has_image'].sum()):,}",
-        "multi-image": f"{int((df['images'] > 1).sum()):,}",
-        "video": f"{int(df['has_video'].sum()):,}",
-        "text-only": f"{int((~df['has_image'] & ~df['has_video']).sum()):,}",
-        "bad/missing conversations": f"{int((~df['conversations_ok']).sum()):,}",
+        "with image key": f"{int(has_image.sum()):,}",
+        "multi-image": f"{int((columns['images'] > 1).sum()):,}",
+        "video": f"{int(has_video.sum()):,}",
+        "text-only": f"{int((~has_image & ~has_video).sum()):,}",
+        "bad/missing conversations": f"{int((flags & (NO_CONVERSATIONS | BAD_CONVERSATIONS) != 0).sum()):,}",
         "words mean / p50 / p95": (
             f"{words.mean():.1f} / {np.percentile(words, 50):.0f} / {np.percentile(words, 95):.0f}"
             if len(idx)
             else "-"
         ),
-        "turns mean": f"{idx.columns['turns'].mean():.2f}" if len(idx) else "-",
+        "turns mean": f"{columns['turns'].mean():.2f}" if len(idx) else "-",
         "verified": "all column checksums" if args.verify else "header",
     }
     for k, v in rows.items():
