@@ -11,7 +11,6 @@ file), once building the index and then with the index already built.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_time, machine, machine_markdown, repeat, table  # noqa: E402
+from common import fmt_time, machine, machine_markdown, publish, repeat, table  # noqa: E402
 from fusion_fast import _core, synth  # noqa: E402
 from fusion_fast.check import run_check  # noqa: E402
 from fusion_fast.index import open as open_index  # noqa: E402
@@ -135,27 +134,26 @@ def main() -> None:
         ]
 
     m = machine()
-    print(f"## fusion-fast check ({'quick' if args.quick else 'full'})\n")
-    print(machine_markdown(m) + "\n")
-    print(
-        f"### File existence, warm cache ({n_files:,} files created in {created:.1f} s, "
-        f"plus {int(n_files * MISSING_SHARE):,} missing paths; target ≥ 200,000 paths/s)\n"
+    markdown = "\n".join(
+        [
+            f"## fusion-fast check ({'quick' if args.quick else 'full'})\n",
+            machine_markdown(m) + "\n",
+            f"### File existence, warm cache ({n_files:,} files created in {created:.1f} s, "
+            f"plus {int(n_files * MISSING_SHARE):,} missing paths; target ≥ 200,000 paths/s)\n",
+            table(["method", "paths", "time (median, min–max)", "paths/s", "vs baseline"], exist_rows),
+            f"\n### Whole check of a generated playground ({first.records:,} records, {images:,} image and "
+            "video references, no `--decode`)\n",
+            table(["run", "time (median, min–max)", "records/s", "paths/s"], check_rows),
+        ]
     )
-    print(table(["method", "paths", "time (median, min–max)", "paths/s", "vs baseline"], exist_rows))
-    print(
-        f"\n### Whole check of a generated playground ({first.records:,} records, {images:,} image and "
-        "video references, no `--decode`)\n"
-    )
-    print(table(["run", "time (median, min–max)", "records/s", "paths/s"], check_rows))
-    if args.out:
-        doc = {
-            "machine": m,
-            "files": n_files,
-            "records": first.records,
-            "exist": runs,
-            "check": {"cold_s": cold, "warm": warm, "images": images},
-        }
-        Path(args.out).write_text(json.dumps(doc, indent=1))
+    doc = {
+        "machine": m,
+        "files": n_files,
+        "records": first.records,
+        "exist": runs,
+        "check": {"cold_s": cold, "warm": warm, "images": images},
+    }
+    publish(markdown, doc, args.out)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
-from common import machine, machine_markdown, table  # noqa: E402
+from common import machine, machine_markdown, publish, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import FusionDataset, collate, private_memory  # noqa: E402
 
@@ -248,9 +248,7 @@ def main() -> int:
         results["hf_datasets_in_process"] = run_loader(hf, args, 0)
     subset.unlink()
 
-    print(report(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    publish(report(results), results, args.out)
     return 0
 
 

@@ -10,7 +10,6 @@ indexing ≤ 64 MiB + 24 B per record beyond the mapped file.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -19,7 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusion_fast as ff  # noqa: E402
-from common import PEAK_RSS, fmt_time, machine, machine_markdown, repeat, run_child, table  # noqa: E402
+from common import (  # noqa: E402
+    PEAK_RSS,
+    fmt_time,
+    machine,
+    machine_markdown,
+    publish,
+    repeat,
+    run_child,
+    table,
+)
 from fusion_fast import synth  # noqa: E402
 
 
@@ -208,9 +216,7 @@ def main() -> None:
                 dr = run_child(f"P = {str(path)!r}; N = {n}\n" + DATASETS_RANDOM)
                 r["random_access_per_s"]["datasets ds[i]"] = None if dr.get("skipped") else dr["per_s"]
         results["files"][kind] = r
-    print(render(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    publish(render(results), results, args.out)
 
 
 def render(results: dict) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fmt_time, machine, machine_markdown, repeat, run_child, table  # noqa: E402
+from common import fmt_time, machine, machine_markdown, publish, repeat, run_child, table  # noqa: E402
 from fusion_fast import Mixture, synth  # noqa: E402
 from fusion_fast.index import open as open_index  # noqa: E402
 from fusion_fast.samplers import LengthGroupedSampler  # noqa: E402
@@ -232,9 +232,7 @@ def main() -> int:
         results["export"] = {"seconds": time.perf_counter() - t, "bytes": size}
         out.unlink()
 
-    print(report(results))
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    publish(report(results), results, args.out)
     return 0
 
 

@@ -7,7 +7,6 @@ linearly, so GB/s stays flat from 0.25 to 4 GiB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fusion_fast as ff  # noqa: E402
 from bench_index import ensure_data, parse_size, read_floor  # noqa: E402
-from common import fmt_time, machine, machine_markdown, repeat, table  # noqa: E402
+from common import fmt_time, machine, machine_markdown, publish, repeat, table  # noqa: E402
 
 
 def main() -> None:
@@ -58,25 +57,23 @@ def main() -> None:
                 f"{two / r['read_stream_s']:.1f}×",
             ]
         )
-    print("### Build scaling: threads and file size\n")
-    print(machine_markdown(results["machine"]) + "\n")
-    print(
-        table(
-            [
-                "format",
-                "size",
-                "1 thread",
-                "GB/s",
-                "2 threads",
-                "GB/s",
-                "speed-up",
-                "2 threads vs streaming read",
-            ],
-            rows,
-        )
+    headers = [
+        "format",
+        "size",
+        "1 thread",
+        "GB/s",
+        "2 threads",
+        "GB/s",
+        "speed-up",
+        "2 threads vs streaming read",
+    ]
+    markdown = (
+        "### Build scaling: threads and file size\n\n"
+        + machine_markdown(results["machine"])
+        + "\n\n"
+        + table(headers, rows)
     )
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1))
+    publish(markdown, results, args.out)
 
 
 if __name__ == "__main__":

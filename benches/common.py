@@ -144,3 +144,10 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
+
+
+def publish(markdown: str, results: dict[str, Any], out: str | None) -> None:
+    """Prints a benchmark's Markdown report and, given `--out`, writes its raw figures there as JSON."""
+    print(markdown)
+    if out:
+        Path(out).write_text(json.dumps(results, indent=1))
