@@ -15,7 +15,7 @@ const MAX_TRACKED_DEPTH: usize = 256;
 const BACKSLASH_LOOKBACK: usize = 4096;
 
 /// One chunk under one hypothesis about its starting string state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Hypothesis {
     /// Net change of bracket depth over the chunk.
     pub delta: i64,
@@ -54,7 +54,7 @@ impl Hypothesis {
 }
 
 /// Both hypotheses for one chunk: index 0 starts outside a string, index 1 inside.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChunkShape {
     pub hyp: [Hypothesis; 2],
 }
@@ -92,6 +92,7 @@ struct BlockMasks {
     structural: u64,
 }
 
+/// SSE2 (the x86_64 baseline) or scalar masks of a block.
 #[inline]
 fn block_masks(block: &[u8; 64]) -> BlockMasks {
     #[cfg(target_arch = "x86_64")]
@@ -135,8 +136,53 @@ fn block_masks(block: &[u8; 64]) -> BlockMasks {
     }
 }
 
-/// Summarises `data[start..end]` under both starting string states.
+/// The same masks with AVX-512BW: each comparison of the whole block yields its 64-bit mask directly.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+#[inline]
+fn block_masks_avx512(block: &[u8; 64]) -> BlockMasks {
+    use std::arch::x86_64::*;
+    // SAFETY: the load reads exactly the 64 bytes of `block`; the caller runs on a CPU with AVX-512BW.
+    unsafe {
+        let v = _mm512_loadu_si512(block.as_ptr() as *const __m512i);
+        let eq = |c: u8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(c as i8));
+        // '[' 0x5B / '{' 0x7B and ']' 0x5D / '}' 0x7D differ only in bit 0x20.
+        let folded = _mm512_or_si512(v, _mm512_set1_epi8(0x20));
+        let brackets = _mm512_cmpeq_epi8_mask(folded, _mm512_set1_epi8(b'{' as i8))
+            | _mm512_cmpeq_epi8_mask(folded, _mm512_set1_epi8(b'}' as i8));
+        BlockMasks {
+            quote: eq(b'"'),
+            backslash: eq(b'\\'),
+            structural: brackets | eq(b','),
+        }
+    }
+}
+
+/// Summarises `data[start..end]` under both starting string states, with the widest block masks the
+/// CPU offers (checked at run time: one build serves every x86_64 machine).
 pub fn chunk_shape(data: &[u8], start: usize, end: usize) -> ChunkShape {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512BW (and so AVX-512F), checked just above.
+        return unsafe { chunk_shape_avx512(data, start, end) };
+    }
+    shape_with(data, start, end, block_masks)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,popcnt,bmi1")]
+fn chunk_shape_avx512(data: &[u8], start: usize, end: usize) -> ChunkShape {
+    shape_with(data, start, end, |block| block_masks_avx512(block))
+}
+
+/// The pass itself, inlined into each entry point so that it is compiled with its CPU features.
+#[inline(always)]
+fn shape_with(
+    data: &[u8],
+    start: usize,
+    end: usize,
+    masks: impl Fn(&[u8; 64]) -> BlockMasks,
+) -> ChunkShape {
     let mut shape = ChunkShape::default();
     let run = data[start.saturating_sub(BACKSLASH_LOOKBACK)..start]
         .iter()
@@ -157,7 +203,7 @@ pub fn chunk_shape(data: &[u8], start: usize, end: usize) -> ChunkShape {
             block[..n].copy_from_slice(&data[pos..end]);
             &block
         };
-        let m = block_masks(bytes);
+        let m = masks(bytes);
         let quotes = m.quote & !escaped_bits(m.backslash, &mut prev_escaped);
         let in_string = prefix_xor(quotes) ^ in_string_carry;
         in_string_carry = ((in_string as i64) >> 63) as u64;
@@ -194,6 +240,29 @@ mod tests {
         let escaped = escaped_bits(backslash, &mut prev);
         assert_eq!(escaped & (1 << 3), 1 << 3);
         assert_eq!(escaped & (1 << 6), 0);
+    }
+
+    #[test]
+    fn every_mask_width_gives_the_same_shape() {
+        // Pseudo-random documents over JSON's structural characters, escapes and a few letters.
+        let alphabet = b"[]{},:\\\" ab1";
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            alphabet[(x % alphabet.len() as u64) as usize]
+        };
+        for len in [0usize, 1, 63, 64, 65, 127, 200, 1000] {
+            for _ in 0..50 {
+                let doc: Vec<u8> = (0..len).map(|_| next()).collect();
+                for start in [0, len / 3] {
+                    // On this CPU `chunk_shape` may take the AVX-512 path; `shape_with` + SSE2 is the base.
+                    let base = shape_with(&doc, start, len, block_masks);
+                    assert_eq!(chunk_shape(&doc, start, len), base);
+                }
+            }
+        }
     }
 
     #[test]
