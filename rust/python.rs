@@ -70,7 +70,6 @@ impl Progress {
 #[pyclass(module = "fusion_fast._core", frozen)]
 struct Index {
     inner: JsonIndex,
-    builder: Mutex<Builder>,
 }
 
 impl Index {
@@ -87,9 +86,9 @@ impl Index {
 
     fn parse<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
         let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
-        // The GIL is held, so the lock is never contended; it only satisfies `Sync`.
-        let mut builder = self.builder.lock().unwrap_or_else(|e| e.into_inner());
-        builder.build(py, raw).map_err(|e| self.changed(py, i, e))
+        shared_builder()
+            .build(py, raw)
+            .map_err(|e| self.changed(py, i, e))
     }
 
     /// The error for record `i` whose bytes no longer decode.
@@ -266,10 +265,7 @@ fn open_index(
     let inner = py
         .detach(|| store::open(&path, &opts))
         .map_err(|e| to_py_err(py, e))?;
-    Ok(Index {
-        inner,
-        builder: Mutex::new(Builder::default()),
-    })
+    Ok(Index { inner })
 }
 
 /// Scans `data` without writing an index and returns each column as little-endian bytes.
@@ -331,12 +327,12 @@ fn files_exist<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// The builder shared by `ItemSources` and `decode_shipped` (its string cache stays warm).
-static ITEM_BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
+/// The one record builder (its string cache of keys and short values stays warm across calls).
+static BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
 
-fn item_builder() -> std::sync::MutexGuard<'static, Builder> {
+fn shared_builder() -> std::sync::MutexGuard<'static, Builder> {
     // The GIL is held by every caller, so the lock is never contended; it only satisfies `Sync`.
-    ITEM_BUILDER.lock().unwrap_or_else(|e| e.into_inner())
+    BUILDER.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Samples given as two little-endian int64 arrays of equal length: dataset and record numbers.
@@ -371,6 +367,14 @@ struct ItemSources {
     indexes: Vec<Py<Index>>,
     names: Vec<Py<PyString>>,
     prefixes: Vec<Py<PyString>>,
+}
+
+impl ItemSources {
+    /// Sample (`d`, `i`): its dataset's index and the record's position in it.
+    fn sample(&self, d: i64, i: i64) -> PyResult<(&Index, usize)> {
+        let index = nth(&self.indexes, d)?.get();
+        Ok((index, index.position(i)?))
+    }
 }
 
 #[pymethods]
@@ -419,8 +423,8 @@ impl ItemSources {
             .collect();
         let mut out = Vec::with_capacity(datasets.len() / 8);
         for (d, i) in samples(datasets, numbers)? {
-            let index = nth(&self.indexes, d)?.get();
-            out.push(nth(&columns, d)?[index.position(i)?]);
+            let (_, i) = self.sample(d, i)?;
+            out.push(nth(&columns, d)?[i]);
         }
         Ok(PyBytes::new(py, &out))
     }
@@ -434,15 +438,10 @@ impl ItemSources {
         numbers: &[u8],
     ) -> PyResult<Bound<'py, PyList>> {
         let sources = item_sources(py, &self.names, &self.prefixes)?;
-        let mut builder = item_builder();
         let list = PyList::empty(py);
         for (d, i) in samples(datasets, numbers)? {
-            let index = nth(&self.indexes, d)?.get();
-            let i = index.position(i)?;
-            let raw = index.inner.raw(i).map_err(|e| to_py_err(py, e))?;
-            let record = builder
-                .build(py, raw)
-                .map_err(|e| index.changed(py, i, e))?;
+            let (index, i) = self.sample(d, i)?;
+            let record = index.parse(py, i)?;
             nth(&sources, d)?.finish(&record, i as i64)?;
             list.append(record)?;
         }
@@ -459,13 +458,8 @@ impl ItemSources {
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         let mut spans = Vec::with_capacity(datasets.len() / 8);
         for (d, i) in samples(datasets, numbers)? {
-            let index = nth(&self.indexes, d)?.get();
-            spans.push(
-                index
-                    .inner
-                    .raw(index.position(i)?)
-                    .map_err(|e| to_py_err(py, e))?,
-            );
+            let (index, i) = self.sample(d, i)?;
+            spans.push(index.inner.raw(i).map_err(|e| to_py_err(py, e))?);
         }
         let total = spans.iter().map(|s| s.len()).sum();
         let data = PyBytes::new_with(py, total, |out| {
@@ -547,7 +541,7 @@ fn decode_shipped<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let sources = item_sources(py, &names, &prefixes)?;
     let records = shipped(data, lengths, datasets, numbers)?;
-    let mut builder = item_builder();
+    let mut builder = shared_builder();
     if collated {
         let mut batch = BatchBuilder::new(py);
         for (d, i, bytes) in records {

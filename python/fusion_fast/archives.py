@@ -25,6 +25,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import lzma
 import os
@@ -275,8 +276,12 @@ class Archive:
         return io.BufferedReader(ConcatFile(self.parts), _COPY_BUFFER)
 
     def members(self, limit: int | None = None) -> Iterator[str]:
-        """Paths of the files (regular files and links) in the archive, checked, in archive order."""
-        count = 0
+        """Paths of the files (regular files and links) in the archive, checked, in archive order;
+        the first `limit` of them when given."""
+        paths = self._member_paths()
+        return paths if limit is None else itertools.islice(paths, limit)
+
+    def _member_paths(self) -> Iterator[str]:
         with self._reading():
             if self.kind == "zip":
                 with self._open() as raw, zipfile.ZipFile(raw) as zf:
@@ -284,9 +289,6 @@ class Archive:
                         path = self._check_zip_member(info)
                         if path is not None and not info.is_dir():
                             yield path
-                            count += 1
-                            if limit is not None and count >= limit:
-                                return
                 return
             with self._open() as raw, _open_tar_stream(raw) as tf:
                 while (m := tf.next()) is not None:
@@ -294,9 +296,6 @@ class Archive:
                     path = self._check_tar_member(m)
                     if path is not None and not m.isdir():
                         yield path
-                        count += 1
-                        if limit is not None and count >= limit:
-                            return
                 _raise_if_unterminated(tf, self.key)
 
     def extract(self, dest: Path, progress: Progress | None = None) -> Extracted:

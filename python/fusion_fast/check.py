@@ -719,19 +719,15 @@ def _role_problem(roles: list[str]) -> str | None:
 def _record_problems(rec: dict[str, Any], i: int, rid: Any, refs: _Refs) -> list[tuple[str, str]]:
     """(kind, detail) of everything wrong with one record object; its image/video paths go to `refs`."""
     found: list[tuple[str, str]] = []
-    images = videos = 0
-    if "image" in rec:
-        paths, bad = _paths_of(rec["image"], "image")
-        refs.add(i, rid, paths, False)
-        images = len(paths)
-        if bad:
-            found.append(("malformed_record", bad))
-    if "video" in rec:
-        paths, bad = _paths_of(rec["video"], "video")
-        refs.add(i, rid, paths, True)
-        videos = len(paths)
-        if bad:
-            found.append(("malformed_record", bad))
+    counts = {"image": 0, "video": 0}
+    for key in counts:
+        if key in rec:
+            paths, bad = _paths_of(rec[key], key)
+            refs.add(i, rid, paths, key == "video")
+            counts[key] = len(paths)
+            if bad:
+                found.append(("malformed_record", bad))
+    images, videos = counts["image"], counts["video"]
     conv_found, text = _conversation_text(rec.get("conversations"))
     found += conv_found
     if text is not None and not found:
