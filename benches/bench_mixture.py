@@ -26,6 +26,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.fusion_reference
+from tests.fusion_reference import fusion_lengths, fusion_modality_lengths  # noqa: E402
+
 from common import fmt_time, machine, machine_markdown, publish, repeat, run_child, table  # noqa: E402
 from fusion_fast import Mixture, synth  # noqa: E402
 from fusion_fast.index import open as open_index  # noqa: E402
@@ -69,25 +72,6 @@ gc.collect()
 after = private()
 print(json.dumps({"records": len(mix), "seconds": seconds, **{k: after[k] - before[k] for k in after}}))
 """
-
-
-def fusion_lengths(list_data_dict: list[Any]) -> list[int]:
-    """FUSION's `LazySupervisedDataset.lengths`, verbatim in substance."""
-    length_list = []
-    for sample in list_data_dict:
-        img_tokens = 128 if "image" in sample else 0
-        length_list.append(sum(len(conv["value"].split()) for conv in sample["conversations"]) + img_tokens)
-    return length_list
-
-
-def fusion_modality_lengths(list_data_dict: list[Any]) -> list[int]:
-    """FUSION's `LazySupervisedDataset.modality_lengths`."""
-    length_list = []
-    for sample in list_data_dict:
-        cur_len = sum(len(conv["value"].split()) for conv in sample["conversations"])
-        cur_len = cur_len if "image" in sample else -cur_len
-        length_list.append(cur_len)
-    return length_list
 
 
 def encoded_pool(seed: int) -> list[tuple[bytes, bytes]]:

@@ -12,6 +12,7 @@ import fusion_fast as ff
 from fusion_fast import synth
 
 from .conftest import write
+from .fusion_reference import fusion_lengths, fusion_modality_lengths
 
 RECORDS = [
     {
@@ -29,16 +30,6 @@ RECORDS = [
     {"id": "f"},
     [1, 2, 3],
 ]
-
-
-def fusion_lengths(records):
-    """FUSION's `lengths` / `modality_lengths`, for records whose values are all strings."""
-    lengths, modality = [], []
-    for r in records:
-        words = sum(len(c["value"].split()) for c in r["conversations"])
-        lengths.append(words + (128 if "image" in r else 0))
-        modality.append(words if "image" in r else -words)
-    return lengths, modality
 
 
 @pytest.fixture
@@ -73,7 +64,7 @@ def test_metadata_columns(data_file):
     assert (flags & 2).tolist() == [0, 0, 0, 2, 0, 0, 0]
     assert flags[4] & 8 and flags[5] & 4 and flags[6] & 16
     ok = RECORDS[:4]
-    lengths, modality = fusion_lengths(ok)
+    lengths, modality = fusion_lengths(ok), fusion_modality_lengths(ok)
     assert idx.lengths[:4].tolist() == lengths
     assert idx.modality_lengths[:4].tolist() == modality
     assert idx.lengths.dtype == np.int64
@@ -135,7 +126,7 @@ def test_generated_file_matches_json_load_and_python_split(tmp_path):
         idx = ff.open(path, threads=2)
         assert len(idx) == len(ref)
         assert idx.get_many(range(len(ref))) == ref
-        lengths, modality = fusion_lengths(ref)
+        lengths, modality = fusion_lengths(ref), fusion_modality_lengths(ref)
         assert idx.lengths.tolist() == lengths
         assert idx.modality_lengths.tolist() == modality
 

@@ -26,6 +26,7 @@ from fusion_fast.mixture import smallest_positions
 from fusion_fast.synth import write_file
 
 from .conftest import write
+from .fusion_reference import fusion_lengths, fusion_modality_lengths
 
 # -- the reference: FUSION's loader and properties, from the issue text, over json.load ------------------
 
@@ -63,22 +64,6 @@ def fusion_list_data_dict(yaml_path: Path, root: Path) -> list[Any]:
                 raise AssertionError(f"the reference has no {name}")
         out.extend(data)
     return out
-
-
-def fusion_lengths(records: list[Any]) -> list[int]:
-    length_list = []
-    for sample in records:
-        img_tokens = 128 if "image" in sample else 0
-        length_list.append(sum(len(conv["value"].split()) for conv in sample["conversations"]) + img_tokens)
-    return length_list
-
-
-def fusion_modality_lengths(records: list[Any]) -> list[int]:
-    length_list = []
-    for sample in records:
-        cur_len = sum(len(conv["value"].split()) for conv in sample["conversations"])
-        length_list.append(cur_len if "image" in sample else -cur_len)
-    return length_list
 
 
 def make_stage(root: Path, entries: list[dict[str, Any]], name: str = "stage.yaml") -> Path:
