@@ -613,6 +613,26 @@ def test_packed_records_behave_as_the_items(stage):
     assert packed == [{**expected[0], "id": "changed too"}, *expected[1:]]
 
 
+def test_damaged_shipments_raise_instead_of_crashing(stage):
+    from fusion_fast import _core
+    from fusion_fast.torch import _pack
+
+    ds = FusionDataset(stage["yaml"], root=stage["root"])
+    data, lengths, datasets, numbers, names, prefixes = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
+    for collated in (False, True):
+        decode = functools.partial(_core.decode_shipped, collated=collated)
+        with pytest.raises(ValueError, match="exceed the shipped bytes"):
+            decode(data[:-5], lengths, datasets, numbers, names, prefixes)
+        with pytest.raises(ValueError, match="do not add up"):
+            decode(data + b" ", lengths, datasets, numbers, names, prefixes)
+        with pytest.raises(ValueError, match="same records"):
+            decode(data, lengths[:4], datasets, numbers, names, prefixes)
+        with pytest.raises(ValueError, match="changed since they were indexed"):
+            decode(b"[" + data[1:], lengths, datasets, numbers, names, prefixes)
+        with pytest.raises(IndexError, match="dataset number 7"):
+            decode(data, lengths, (7).to_bytes(8, "little") * 2, numbers, names, prefixes)
+
+
 def test_raw_records_skip_and_raise_in_workers(bad_file):
     """Without load_images only the index flags decide: records 5 (not an object) and 6 (no
     conversations) are bad; the image problems of 3, 7 and 9 are not looked at."""
