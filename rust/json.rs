@@ -53,6 +53,18 @@ impl WordCount {
         self.words += (!space && !self.in_word) as u32;
         self.in_word = !space;
     }
+
+    /// The first `n` bytes of a block at once: bit k of `nonspace` is set when byte k is not a space.
+    #[inline(always)]
+    fn block(&mut self, nonspace: u64, n: u32) {
+        let valid = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let nonspace = nonspace & valid;
+        let prev = (nonspace << 1) | u64::from(self.in_word);
+        self.words += (nonspace & !prev).count_ones();
+        if n > 0 {
+            self.in_word = (nonspace >> (n - 1)) & 1 != 0;
+        }
+    }
 }
 
 pub struct Reader<'a> {
@@ -444,10 +456,52 @@ pub fn unescape_into(raw: &[u8], out: &mut Vec<u8>) -> Option<bool> {
     Some(surrogates)
 }
 
-/// Advances over plain string bytes (printable ASCII other than `"` and `\`), counting words,
-/// and returns the offset of the first other byte (or the end).
+/// Advances over plain string bytes (printable ASCII other than `"` and `\\`), counting words,
+/// and returns the offset of the first other byte (or the end). Inside such a run the only character
+/// Python's `split()` splits on is the space: the others are control characters, escaped in JSON.
+/// Uses the widest vectors the CPU offers (checked at run time: one build serves every x86_64 CPU).
 #[inline]
-fn plain_run(d: &[u8], mut i: usize, mut wc: Option<&mut WordCount>) -> usize {
+fn plain_run(d: &[u8], i: usize, wc: Option<&mut WordCount>) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the CPU has AVX-512BW (and so AVX-512F), checked just above.
+        return unsafe { plain_run_avx512(d, i, wc) };
+    }
+    plain_run_sse2(d, i, wc)
+}
+
+/// `plain_run` 64 bytes at a time: each comparison yields its 64-bit mask directly.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,popcnt,bmi1")]
+fn plain_run_avx512(d: &[u8], mut i: usize, mut wc: Option<&mut WordCount>) -> usize {
+    use std::arch::x86_64::*;
+    while i + 64 <= d.len() {
+        // SAFETY: the load reads the 64 bytes d[i..i + 64]; the caller checked the CPU's features.
+        let (special, spaces) = unsafe {
+            let v = _mm512_loadu_si512(d.as_ptr().add(i) as *const __m512i);
+            let eq = |c: u8| _mm512_cmpeq_epi8_mask(v, _mm512_set1_epi8(c as i8));
+            // Quotes, backslashes, control characters and non-ASCII (high bit set) end the run.
+            let special = eq(b'"')
+                | eq(b'\\')
+                | _mm512_cmplt_epu8_mask(v, _mm512_set1_epi8(0x20))
+                | _mm512_movepi8_mask(v);
+            (special, eq(b' '))
+        };
+        let n = special.trailing_zeros(); // 64 when the whole block is plain
+        if let Some(w) = wc.as_deref_mut() {
+            w.block(!spaces, n);
+        }
+        i += n as usize;
+        if n < 64 {
+            return i;
+        }
+    }
+    plain_run_sse2(d, i, wc)
+}
+
+/// `plain_run` 16 bytes at a time (SSE2 is part of the x86_64 baseline), then byte by byte.
+#[inline(always)]
+fn plain_run_sse2(d: &[u8], mut i: usize, mut wc: Option<&mut WordCount>) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: SSE2 is part of the x86_64 baseline; loads are unaligned and stay within `d`.
@@ -472,14 +526,8 @@ fn plain_run(d: &[u8], mut i: usize, mut wc: Option<&mut WordCount>) -> usize {
                     special_mask.trailing_zeros()
                 };
                 if let Some(w) = wc.as_deref_mut() {
-                    let spaces = _mm_movemask_epi8(_mm_cmpeq_epi8(v, space)) as u32;
-                    let valid = if n == 16 { 0xFFFF } else { (1u32 << n) - 1 };
-                    let nonspace = !spaces & valid;
-                    let prev = (nonspace << 1) | w.in_word as u32;
-                    w.words += (nonspace & !prev).count_ones();
-                    if n > 0 {
-                        w.in_word = nonspace & (1 << (n - 1)) != 0;
-                    }
+                    let spaces = _mm_movemask_epi8(_mm_cmpeq_epi8(v, space)) as u64;
+                    w.block(!spaces, n);
                 }
                 i += n as usize;
                 if n < 16 {
@@ -556,6 +604,51 @@ mod tests {
         assert_eq!(words(r#""a\bb""#), 1); // backspace is not whitespace
         let long = format!("\"{}\"", "word ".repeat(100));
         assert_eq!(words(&long), 100);
+    }
+
+    #[test]
+    fn every_vector_width_gives_the_same_run() {
+        // Pseudo-random bytes: letters, spaces, the bytes that end a run, and a UTF-8 lead byte.
+        let alphabet = b"ab  \"\\\x1f\xc3z~";
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 130, 300] {
+            for _ in 0..200 {
+                // Mostly plain bytes, so that runs are long enough to cross vector widths.
+                let doc: Vec<u8> = (0..len)
+                    .map(|_| match next() % 40 {
+                        0..=5 => alphabet[(next() % alphabet.len() as u64) as usize],
+                        k if k % 5 == 0 => b' ',
+                        _ => b'w',
+                    })
+                    .collect();
+                for start in [0, len / 3] {
+                    for in_word in [false, true] {
+                        let (mut a, mut b) = (WordCount::default(), WordCount::default());
+                        a.in_word = in_word;
+                        b.in_word = in_word;
+                        // On this CPU `plain_run` may take the AVX-512 path; SSE2 is the base.
+                        let end = plain_run_sse2(&doc, start, Some(&mut a));
+                        assert_eq!(plain_run(&doc, start, Some(&mut b)), end);
+                        assert_eq!((a.words, a.in_word), (b.words, b.in_word));
+                        let scalar = doc[start..]
+                            .iter()
+                            .position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c))
+                            .map_or(len, |k| start + k);
+                        assert_eq!(end, scalar);
+                        let text = std::str::from_utf8(&doc[start..end]).unwrap();
+                        let words = text.split(' ').filter(|w| !w.is_empty()).count() as u32;
+                        let joined = in_word && text.starts_with(|c| c != ' ');
+                        assert_eq!(a.words, words - u32::from(joined));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

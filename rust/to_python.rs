@@ -71,14 +71,25 @@ impl Default for Builder {
     }
 }
 
-/// FNV-1a: short keys hash in a few nanoseconds.
+/// The cache slot of a short string: its first and last eight (or four) bytes and its length, mixed
+/// by one multiplication (a byte loop, FNV, took a sixth of the string builder's time); collisions cost a
+/// cache miss only, since a hit compares the bytes.
 #[inline]
 fn slot(s: &[u8]) -> usize {
-    let mut h: u32 = 0x811c_9dc5;
-    for &b in s {
-        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    (h as usize) & (CACHE_SLOTS - 1)
+    let n = s.len();
+    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+    let half = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap()));
+    let (a, b) = match n {
+        8.. => (word(&s[..8]), word(&s[n - 8..])),
+        4..=7 => (half(&s[..4]), half(&s[n - 4..])),
+        1..=3 => (
+            u64::from(s[0]) | u64::from(s[n / 2]) << 8 | u64::from(s[n - 1]) << 16,
+            0,
+        ),
+        0 => (0, 0),
+    };
+    let h = (a ^ b.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (h >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
 }
 
 /// A decode failure: a Python exception is set (`Err(())` with `PyErr::occurred`) or the bytes are not
@@ -341,7 +352,8 @@ impl Builder {
 }
 
 /// Offset of the first `"` or `\\` in `s` (or its length), and whether the bytes before it are ASCII:
-/// one pass instead of a search and then an ASCII check.
+/// one pass instead of a search and then an ASCII check. (An AVX-512 version measured no faster here:
+/// most strings of a record are short.)
 #[inline]
 fn string_stop(s: &[u8]) -> (usize, bool) {
     let mut i = 0;
@@ -373,6 +385,8 @@ fn string_stop(s: &[u8]) -> (usize, bool) {
 }
 
 /// A `str` from valid UTF-8 bytes; ASCII is copied straight into a one-byte string (as orjson does).
+/// Other text goes through CPython's decoder: a direct one-pass fill of the right string kind measured
+/// no faster.
 fn new_str(s: &[u8], ascii: bool) -> BuildResult<Owned> {
     // SAFETY: GIL held by every caller; `PyUnicode_New(n, 127)` allocates a one-byte-kind string with
     // room for n bytes plus a terminator, which we fill completely.
