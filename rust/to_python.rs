@@ -49,10 +49,10 @@ impl Drop for Owned {
     }
 }
 
-/// Short-string cache and scratch buffer, reused across records.
-/// A cached string: its bytes and the `str` made from them.
-type CacheSlot = Option<(Box<[u8]>, Py<PyAny>)>;
+/// A cached string: its packed bytes and the `str` made from them.
+type CacheSlot = Option<(ShortKey, Py<PyAny>)>;
 
+/// Short-string cache and scratch buffers, reused across records.
 pub struct Builder {
     /// Direct-mapped: a slot holds the last short string that hashed to it.
     cache: Vec<CacheSlot>,
@@ -71,25 +71,39 @@ impl Default for Builder {
     }
 }
 
-/// The cache slot of a short string: its first and last eight (or four) bytes and its length, mixed
-/// by one multiplication (a byte loop, FNV, took a sixth of the string builder's time); collisions cost a
-/// cache miss only, since a hit compares the bytes.
-#[inline]
-fn slot(s: &[u8]) -> usize {
-    let n = s.len();
-    let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
-    let half = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap()));
-    let (a, b) = match n {
-        8.. => (word(&s[..8]), word(&s[n - 8..])),
-        4..=7 => (half(&s[..4]), half(&s[n - 4..])),
-        1..=3 => (
-            u64::from(s[0]) | u64::from(s[n / 2]) << 8 | u64::from(s[n - 1]) << 16,
-            0,
-        ),
-        0 => (0, 0),
-    };
-    let h = (a ^ b.rotate_left(29) ^ n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
+/// A short string (at most 16 bytes) packed exactly: its first and last eight bytes (four when shorter
+/// than eight; the first, middle and last byte when shorter than four) cover every byte, and with the
+/// length they tell strings apart without comparing bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct ShortKey(u64, u64, usize);
+
+impl ShortKey {
+    #[inline]
+    fn new(s: &[u8]) -> ShortKey {
+        debug_assert!(s.len() <= CACHED_MAX_LEN);
+        let n = s.len();
+        let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
+        let half = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap()));
+        match n {
+            8.. => ShortKey(word(&s[..8]), word(&s[n - 8..]), n),
+            4..=7 => ShortKey(half(&s[..4]), half(&s[n - 4..]), n),
+            1..=3 => ShortKey(
+                u64::from(s[0]) | u64::from(s[n / 2]) << 8 | u64::from(s[n - 1]) << 16,
+                0,
+                n,
+            ),
+            0 => ShortKey(0, 0, 0),
+        }
+    }
+
+    /// Its slot in the direct-mapped cache, mixed by one multiplication (a byte loop, FNV, took a
+    /// sixth of the string builder's time).
+    #[inline]
+    fn slot(self) -> usize {
+        let h =
+            (self.0 ^ self.1.rotate_left(29) ^ self.2 as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (h >> (64 - CACHE_SLOTS.trailing_zeros())) as usize
+    }
 }
 
 /// A decode failure: a Python exception is set (`Err(())` with `PyErr::occurred`) or the bytes are not
@@ -334,9 +348,10 @@ impl Builder {
         if s.len() > CACHED_MAX_LEN {
             return new_str(s, ascii);
         }
-        let k = slot(s);
-        if let Some((key, obj)) = &self.cache[k] {
-            if **key == *s {
+        let key = ShortKey::new(s);
+        let k = key.slot();
+        if let Some((cached_key, obj)) = &self.cache[k] {
+            if *cached_key == key {
                 let p = obj.as_ptr();
                 // SAFETY: GIL held; we hand out a new strong reference to a cached object.
                 unsafe { ffi::Py_INCREF(p) };
@@ -346,7 +361,7 @@ impl Builder {
         let obj = new_str(s, ascii)?;
         // SAFETY: GIL held; the cache keeps its own strong reference.
         let cached = unsafe { Bound::from_borrowed_ptr(py, obj.0) }.unbind();
-        self.cache[k] = Some((s.into(), cached));
+        self.cache[k] = Some((key, cached));
         Ok(obj)
     }
 }

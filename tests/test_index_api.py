@@ -53,6 +53,25 @@ def test_records_round_trip_and_negative_indices(data_file):
     assert json.loads(bytes(idx.raw(2))) == RECORDS[2]
 
 
+def test_short_strings_that_differ_in_one_byte_decode_apart(tmp_path):
+    # Keys and values of up to 16 bytes are cached by their packed bytes: strings of every length that
+    # differ in a single position (first, middle, last) or only in length must never be confused.
+    strings = [""]
+    for n in range(1, 18):
+        base = "abcdefghijklmnopq"[:n]
+        strings.append(base)
+        for pos in {0, n // 2, n - 1, min(3, n - 1), max(n - 4, 0), max(n - 8, 0)}:
+            strings.append(base[:pos] + "Z" + base[pos + 1 :])
+        strings.append(base[:-1] + "é")
+    records = [{s: s, "v": [s, s]} for s in strings]
+    path = tmp_path / "short.jsonl"
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    idx = ff.open(path)
+    for _ in range(2):  # the second pass reads them from the cache
+        assert [idx[i] for i in range(len(idx))] == records
+        assert idx.get_many(range(len(idx))[::-1]) == records[::-1]
+
+
 def test_metadata_columns(data_file):
     idx = ff.open(data_file)
     c = idx.columns
