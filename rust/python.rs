@@ -461,22 +461,97 @@ impl ItemSources {
             let (index, i) = self.sample(d, i)?;
             spans.push(index.inner.raw(i).map_err(|e| to_py_err(py, e))?);
         }
-        let total = spans.iter().map(|s| s.len()).sum();
-        let data = PyBytes::new_with(py, total, |out| {
-            let mut at = 0;
-            for s in &spans {
-                out[at..at + s.len()].copy_from_slice(s);
-                at += s.len();
-            }
-            Ok(())
-        })?;
-        // A record is under 4 GiB: the index stores lengths as uint32.
-        let lengths: Vec<u8> = spans
-            .iter()
-            .flat_map(|s| (s.len() as u32).to_le_bytes())
-            .collect();
-        Ok((data, PyBytes::new(py, &lengths)))
+        packed(py, &spans)
     }
+
+    /// A worker's batch from mixture positions in one call: what `pack` makes of `Mixture.locate`'s
+    /// dataset and record numbers, with those numbers as int64 bytes after it. `offsets`: where each
+    /// dataset starts in the mixture, plus the total; `records`: the record number of every position
+    /// (both int64, C-contiguous). None when a position is out of range or a sample's flags have a bit
+    /// of `bad_flags`: the caller's general path then raises, or replaces the sample.
+    #[allow(clippy::type_complexity)]
+    fn pack_positions<'py>(
+        &self,
+        py: Python<'py>,
+        positions: Vec<i64>,
+        offsets: PyBuffer<i64>,
+        records: PyBuffer<i64>,
+        bad_flags: u8,
+    ) -> PyResult<
+        Option<(
+            Bound<'py, PyBytes>,
+            Bound<'py, PyBytes>,
+            Bound<'py, PyBytes>,
+            Bound<'py, PyBytes>,
+        )>,
+    > {
+        if !offsets.is_c_contiguous() || !records.is_c_contiguous() {
+            return Err(PyValueError::new_err(
+                "offsets and records must be contiguous int64 arrays",
+            ));
+        }
+        // SAFETY: both buffers are C-contiguous int64 memory of `item_count` elements that the
+        // `PyBuffer`s keep alive and exported for this whole call, which runs no Python code.
+        let (offsets, records) = unsafe {
+            (
+                std::slice::from_raw_parts(offsets.buf_ptr() as *const i64, offsets.item_count()),
+                std::slice::from_raw_parts(records.buf_ptr() as *const i64, records.item_count()),
+            )
+        };
+        let flags: Vec<&[u8]> = self
+            .indexes
+            .iter()
+            .map(|ix| ix.get().inner.column_bytes("flags").unwrap_or_default())
+            .collect();
+        let n = records.len() as i64;
+        let (mut datasets, mut numbers) = (Vec::new(), Vec::new());
+        let mut spans = Vec::with_capacity(positions.len());
+        for pos in positions {
+            let pos = if pos < 0 { pos + n } else { pos };
+            if !(0..n).contains(&pos) {
+                return Ok(None);
+            }
+            // The dataset whose range holds `pos`: the last offset at or below it.
+            let d = offsets.partition_point(|&start| start <= pos) as i64 - 1;
+            let number = records[pos as usize];
+            let (index, i) = self.sample(d, number)?;
+            if nth(&flags, d)?.get(i).is_none_or(|&f| f & bad_flags != 0) {
+                return Ok(None);
+            }
+            spans.push(index.inner.raw(i).map_err(|e| to_py_err(py, e))?);
+            datasets.extend_from_slice(&d.to_le_bytes());
+            numbers.extend_from_slice(&(i as i64).to_le_bytes());
+        }
+        let (data, lengths) = packed(py, &spans)?;
+        Ok(Some((
+            data,
+            lengths,
+            PyBytes::new(py, &datasets),
+            PyBytes::new(py, &numbers),
+        )))
+    }
+}
+
+/// Records' bytes concatenated, and each one's length as little-endian uint32.
+fn packed<'py>(
+    py: Python<'py>,
+    spans: &[&[u8]],
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let total = spans.iter().map(|s| s.len()).sum();
+    let data = PyBytes::new_with(py, total, |out| {
+        let mut at = 0;
+        for s in spans {
+            out[at..at + s.len()].copy_from_slice(s);
+            at += s.len();
+        }
+        Ok(())
+    })?;
+    // A record is under 4 GiB: the index stores lengths as uint32.
+    let lengths: Vec<u8> = spans
+        .iter()
+        .flat_map(|s| (s.len() as u32).to_le_bytes())
+        .collect();
+    Ok((data, PyBytes::new(py, &lengths)))
 }
 
 fn item_sources<'py>(

@@ -613,6 +613,26 @@ def test_packed_records_behave_as_the_items(stage):
     assert packed == [{**expected[0], "id": "changed too"}, *expected[1:]]
 
 
+def test_workers_pack_positions_in_one_call_as_the_general_path_does(stage, bad_file):
+    from fusion_fast.torch import _pack
+
+    ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
+    n = len(ds)
+    for positions in ([0], [3, 45, 2, 59, 2], list(range(n)), [-1, -n, 39, 40], []):
+        general = _pack(ds._item_sources(), *ds._locate_good(positions))
+        assert ds._pack_positions(positions) == general
+    # Out of range, or a bad sample: None, and the general path raises or replaces.
+    assert ds._pack_positions([0, n]) is None and ds._pack_positions([-n - 1]) is None
+    with pytest.raises(IndexError, match="out of range"):
+        ds.__getitems__([0, n])
+    path, _ = bad_file
+    bad = FusionDataset(path, on_error="skip")
+    assert bad._pack_positions([4, 5]) is None and bad._pack_positions([6]) is None
+    assert bad._pack_positions([0, 4, 7, 9]) is not None  # image problems are not judged without images
+    replaced = _pack(bad._item_sources(), *bad._locate_good([4, 5]))
+    assert list(np.frombuffer(replaced[3], "<i8")) == [4, 7]  # 5 (and 6) skipped: the next good one is 7
+
+
 def test_damaged_shipments_raise_instead_of_crashing(stage):
     from fusion_fast import _core
     from fusion_fast.torch import _pack

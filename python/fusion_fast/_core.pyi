@@ -1,6 +1,9 @@
 """Type stubs for the Rust extension `fusion_fast._core` (hand-written; see rust/python.rs)."""
 
+from collections.abc import Sequence
 from typing import Any
+
+import numpy as np
 
 __version__: str
 FORMAT_VERSION: int
@@ -45,6 +48,9 @@ class ItemSources:
     def flags(self, datasets: bytes, numbers: bytes) -> bytes: ...
     def items(self, datasets: bytes, numbers: bytes) -> list[dict[str, Any]]: ...
     def pack(self, datasets: bytes, numbers: bytes) -> tuple[bytes, bytes]: ...
+    def pack_positions(
+        self, positions: Sequence[int], offsets: np.ndarray, records: np.ndarray, bad_flags: int
+    ) -> tuple[bytes, bytes, bytes, bytes] | None: ...
 
 def open_index(
     path: str,

@@ -267,6 +267,11 @@ class Mixture(RecordSequence):
         """Mixture position where each dataset starts, plus the total at the end (int64)."""
         return self._offsets
 
+    @property
+    def record_numbers(self) -> np.ndarray:
+        """The record number, within its dataset's file, of every mixture position (int64, read-only)."""
+        return self._records
+
     # -- metadata columns ---------------------------------------------------------------------------
     def column(self, name: str) -> np.ndarray:
         """An index column (`words`, `images`, `turns`, `flags`, `length`, `offset`) over the mixture."""

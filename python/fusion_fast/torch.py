@@ -220,9 +220,11 @@ class FusionDataset(Dataset[Any]):
         process untouched, they are decoded there in Rust, which costs less than pickling the Python
         objects in the worker and unpickling them in the main process."""
         if self.transform is None and not self.load_images:
-            datasets, numbers = self._locate_good(indices)
             if get_worker_info() is not None:
-                return PackedRecords(_pack(self._item_sources(), datasets, numbers))
+                return PackedRecords(
+                    self._pack_positions(indices) or _pack(self._item_sources(), *self._locate_good(indices))
+                )
+            datasets, numbers = self._locate_good(indices)
             with paused_gc():
                 return self._item_sources().items(datasets.tobytes(), numbers.tobytes())
         out = self._prepare(indices)
@@ -230,6 +232,14 @@ class FusionDataset(Dataset[Any]):
             if isinstance(item, _BadSample):
                 out[k] = self._replace(int(indices[k]), item, self._prepare)
         return out
+
+    def _pack_positions(self, indices: Sequence[int]) -> _Payload | None:
+        """A worker's batch located, checked and packed in one call to Rust (workers share the two
+        cores with the main process, so their time per batch counts); None when a sample is bad or an
+        index out of range, which `_locate_good` then handles."""
+        sources, mix = self._item_sources(), self.mixture
+        packed = sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG)
+        return None if packed is None else (*packed, sources.names, sources.prefixes)
 
     def _item_sources(self) -> ItemSources:
         self._datasets()
