@@ -334,6 +334,25 @@ def worker_view(item):
     return os.getpid(), item["_source"]["dataset"], item["_source"]["index"], item.get("image")
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux smaps")
+def test_private_memory_counts_memory_not_the_page_cache_of_mapped_files(tmp_path):
+    import mmap
+
+    path = tmp_path / "data.bin"
+    with open(path, "wb") as f:
+        f.write(os.urandom(32 << 20))
+        os.fsync(f.fileno())  # written back: the pages are clean, as a data file's are
+    before, before_cached = private_memory(), private_memory(include_page_cache=True)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        assert sum(mapped[i] for i in range(0, len(mapped), 4096)) >= 0  # touch every page
+        read_file = private_memory() - before
+        read_file_cached = private_memory(include_page_cache=True) - before_cached
+    assert read_file < 8 << 20 and read_file_cached > 24 << 20
+    anonymous = bytearray(64 << 20)
+    anonymous[::4096] = b"\x01" * len(anonymous[::4096])  # dirty every page
+    assert private_memory() - before > 56 << 20
+
+
 def report_private_memory(queue) -> None:
     import fusion_fast.torch  # noqa: F401 - the baseline: what a worker has before any data
 

@@ -820,13 +820,24 @@ def ensure_indexed(
 # -- diagnostics ------------------------------------------------------------------------------------
 
 
-def private_memory(pid: int | None = None) -> int:
-    """Bytes of memory private to process `pid` (default: this one): `Private_Clean + Private_Dirty`
-    of `/proc/PID/smaps_rollup` (Linux). Pages shared with other processes, such as the memory-mapped
-    data and index files every DataLoader worker maps, are not counted."""
+def private_memory(pid: int | None = None, *, include_page_cache: bool = False) -> int:
+    """Bytes of memory that only process `pid` (default: this one) holds (Linux `/proc/PID/smaps`):
+    every private dirty page, and the private clean pages of anonymous and shared memory (`/dev/shm`,
+    memfd). Clean pages of mapped files (the memory-mapped data and index files, libraries) are the
+    kernel's page cache, shared by every process that maps the file and dropped under memory pressure:
+    they are left out even when this process happens to be the only one to have touched them, which
+    smaps reports as `Private_Clean`. `include_page_cache=True` counts them too (`Private_Clean +
+    Private_Dirty` of every mapping)."""
     total = 0
-    with open(f"/proc/{pid or os.getpid()}/smaps_rollup") as f:
+    memory = True  # whether the current mapping holds memory rather than a file's page cache
+    with open(f"/proc/{pid or os.getpid()}/smaps") as f:
         for line in f:
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:  # a mapping's header
+                fields = line.split(maxsplit=5)
+                path = fields[5].strip() if len(fields) > 5 else ""
+                memory = fields[4] == "0" or path.startswith(("/dev/shm/", "/memfd:"))
+            elif line.startswith("Private_Dirty:") or (
+                line.startswith("Private_Clean:") and (memory or include_page_cache)
+            ):
                 total += int(line.split()[1]) * 1024
     return total
