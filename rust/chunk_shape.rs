@@ -246,13 +246,8 @@ mod tests {
     fn every_mask_width_gives_the_same_shape() {
         // Pseudo-random documents over JSON's structural characters, escapes and a few letters.
         let alphabet = b"[]{},:\\\" ab1";
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            alphabet[(x % alphabet.len() as u64) as usize]
-        };
+        let mut random = crate::test_support::xorshift(0x2545_F491_4F6C_DD1D);
+        let mut next = || alphabet[(random() % alphabet.len() as u64) as usize];
         for len in [0usize, 1, 63, 64, 65, 127, 200, 1000] {
             for _ in 0..50 {
                 let doc: Vec<u8> = (0..len).map(|_| next()).collect();

@@ -610,13 +610,7 @@ mod tests {
     fn every_vector_width_gives_the_same_run() {
         // Pseudo-random bytes: letters, spaces, the bytes that end a run, and a UTF-8 lead byte.
         let alphabet = b"ab  \"\\\x1f\xc3z~";
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = crate::test_support::xorshift(0x9E37_79B9_7F4A_7C15);
         for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 130, 300] {
             for _ in 0..200 {
                 // Mostly plain bytes, so that runs are long enough to cross vector widths.

@@ -26,3 +26,18 @@ mod py_items;
 mod python;
 #[cfg(feature = "python")]
 mod to_python;
+
+/// Helpers shared by the unit tests.
+#[cfg(test)]
+mod test_support {
+    /// A seeded xorshift64 generator: reproducible pseudo-random inputs without a dependency.
+    pub fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+}
