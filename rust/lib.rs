@@ -5,6 +5,7 @@
 pub mod chunk_shape;
 pub mod columns;
 pub mod error;
+pub mod grouping;
 pub mod json;
 pub mod lengths;
 pub mod paths;

@@ -327,6 +327,41 @@ fn files_exist<'py>(
     Ok(PyBytes::new(py, &bytes))
 }
 
+/// FUSION's length grouping of the permutation `perm` of the positions of `size` (see
+/// `grouping::length_grouped`), written into `out`; all three int64, C-contiguous. Runs on every core
+/// with the GIL released.
+#[pyfunction]
+fn length_grouped_into(
+    py: Python<'_>,
+    perm: PyBuffer<i64>,
+    size: PyBuffer<i64>,
+    megabatch: usize,
+    chunks: usize,
+    out: PyBuffer<i64>,
+) -> PyResult<()> {
+    if out.readonly() || [&perm, &size, &out].iter().any(|b| !b.is_c_contiguous()) {
+        return Err(PyValueError::new_err(
+            "perm, size and out must be contiguous int64 arrays, out writable",
+        ));
+    }
+    // SAFETY: the three buffers are C-contiguous int64 memory of `item_count` elements that the
+    // `PyBuffer`s keep alive and exported for this whole call; `out` is writable, and no Python code
+    // runs on these objects meanwhile (the GIL is released only around pure Rust work on the slices).
+    let (perm, size, out) = unsafe {
+        (
+            std::slice::from_raw_parts(perm.buf_ptr() as *const i64, perm.item_count()),
+            std::slice::from_raw_parts(size.buf_ptr() as *const i64, size.item_count()),
+            std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()),
+        )
+    };
+    py.detach(|| crate::grouping::length_grouped(perm, size, megabatch, chunks, out))
+        .ok_or_else(|| {
+            PyValueError::new_err(
+                "perm holds a position outside size, or out is not as long as perm",
+            )
+        })
+}
+
 /// The one record builder (its string cache of keys and short values stays warm across calls).
 static BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
 
@@ -669,6 +704,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SOURCE_KEY", SOURCE_KEY)?;
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
     m.add_function(wrap_pyfunction!(files_exist, m)?)?;
+    m.add_function(wrap_pyfunction!(length_grouped_into, m)?)?;
     m.add_function(wrap_pyfunction!(index_candidates, m)?)?;
     Ok(())
 }

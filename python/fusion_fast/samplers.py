@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
+from . import _core
+
 if TYPE_CHECKING:
     from torch.utils.data import Sampler as _SamplerBase
 else:
@@ -257,83 +259,16 @@ def length_grouped_order(
 
 def _grouped(perm: np.ndarray, size: np.ndarray, megabatch: int, chunks: int) -> np.ndarray:
     """FUSION's `get_length_grouped_indices` given its permutation: cut `perm` into megabatches, sort each
-    by size (longest first, ties in permutation order) and split it with `split_to_even_chunks`."""
-    n = len(perm)
-    cut = n // megabatch * megabatch
-    sizes = size[perm]
-    out = np.empty(n, dtype=np.int64)
-    if cut:
-        ids, row_sizes = _longest_first(perm[:cut].reshape(-1, megabatch), sizes[:cut].reshape(-1, megabatch))
-        out[:cut] = _even_chunks(ids, row_sizes, chunks).ravel()
-    if cut < n:
-        ids, row_sizes = _longest_first(perm[cut:].reshape(1, -1), sizes[cut:].reshape(1, -1))
-        if (n - cut) % chunks:  # FUSION deals an uneven megabatch out round-robin
-            out[cut:] = np.concatenate([ids[0, c::chunks] for c in range(chunks)])
-        else:
-            out[cut:] = _even_chunks(ids, row_sizes, chunks).ravel()
-    return out
-
-
-def _longest_first(ids: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row of `ids` (and of their `sizes`) sorted by size, longest first, ties kept in order."""
-    k, m = ids.shape
-    top = int(sizes.max())
-    shift = (m - 1).bit_length()
-    # Keys (top - size) << shift | column are unique within a row, so numpy's fast (unstable, SIMD) value
-    # sort of each row gives exactly the stable order, and both parts come back with bit operations.
-    if (top + 1) << shift >= 1 << 63:
-        raise ValueError(f"lengths too large to sort: the longest must stay below 2**{63 - shift}")
-    dtype = np.int32 if (top + 1) << shift < 1 << 31 else np.int64
-    keys = (top - sizes).astype(dtype)
-    keys <<= shift
-    keys |= np.arange(m, dtype=dtype)
-    keys.sort(axis=1)
-    where = (keys & ((1 << shift) - 1)).astype(np.int64)
-    where += np.arange(0, k * m, m, dtype=np.int64)[:, None]
-    keys >>= shift
-    return ids.reshape(-1).take(where), top - keys.astype(np.int64)
-
-
-def _even_chunks(ids: np.ndarray, sizes: np.ndarray, chunks: int) -> np.ndarray:
-    """FUSION's greedy `split_to_even_chunks` on every row at once: in row order, each sample joins the
-    not-yet-full chunk with the smallest total size (the first on ties); each row comes back as its
-    chunks one after another, each in joining order. Row lengths are multiples of `chunks`."""
-    if chunks == 1:
-        return ids
-    k, m = ids.shape
-    per_chunk = m // chunks
-    # Each (chunk, row) cell is one int64: total << high | chunk << low | samples taken. Its minimum over
-    # the chunks (a fast reduction along axis 0) is the smallest total, the first chunk on ties, and says
-    # how many samples that chunk holds; a full chunk is set past every total.
-    low = per_chunk.bit_length()
-    high = low + (chunks - 1).bit_length()
-    if (int(sizes.max(initial=0)) * per_chunk + 1) >> (62 - high):
-        raise ValueError(
-            f"lengths too large to balance: max length x batch_size must stay below 2**{62 - high}"
-        )
-    full = 1 << 62
-    state = np.repeat(np.arange(chunks, dtype=np.int64) << low, k).reshape(chunks, k)
-    flat_state = state.reshape(-1)
-    added = np.ascontiguousarray(sizes.T) << high
-    added += 1
-    rows = np.arange(k, dtype=np.int64)
-    count_mask = (1 << low) - 1
-    chunk_mask = (1 << (high - low)) - 1
-    slot = np.empty((m, k), dtype=np.int64)  # where each sample lands within its row
-    for t in range(m):
-        best = state.min(axis=0)
-        target = best >> low
-        target &= chunk_mask
-        taken = best & count_mask
-        np.multiply(target, per_chunk, out=slot[t])
-        slot[t] += taken
-        best += added[t]
-        best[taken == per_chunk - 1] = full
-        target *= k
-        target += rows
-        flat_state.put(target, best)
-    out = np.empty((k, m), dtype=np.int64)
-    np.put_along_axis(out, slot.T, ids, axis=1)
+    by size (longest first, ties in permutation order) and split it with `split_to_even_chunks` (a last,
+    uneven megabatch is dealt round-robin, as FUSION does). In Rust, megabatches in parallel."""
+    out = np.empty(len(perm), dtype=np.int64)
+    _core.length_grouped_into(
+        np.ascontiguousarray(perm, dtype=np.int64),
+        np.ascontiguousarray(size, dtype=np.int64),
+        megabatch,
+        chunks,
+        out,
+    )
     return out
 
 
