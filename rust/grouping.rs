@@ -86,21 +86,26 @@ fn round_robin<S>(sorted: &[(S, usize, i64)], chunks: usize, out: &mut [i64]) {
 }
 
 /// FUSION's greedy split: in order, each sample joins the not-yet-full chunk with the smallest total
-/// size, the first one on ties.
+/// size, the first one on ties. A min-heap of (total, chunk) finds it in O(log chunks); a full chunk
+/// leaves the heap, as FUSION sets its total to infinity.
 fn even_chunks<S: Size>(sorted: &[(S, usize, i64)], chunks: usize, out: &mut [i64]) {
+    use std::cmp::Reverse;
     let per_chunk = sorted.len() / chunks;
-    let mut totals = vec![S::Total::default(); chunks];
+    let mut open: std::collections::BinaryHeap<Reverse<(S::Total, usize)>> = (0..chunks)
+        .map(|c| Reverse((S::Total::default(), c)))
+        .collect();
     let mut filled = vec![0usize; chunks];
     for &(size, _, id) in sorted {
-        let mut best = usize::MAX;
-        for c in 0..chunks {
-            if filled[c] < per_chunk && (best == usize::MAX || totals[c] < totals[best]) {
-                best = c;
-            }
-        }
+        let Some(Reverse((total, best))) = open.pop() else {
+            return; // unreachable: the chunks hold exactly `sorted.len()` samples
+        };
         out[best * per_chunk + filled[best]] = id;
         filled[best] += 1;
-        totals[best] += size.into();
+        if filled[best] < per_chunk {
+            let mut total = total;
+            total += size.into();
+            open.push(Reverse((total, best)));
+        }
     }
 }
 
