@@ -159,11 +159,11 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
     }
 
 
-def hf_datasets(path: Path) -> Any:
+def hf_datasets(path: Path, cache_dir: str) -> Any:
     """Hugging Face `datasets` over the baseline subset (its Arrow cache is built first, untimed)."""
     import datasets
 
-    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=tempfile.mkdtemp())
+    return datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache_dir)
 
 
 def first_batch(stage: Path, data: Path, args: argparse.Namespace, sampler: str) -> dict[str, Any]:
@@ -295,9 +295,12 @@ def main() -> int:
     gc.collect()
 
     if importlib.util.find_spec("datasets") is not None:
-        hf = hf_datasets(subset)
-        results["hf_datasets"] = run_loader(hf, args, args.workers)
-        results["hf_datasets_in_process"] = run_loader(hf, args, 0)
+        # Its Arrow cache (about as large as the subset's JSON) is removed with the folder.
+        with tempfile.TemporaryDirectory(prefix="fusion-fast-bench-hf-") as cache:
+            hf = hf_datasets(subset, cache)
+            results["hf_datasets"] = run_loader(hf, args, args.workers)
+            results["hf_datasets_in_process"] = run_loader(hf, args, 0)
+            del hf
     subset.unlink()
 
     publish(report(results), results, args.out)

@@ -8,6 +8,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -122,10 +123,18 @@ class MemorySampler:
 
 
 def run_child(code: str, *args: str, timeout: float = 3600) -> dict[str, Any]:
-    """Run `code` in a fresh Python; its last output line is one JSON object, returned."""
-    out = subprocess.run(
-        [sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, timeout=timeout, check=True
-    ).stdout
+    """Run `code` in a fresh Python; its last output line is one JSON object, returned. The child gets a
+    temporary folder of its own as TMPDIR, removed afterwards: the `datasets` baselines write a
+    gigabyte-sized Arrow cache there on every run."""
+    with tempfile.TemporaryDirectory(prefix="fusion-fast-bench-child-") as tmp:
+        out = subprocess.run(
+            [sys.executable, "-c", code, *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=True,
+            env={**os.environ, "TMPDIR": tmp},
+        ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
