@@ -131,24 +131,20 @@ impl Index {
     fn lengths_into(
         &self,
         py: Python<'_>,
-        out: PyBuffer<i64>,
+        mut out: PyBuffer<i64>,
         selection: Option<PyBuffer<i64>>,
         start: usize,
         modality: bool,
     ) -> PyResult<()> {
-        let contiguous = |b: &PyBuffer<i64>| b.is_c_contiguous();
-        if out.readonly() || !contiguous(&out) || selection.as_ref().is_some_and(|s| !contiguous(s))
-        {
+        let out_slice = int64s_mut(&mut out, "out")?;
+        let sel_slice = selection
+            .as_ref()
+            .map(|s| int64s(s, "selection"))
+            .transpose()?;
+        if sel_slice.is_some_and(|s| s.len() != out_slice.len()) {
             return Err(PyValueError::new_err(
-                "out must be a writable, contiguous int64 array",
+                "selection and out must have the same length",
             ));
-        }
-        if let Some(s) = &selection {
-            if s.item_count() != out.item_count() {
-                return Err(PyValueError::new_err(
-                    "selection and out must have the same length",
-                ));
-            }
         }
         let kind = if modality {
             LengthKind::Modality
@@ -157,14 +153,6 @@ impl Index {
         };
         let words = self.inner.column_bytes("words").unwrap_or_default();
         let flags = self.inner.column_bytes("flags").unwrap_or_default();
-        // SAFETY: both buffers are C-contiguous int64 memory of `item_count` elements that the
-        // `PyBuffer`s keep alive and exported (numpy cannot resize them) for this whole call; `out` is
-        // writable. Python code that could touch them cannot run on these objects meanwhile.
-        let out_slice =
-            unsafe { std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()) };
-        let sel_slice = selection.as_ref().map(|s| unsafe {
-            std::slice::from_raw_parts(s.buf_ptr() as *const i64, s.item_count())
-        });
         let result = py.detach(|| {
             self.inner.populate_index();
             lengths_into(words, flags, sel_slice, start, kind, out_slice)
@@ -231,6 +219,33 @@ impl Index {
         py.detach(|| self.inner.verify())
             .map_err(|e| to_py_err(py, e))
     }
+}
+
+/// The int64 elements of a buffer from Python (a numpy array), which must be C-contiguous.
+fn int64s<'a>(buffer: &'a PyBuffer<i64>, what: &str) -> PyResult<&'a [i64]> {
+    if !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a contiguous int64 array"
+        )));
+    }
+    // SAFETY: C-contiguous memory of `item_count` int64s, kept alive and exported (numpy cannot resize
+    // it) while the `PyBuffer` is borrowed; callers run no Python code that could write it meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts(buffer.buf_ptr() as *const i64, buffer.item_count()) })
+}
+
+/// `int64s` of a buffer the caller writes, which must also be writable.
+fn int64s_mut<'a>(buffer: &'a mut PyBuffer<i64>, what: &str) -> PyResult<&'a mut [i64]> {
+    if buffer.readonly() || !buffer.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a writable, contiguous int64 array"
+        )));
+    }
+    // SAFETY: as in `int64s`, and the buffer is writable and borrowed mutably for the slice's life.
+    Ok(
+        unsafe {
+            std::slice::from_raw_parts_mut(buffer.buf_ptr() as *mut i64, buffer.item_count())
+        },
+    )
 }
 
 fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
@@ -337,23 +352,13 @@ fn length_grouped_into(
     size: PyBuffer<i64>,
     megabatch: usize,
     chunks: usize,
-    out: PyBuffer<i64>,
+    mut out: PyBuffer<i64>,
 ) -> PyResult<()> {
-    if out.readonly() || [&perm, &size, &out].iter().any(|b| !b.is_c_contiguous()) {
-        return Err(PyValueError::new_err(
-            "perm, size and out must be contiguous int64 arrays, out writable",
-        ));
-    }
-    // SAFETY: the three buffers are C-contiguous int64 memory of `item_count` elements that the
-    // `PyBuffer`s keep alive and exported for this whole call; `out` is writable, and no Python code
-    // runs on these objects meanwhile (the GIL is released only around pure Rust work on the slices).
-    let (perm, size, out) = unsafe {
-        (
-            std::slice::from_raw_parts(perm.buf_ptr() as *const i64, perm.item_count()),
-            std::slice::from_raw_parts(size.buf_ptr() as *const i64, size.item_count()),
-            std::slice::from_raw_parts_mut(out.buf_ptr() as *mut i64, out.item_count()),
-        )
-    };
+    let (perm, size, out) = (
+        int64s(&perm, "perm")?,
+        int64s(&size, "size")?,
+        int64s_mut(&mut out, "out")?,
+    );
     py.detach(|| crate::grouping::length_grouped(perm, size, megabatch, chunks, out))
         .ok_or_else(|| {
             PyValueError::new_err(
@@ -405,6 +410,14 @@ struct ItemSources {
 }
 
 impl ItemSources {
+    /// Each dataset's `flags` column.
+    fn flag_columns(&self) -> Vec<&[u8]> {
+        self.indexes
+            .iter()
+            .map(|ix| ix.get().inner.column_bytes("flags").unwrap_or_default())
+            .collect()
+    }
+
     /// Sample (`d`, `i`): its dataset's index and the record's position in it.
     fn sample(&self, d: i64, i: i64) -> PyResult<(&Index, usize)> {
         let index = nth(&self.indexes, d)?.get();
@@ -451,11 +464,7 @@ impl ItemSources {
         datasets: &[u8],
         numbers: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let columns: Vec<&[u8]> = self
-            .indexes
-            .iter()
-            .map(|ix| ix.get().inner.column_bytes("flags").unwrap_or_default())
-            .collect();
+        let columns = self.flag_columns();
         let mut out = Vec::with_capacity(datasets.len() / 8);
         for (d, i) in samples(datasets, numbers)? {
             let (_, i) = self.sample(d, i)?;
@@ -520,24 +529,8 @@ impl ItemSources {
             Bound<'py, PyBytes>,
         )>,
     > {
-        if !offsets.is_c_contiguous() || !records.is_c_contiguous() {
-            return Err(PyValueError::new_err(
-                "offsets and records must be contiguous int64 arrays",
-            ));
-        }
-        // SAFETY: both buffers are C-contiguous int64 memory of `item_count` elements that the
-        // `PyBuffer`s keep alive and exported for this whole call, which runs no Python code.
-        let (offsets, records) = unsafe {
-            (
-                std::slice::from_raw_parts(offsets.buf_ptr() as *const i64, offsets.item_count()),
-                std::slice::from_raw_parts(records.buf_ptr() as *const i64, records.item_count()),
-            )
-        };
-        let flags: Vec<&[u8]> = self
-            .indexes
-            .iter()
-            .map(|ix| ix.get().inner.column_bytes("flags").unwrap_or_default())
-            .collect();
+        let (offsets, records) = (int64s(&offsets, "offsets")?, int64s(&records, "records")?);
+        let flags = self.flag_columns();
         let n = records.len() as i64;
         let (mut datasets, mut numbers) = (Vec::new(), Vec::new());
         let mut spans = Vec::with_capacity(positions.len());
