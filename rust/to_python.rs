@@ -123,20 +123,23 @@ impl Cursor<'_> {
     }
 }
 
+/// The Python exception of a failed decode: the one set, else "the bytes changed".
+fn decode_error(py: Python<'_>) -> PyErr {
+    PyErr::take(py).unwrap_or_else(|| {
+        PyValueError::new_err(
+            "record bytes changed since they were indexed (not the JSON that was indexed)",
+        )
+    })
+}
+
 impl Builder {
     /// Decodes the JSON value in `data` (already validated) into Python objects.
     pub fn build<'py>(&mut self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         let mut c = Cursor { d: data, i: 0 };
         self.items.clear();
-        match self.value(py, &mut c, 0) {
-            // SAFETY: `value` returns a new strong reference.
-            Ok(obj) => Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) }),
-            Err(()) => Err(PyErr::take(py).unwrap_or_else(|| {
-                PyValueError::new_err(
-                    "record bytes changed since they were indexed (not the JSON that was indexed)",
-                )
-            })),
-        }
+        let obj = self.value(py, &mut c, 0).map_err(|()| decode_error(py))?;
+        // SAFETY: `value` returns a new strong reference.
+        Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) })
     }
 
     /// Decodes the JSON object in `data` (already validated) member by member, calling
@@ -147,42 +150,56 @@ impl Builder {
         data: &[u8],
         mut member: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>,
     ) -> PyResult<()> {
-        let bad = |py: Python<'py>| {
-            PyErr::take(py).unwrap_or_else(|| {
-                PyValueError::new_err(
-                    "record bytes changed since they were indexed (not the JSON that was indexed)",
-                )
-            })
-        };
         let mut c = Cursor { d: data, i: 0 };
         self.items.clear();
-        if c.peek().map_err(|_| bad(py))? != b'{' {
-            return Err(bad(py));
+        if c.peek() != Ok(b'{') {
+            return Err(decode_error(py));
         }
-        c.i += 1;
-        if c.peek().map_err(|_| bad(py))? == b'}' {
-            return Ok(());
-        }
-        loop {
-            c.peek().map_err(|_| bad(py))?;
-            let key = self.string(py, &mut c).map_err(|_| bad(py))?;
-            if c.peek().map_err(|_| bad(py))? != b':' {
-                return Err(bad(py));
-            }
-            c.i += 1;
-            let value = self.value(py, &mut c, 1).map_err(|_| bad(py))?;
-            // SAFETY: `string` and `value` return new strong references, handed over here.
+        self.members(py, &mut c, 1, |key, value| {
+            // SAFETY: `members` hands over new strong references.
             let (key, value) = unsafe {
                 (
                     Bound::from_owned_ptr(py, key.into_ptr()),
                     Bound::from_owned_ptr(py, value.into_ptr()),
                 )
             };
+            // A failure is left set as Python's exception, for `decode_error` to take.
+            member(key, value).map_err(|e| e.restore(py))
+        })
+        .map_err(|()| decode_error(py))
+    }
+
+    /// The members of the object whose `{` is at `c.i`, each key and value handed to `member` in order;
+    /// leaves `c.i` after the closing `}`. `depth` is that of the values.
+    #[inline(always)]
+    fn members(
+        &mut self,
+        py: Python<'_>,
+        c: &mut Cursor<'_>,
+        depth: usize,
+        mut member: impl FnMut(Owned, Owned) -> BuildResult<()>,
+    ) -> BuildResult<()> {
+        c.i += 1;
+        if c.peek()? == b'}' {
+            c.i += 1;
+            return Ok(());
+        }
+        loop {
+            c.peek()?;
+            let key = self.string(py, c)?;
+            if c.peek()? != b':' {
+                return Err(());
+            }
+            c.i += 1;
+            let value = self.value(py, c, depth)?;
             member(key, value)?;
-            match c.peek().map_err(|_| bad(py))? {
+            match c.peek()? {
                 b',' => c.i += 1,
-                b'}' => return Ok(()),
-                _ => return Err(bad(py)),
+                b'}' => {
+                    c.i += 1;
+                    return Ok(());
+                }
+                _ => return Err(()),
             }
         }
     }
@@ -196,32 +213,14 @@ impl Builder {
         unsafe {
             match c.peek()? {
                 b'{' => {
-                    c.i += 1;
                     let dict = Owned::new(ffi::PyDict_New())?;
-                    if c.peek()? == b'}' {
-                        c.i += 1;
-                        return Ok(dict);
-                    }
-                    loop {
-                        c.peek()?;
-                        let key = self.string(py, c)?;
-                        if c.peek()? != b':' {
-                            return Err(());
+                    self.members(py, c, depth + 1, |key, value| {
+                        match ffi::PyDict_SetItem(dict.0, key.0, value.0) {
+                            0 => Ok(()),
+                            _ => Err(()),
                         }
-                        c.i += 1;
-                        let value = self.value(py, c, depth + 1)?;
-                        if ffi::PyDict_SetItem(dict.0, key.0, value.0) != 0 {
-                            return Err(());
-                        }
-                        match c.peek()? {
-                            b',' => c.i += 1,
-                            b'}' => {
-                                c.i += 1;
-                                return Ok(dict);
-                            }
-                            _ => return Err(()),
-                        }
-                    }
+                    })?;
+                    Ok(dict)
                 }
                 b'[' => {
                     c.i += 1;
