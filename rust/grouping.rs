@@ -26,13 +26,16 @@ pub fn length_grouped(
     // Reading sizes in permutation order is a random gather that misses the cache on millions of
     // samples; a copy of the sizes as u32 (when they fit, as word counts do) halves the memory it
     // touches.
-    let top = size.par_iter().map(|s| s.unsigned_abs()).max().unwrap_or(0);
-    if u32::try_from(top).is_ok() {
-        let compact: Vec<u32> = size.par_iter().map(|s| s.unsigned_abs() as u32).collect();
-        grouped_with(perm, &compact, megabatch, chunks, out)
-    } else {
-        let wide: Vec<u64> = size.par_iter().map(|s| s.unsigned_abs()).collect();
-        grouped_with(perm, &wide, megabatch, chunks, out)
+    let compact: Option<Vec<u32>> = size
+        .par_iter()
+        .map(|s| u32::try_from(s.unsigned_abs()).ok())
+        .collect();
+    match compact {
+        Some(compact) => grouped_with(perm, &compact, megabatch, chunks, out),
+        None => {
+            let wide: Vec<u64> = size.par_iter().map(|s| s.unsigned_abs()).collect();
+            grouped_with(perm, &wide, megabatch, chunks, out)
+        }
     }
 }
 
