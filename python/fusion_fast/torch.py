@@ -454,9 +454,9 @@ def collate(
     In DataLoader workers stacked and padded tensors are built directly in shared memory, as torch's
     default collate does, so sending them to the main process copies nothing.
     """
-    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
     if isinstance(batch, PackedRecords) and batch._items is None:
-        return PackedBatch(batch._payload, pads, default_pad)
+        return PackedBatch(batch._payload)  # raw records hold no tensors: the pad values play no part
+    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
     return _collate_items(list(batch), pads, default_pad)
 
 
@@ -468,9 +468,8 @@ def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: i
     return _collate(items, None, pads, default)
 
 
-def _unpack_collated(payload: _Payload, pads: Mapping[str, int | float], default: int | float) -> Any:
-    """`collate` of a packed batch's items, built column by column in Rust (raw records hold no tensors,
-    so the pad values play no part)."""
+def _unpack_collated(payload: _Payload) -> Any:
+    """`collate` of a packed batch's items, built column by column in Rust."""
     with paused_gc():
         return decode_shipped(*payload, collated=True)
 
@@ -480,15 +479,15 @@ class PackedBatch(MutableMapping[str, Any]):
     the worker it decodes and behaves as that dict; sent to the main process untouched, it arrives as
     the plain dict, decoded there in Rust."""
 
-    __slots__ = ("_payload", "_pads", "_default", "_batch")
+    __slots__ = ("_payload", "_batch")
 
-    def __init__(self, payload: _Payload, pads: Mapping[str, int | float], default: int | float) -> None:
-        self._payload, self._pads, self._default = payload, pads, default
+    def __init__(self, payload: _Payload) -> None:
+        self._payload = payload
         self._batch: dict[str, Any] | None = None
 
     def _decoded(self) -> dict[str, Any]:
         if self._batch is None:
-            self._batch = _unpack_collated(self._payload, self._pads, self._default)
+            self._batch = _unpack_collated(self._payload)
         return self._batch
 
     def __getitem__(self, key: str) -> Any:
@@ -508,7 +507,7 @@ class PackedBatch(MutableMapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._batch is None:
-            return (_unpack_collated, (self._payload, self._pads, self._default))
+            return (_unpack_collated, (self._payload,))
         return (dict, (self._batch,))
 
 
