@@ -30,8 +30,6 @@ import gc
 import importlib.util
 import json
 import multiprocessing
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
-from common import machine, machine_markdown, publish, table  # noqa: E402
+from common import machine, machine_markdown, publish, run_child, spread, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import FusionDataset, collate, private_memory  # noqa: E402
 
@@ -171,23 +169,9 @@ def first_batch(stage: Path, data: Path, args: argparse.Namespace, sampler: str)
     runs = []
     for _ in range(3):
         spawned = time.time()
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                FIRST_BATCH_CHILD,
-                str(stage),
-                str(data),
-                str(args.batch),
-                str(args.workers),
-                sampler,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            check=True,
-            timeout=600,
-        ).stdout
-        result = json.loads(out.strip().splitlines()[-1])
+        result = run_child(
+            FIRST_BATCH_CHILD, str(stage), str(data), str(args.batch), str(args.workers), sampler
+        )
         result["seconds"] = result.pop("first_batch_at") - spawned
         runs.append(result)
     return min(runs, key=lambda r: r["seconds"])
@@ -197,25 +181,15 @@ def fresh_worker_memory(stage: Path, data: Path, args: argparse.Namespace) -> di
     """fusion-fast's worker memory measured in a fresh process that holds nothing else: in this one the
     baselines' million Python records would be inherited by every forked worker, and the garbage
     collector's passes over them in the worker would copy pages of them into it."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            WORKER_MEMORY_CHILD,
-            str(stage),
-            str(data),
-            str(args.batch),
-            str(args.workers),
-            args.start_method,
-            str(args.samples),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        check=True,
-        timeout=1800,
-    ).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-    return result
+    return run_child(
+        WORKER_MEMORY_CHILD,
+        str(stage),
+        str(data),
+        str(args.batch),
+        str(args.workers),
+        args.start_method,
+        str(args.samples),
+    )
 
 
 def rounds(loaders: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -227,13 +201,13 @@ def rounds(loaders: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[
             runs[name].append(run_loader(dataset, args, args.workers))
     out = {}
     for name, results in runs.items():
-        rates = sorted(r["per_s"] for r in results)
+        rates = spread([r["per_s"] for r in results])
         out[name] = {
             **results[-1],
-            "per_s": statistics.median(rates),
-            "per_s_min": rates[0],
-            "per_s_max": rates[-1],
-            "rounds": len(rates),
+            "per_s": rates["median"],
+            "per_s_min": rates["min"],
+            "per_s_max": rates["max"],
+            "rounds": rates["runs"],
         }
     return out
 

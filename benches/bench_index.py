@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from common import (  # noqa: E402
     publish,
     repeat,
     run_child,
+    spread,
     table,
 )
 from fusion_fast import synth  # noqa: E402
@@ -207,8 +207,9 @@ def random_access(idx: ff.JsonIndex, n: int, rounds: int) -> dict[str, Any]:
         for name, fn in contenders.items():
             runs[name].append(rate(fn))
     for name, rates in runs.items():
-        out[name] = statistics.median(rates)
-        out["range"][name] = (min(rates), max(rates))
+        summary = spread(rates)
+        out[name] = summary["median"]
+        out["range"][name] = (summary["min"], summary["max"])
     return out
 
 

@@ -68,6 +68,11 @@ def machine_markdown(m: dict[str, Any]) -> str:
     )
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements, and how many there were."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
 def repeat(fn: Callable[[], Any], n: int) -> dict[str, float]:
     """Run `fn` n times; median, min and max seconds."""
     times = []
@@ -75,7 +80,7 @@ def repeat(fn: Callable[[], Any], n: int) -> dict[str, float]:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": n}
+    return spread(times)
 
 
 def fmt_time(r: dict[str, float]) -> str:
