@@ -503,7 +503,8 @@ impl ItemSources {
         let mut spans = Vec::with_capacity(datasets.len() / 8);
         for (d, i) in samples(datasets, numbers)? {
             let (index, i) = self.sample(d, i)?;
-            spans.push(index.inner.raw(i).map_err(|e| to_py_err(py, e))?);
+            let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
+            spans.push((index, span));
         }
         packed(py, &spans)
     }
@@ -546,7 +547,8 @@ impl ItemSources {
             if nth(&flags, d)?.get(i).is_none_or(|&f| f & bad_flags != 0) {
                 return Ok(None);
             }
-            spans.push(index.inner.raw(i).map_err(|e| to_py_err(py, e))?);
+            let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
+            spans.push((index, span));
             datasets.extend_from_slice(&d.to_le_bytes());
             numbers.extend_from_slice(&(i as i64).to_le_bytes());
         }
@@ -560,24 +562,31 @@ impl ItemSources {
     }
 }
 
-/// Records' bytes concatenated, and each one's length as little-endian uint32.
+/// Records' bytes concatenated, and each one's length as little-endian uint32. Read with positional
+/// reads rather than from the mapping: this runs in DataLoader workers, which meet most pages of a
+/// large file once, and a first touch of a mapped page (a page fault) measured several times the cost
+/// of a read.
 fn packed<'py>(
     py: Python<'py>,
-    spans: &[&[u8]],
+    spans: &[(&Index, std::ops::Range<usize>)],
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let total = spans.iter().map(|s| s.len()).sum();
+    let total = spans.iter().map(|(_, s)| s.len()).sum();
     let data = PyBytes::new_with(py, total, |out| {
         let mut at = 0;
-        for s in spans {
-            out[at..at + s.len()].copy_from_slice(s);
-            at += s.len();
+        for (index, span) in spans {
+            let end = at + span.len();
+            index
+                .inner
+                .read_span(span.clone(), &mut out[at..end])
+                .map_err(|e| to_py_err(py, e))?;
+            at = end;
         }
         Ok(())
     })?;
     // A record is under 4 GiB: the index stores lengths as uint32.
     let lengths: Vec<u8> = spans
         .iter()
-        .flat_map(|s| (s.len() as u32).to_le_bytes())
+        .flat_map(|(_, s)| (s.len() as u32).to_le_bytes())
         .collect();
     Ok((data, PyBytes::new(py, &lengths)))
 }

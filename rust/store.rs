@@ -122,6 +122,8 @@ pub struct JsonIndex {
     pub build_seconds: f64,
     index: Mmap,
     source: Option<Mmap>,
+    /// The data file, for positional reads (`read_raw`) that leave the mapping untouched.
+    source_file: File,
     /// Byte positions of the `offset` and `length` columns in `index`, looked up once.
     offset_column: usize,
     length_column: usize,
@@ -206,13 +208,12 @@ impl JsonIndex {
         Some(self.header.column_bytes(&self.index, c))
     }
 
-    /// The raw bytes of record `i`, or a corrupt-index error when its span leaves the data file.
-    pub fn raw(&self, i: usize) -> Result<&[u8]> {
+    /// The byte range of record `i` in the data file, or a corrupt-index error when it leaves the file.
+    pub fn checked_span(&self, i: usize) -> Result<std::ops::Range<usize>> {
         let (off, len) = self.span(i);
-        let data = self.source_bytes();
         let end = off
             .checked_add(len)
-            .filter(|&e| e <= data.len() as u64)
+            .filter(|&e| e <= self.source_bytes().len() as u64)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::CorruptIndex,
@@ -220,7 +221,31 @@ impl JsonIndex {
                 )
                 .with_path(&self.index_path)
             })?;
-        Ok(&data[off as usize..end as usize])
+        Ok(off as usize..end as usize)
+    }
+
+    /// The raw bytes of record `i`, or a corrupt-index error when its span leaves the data file.
+    pub fn raw(&self, i: usize) -> Result<&[u8]> {
+        Ok(&self.source_bytes()[self.checked_span(i)?])
+    }
+
+    /// Copies the bytes at `span` of the data file (a `checked_span`) into `out` with a positional
+    /// read. For a process that reads few records of a large file once each, such as a DataLoader
+    /// worker, this is cheaper than touching the mapping: the first touch of each page of a mapping
+    /// costs the process a page fault, several times a read's cost.
+    pub fn read_span(&self, span: std::ops::Range<usize>, out: &mut [u8]) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::FileExt;
+            self.source_file
+                .read_exact_at(out, span.start as u64)
+                .map_err(|e| Error::io(&self.source_path, "read the data file", e))
+        }
+        #[cfg(not(unix))]
+        {
+            out.copy_from_slice(&self.source_bytes()[span]);
+            Ok(())
+        }
     }
 
     /// Recomputes every column checksum.
@@ -273,6 +298,7 @@ impl JsonIndex {
             build_seconds: 0.0,
             index,
             source: source_map,
+            source_file: src,
         })
     }
 }
@@ -425,4 +451,28 @@ fn build_locked(
 /// A progress counter shared with a scan (bytes read so far).
 pub fn progress_counter() -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positional_reads_give_the_records_the_mapping_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.json");
+        let text = r#"[{"id": "a", "v": "[,]\"{"}, {"id": "bé"} ,[1, 2], "s", {}]"#;
+        std::fs::write(&source, text).unwrap();
+        let index = open(&source, &OpenOptions::default()).unwrap();
+        assert_eq!(index.len(), 5);
+        for i in 0..index.len() {
+            let span = index.checked_span(i).unwrap();
+            let mut read = vec![0; span.len()];
+            index.read_span(span, &mut read).unwrap();
+            assert_eq!(read, index.raw(i).unwrap(), "record {i}");
+        }
+        let mut past_end = vec![0; 4];
+        let end = text.len();
+        assert!(index.read_span(end - 2..end + 2, &mut past_end).is_err());
+    }
 }
