@@ -10,7 +10,10 @@ The stage is bench_mixture.py's: 9 files shaped like FUSION's Stage 1 (10M recor
 generated once into `--data` and indexed before anything is timed. Every loader shuffles (random
 access, as in training), uses `fusion_fast.torch.collate` and runs `--samples` samples after a warm-up.
 fusion-fast and FUSION's list take turns for `--rounds` rounds (the machine's speed wanders; each
-gets the same conditions): the median and the range are reported. The baselines hold a subset of the
+gets the same conditions): the median and the range are reported. So does the DataLoader alone, with
+the same settings over a dataset whose items are just their index: the rate its own per-batch work
+allows on this machine. Each loader's CPU time per batch, of the main process and of its workers, shows
+where the machine's cores go. The baselines hold a subset of the
 mixture (`--baseline-records`) as `json.load`ed Python objects: all 10M do not fit in memory; their
 worker memory grows with the subset (copy-on-write of touched objects).
 
@@ -30,6 +33,7 @@ import gc
 import importlib.util
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -92,6 +96,20 @@ print(json.dumps({"samples": seen, "worker_private": [private_memory(p) for p in
 FIRST_BATCH_SAMPLERS = ("fusion-fast", "torch")
 
 
+class IndexDataset(Dataset[Any]):
+    """No data at all: item i is {"id": i}. The DataLoader alone, with the same settings, shows what its
+    own per-batch work (sampler, index and result queues, workers) allows on this machine."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        return {"id": i}
+
+
 class ListDataset(Dataset[Any]):
     """FUSION's `LazySupervisedDataset` on raw records: `list_data_dict[i]`, one item at a time."""
 
@@ -121,8 +139,16 @@ def subset_file(mix: Mixture, n: int, path: Path) -> Path:
     return path
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid`, all its threads (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
-    """samples/s after a warm-up, and the private memory of each worker once the samples are done."""
+    """samples/s after a warm-up, the CPU time per batch of the main process and of the workers (on
+    two cores the two add up against one budget), and the private memory of each worker once the
+    samples are done."""
     loader = DataLoader(
         dataset,
         batch_size=args.batch,
@@ -133,18 +159,23 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
         multiprocessing_context=args.start_method if workers > 0 else None,
     )
     batches = seen = 0
-    started = 0.0
+    started = main_cpu = 0.0
+    worker_cpu: dict[int, float] = {}
     while seen < args.samples:
         for batch in loader:
             batches += 1
             if batches == WARMUP_BATCHES:
-                started = time.perf_counter()
+                started, main_cpu = time.perf_counter(), time.process_time()
+                worker_cpu = {pid: cpu_seconds(pid) for pid in _worker_pids()}
             elif batches > WARMUP_BATCHES:
                 seen += len(batch["id"])
                 if seen >= args.samples:
                     break
     seconds = time.perf_counter() - started
-    pids = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
+    counted = (batches - WARMUP_BATCHES) or 1
+    main_cpu = time.process_time() - main_cpu
+    pids = _worker_pids()
+    workers_cpu = sum(cpu_seconds(pid) - worker_cpu.get(pid, 0.0) for pid in pids)
     workers = [private_memory(pid) for pid in pids]
     with_cache = [private_memory(pid, include_page_cache=True) for pid in pids]
     del loader
@@ -152,9 +183,15 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
         "samples": seen,
         "seconds": seconds,
         "per_s": seen / seconds,
+        "main_cpu_us_per_batch": main_cpu / counted * 1e6,
+        "workers_cpu_us_per_batch": workers_cpu / counted * 1e6,
         "worker_private": workers,
         "worker_private_with_page_cache": with_cache,
     }
+
+
+def _worker_pids() -> list[int]:
+    return [p.pid for p in multiprocessing.active_children() if p.pid is not None]
 
 
 def hf_datasets(path: Path, cache_dir: str) -> Any:
@@ -255,8 +292,16 @@ def main() -> int:
     with open(subset, encoding="utf-8") as f:
         list_data_dict = json.load(f)
     load_s = time.perf_counter() - t
-    both = rounds({"fusion_fast": dataset, "list_data_dict": ListDataset(list_data_dict)}, args)
+    both = rounds(
+        {
+            "fusion_fast": dataset,
+            "list_data_dict": ListDataset(list_data_dict),
+            "dataloader_alone": IndexDataset(len(dataset)),
+        },
+        args,
+    )
     results["fusion_fast"] = both["fusion_fast"]
+    results["dataloader_alone"] = both["dataloader_alone"]
     results["list_data_dict"] = {
         "records": len(list_data_dict),
         "json_load_s": load_s,
@@ -283,6 +328,7 @@ def main() -> int:
 
 def report(r: dict[str, Any]) -> str:
     ff, base, hf = r["fusion_fast"], r["list_data_dict"], r.get("hf_datasets")
+    alone = r.get("dataloader_alone")
     fresh = r["fusion_fast_worker_memory"]
     n = r["selected"]
     mib = 2**20
@@ -293,6 +339,11 @@ def report(r: dict[str, Any]) -> str:
         if x.get("rounds", 1) > 1:
             return f"{x['per_s']:,.0f} ({x['per_s_min']:,.0f}-{x['per_s_max']:,.0f})"
         return f"{x['per_s']:,.0f}"
+
+    def cpu(x: dict[str, Any] | None) -> str:
+        if not x or "main_cpu_us_per_batch" not in x:
+            return "-"
+        return f"{x['main_cpu_us_per_batch']:.0f} / {x['workers_cpu_us_per_batch']:.0f} us"
 
     def memory(x: dict[str, Any] | None, key: str = "worker_private") -> str:
         if not x:
@@ -321,6 +372,21 @@ def report(r: dict[str, Any]) -> str:
             "-",
             f"{ff['per_s'] / base['per_s']:.2f}x",
             f"{ff['per_s'] / hf['per_s']:.2f}x" if hf else "-",
+            "",
+        ],
+        [
+            "CPU time per batch: main process / all workers (2 cores: 1 s of CPU per s each)",
+            cpu(ff),
+            cpu(base),
+            cpu(hf),
+            "",
+        ],
+        [
+            "the DataLoader alone, same settings, items {'id': i} (its own per-batch work: sampler, "
+            "queues, workers), same rounds",
+            f"{rate(alone)}; CPU per batch {cpu(alone)}",
+            "",
+            "",
             "",
         ],
         [
