@@ -159,23 +159,23 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
         multiprocessing_context=args.start_method if workers > 0 else None,
     )
     batches = seen = 0
-    started = main_cpu = 0.0
-    worker_cpu: dict[int, float] = {}
+    started = main_cpu_at_start = 0.0
+    worker_cpu_at_start: dict[int, float] = {}
     while seen < args.samples:
         for batch in loader:
             batches += 1
             if batches == WARMUP_BATCHES:
-                started, main_cpu = time.perf_counter(), time.process_time()
-                worker_cpu = {pid: cpu_seconds(pid) for pid in _worker_pids()}
+                started, main_cpu_at_start = time.perf_counter(), time.process_time()
+                worker_cpu_at_start = {pid: cpu_seconds(pid) for pid in _worker_pids()}
             elif batches > WARMUP_BATCHES:
                 seen += len(batch["id"])
                 if seen >= args.samples:
                     break
     seconds = time.perf_counter() - started
     counted = (batches - WARMUP_BATCHES) or 1
-    main_cpu = time.process_time() - main_cpu
+    main_cpu = time.process_time() - main_cpu_at_start
     pids = _worker_pids()
-    workers_cpu = sum(cpu_seconds(pid) - worker_cpu.get(pid, 0.0) for pid in pids)
+    workers_cpu = sum(cpu_seconds(pid) - worker_cpu_at_start.get(pid, 0.0) for pid in pids)
     workers = [private_memory(pid) for pid in pids]
     with_cache = [private_memory(pid, include_page_cache=True) for pid in pids]
     del loader

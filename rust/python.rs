@@ -91,11 +91,10 @@ impl Index {
             .map_err(|e| self.changed(py, i, e))
     }
 
-    /// The error for record `i` whose bytes no longer decode.
+    /// The error for record `i` whose bytes can no longer be read or decoded.
     fn changed(&self, py: Python<'_>, i: usize, e: PyErr) -> PyErr {
-        let msg = format!(
-            "record {i} cannot be decoded ({e}); the data file changed after it was opened"
-        );
+        let msg =
+            format!("record {i} cannot be read ({e}); the data file changed after it was opened");
         to_py_err(
             py,
             Error::new(ErrorKind::StaleIndex, msg).with_path(&self.inner.source_path),
@@ -504,7 +503,7 @@ impl ItemSources {
         for (d, i) in samples(datasets, numbers)? {
             let (index, i) = self.sample(d, i)?;
             let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
-            spans.push((index, span));
+            spans.push((index, i, span));
         }
         packed(py, &spans)
     }
@@ -548,7 +547,7 @@ impl ItemSources {
                 return Ok(None);
             }
             let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
-            spans.push((index, span));
+            spans.push((index, i, span));
             datasets.extend_from_slice(&d.to_le_bytes());
             numbers.extend_from_slice(&(i as i64).to_le_bytes());
         }
@@ -562,23 +561,24 @@ impl ItemSources {
     }
 }
 
-/// Records' bytes concatenated, and each one's length as little-endian uint32. Read with positional
-/// reads rather than from the mapping: this runs in DataLoader workers, which meet most pages of a
-/// large file once, and a first touch of a mapped page (a page fault) measured several times the cost
-/// of a read.
+/// The bytes of records (index, record number, `checked_span`) concatenated, and each one's length as
+/// little-endian uint32. Read with positional reads rather than from the mapping: this runs in
+/// DataLoader workers, which meet most pages of a large file once, and a first touch of a mapped page
+/// (a page fault) measured more than twice the cost of a read. A data file cut short after it was
+/// opened fails the read: a stale-index error naming the file and record, not a crash.
 fn packed<'py>(
     py: Python<'py>,
-    spans: &[(&Index, std::ops::Range<usize>)],
+    spans: &[(&Index, usize, std::ops::Range<usize>)],
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let total = spans.iter().map(|(_, s)| s.len()).sum();
+    let total = spans.iter().map(|(_, _, s)| s.len()).sum();
     let data = PyBytes::new_with(py, total, |out| {
         let mut at = 0;
-        for (index, span) in spans {
+        for (index, i, span) in spans {
             let end = at + span.len();
             index
                 .inner
                 .read_span(span.clone(), &mut out[at..end])
-                .map_err(|e| to_py_err(py, e))?;
+                .map_err(|e| index.changed(py, *i, to_py_err(py, e)))?;
             at = end;
         }
         Ok(())
@@ -586,7 +586,7 @@ fn packed<'py>(
     // A record is under 4 GiB: the index stores lengths as uint32.
     let lengths: Vec<u8> = spans
         .iter()
-        .flat_map(|(_, s)| (s.len() as u32).to_le_bytes())
+        .flat_map(|(_, _, s)| (s.len() as u32).to_le_bytes())
         .collect();
     Ok((data, PyBytes::new(py, &lengths)))
 }

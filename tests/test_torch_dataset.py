@@ -653,6 +653,23 @@ def test_workers_pack_positions_in_one_call_as_the_general_path_does(stage, bad_
     assert list(np.frombuffer(replaced[3], "<i8")) == [4, 7]  # 5 (and 6) skipped: the next good one is 7
 
 
+def test_a_data_file_cut_short_after_opening_is_a_clear_error_in_the_worker_path(tmp_path):
+    """Workers read records with positional reads: a record past the new end of a truncated data file
+    is a StaleIndexError naming the file and the record (reading it from the mapping would crash the
+    process with SIGBUS)."""
+    from fusion_fast.errors import StaleIndexError
+
+    path = write_data(
+        tmp_path / "cut.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
+    )
+    ds = FusionDataset(path)
+    assert ds._pack_positions([0, 19]) is not None
+    os.truncate(path, path.stat().st_size // 2)
+    with pytest.raises(StaleIndexError, match="record 19 cannot be read") as raised:
+        ds._pack_positions([0, 19])
+    assert raised.value.path == str(path)
+
+
 def test_damaged_shipments_raise_instead_of_crashing(stage):
     from fusion_fast import _core
     from fusion_fast.torch import _pack
