@@ -139,10 +139,62 @@ def subset_file(mix: Mixture, n: int, path: Path) -> Path:
     return path
 
 
+def _stat_cpu(stat: Path) -> float:
+    """User + system CPU seconds from a /proc `stat` file (a process's or one thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process `pid`, all its threads (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return _stat_cpu(Path(f"/proc/{pid}/stat"))
+
+
+#: CPU seconds by (pid, thread id).
+ThreadCpu = dict[tuple[int, int], float]
+
+
+def thread_cpu(pids: list[int]) -> ThreadCpu:
+    """CPU seconds of every thread of these processes, by (pid, thread id)."""
+    out = {}
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out[(pid, int(task.name))] = _stat_cpu(task / "stat")
+            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
+                pass
+    return out
+
+
+def cpu_by_thread(before: ThreadCpu, after: ThreadCpu) -> dict[str, float]:
+    """CPU seconds spent between two `thread_cpu` snapshots, split into the main process's main thread,
+    its other threads, the workers' main threads and their other threads. The other threads are torch's
+    queue feeders: they pickle what `put` queued and write it to a pipe (index lists in the main
+    process, batches in the workers)."""
+    split = dict.fromkeys(("main_thread", "main_other", "workers_main_threads", "workers_other"), 0.0)
+    for (pid, tid), seconds in after.items():
+        if pid == os.getpid():
+            part = "main_thread" if tid == pid else "main_other"
+        else:
+            part = "workers_main_threads" if tid == pid else "workers_other"
+        split[part] += seconds - before.get((pid, tid), 0.0)
+    return split
+
+
+def machine_cpu() -> tuple[list[int], int]:
+    """The machine's CPU time by state (/proc/stat's `cpu` line, in ticks) and its context switches."""
+    stat = Path("/proc/stat").read_text().splitlines()
+    ticks = [int(x) for x in stat[0].split()[1:]]
+    switches = next(int(line.split()[1]) for line in stat if line.startswith("ctxt "))
+    return ticks, switches
+
+
+def idle_share(before: list[int], after: list[int]) -> float:
+    """The share of the machine's CPU time that was idle, waiting on I/O or stolen by the host."""
+    spent = [b - a for a, b in zip(before, after, strict=False)]
+    idle, iowait = spent[3], spent[4]
+    steal = spent[7] if len(spent) > 7 else 0
+    return (idle + iowait + steal) / max(sum(spent[:8]), 1)
 
 
 def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
@@ -161,21 +213,27 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
     batches = seen = 0
     started = main_cpu_at_start = 0.0
     worker_cpu_at_start: dict[int, float] = {}
+    threads_at_start: ThreadCpu = {}
+    machine_at_start: tuple[list[int], int] = ([], 0)
     while seen < args.samples:
         for batch in loader:
             batches += 1
             if batches == WARMUP_BATCHES:
-                started, main_cpu_at_start = time.perf_counter(), time.process_time()
                 worker_cpu_at_start = {pid: cpu_seconds(pid) for pid in _worker_pids()}
+                threads_at_start = thread_cpu([os.getpid(), *_worker_pids()])
+                machine_at_start = machine_cpu()
+                started, main_cpu_at_start = time.perf_counter(), time.process_time()
             elif batches > WARMUP_BATCHES:
                 seen += len(batch["id"])
                 if seen >= args.samples:
                     break
     seconds = time.perf_counter() - started
-    counted = (batches - WARMUP_BATCHES) or 1
     main_cpu = time.process_time() - main_cpu_at_start
+    machine_ticks, machine_switches = machine_cpu()
+    counted = (batches - WARMUP_BATCHES) or 1
     pids = _worker_pids()
     workers_cpu = sum(cpu_seconds(pid) - worker_cpu_at_start.get(pid, 0.0) for pid in pids)
+    by_thread = cpu_by_thread(threads_at_start, thread_cpu([os.getpid(), *pids]))
     workers = [private_memory(pid) for pid in pids]
     with_cache = [private_memory(pid, include_page_cache=True) for pid in pids]
     del loader
@@ -185,6 +243,9 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
         "per_s": seen / seconds,
         "main_cpu_us_per_batch": main_cpu / counted * 1e6,
         "workers_cpu_us_per_batch": workers_cpu / counted * 1e6,
+        "cpu_us_per_batch_by_thread": {k: v / counted * 1e6 for k, v in by_thread.items()},
+        "machine_idle_share": idle_share(machine_at_start[0], machine_ticks),
+        "context_switches_per_batch": (machine_switches - machine_at_start[1]) / counted,
         "worker_private": workers,
         "worker_private_with_page_cache": with_cache,
     }
@@ -345,6 +406,16 @@ def report(r: dict[str, Any]) -> str:
             return "-"
         return f"{x['main_cpu_us_per_batch']:.0f} / {x['workers_cpu_us_per_batch']:.0f} us"
 
+    def threads(x: dict[str, Any] | None) -> str:
+        if not x or "cpu_us_per_batch_by_thread" not in x:
+            return "-"
+        t = x["cpu_us_per_batch_by_thread"]
+        return (
+            f"{t['main_thread']:.0f} + {t['main_other']:.0f} / {t['workers_main_threads']:.0f} + "
+            f"{t['workers_other']:.0f} us; machine idle {x['machine_idle_share']:.0%}; "
+            f"{x['context_switches_per_batch']:.1f} context switches per batch"
+        )
+
     def memory(x: dict[str, Any] | None, key: str = "worker_private") -> str:
         if not x:
             return "-"
@@ -382,9 +453,17 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
+            "same, by thread (last round): main process's main thread + its other threads (torch's queue "
+            "feeders) / workers' main threads + their other threads",
+            threads(ff),
+            threads(base),
+            threads(hf),
+            "",
+        ],
+        [
             "the DataLoader alone, same settings, items {'id': i} (its own per-batch work: sampler, "
             "queues, workers), same rounds",
-            f"{rate(alone)}; CPU per batch {cpu(alone)}",
+            f"{rate(alone)}; CPU per batch {cpu(alone)}; by thread {threads(alone)}",
             "",
             "",
             "",
