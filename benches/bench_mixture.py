@@ -32,7 +32,7 @@ from tests.fusion_reference import fusion_lengths, fusion_modality_lengths  # no
 from common import fmt_time, machine, machine_markdown, publish, repeat, run_child, table  # noqa: E402
 from fusion_fast import Mixture, synth  # noqa: E402
 from fusion_fast.index import open as open_index  # noqa: E402
-from fusion_fast.samplers import LengthGroupedSampler  # noqa: E402
+from fusion_fast.samplers import DistributedMixtureSampler, LengthGroupedSampler, epoch_rng  # noqa: E402
 
 #: (file, records at full size, strategy): FUSION Stage 1's mix of captioning sources, 10M records.
 STAGE1 = (
@@ -204,6 +204,15 @@ def main() -> int:
         sampler = LengthGroupedSampler(lengths, batch_size=batch, world_size=world, seed=0)
         results["sampler"][f"{world}x{batch}"] = repeat(sampler.order, max(1, args.repeat // 2))
 
+    # The shuffle behind DistributedMixtureSampler: numpy's permutation, drawn by numpy or in Rust.
+    shuffled = DistributedMixtureSampler(n_sampler, seed=0)
+    if not np.array_equal(shuffled.order(), epoch_rng("distributed", 0, 0).permutation(n_sampler)):
+        raise AssertionError("the sampler's order is not numpy's permutation")
+    results["distributed_order"] = {
+        "fusion_fast": repeat(shuffled.order, args.repeat),
+        "numpy": repeat(lambda: epoch_rng("distributed", 0, 0).permutation(n_sampler), args.repeat),
+    }
+
     blob = pickle.dumps(mix)
     results["pickle_bytes"] = len(blob)
     results["unpickle"] = repeat(lambda: pickle.loads(blob), args.repeat)
@@ -254,6 +263,17 @@ def report(r: dict[str, Any]) -> str:
                 fmt_time(timing),
                 "-",
                 "<= 2 s",
+            ]
+        )
+    if "distributed_order" in r:
+        order = r["distributed_order"]
+        rows.append(
+            [
+                f"DistributedMixtureSampler's order, {r['sampler_samples']:,} samples (numpy's permutation, "
+                "drawn in Rust) vs numpy drawing the same array",
+                fmt_time(order["fusion_fast"]),
+                fmt_time(order["numpy"]),
+                f"{order['numpy']['median'] / order['fusion_fast']['median']:.1f}x faster",
             ]
         )
     rows += [

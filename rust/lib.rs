@@ -11,6 +11,7 @@ pub mod lengths;
 pub mod paths;
 pub mod record;
 pub mod scan;
+pub mod shuffle;
 pub mod words;
 
 pub use columns::Records;

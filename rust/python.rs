@@ -15,6 +15,7 @@ use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
 use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
+use crate::shuffle::NumpyPcg64;
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::to_python::Builder;
 
@@ -366,6 +367,29 @@ fn length_grouped_into(
         })
 }
 
+/// numpy's `Generator(PCG64).shuffle` of `data` (int64, C-contiguous), bit for bit (see `shuffle`):
+/// the generator's state is passed as `bit_generator.state` holds it and returned as it is after.
+/// Runs with the GIL released.
+#[pyfunction]
+fn numpy_shuffle_into(
+    py: Python<'_>,
+    state: u128,
+    inc: u128,
+    has_uint32: bool,
+    uinteger: u32,
+    mut data: PyBuffer<i64>,
+) -> PyResult<(u128, bool, u32)> {
+    let data = int64s_mut(&mut data, "data")?;
+    let mut rng = NumpyPcg64 {
+        state,
+        inc,
+        has_uint32,
+        uinteger,
+    };
+    py.detach(|| crate::shuffle::shuffle(&mut rng, data));
+    Ok((rng.state, rng.has_uint32, rng.uinteger))
+}
+
 /// The one record builder (its string cache of keys and short values stays warm across calls).
 static BUILDER: LazyLock<Mutex<Builder>> = LazyLock::new(|| Mutex::new(Builder::default()));
 
@@ -707,6 +731,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cache_dir, m)?)?;
     m.add_function(wrap_pyfunction!(files_exist, m)?)?;
     m.add_function(wrap_pyfunction!(length_grouped_into, m)?)?;
+    m.add_function(wrap_pyfunction!(numpy_shuffle_into, m)?)?;
     m.add_function(wrap_pyfunction!(index_candidates, m)?)?;
     Ok(())
 }

@@ -10,9 +10,10 @@ They subclass `torch.utils.data.Sampler` when torch is installed; numpy is all t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
-from collections.abc import Iterator, Sized
+from collections.abc import Iterator, Mapping, Sized
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
@@ -41,6 +42,42 @@ def epoch_rng(kind: str, seed: int, epoch: int) -> np.random.Generator:
     material = b"\0".join([b"fusion-fast/sampler/v1", kind.encode(), str(seed).encode(), str(epoch).encode()])
     entropy = int.from_bytes(hashlib.blake2b(material, digest_size=16).digest(), "little")
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(entropy)))
+
+
+def permutation(rng: np.random.Generator, n: int) -> np.ndarray:
+    """`rng.permutation(n)`: the same int64 array, leaving `rng` in the same state, drawn in Rust with
+    the memory reads of numpy's swaps overlapped (rust/shuffle.rs; 0.55 s for 8.9M with numpy here).
+    numpy draws it when `rng` is not PCG64, when n reaches 2**32, or if this numpy's shuffle turns out
+    to draw differently (checked once, on a small permutation)."""
+    state = rng.bit_generator.state
+    if state.get("bit_generator") != "PCG64" or not 0 <= n < 2**32 or not _shuffle_matches_numpy():
+        return rng.permutation(n)
+    out, rng.bit_generator.state = _drawn_in_rust(state, n)
+    return out
+
+
+def _drawn_in_rust(state: Mapping[str, Any], n: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The permutation of n that numpy's PCG64 in `state` draws, and its state after."""
+    out = np.arange(n, dtype=np.int64)
+    pcg = state["state"]
+    after, has_uint32, uinteger = _core.numpy_shuffle_into(
+        pcg["state"], pcg["inc"], bool(state["has_uint32"]), state["uinteger"], out
+    )
+    return out, {
+        "bit_generator": "PCG64",
+        "state": {"state": after, "inc": pcg["inc"]},
+        "has_uint32": int(has_uint32),
+        "uinteger": uinteger,
+    }
+
+
+@functools.cache
+def _shuffle_matches_numpy() -> bool:
+    """Whether the Rust shuffle draws as this numpy's does: the same order and state after."""
+    rng = np.random.Generator(np.random.PCG64(20261126))
+    rng.integers(2**32, dtype=np.uint32)  # leaves a buffered 32-bit half, drawn first
+    ours, after = _drawn_in_rust(rng.bit_generator.state, 1000)
+    return bool(np.array_equal(ours, rng.permutation(1000))) and after == rng.bit_generator.state
 
 
 def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
@@ -161,7 +198,7 @@ class DistributedMixtureSampler(_ResumableSampler):
     def _order(self) -> np.ndarray:
         n = self.total
         if self.shuffle:
-            positions = epoch_rng(self._kind, self.seed, self.epoch).permutation(n)
+            positions = permutation(epoch_rng(self._kind, self.seed, self.epoch), n)
         else:
             positions = np.arange(n, dtype=np.int64)
         positions = _pad_or_cut(positions, self.total_size)
@@ -243,16 +280,17 @@ def length_grouped_order(
     image = lengths > 0
     n_image = int(image.sum())
     if not group_by_modality or n_image in (0, len(lengths)):
-        return _grouped(rng.permutation(len(lengths)), size, megabatch, world_size)
+        return _grouped(permutation(rng, len(lengths)), size, megabatch, world_size)
     image_ids = np.flatnonzero(image)
     text_ids = np.flatnonzero(~image)
-    image_order = image_ids[_grouped(rng.permutation(len(image_ids)), size[image_ids], megabatch, world_size)]
-    text_order = text_ids[_grouped(rng.permutation(len(text_ids)), size[text_ids], megabatch, world_size)]
+    image_perm = permutation(rng, len(image_ids))
+    image_order = image_ids[_grouped(image_perm, size[image_ids], megabatch, world_size)]
+    text_order = text_ids[_grouped(permutation(rng, len(text_ids)), size[text_ids], megabatch, world_size)]
     # Each kind's last megabatch (even when full) goes to the end, merged and sorted by position.
     image_cut = (math.ceil(len(image_order) / megabatch) - 1) * megabatch
     text_cut = (math.ceil(len(text_order) / megabatch) - 1) * megabatch
     body = np.concatenate([image_order[:image_cut], text_order[:text_cut]]).reshape(-1, megabatch)
-    body = body[rng.permutation(len(body))]
+    body = body[permutation(rng, len(body))]
     last = np.sort(np.concatenate([image_order[image_cut:], text_order[text_cut:]]))
     return np.concatenate([body.ravel(), last])
 
