@@ -8,9 +8,11 @@ random access when it is installed), with the same DataLoader settings, in the s
 
 The stage is bench_mixture.py's: 9 files shaped like FUSION's Stage 1 (10M records; `--quick`: 100k),
 generated once into `--data` and indexed before anything is timed. Every loader shuffles (random
-access, as in training), uses `fusion_fast.torch.collate` and runs `--samples` samples after a warm-up.
-fusion-fast and FUSION's list take turns for `--rounds` rounds (the machine's speed wanders; each
-gets the same conditions): the median and the range are reported. So does the DataLoader alone, with
+access, as in training), uses `fusion_fast.torch.collate`, starts its workers from
+`fusion_fast.torch.worker_context()` (1 MiB pipes) and runs `--samples` samples after a warm-up.
+fusion-fast, fusion-fast with torch's default context (64 KiB pipes) and FUSION's list take turns for
+`--rounds` rounds (the machine's speed wanders; each gets the same conditions): the median and the
+range are reported. So does the DataLoader alone, with
 the same settings over a dataset whose items are just their index: the rate its own per-batch work
 allows on this machine. Each loader's CPU time per batch, of the main process and of its workers, shows
 where the machine's cores go. The baselines hold a subset of the
@@ -47,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
 from common import machine, machine_markdown, publish, run_child, spread, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
-from fusion_fast.torch import FusionDataset, collate, private_memory  # noqa: E402
+from fusion_fast.torch import FusionDataset, collate, private_memory, worker_context  # noqa: E402
 
 WARMUP_BATCHES = 20
 
@@ -57,7 +59,7 @@ started = time.perf_counter()
 import torch
 from torch.utils.data import DataLoader
 from fusion_fast.samplers import DistributedMixtureSampler
-from fusion_fast.torch import FusionDataset, collate
+from fusion_fast.torch import FusionDataset, collate, worker_context
 imported = time.perf_counter()
 dataset = FusionDataset(sys.argv[1], root=sys.argv[2])
 n = len(dataset)
@@ -67,7 +69,7 @@ if sys.argv[5] == "fusion-fast":
 else:
     order = dict(shuffle=True)
 loader = DataLoader(dataset, batch_size=int(sys.argv[3]), num_workers=int(sys.argv[4]), collate_fn=collate,
-                    **order)
+                    multiprocessing_context=worker_context(), **order)
 batch = next(iter(loader))
 done = time.perf_counter()
 print(json.dumps({"first_batch_at": time.time(), "import_s": imported - started, "open_s": opened - imported,
@@ -77,10 +79,11 @@ print(json.dumps({"first_batch_at": time.time(), "import_s": imported - started,
 WORKER_MEMORY_CHILD = r"""
 import json, multiprocessing, sys
 from torch.utils.data import DataLoader
-from fusion_fast.torch import FusionDataset, collate, private_memory
+from fusion_fast.torch import FusionDataset, collate, private_memory, worker_context
 dataset = FusionDataset(sys.argv[1], root=sys.argv[2])
 loader = DataLoader(dataset, batch_size=int(sys.argv[3]), num_workers=int(sys.argv[4]), shuffle=True,
-                    collate_fn=collate, persistent_workers=True, multiprocessing_context=sys.argv[5])
+                    collate_fn=collate, persistent_workers=True,
+                    multiprocessing_context=worker_context(sys.argv[5]))
 seen = 0
 for batch in loader:
     seen += len(batch["id"])
@@ -197,10 +200,14 @@ def idle_share(before: list[int], after: list[int]) -> float:
     return (idle + iowait + steal) / max(sum(spent[:8]), 1)
 
 
-def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str, Any]:
+def run_loader(
+    dataset: Any, args: argparse.Namespace, workers: int, *, large_pipes: bool = True
+) -> dict[str, Any]:
     """samples/s after a warm-up, the CPU time per batch of the main process and of the workers (on
     two cores the two add up against one budget), and the private memory of each worker once the
-    samples are done."""
+    samples are done. Workers start from `worker_context` (1 MiB pipes) unless `large_pipes` is off:
+    then from torch's default, the start method's own context."""
+    context = worker_context(args.start_method) if large_pipes else args.start_method
     loader = DataLoader(
         dataset,
         batch_size=args.batch,
@@ -208,7 +215,7 @@ def run_loader(dataset: Any, args: argparse.Namespace, workers: int) -> dict[str
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,
-        multiprocessing_context=args.start_method if workers > 0 else None,
+        multiprocessing_context=context if workers > 0 else None,
     )
     batches = seen = 0
     started = main_cpu_at_start = 0.0
@@ -290,13 +297,13 @@ def fresh_worker_memory(stage: Path, data: Path, args: argparse.Namespace) -> di
     )
 
 
-def rounds(loaders: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each loader in turn, `args.rounds` times: per loader the median rate, its range and the worker
-    memory of the last round."""
+def rounds(loaders: dict[str, tuple[Any, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each loader (a dataset, and whether its workers get large pipes) in turn, `args.rounds` times:
+    per loader the median rate, its range and the worker memory of the last round."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
     for _ in range(args.rounds):
-        for name, dataset in loaders.items():
-            runs[name].append(run_loader(dataset, args, args.workers))
+        for name, (dataset, large_pipes) in loaders.items():
+            runs[name].append(run_loader(dataset, args, args.workers, large_pipes=large_pipes))
     out = {}
     for name, results in runs.items():
         rates = spread([r["per_s"] for r in results])
@@ -355,13 +362,15 @@ def main() -> int:
     load_s = time.perf_counter() - t
     both = rounds(
         {
-            "fusion_fast": dataset,
-            "list_data_dict": ListDataset(list_data_dict),
-            "dataloader_alone": IndexDataset(len(dataset)),
+            "fusion_fast": (dataset, True),
+            "fusion_fast_default_pipes": (dataset, False),
+            "list_data_dict": (ListDataset(list_data_dict), True),
+            "dataloader_alone": (IndexDataset(len(dataset)), True),
         },
         args,
     )
     results["fusion_fast"] = both["fusion_fast"]
+    results["fusion_fast_default_pipes"] = both["fusion_fast_default_pipes"]
     results["dataloader_alone"] = both["dataloader_alone"]
     results["list_data_dict"] = {
         "records": len(list_data_dict),
@@ -390,6 +399,7 @@ def main() -> int:
 def report(r: dict[str, Any]) -> str:
     ff, base, hf = r["fusion_fast"], r["list_data_dict"], r.get("hf_datasets")
     alone = r.get("dataloader_alone")
+    default_pipes = r.get("fusion_fast_default_pipes")
     fresh = r["fusion_fast_worker_memory"]
     n = r["selected"]
     mib = 2**20
@@ -458,6 +468,13 @@ def report(r: dict[str, Any]) -> str:
             threads(ff),
             threads(base),
             threads(hf),
+            "",
+        ],
+        [
+            "fusion-fast, same rounds, workers from torch's default context (64 KiB pipes)",
+            f"{rate(default_pipes)}; CPU per batch {cpu(default_pipes)}; by thread {threads(default_pipes)}",
+            "",
+            "",
             "",
         ],
         [

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import multiprocessing
+import multiprocessing.context
 import os
 import pickle
 import subprocess
@@ -34,7 +35,9 @@ from fusion_fast.torch import (  # noqa: E402
     distributed_share,
     ensure_indexed,
     private_memory,
+    worker_context,
 )
+from fusion_fast.worker_context import PIPE_BYTES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = synth.tiny_png()
@@ -590,16 +593,19 @@ def add_count(batch):
     return out
 
 
+@pytest.mark.parametrize("large_pipes", [False, True], ids=["torch-context", "worker_context"])
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_raw_records_from_workers_equal_in_process_items(stage, start_method):
+def test_raw_records_from_workers_equal_in_process_items(stage, start_method, large_pipes):
     """Raw records travel from workers as JSON bytes (PackedRecords): what arrives is the same items,
-    as plain lists and dicts, whatever the collate_fn does with them in the worker."""
+    as plain lists and dicts, whatever the collate_fn does with them in the worker; with torch's own
+    context and with `worker_context`'s larger pipes."""
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
     expected = [expected_item(stage, i) for i in range(60)]
+    context = worker_context(start_method) if large_pipes else start_method
 
     def loader(collate_fn):
         return DataLoader(
-            ds, batch_size=7, num_workers=2, collate_fn=collate_fn, multiprocessing_context=start_method
+            ds, batch_size=7, num_workers=2, collate_fn=collate_fn, multiprocessing_context=context
         )
 
     batches = list(loader(collate))
@@ -820,3 +826,31 @@ def test_docs_training_example_runs(tmp_path):
         float(line.rsplit(" ", 1)[1]) for line in result.stdout.splitlines() if line.startswith("step ")
     ]
     assert len(losses) == 20 and all(np.isfinite(losses))
+
+
+# -- worker_context ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
+def test_worker_context_queues_have_large_pipes(start_method):
+    context = worker_context(start_method)
+    assert isinstance(context, multiprocessing.context.BaseContext)
+    assert context.get_start_method() == start_method
+    assert type(pickle.loads(pickle.dumps(context))) is type(context)
+    queue = context.Queue()
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pipe sizes are set on Linux only")
+    import fcntl
+
+    assert fcntl.fcntl(queue._reader.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
+    small = worker_context(start_method, pipe_bytes=8192).Queue()
+    assert fcntl.fcntl(small._reader.fileno(), fcntl.F_GETPIPE_SZ) == 8192
+    queue.put({"a": b"x" * 200_000})  # larger than a default pipe: written whole, read back whole
+    assert queue.get(timeout=30) == {"a": b"x" * 200_000}
+
+
+def test_worker_context_rejects_what_it_cannot_make():
+    with pytest.raises(ValueError, match="unknown start method"):
+        worker_context("thread")
+    with pytest.raises(ValueError, match="pipe_bytes"):
+        worker_context("spawn", pipe_bytes=0)

@@ -38,6 +38,7 @@ from .index import open as open_index
 from .indexing import expand_targets
 from .mixture import Mixture
 from .stage import is_stage_yaml
+from .worker_context import worker_context
 
 __all__ = [
     "FusionDataset",
@@ -48,6 +49,7 @@ __all__ = [
     "ensure_indexed",
     "distributed_share",
     "private_memory",
+    "worker_context",
     "SOURCE_KEY",
     "IMAGE_KEY",
     "DEFAULT_PAD_VALUES",
