@@ -7,9 +7,9 @@ sizes at 64 KiB. A batch of 64 raw records shipped as bytes is about 33 KB, and 
 `prefetch_factor=2` and two workers up to four of them are on their way at once: a worker's write
 then stops part-way until the main process has read, and the two sides wake each other up several
 times per batch. With 1 MiB pipes a batch is written and read in one piece; on the 2-vCPU development
-machine context switches fell from about 19 to about 15 per batch (docs/benchmarks.md). Elsewhere than on
-Linux, or where the kernel refuses the size (`/proc/sys/fs/pipe-max-size`, a user's pipe page
-limits), the pipes keep their default size.
+machine there were fewer context switches per batch in each of three runs (docs/benchmarks.md).
+Elsewhere than on Linux, or where the kernel refuses the size (`/proc/sys/fs/pipe-max-size`, a
+user's pipe page limits), the pipes keep their default size.
 """
 
 from __future__ import annotations
