@@ -3,9 +3,9 @@
 //! The samplers' orders are defined as numpy permutations (docs/mixtures.md), so every rank and every
 //! release agree on them. numpy's Fisher–Yates swaps each element with a random one: over 8.9M int64
 //! (71 MB) nearly every swap misses the cache and waits on memory, one miss at a time (0.54 s for a
-//! permutation of 10M here). The random draws do not depend on the data, so this draws a
-//! block of swap partners ahead and prefetches them: the same swaps in the same order, with the memory
-//! reads of a block in flight together.
+//! permutation of 10M here). The random draws do not depend on the data, so this draws each swap's
+//! partner 64 swaps ahead and prefetches it: the same swaps in the same order, with the memory reads
+//! of the next 64 swaps in flight together.
 
 /// numpy's PCG64 (XSL-RR 128/64) with its 32-bit buffer: the state `Generator.bit_generator.state`
 /// describes.

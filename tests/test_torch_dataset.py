@@ -845,7 +845,7 @@ def test_worker_context_queues_have_large_pipes(start_method):
     assert fcntl.fcntl(queue._reader.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
     small = worker_context(start_method, pipe_bytes=8192).Queue()
     assert fcntl.fcntl(small._reader.fileno(), fcntl.F_GETPIPE_SZ) == 8192
-    queue.put({"a": b"x" * 200_000})  # larger than a default pipe: written whole, read back whole
+    queue.put({"a": b"x" * 200_000})  # more than a default 64 KiB pipe holds: round-trips
     assert queue.get(timeout=30) == {"a": b"x" * 200_000}
 
 

@@ -40,7 +40,7 @@ class _LargePipes:
 
     def Queue(self, maxsize: int = 0) -> multiprocessing.queues.Queue[Any]:  # noqa: N802 - the context API's name
         queue: multiprocessing.queues.Queue[Any] = super().Queue(maxsize)  # type: ignore[misc]
-        enlarge_pipe(queue, self.pipe_bytes)
+        _enlarge_pipe(queue, self.pipe_bytes)
         return queue
 
 
@@ -78,12 +78,11 @@ def worker_context(
     return context
 
 
-def enlarge_pipe(queue: multiprocessing.queues.Queue[Any], pipe_bytes: int) -> bool:
-    """Ask the kernel for a `pipe_bytes` buffer on the queue's pipe; whether it was granted."""
+def _enlarge_pipe(queue: multiprocessing.queues.Queue[Any], pipe_bytes: int) -> None:
+    """Ask the kernel for a `pipe_bytes` buffer on the queue's pipe (kept at its default if refused)."""
     if _F_SETPIPE_SZ is None:
-        return False
+        return
     try:
-        fd = queue._reader.fileno()  # type: ignore[attr-defined]
-        return fcntl.fcntl(fd, _F_SETPIPE_SZ, pipe_bytes) >= pipe_bytes
+        fcntl.fcntl(queue._reader.fileno(), _F_SETPIPE_SZ, pipe_bytes)  # type: ignore[attr-defined]
     except (AttributeError, OSError):  # not a pipe here, or the size is refused: keep the default
-        return False
+        pass
