@@ -12,6 +12,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,6 @@ from fusion_fast.torch import (  # noqa: E402
     private_memory,
     worker_context,
 )
-from fusion_fast.worker_context import PIPE_BYTES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PNG = synth.tiny_png()
@@ -828,29 +828,49 @@ def test_docs_training_example_runs(tmp_path):
     assert len(losses) == 20 and all(np.isfinite(losses))
 
 
-# -- worker_context ---------------------------------------------------------------------------------
+# -- worker_context with DataLoader ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn", "forkserver"])
-def test_worker_context_queues_have_large_pipes(start_method):
-    context = worker_context(start_method)
-    assert isinstance(context, multiprocessing.context.BaseContext)
-    assert context.get_start_method() == start_method
-    assert type(pickle.loads(pickle.dumps(context))) is type(context)
-    queue = context.Queue()
-    if not sys.platform.startswith("linux"):
-        pytest.skip("pipe sizes are set on Linux only")
-    import fcntl
+class BigItems(torch.utils.data.Dataset):
+    """Items of 1 MB: a batch of two is larger than half of `worker_context`'s 1 MiB pipe."""
 
-    assert fcntl.fcntl(queue._reader.fileno(), fcntl.F_GETPIPE_SZ) >= PIPE_BYTES
-    small = worker_context(start_method, pipe_bytes=8192).Queue()
-    assert fcntl.fcntl(small._reader.fileno(), fcntl.F_GETPIPE_SZ) == 8192
-    queue.put({"a": b"x" * 200_000})  # more than a default 64 KiB pipe holds: round-trips
-    assert queue.get(timeout=30) == {"a": b"x" * 200_000}
+    def __len__(self):
+        return 64
+
+    def __getitem__(self, i):
+        return {"i": i, "bytes": bytes([i]) * 1_000_000, "tensor": torch.full((1000,), i)}
 
 
-def test_worker_context_rejects_what_it_cannot_make():
-    with pytest.raises(ValueError, match="unknown start method"):
-        worker_context("thread")
-    with pytest.raises(ValueError, match="pipe_bytes"):
-        worker_context("spawn", pipe_bytes=0)
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_context_carries_tensors_and_batches_larger_than_its_pipes(start_method):
+    loader = DataLoader(
+        BigItems(),
+        batch_size=2,
+        num_workers=2,
+        collate_fn=collate,
+        multiprocessing_context=worker_context(start_method),
+    )
+    batches = list(loader)
+    assert [b["i"] for b in batches] == [[k, k + 1] for k in range(0, 64, 2)]
+    assert all(b["bytes"] == [bytes([k]) * 1_000_000 for k in b["i"]] for b in batches)
+    assert all(torch.equal(b["tensor"], torch.tensor(b["i"])[:, None].expand(2, 1000)) for b in batches)
+
+
+def test_leaving_a_worker_context_loader_early_does_not_wait_for_its_workers():
+    """Workers with big batches still on their way to a main process that stopped reading exit at once
+    (torch waits 5 s per worker that does not, then kills it)."""
+    loader = DataLoader(
+        BigItems(),
+        batch_size=2,
+        num_workers=2,
+        collate_fn=collate,
+        prefetch_factor=4,
+        multiprocessing_context=worker_context("fork"),
+    )
+    it = iter(loader)
+    next(it)
+    time.sleep(1.0)  # the workers fill the pipe and hand the rest to their feeder threads
+    started = time.monotonic()
+    it._shutdown_workers()
+    assert time.monotonic() - started < 4.0
+    assert not any(w.is_alive() for w in it._workers)
