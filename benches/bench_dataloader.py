@@ -9,14 +9,14 @@ random access when it is installed), with the same DataLoader settings, in the s
 The stage is bench_mixture.py's: 9 files shaped like FUSION's Stage 1 (10M records; `--quick`: 100k),
 generated once into `--data` and indexed before anything is timed. Every loader shuffles (random
 access, as in training), uses `fusion_fast.torch.collate`, starts its workers from
-`fusion_fast.torch.worker_context()` (1 MiB pipes) and runs `--samples` samples after a warm-up.
-fusion-fast, fusion-fast with torch's default context (64 KiB pipes) and FUSION's list take turns for
-`--rounds` rounds (the machine's speed wanders; each gets the same conditions): the median and the
-range are reported. So does the DataLoader alone, with
+`fusion_fast.torch.worker_context()` (queues written by the caller, 1 MiB pipes) and runs `--samples`
+samples after a warm-up. fusion-fast, fusion-fast with torch's default context (feeder threads,
+64 KiB pipes) and FUSION's list take turns for `--rounds` rounds (the machine's speed wanders; each
+gets the same conditions): the median and the range are reported. So does the DataLoader alone, with
 the same settings over a dataset whose items are just their index: the rate its own per-batch work
-allows on this machine. Each loader's CPU time per batch, of the main process and of its workers, shows
-where the machine's cores go. The baselines hold a subset of the
-mixture (`--baseline-records`) as `json.load`ed Python objects: all 10M do not fit in memory; their
+allows on this machine. Each loader's CPU time per batch, of the main process and of its workers,
+shows where the machine's cores go. The baselines hold a subset of the mixture (`--baseline-records`)
+as `json.load`ed Python objects: all 10M do not fit in memory; their
 worker memory grows with the subset (copy-on-write of touched objects).
 
 The first batch is timed from exec'ing a fresh `python` (best of 3), once with fusion-fast's shuffled
@@ -201,13 +201,13 @@ def idle_share(before: list[int], after: list[int]) -> float:
 
 
 def run_loader(
-    dataset: Any, args: argparse.Namespace, workers: int, *, large_pipes: bool = True
+    dataset: Any, args: argparse.Namespace, workers: int, *, worker_queues: bool = True
 ) -> dict[str, Any]:
     """samples/s after a warm-up, the CPU time per batch of the main process and of the workers (on
     two cores the two add up against one budget), and the private memory of each worker once the
-    samples are done. Workers start from `worker_context` (1 MiB pipes) unless `large_pipes` is off:
-    then from torch's default, the start method's own context."""
-    context = worker_context(args.start_method) if large_pipes else args.start_method
+    samples are done. Workers start from `worker_context` (caller-written queues, 1 MiB pipes) unless
+    `worker_queues` is off: then from torch's default, the start method's own context."""
+    context = worker_context(args.start_method) if worker_queues else args.start_method
     loader = DataLoader(
         dataset,
         batch_size=args.batch,
@@ -298,12 +298,12 @@ def fresh_worker_memory(stage: Path, data: Path, args: argparse.Namespace) -> di
 
 
 def rounds(loaders: dict[str, tuple[Any, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each loader (a dataset, and whether its workers get large pipes) in turn, `args.rounds` times:
-    per loader the median rate, its range and the worker memory of the last round."""
+    """Each loader (a dataset, and whether its workers start from `worker_context`) in turn,
+    `args.rounds` times: per loader the median rate, its range and the worker memory of the last round."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
     for _ in range(args.rounds):
-        for name, (dataset, large_pipes) in loaders.items():
-            runs[name].append(run_loader(dataset, args, args.workers, large_pipes=large_pipes))
+        for name, (dataset, worker_queues) in loaders.items():
+            runs[name].append(run_loader(dataset, args, args.workers, worker_queues=worker_queues))
     out = {}
     for name, results in runs.items():
         rates = spread([r["per_s"] for r in results])
@@ -471,7 +471,7 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
-            "fusion-fast, same rounds, workers from torch's default context (64 KiB pipes)",
+            "fusion-fast, same rounds, workers from torch's default context (feeder threads, 64 KiB pipes)",
             f"{rate(default_pipes)}; CPU per batch {cpu(default_pipes)}; by thread {threads(default_pipes)}",
             "",
             "",

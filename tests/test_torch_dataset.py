@@ -593,15 +593,15 @@ def add_count(batch):
     return out
 
 
-@pytest.mark.parametrize("large_pipes", [False, True], ids=["torch-context", "worker_context"])
+@pytest.mark.parametrize("worker_queues", [False, True], ids=["torch-context", "worker_context"])
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_raw_records_from_workers_equal_in_process_items(stage, start_method, large_pipes):
+def test_raw_records_from_workers_equal_in_process_items(stage, start_method, worker_queues):
     """Raw records travel from workers as JSON bytes (PackedRecords): what arrives is the same items,
     as plain lists and dicts, whatever the collate_fn does with them in the worker; with torch's own
-    context and with `worker_context`'s larger pipes."""
+    context and with `worker_context`'s queues."""
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
     expected = [expected_item(stage, i) for i in range(60)]
-    context = worker_context(start_method) if large_pipes else start_method
+    context = worker_context(start_method) if worker_queues else start_method
 
     def loader(collate_fn):
         return DataLoader(
