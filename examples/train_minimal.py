@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from fusion_fast.demo import STAGE_YAML, write_playground
 from fusion_fast.samplers import LengthGroupedSampler
-from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed
+from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed, worker_context
 
 VOCAB = 4096
 MAX_TOKENS = 96
@@ -129,6 +129,8 @@ def main() -> None:
         pin_memory=torch.cuda.is_available(),
         drop_last=True,
         persistent_workers=args.workers > 0,
+        # Queues that hand batches over without feeder threads (docs/training.md).
+        multiprocessing_context=worker_context() if args.workers > 0 else None,
     )
     batches = CudaPrefetcher(loader)  # a pass-through on CPU
     device = batches.device

@@ -1,11 +1,12 @@
 """Training integration: a torch `Dataset` over mixtures, batching, GPU prefetch and distributed indexing.
 
     from torch.utils.data import DataLoader
-    from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed
+    from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed, worker_context
 
     ensure_indexed("stage1.yaml")                       # under torchrun: each missing index built once
     ds = FusionDataset("stage1.yaml", image_folder="playground/train/images", transform=tokenize)
-    loader = DataLoader(ds, batch_size=16, num_workers=4, collate_fn=collate, pin_memory=True)
+    loader = DataLoader(ds, batch_size=16, num_workers=4, collate_fn=collate, pin_memory=True,
+                        multiprocessing_context=worker_context())   # cheaper hand-overs
     for batch in CudaPrefetcher(loader):                # copies batch k+1 while batch k trains
         ...
 
