@@ -874,3 +874,16 @@ def test_leaving_a_worker_context_loader_early_does_not_wait_for_its_workers():
     it._shutdown_workers()
     assert time.monotonic() - started < 4.0
     assert not any(w.is_alive() for w in it._workers)
+
+
+def test_worker_context_can_be_set_on_a_loader_built_elsewhere():
+    """A DataLoader made by other code (HF Trainer's) takes the context before its first iteration."""
+    from fusion_fast.worker_context import _DirectQueue
+
+    loader = DataLoader(BigItems(), batch_size=2, num_workers=1, collate_fn=collate)
+    loader.multiprocessing_context = worker_context("fork")
+    it = iter(loader)
+    assert next(it)["i"] == [0, 1]
+    if sys.platform.startswith("linux"):
+        assert isinstance(it._worker_result_queue, _DirectQueue)
+    it._shutdown_workers()

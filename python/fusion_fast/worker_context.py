@@ -59,7 +59,14 @@ PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ: int | None = getattr(fcntl, "F_SETPIPE_SZ", None)
 _F_GETPIPE_SZ: int | None = getattr(fcntl, "F_GETPIPE_SZ", None)
 _FIONREAD: int | None = getattr(termios, "FIONREAD", None)
-_DIRECT_WRITES = _F_GETPIPE_SZ is not None and _FIONREAD is not None
+#: Caller-written queues need Linux's pipe ioctls and the hooks they take over from multiprocessing's
+#: Queue (`_reset`, the feeder's `_send_bytes`: Python 3.9 and later); without them, the plain Queue.
+_DIRECT_WRITES = (
+    _F_GETPIPE_SZ is not None
+    and _FIONREAD is not None
+    and hasattr(multiprocessing.queues.Queue, "_reset")
+    and hasattr(multiprocessing.queues.Queue, "_start_thread")
+)
 
 #: What `ForkingPickler` pickles with (torch's shared-memory tensors among its reducers), as a live
 #: view: `ForkingPickler.dumps` copies both tables on every call, a third of its cost for a batch's
