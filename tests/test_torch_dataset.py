@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import multiprocessing
-import multiprocessing.context
 import os
 import pickle
 import subprocess

@@ -17,8 +17,8 @@ thread whenever the pipe has room for the message: at most half the pipe is ever
 the write cannot block. A message that does not fit, or finds the write lock taken by another
 process, goes to the usual feeder thread, as does everything after it until the feeder has written
 it: the order of messages is kept, and `put` never waits for a reader, so a worker never hangs at
-shutdown on a pipe nobody reads any more. `get` polls and reads the pipe with one system call each
-instead of a selector and a buffer.
+shutdown on a pipe nobody reads any more. `get` waits with one `poll` object kept per process instead
+of a selector made per call.
 
 Elsewhere than on Linux the queues are multiprocessing's own; where the kernel refuses the pipe size
 (`/proc/sys/fs/pipe-max-size`, a user's pipe page limits), the pipes keep their default size.
@@ -33,13 +33,10 @@ import io
 import multiprocessing
 import multiprocessing.context
 import multiprocessing.queues
-import os
 import pickle
 import queue
 import select
-import struct
 import threading
-import time
 from array import array
 from multiprocessing.reduction import ForkingPickler
 from typing import Any
@@ -98,7 +95,7 @@ class _Pickled:
 
 class _DirectQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
     """multiprocessing's `Queue` whose `put` writes in the calling thread when the pipe has room, and
-    whose `get` reads with plain system calls (see the module's docstring). Linux only."""
+    whose `get` waits with a kept `poll` object (see the module's docstring). Linux only."""
 
     # multiprocessing.queues.Queue's own state, which its type stubs leave out.
     _closed: bool
@@ -111,14 +108,18 @@ class _DirectQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
     _buffer: collections.deque[Any]
     _thread: threading.Thread | None
     _send_bytes: Any
+    _poll: Any
     _start_thread: Any
 
     def _reset(self, after_fork: bool = False) -> None:
         super()._reset(after_fork)  # type: ignore[misc]
-        self._pending = 0  # messages handed to the feeder thread and not yet written (under _notempty)
+        self._pending = (
+            0  # messages handed to the feeder thread and not yet written (changed under _notempty)
+        )
         self._poller: select.poll | None = None
         self._feeder_send = self._send_bytes
         self._send_bytes = self._send_counted
+        self._poll = self._poll_ready
 
     def _send_counted(self, data: Any) -> None:
         """The feeder thread's write: counts the message off `_pending` once it is out (or failed)."""
@@ -134,8 +135,9 @@ class _DirectQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
         data = _dumps(obj)  # a pickling error is raised here, to the caller, and takes no slot
         if not self._sem.acquire(block, timeout):
             raise queue.Full
-        with self._notempty:
-            direct = self._pending == 0  # else earlier messages wait in the feeder: this one follows them
+        # Else earlier messages wait in the feeder and this one follows them. Read without the lock: a
+        # stale count only sends this message through the feeder too.
+        direct = self._pending == 0
         # The write lock is only tried: another process's feeder may hold it through a long write to a
         # pipe nobody reads any more (a DataLoader shutting down), and `put` must not wait for that.
         if direct and self._wlock.acquire(False):
@@ -155,63 +157,21 @@ class _DirectQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
     def _room(self) -> int:
         """Bytes a message may take now without filling more than half the pipe (the kernel stores
         writes in pages, so a pipe holds fewer bytes than its size when pages are partly used), less
-        12 for its length header. Both figures are read each time: another process may resize it."""
+        12 for its length header. Both figures are read each time (a system call each, 0.3 µs): the pipe
+        is resized after the queue is made, and a cached size would have nothing to invalidate it."""
         fd = self._writer.fileno()
         unread = array("i", [0])
         fcntl.ioctl(fd, _FIONREAD, unread, True)  # type: ignore[arg-type]
         return fcntl.fcntl(fd, _F_GETPIPE_SZ) // 2 - unread[0] - 12  # type: ignore[arg-type]
 
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        if self._closed:
-            raise ValueError(f"Queue {self!r} is closed")
-        if block and timeout is None:
-            with self._rlock:
-                data = self._read_message()
-                self._sem.release()
-            return pickle.loads(data)
-        wait = max(timeout or 0.0, 0.0) if block else 0.0
-        deadline = time.monotonic() + wait
-        if not self._rlock.acquire(True, wait):
-            raise queue.Empty
-        try:
-            if not self._readable(deadline - time.monotonic()):
-                raise queue.Empty
-            data = self._read_message()
-            self._sem.release()
-        finally:
-            self._rlock.release()
-        return pickle.loads(data)
-
-    def _readable(self, seconds: float) -> bool:
-        """Whether the pipe has something to read (or its writers are gone) within `seconds`."""
+    def _poll_ready(self, timeout: float | None = 0.0) -> bool:
+        """`Connection.poll` for `Queue.get` and `empty`: whether the pipe has something to read (or its
+        writers are gone) within `timeout` seconds, with one `poll` object kept per process instead of a
+        selector made per call."""
         if self._poller is None:
             self._poller = select.poll()
             self._poller.register(self._reader.fileno(), select.POLLIN)
-        return bool(self._poller.poll(max(seconds, 0.0) * 1000.0))
-
-    def _read_message(self) -> bytes:
-        """One message in `Connection.send_bytes`' framing: a big-endian int32 length (-1: an uint64
-        follows) and the pickled bytes."""
-        (size,) = struct.unpack("!i", self._read_exactly(4))
-        if size == -1:
-            (size,) = struct.unpack("!Q", self._read_exactly(8))
-        return self._read_exactly(size)
-
-    def _read_exactly(self, n: int) -> bytes:
-        fd = self._reader.fileno()
-        data = os.read(fd, n)
-        if len(data) == n:
-            return data
-        if not data:
-            raise EOFError
-        parts, got = [data], len(data)
-        while got < n:
-            chunk = os.read(fd, n - got)
-            if not chunk:
-                raise OSError("got end of file during message")
-            parts.append(chunk)
-            got += len(chunk)
-        return b"".join(parts)
+        return bool(self._poller.poll(None if timeout is None else max(timeout, 0.0) * 1000.0))
 
 
 class _WorkerQueues:
