@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import fusion_fast as ff
@@ -82,3 +84,56 @@ def test_real_files_index_and_round_trip(tmp_path):
         ]
         assert idx.columns["words"].tolist() == words, path.name
         assert idx.has_image.tolist() == [isinstance(r, dict) and "image" in r for r in ref], path.name
+
+
+def shipped_records(paths: list[Path]) -> list[Any]:
+    """The records of `paths` (JSON arrays of objects) as a DataLoader worker ships them and the main
+    process decodes them: packed into tapes, then built into Python objects."""
+    from fusion_fast import _core
+
+    indexes = [ff.open(p) for p in paths]
+    sources = _core.ItemSources([ix._core for ix in indexes], [p.name for p in paths], [""] * len(paths))
+    datasets = np.repeat(np.arange(len(paths), dtype="<i8"), [len(ix) for ix in indexes]).tobytes()
+    numbers = np.concatenate([np.arange(len(ix), dtype="<i8") for ix in indexes]).tobytes()
+    data, lengths = sources.pack(datasets, numbers)
+    items = _core.decode_shipped(data, lengths, datasets, numbers, sources.names, sources.prefixes)
+    for item in items:
+        del item["_source"]
+    return items
+
+
+def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_path):
+    """Each value of every suite file both accept (y_ and i_: escapes, number forms, lone surrogate
+    escapes, unicode), in its original text wrapped as a record's member, packed into a tape and
+    decoded equals `json.loads` (string equality includes CPython's kind: a `str` built with a wider
+    kind than its characters need compares unequal)."""
+    paths, expected = [], []
+    for path in suite_files("y_") + suite_files("i_"):
+        try:
+            whole = json.loads(path.read_bytes())
+        except (ValueError, RecursionError):
+            continue  # an i_ file Python rejects
+        if not isinstance(whole, list) or not whole:
+            continue  # not an array of records (test_every_y_array_file_matches_python covers those)
+        try:
+            idx = ff.open(path, index_dir=tmp_path)
+        except ff.FusionFastError:
+            assert path.name.startswith("i_")
+            continue
+        wrapped = tmp_path / f"wrapped_{path.name}"
+        wrapped.write_bytes(b"[" + b",".join(b'{"v": ' + bytes(idx.raw(i)) + b"}" for i in range(len(idx))) + b"]")
+        paths.append(wrapped)
+        expected += [{"v": v} for v in whole]
+    assert len(paths) > 60
+    shipped = shipped_records(paths)
+    assert shipped == expected
+    assert {"v": "\udada"} in shipped  # a lone surrogate escape (i_string_1st_surrogate_but_2nd_missing)
+
+
+def test_real_records_ship_to_the_main_process_as_python_reads_them():
+    files = sorted(p for p in shared_dir("real").iterdir() if p.suffix == ".json")
+    refs = [REAL_JSON_LOADERS[p.suffix](p) for p in files]
+    arrays_of_records = [(p, ref) for p, ref in zip(files, refs, strict=True) if all(isinstance(r, dict) for r in ref)]
+    assert len(arrays_of_records) >= 5
+    shipped = shipped_records([p for p, _ in arrays_of_records])
+    assert shipped == [r for _, ref in arrays_of_records for r in ref]
