@@ -19,6 +19,10 @@ shows where the machine's cores go. The baselines hold a subset of the mixture (
 as `json.load`ed Python objects: all 10M do not fit in memory; their
 worker memory grows with the subset (copy-on-write of touched objects).
 
+What the main process pays to turn one worker's message into a batch is also measured alone: a
+shipped fusion-fast batch (the records' JSON bytes, decoded in Rust) against `pickle.loads` of the
+same batch as Python objects.
+
 The first batch is timed from exec'ing a fresh `python` (best of 3), once with fusion-fast's shuffled
 sampler (`DistributedMixtureSampler`: a numpy permutation handed out in slices) and once with
 `shuffle=True` (torch's `RandomSampler`, which turns a permutation of every sample into a Python list
@@ -36,6 +40,7 @@ import importlib.util
 import json
 import multiprocessing
 import os
+import pickle
 import sys
 import tempfile
 import time
@@ -49,7 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
 from common import machine, machine_markdown, publish, run_child, spread, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
-from fusion_fast.torch import FusionDataset, collate, private_memory, worker_context  # noqa: E402
+from fusion_fast.torch import (  # noqa: E402
+    FusionDataset,
+    PackedBatch,
+    collate,
+    private_memory,
+    worker_context,
+)
 
 WARMUP_BATCHES = 20
 
@@ -297,6 +308,39 @@ def fresh_worker_memory(stage: Path, data: Path, args: argparse.Namespace) -> di
     )
 
 
+def main_process_decode(
+    dataset: FusionDataset, args: argparse.Namespace, batches: int = 300
+) -> dict[str, Any]:
+    """What the main process pays per batch to turn a worker's message into the batch, measured alone
+    (no workers, best of 5 passes over the same random batches): fusion-fast's shipped batch (the
+    records' JSON bytes, decoded in Rust straight into the collated batch), against `pickle.loads` of
+    that same batch as Python objects (what a dataset of Python records, like FUSION's list, costs
+    there)."""
+    rng = np.random.default_rng(0)
+    shipped = []
+    for _ in range(batches):
+        payload = dataset._pack_positions(rng.integers(0, len(dataset), args.batch).tolist())
+        assert payload is not None  # the generated stage has no bad records
+        shipped.append(pickle.dumps(PackedBatch(payload), protocol=pickle.HIGHEST_PROTOCOL))
+    as_objects = [pickle.dumps(pickle.loads(m), protocol=pickle.HIGHEST_PROTOCOL) for m in shipped]
+
+    def best_us(messages: list[bytes]) -> float:
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            for m in messages:
+                pickle.loads(m)
+            best = min(best, time.perf_counter() - started)
+        return best / len(messages) * 1e6
+
+    return {
+        "shipped_us_per_batch": best_us(shipped),
+        "unpickle_us_per_batch": best_us(as_objects),
+        "shipped_bytes_per_batch": sum(map(len, shipped)) / batches,
+        "pickled_bytes_per_batch": sum(map(len, as_objects)) / batches,
+    }
+
+
 def rounds(loaders: dict[str, tuple[Any, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Each loader (a dataset, and whether its workers start from `worker_context`) in turn,
     `args.rounds` times: per loader the median rate, its range and the worker memory of the last round."""
@@ -354,6 +398,7 @@ def main() -> int:
 
     dataset = FusionDataset(stage, root=data)
     results["selected"] = len(dataset)
+    results["main_process_decode"] = main_process_decode(dataset, args)
     subset = subset_file(dataset.mixture, args.baseline_records, data / "baseline-subset.json")
     gc.collect()
     t = time.perf_counter()
@@ -438,6 +483,7 @@ def report(r: dict[str, Any]) -> str:
         )
 
     fb = r["first_batch"]
+    dec = r["main_process_decode"]
     per_record_load = base["json_load_s"] / base["records"]
     rows = [
         [
@@ -493,6 +539,15 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         ["samples/s, fusion-fast with 1 worker", rate(r.get("fusion_fast_1_worker")), "", "", ""],
+        [
+            "main process, one batch from a worker's message, measured alone (best of 5 passes over 300 "
+            "batches): fusion-fast decodes it from the records' JSON bytes; the list's column is "
+            "`pickle.loads` of that same batch as Python objects",
+            f"{dec['shipped_us_per_batch']:.0f} us ({dec['shipped_bytes_per_batch'] / 1024:.0f} KiB)",
+            f"{dec['unpickle_us_per_batch']:.0f} us ({dec['pickled_bytes_per_batch'] / 1024:.0f} KiB)",
+            "",
+            "",
+        ],
         [
             f"private memory per worker ({r['start_method']}, after the samples; fusion-fast's in a fresh "
             "process running only it)",

@@ -196,18 +196,18 @@ impl<'py> BatchBuilder<'py> {
         Ok(c)
     }
 
-    /// Adds the record in `tape` (see `tape`) as item `number` of `source`'s dataset.
+    /// Adds the record in `bytes` as item `number` of `source`'s dataset.
     pub fn add(
         &mut self,
         builder: &mut Builder,
-        tape: &[u8],
+        bytes: &[u8],
         source: &ItemSource<'py>,
         number: i64,
     ) -> PyResult<()> {
         let row = self.rows();
         let mut order = std::mem::take(&mut self.last_order);
         let mut members = 0;
-        builder.build_tape_members(self.py, tape, |key, value| {
+        builder.build_members(self.py, bytes, |key, value| {
             let c = self.column(&key, members)?;
             let column = &mut self.columns[c];
             if column.len() > row {

@@ -17,7 +17,6 @@ use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::shuffle::NumpyPcg64;
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
-use crate::tape::Encoder;
 use crate::to_python::Builder;
 
 /// Raises the `fusion_fast.errors` class that matches `err.kind`.
@@ -586,58 +585,35 @@ impl ItemSources {
     }
 }
 
-/// The tapes (see `tape`) of records (index, record number, `checked_span`) concatenated, and each
-/// one's length as little-endian uint32: a batch as a worker ships it. A worker has CPU to spare and the
-/// main process, which builds every record's Python objects, has none; so the worker parses the JSON and
-/// the main process only copies. Records are read with positional reads rather than from the mapping:
-/// this runs in DataLoader workers, which meet most pages of a large file once, and a first touch of a
-/// mapped page (a page fault) measured more than twice the cost of a read. A data file cut short or
-/// changed after it was opened fails the read or the parse: a stale-index error naming the file and
-/// record, not a crash.
+/// The bytes of records (index, record number, `checked_span`) concatenated, and each one's length as
+/// little-endian uint32. Read with positional reads rather than from the mapping: this runs in
+/// DataLoader workers, which meet most pages of a large file once, and a first touch of a mapped page
+/// (a page fault) measured more than twice the cost of a read. A data file cut short after it was
+/// opened fails the read: a stale-index error naming the file and record, not a crash.
 fn packed<'py>(
     py: Python<'py>,
     spans: &[(&Index, usize, std::ops::Range<usize>)],
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-    let mut guard = PACKER.lock().unwrap_or_else(|e| e.into_inner());
-    let Packer {
-        encoder,
-        json,
-        tapes,
-    } = &mut *guard;
-    tapes.clear();
-    let mut lengths = Vec::with_capacity(spans.len() * 4);
-    for (index, i, span) in spans {
-        json.resize(span.len(), 0);
-        let start = tapes.len();
-        index
-            .inner
-            .read_span(span.clone(), json)
-            .map_err(|e| to_py_err(py, e))
-            .and_then(|()| {
-                encoder.encode(json, tapes).ok_or_else(|| {
-                    PyValueError::new_err("the record is no longer the JSON value that was indexed")
-                })
-            })
-            .map_err(|e| index.changed(py, *i, e))?;
-        // A tape is shorter than its JSON plus 4 bytes per code point, and a record is under 4 GiB
-        // (the index stores lengths as uint32), so this only guards against the impossible.
-        let length = u32::try_from(tapes.len() - start)
-            .map_err(|_| PyValueError::new_err("a record's tape exceeds 4 GiB"))?;
-        lengths.extend_from_slice(&length.to_le_bytes());
-    }
-    Ok((PyBytes::new(py, tapes), PyBytes::new(py, &lengths)))
+    let total = spans.iter().map(|(_, _, s)| s.len()).sum();
+    let data = PyBytes::new_with(py, total, |out| {
+        let mut at = 0;
+        for (index, i, span) in spans {
+            let end = at + span.len();
+            index
+                .inner
+                .read_span(span.clone(), &mut out[at..end])
+                .map_err(|e| index.changed(py, *i, to_py_err(py, e)))?;
+            at = end;
+        }
+        Ok(())
+    })?;
+    // A record is under 4 GiB: the index stores lengths as uint32.
+    let lengths: Vec<u8> = spans
+        .iter()
+        .flat_map(|(_, _, s)| (s.len() as u32).to_le_bytes())
+        .collect();
+    Ok((data, PyBytes::new(py, &lengths)))
 }
-
-/// A worker's buffers for `packed`, reused from batch to batch.
-#[derive(Default)]
-struct Packer {
-    encoder: Encoder,
-    json: Vec<u8>,
-    tapes: Vec<u8>,
-}
-
-// The GIL is held by every user, so the lock is never contended; it only satisfies `Sync`.
-static PACKER: LazyLock<Mutex<Packer>> = LazyLock::new(|| Mutex::new(Packer::default()));
 
 fn item_sources<'py>(
     py: Python<'py>,
@@ -704,18 +680,42 @@ fn decode_shipped<'py>(
     let mut builder = shared_builder();
     if collated {
         let mut batch = BatchBuilder::new(py);
-        for (d, i, tape) in records {
-            batch.add(&mut builder, tape, nth(&sources, d)?, i)?;
+        for (d, i, bytes) in records {
+            let source = nth(&sources, d)?;
+            batch
+                .add(&mut builder, bytes, source, i)
+                .map_err(|e| shipped_error(py, e, &names[d as usize], i))?;
         }
         return batch.finish();
     }
     let list = PyList::empty(py);
-    for (d, i, tape) in records {
-        let record = builder.build_tape(py, tape)?;
-        nth(&sources, d)?.finish(&record, i)?;
+    for (d, i, bytes) in records {
+        let source = nth(&sources, d)?;
+        let record = builder
+            .build(py, bytes)
+            .map_err(|e| shipped_error(py, e, &names[d as usize], i))?;
+        source.finish(&record, i)?;
         list.append(record)?;
     }
     Ok(list.into_any())
+}
+
+/// A shipped record that does not decode: its bytes are not the JSON that was indexed, because the
+/// data file changed after the worker's index was opened. A `StaleIndexError` naming the dataset and
+/// record (the main process knows names, not paths); other errors (`MemoryError`) pass unchanged.
+fn shipped_error(py: Python<'_>, e: PyErr, dataset: &Py<PyString>, record: i64) -> PyErr {
+    if !e.is_instance_of::<PyValueError>(py) {
+        return e;
+    }
+    let msg = format!(
+        "dataset {}, record {record}: {}; the data file changed after it was opened",
+        dataset
+            .bind(py)
+            .repr()
+            .map_or_else(|_| "?".into(), |r| r.to_string()),
+        e.value(py)
+    );
+    to_py_err(py, Error::new(ErrorKind::StaleIndex, msg))
 }
 
 /// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).

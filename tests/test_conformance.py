@@ -88,7 +88,7 @@ def test_real_files_index_and_round_trip(tmp_path):
 
 def shipped_records(paths: list[Path]) -> list[Any]:
     """The records of `paths` (JSON arrays of objects) as a DataLoader worker ships them and the main
-    process decodes them: packed into tapes, then built into Python objects."""
+    process decodes them: packed as their bytes, then decoded in Rust into Python objects."""
     from fusion_fast import _core
 
     indexes = [ff.open(p) for p in paths]
@@ -104,7 +104,7 @@ def shipped_records(paths: list[Path]) -> list[Any]:
 
 def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_path):
     """Each value of every suite file both accept (y_ and i_: escapes, number forms, lone surrogate
-    escapes, unicode), in its original text wrapped as a record's member, packed into a tape and
+    escapes, unicode), in its original text wrapped as a record's member, packed and
     decoded equals `json.loads` (string equality includes CPython's kind: a `str` built with a wider
     kind than its characters need compares unequal)."""
     paths, expected = [], []
@@ -121,7 +121,8 @@ def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_p
             assert path.name.startswith("i_")
             continue
         wrapped = tmp_path / f"wrapped_{path.name}"
-        wrapped.write_bytes(b"[" + b",".join(b'{"v": ' + bytes(idx.raw(i)) + b"}" for i in range(len(idx))) + b"]")
+        members = (b'{"v": ' + bytes(idx.raw(i)) + b"}" for i in range(len(idx)))
+        wrapped.write_bytes(b"[" + b",".join(members) + b"]")
         paths.append(wrapped)
         expected += [{"v": v} for v in whole]
     assert len(paths) > 60
@@ -133,7 +134,9 @@ def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_p
 def test_real_records_ship_to_the_main_process_as_python_reads_them():
     files = sorted(p for p in shared_dir("real").iterdir() if p.suffix == ".json")
     refs = [REAL_JSON_LOADERS[p.suffix](p) for p in files]
-    arrays_of_records = [(p, ref) for p, ref in zip(files, refs, strict=True) if all(isinstance(r, dict) for r in ref)]
+    arrays_of_records = [
+        (p, ref) for p, ref in zip(files, refs, strict=True) if all(isinstance(r, dict) for r in ref)
+    ]
     assert len(arrays_of_records) >= 5
     shipped = shipped_records([p for p, _ in arrays_of_records])
     assert shipped == [r for _, ref in arrays_of_records for r in ref]

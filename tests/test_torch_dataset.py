@@ -675,10 +675,14 @@ def test_a_data_file_cut_short_after_opening_is_a_clear_error_in_the_worker_path
     assert raised.value.path == str(path)
 
 
-def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_worker_path(tmp_path):
-    """Workers parse the records they ship: a record whose bytes were overwritten in place (same size,
-    no longer JSON) is a StaleIndexError naming the file and the record, not a wrong item."""
+def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(tmp_path):
+    """A record whose bytes were overwritten in place after the worker opened the file (same size, no
+    longer JSON) ships as those bytes; decoding it in the main process is a StaleIndexError naming the
+    dataset and the record, not a bare ValueError."""
+    import pickle
+
     from fusion_fast.errors import StaleIndexError
+    from fusion_fast.torch import PackedBatch, PackedRecords
 
     path = write_data(
         tmp_path / "edit.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
@@ -689,14 +693,16 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_worker_path(tm
     lines[7] = lines[7][:-1] + b"]"  # the record's closing brace replaced: same size, not JSON
     with open(path, "r+b") as f:
         f.write(b"\n".join(lines))
-    assert ds._pack_positions([0, 6]) is not None
-    with pytest.raises(StaleIndexError, match="record 7 cannot be read.*no longer the JSON value") as raised:
-        ds._pack_positions([0, 7])
-    assert raised.value.path == str(path)
+    assert pickle.loads(pickle.dumps(PackedBatch(ds._pack_positions([0, 6]))))["id"] == ["r0", "r6"]
+    payload = ds._pack_positions([0, 7])
+    for shipped in (PackedBatch(payload), PackedRecords(payload)):
+        with pytest.raises(StaleIndexError, match=r"dataset 'edit', record 7: record bytes changed"):
+            pickle.loads(pickle.dumps(shipped))
 
 
 def test_damaged_shipments_raise_instead_of_crashing(stage):
     from fusion_fast import _core
+    from fusion_fast.errors import StaleIndexError
     from fusion_fast.torch import _pack
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
@@ -709,12 +715,8 @@ def test_damaged_shipments_raise_instead_of_crashing(stage):
             decode(data + b" ", lengths, datasets, numbers, names, prefixes)
         with pytest.raises(ValueError, match="same records"):
             decode(data, lengths[:4], datasets, numbers, names, prefixes)
-        with pytest.raises(ValueError, match="shipped batch is malformed"):
-            decode(b"\x2a" + data[1:], lengths, datasets, numbers, names, prefixes)  # no such tag
-        first = int.from_bytes(lengths[:4], "little")
-        with pytest.raises(ValueError, match="shipped batch is malformed"):  # a record's tape cut short
-            short = (first - 1).to_bytes(4, "little") + (len(data) - first + 1).to_bytes(4, "little")
-            decode(data, short, datasets, numbers, names, prefixes)
+        with pytest.raises(StaleIndexError, match=r"record \d+: record bytes changed since they were"):
+            decode(b"[" + data[1:], lengths, datasets, numbers, names, prefixes)
         with pytest.raises(IndexError, match="dataset number 7"):
             decode(data, lengths, (7).to_bytes(8, "little") * 2, numbers, names, prefixes)
 
