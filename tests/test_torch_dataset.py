@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 PIL_Image = pytest.importorskip("PIL.Image")
 
-from torch.utils.data import DataLoader  # noqa: E402
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noqa: E402
 
 import fusion_fast as ff  # noqa: E402
 from fusion_fast import synth  # noqa: E402
@@ -912,3 +912,56 @@ def test_worker_context_can_be_set_on_a_loader_built_elsewhere():
     if sys.platform.startswith("linux"):
         assert isinstance(it._worker_result_queue, _DirectQueue)
     it._shutdown_workers()
+
+
+class FailsAt37(torch.utils.data.Dataset):
+    """A map-style dataset whose item 37 raises; the others are 4 KB tensors."""
+
+    def __len__(self) -> int:
+        return 100
+
+    def __getitem__(self, i: int):
+        if i == 37:
+            raise KeyError(f"item {i} is bad")
+        return torch.full((1000,), i)
+
+
+class Stream(IterableDataset):
+    """An iterable dataset: each worker yields its share of 0..49."""
+
+    def __iter__(self):
+        info = get_worker_info()
+        return iter(range(info.id, 50, info.num_workers))
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_worker_context_dataloader_behaves_as_with_torchs_context(start_method):
+    """With `worker_context` a worker's exception reaches the main process as with torch's own context,
+    `timeout=` waits on the queue (a lost message fails the test instead of hanging it), an iterable
+    dataset is served by every worker, and persistent workers serve a second epoch after the first
+    was left early."""
+    context = worker_context(start_method)
+    with pytest.raises(KeyError, match="item 37 is bad"):
+        list(
+            DataLoader(FailsAt37(), batch_size=4, num_workers=2, multiprocessing_context=context, timeout=60)
+        )
+    first = range(36)
+    batches = DataLoader(
+        FailsAt37(), batch_size=4, num_workers=2, multiprocessing_context=context, sampler=first, timeout=60
+    )
+    assert torch.equal(torch.cat(list(batches))[:, 0], torch.arange(36))
+    served = DataLoader(Stream(), batch_size=None, num_workers=2, multiprocessing_context=context, timeout=60)
+    assert sorted(int(x) for x in served) == list(range(50))
+    loader = DataLoader(
+        FailsAt37(),
+        batch_size=4,
+        num_workers=2,
+        multiprocessing_context=context,
+        persistent_workers=True,
+        sampler=first,
+        timeout=60,
+    )
+    for k, _ in enumerate(loader):
+        if k == 2:
+            break
+    assert len(list(loader)) == 9
