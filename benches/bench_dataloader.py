@@ -28,6 +28,9 @@ sampler (`DistributedMixtureSampler`: a numpy permutation handed out in slices) 
 `shuffle=True` (torch's `RandomSampler`, which turns a permutation of every sample into a Python list
 before the first batch).
 
+fusion-fast also runs, in the same rounds, with the main process on one CPU and the workers on the
+others (`os.sched_setaffinity`, a user's setting): what keeping them apart buys on this machine.
+
 Targets (issue 5, 2-core machine): >= 150k samples/s with batch 64 and 2 workers; <= 3 s from a fresh
 `python` to the first batch (including `import torch`); <= 100 MB private memory per worker.
 """
@@ -35,6 +38,8 @@ Targets (issue 5, 2-core machine): >= 150k samples/s with batch 64 and 2 workers
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import gc
 import importlib.util
 import json
@@ -44,6 +49,8 @@ import pickle
 import sys
 import tempfile
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,13 +218,55 @@ def idle_share(before: list[int], after: list[int]) -> float:
     return (idle + iowait + steal) / max(sum(spent[:8]), 1)
 
 
+def _pin_worker(cpus: frozenset[int], worker_id: int) -> None:
+    """`worker_init_fn` of the `separate_cpus` runs: the worker runs only on `cpus`."""
+    os.sched_setaffinity(0, cpus)
+
+
+@contextlib.contextmanager
+def main_process_on(cpus: set[int]) -> Iterator[None]:
+    """This process (the DataLoader's main process) runs only on `cpus` inside the block."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        with warnings.catch_warnings():
+            # torch warns when num_workers exceeds the main process's CPUs: here that is the point.
+            warnings.filterwarnings("ignore", message=".*suggested max number of worker.*")
+            yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def run_loader(
-    dataset: Any, args: argparse.Namespace, workers: int, *, worker_queues: bool = True
+    dataset: Any,
+    args: argparse.Namespace,
+    workers: int,
+    *,
+    worker_queues: bool = True,
+    separate_cpus: bool = False,
 ) -> dict[str, Any]:
     """samples/s after a warm-up, the CPU time per batch of the main process and of the workers (on
     two cores the two add up against one budget), and the private memory of each worker once the
     samples are done. Workers start from `worker_context` (caller-written queues, 1 MiB pipes) unless
-    `worker_queues` is off: then from torch's default, the start method's own context."""
+    `worker_queues` is off: then from torch's default, the start method's own context. With
+    `separate_cpus` the main process runs on the first CPU this process may use and the workers on the
+    others (a user's `os.sched_setaffinity` setting, not a fusion-fast one)."""
+    if separate_cpus:
+        allowed = sorted(os.sched_getaffinity(0))
+        main_cpu, worker_cpus = {allowed[0]}, frozenset(allowed[1:])
+        pin = functools.partial(_pin_worker, worker_cpus)
+        with main_process_on(main_cpu):
+            return _run_loader(dataset, args, workers, worker_queues, pin)
+    return _run_loader(dataset, args, workers, worker_queues, None)
+
+
+def _run_loader(
+    dataset: Any,
+    args: argparse.Namespace,
+    workers: int,
+    worker_queues: bool,
+    worker_init_fn: Any,
+) -> dict[str, Any]:
     context = worker_context(args.start_method) if worker_queues else args.start_method
     loader = DataLoader(
         dataset,
@@ -227,6 +276,7 @@ def run_loader(
         collate_fn=collate,
         persistent_workers=workers > 0,
         multiprocessing_context=context if workers > 0 else None,
+        worker_init_fn=worker_init_fn,
     )
     batches = seen = 0
     started = main_cpu_at_start = 0.0
@@ -252,7 +302,7 @@ def run_loader(
     pids = _worker_pids()
     workers_cpu = sum(cpu_seconds(pid) - worker_cpu_at_start.get(pid, 0.0) for pid in pids)
     by_thread = cpu_by_thread(threads_at_start, thread_cpu([os.getpid(), *pids]))
-    workers = [private_memory(pid) for pid in pids]
+    memory = [private_memory(pid) for pid in pids]
     with_cache = [private_memory(pid, include_page_cache=True) for pid in pids]
     del loader
     return {
@@ -264,7 +314,7 @@ def run_loader(
         "cpu_us_per_batch_by_thread": {k: v / counted * 1e6 for k, v in by_thread.items()},
         "machine_idle_share": idle_share(machine_at_start[0], machine_ticks),
         "context_switches_per_batch": (machine_switches - machine_at_start[1]) / counted,
-        "worker_private": workers,
+        "worker_private": memory,
         "worker_private_with_page_cache": with_cache,
     }
 
@@ -341,13 +391,18 @@ def main_process_decode(
     }
 
 
-def rounds(loaders: dict[str, tuple[Any, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each loader (a dataset, and whether its workers start from `worker_context`) in turn,
-    `args.rounds` times: per loader the median rate, its range and the worker memory of the last round."""
+def rounds(loaders: dict[str, tuple[Any, bool, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each loader (a dataset, whether its workers start from `worker_context`, and whether the main
+    process and the workers run on separate CPUs) in turn, `args.rounds` times: per loader the median
+    rate, its range and the worker memory of the last round."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
     for _ in range(args.rounds):
-        for name, (dataset, worker_queues) in loaders.items():
-            runs[name].append(run_loader(dataset, args, args.workers, worker_queues=worker_queues))
+        for name, (dataset, worker_queues, separate_cpus) in loaders.items():
+            runs[name].append(
+                run_loader(
+                    dataset, args, args.workers, worker_queues=worker_queues, separate_cpus=separate_cpus
+                )
+            )
     out = {}
     for name, results in runs.items():
         rates = spread([r["per_s"] for r in results])
@@ -405,17 +460,20 @@ def main() -> int:
     with open(subset, encoding="utf-8") as f:
         list_data_dict = json.load(f)
     load_s = time.perf_counter() - t
+    separate = len(os.sched_getaffinity(0)) >= 2  # the main process on one CPU, workers on the rest
     both = rounds(
         {
-            "fusion_fast": (dataset, True),
-            "fusion_fast_default_pipes": (dataset, False),
-            "list_data_dict": (ListDataset(list_data_dict), True),
-            "dataloader_alone": (IndexDataset(len(dataset)), True),
+            "fusion_fast": (dataset, True, False),
+            "fusion_fast_default_pipes": (dataset, False, False),
+            **({"fusion_fast_separate_cpus": (dataset, True, True)} if separate else {}),
+            "list_data_dict": (ListDataset(list_data_dict), True, False),
+            "dataloader_alone": (IndexDataset(len(dataset)), True, False),
         },
         args,
     )
     results["fusion_fast"] = both["fusion_fast"]
     results["fusion_fast_default_pipes"] = both["fusion_fast_default_pipes"]
+    results["fusion_fast_separate_cpus"] = both.get("fusion_fast_separate_cpus")
     results["dataloader_alone"] = both["dataloader_alone"]
     results["list_data_dict"] = {
         "records": len(list_data_dict),
@@ -445,6 +503,7 @@ def report(r: dict[str, Any]) -> str:
     ff, base, hf = r["fusion_fast"], r["list_data_dict"], r.get("hf_datasets")
     alone = r.get("dataloader_alone")
     default_pipes = r.get("fusion_fast_default_pipes")
+    separate = r.get("fusion_fast_separate_cpus")
     fresh = r["fusion_fast_worker_memory"]
     n = r["selected"]
     mib = 2**20
@@ -519,6 +578,16 @@ def report(r: dict[str, Any]) -> str:
         [
             "fusion-fast, same rounds, workers from torch's default context (feeder threads, 64 KiB pipes)",
             f"{rate(default_pipes)}; CPU per batch {cpu(default_pipes)}; by thread {threads(default_pipes)}",
+            "",
+            "",
+            "",
+        ],
+        [
+            "fusion-fast, same rounds, the main process on one vCPU and the workers on the other "
+            "(`os.sched_setaffinity` in the main process and in `worker_init_fn`: a user's setting)",
+            f"{rate(separate)}; CPU per batch {cpu(separate)}; by thread {threads(separate)}"
+            if separate
+            else "one CPU only: not run",
             "",
             "",
             "",
