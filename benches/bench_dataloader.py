@@ -50,16 +50,16 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1-shaped data
-from common import machine, machine_markdown, publish, run_child, spread, table  # noqa: E402
+from common import machine, machine_markdown, publish, repeat, run_child, spread, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import (  # noqa: E402
     FusionDataset,
@@ -265,7 +265,7 @@ def _run_loader(
     args: argparse.Namespace,
     workers: int,
     worker_queues: bool,
-    worker_init_fn: Any,
+    worker_init_fn: Callable[[int], None] | None,
 ) -> dict[str, Any]:
     context = worker_context(args.start_method) if worker_queues else args.start_method
     loader = DataLoader(
@@ -375,13 +375,7 @@ def main_process_decode(
     as_objects = [pickle.dumps(pickle.loads(m), protocol=pickle.HIGHEST_PROTOCOL) for m in shipped]
 
     def best_us(messages: list[bytes]) -> float:
-        best = float("inf")
-        for _ in range(5):
-            started = time.perf_counter()
-            for m in messages:
-                pickle.loads(m)
-            best = min(best, time.perf_counter() - started)
-        return best / len(messages) * 1e6
+        return repeat(lambda: [pickle.loads(m) for m in messages], 5)["min"] / len(messages) * 1e6
 
     return {
         "shipped_us_per_batch": best_us(shipped),
@@ -391,16 +385,27 @@ def main_process_decode(
     }
 
 
-def rounds(loaders: dict[str, tuple[Any, bool, bool]], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each loader (a dataset, whether its workers start from `worker_context`, and whether the main
-    process and the workers run on separate CPUs) in turn, `args.rounds` times: per loader the median
-    rate, its range and the worker memory of the last round."""
+class Loader(NamedTuple):
+    """One loader of the alternating rounds: `run_loader`'s dataset and settings."""
+
+    dataset: Any
+    worker_queues: bool = True
+    separate_cpus: bool = False
+
+
+def rounds(loaders: dict[str, Loader], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each loader in turn, `args.rounds` times: per loader the median rate, its range and the worker
+    memory of the last round."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
     for _ in range(args.rounds):
-        for name, (dataset, worker_queues, separate_cpus) in loaders.items():
+        for name, spec in loaders.items():
             runs[name].append(
                 run_loader(
-                    dataset, args, args.workers, worker_queues=worker_queues, separate_cpus=separate_cpus
+                    spec.dataset,
+                    args,
+                    args.workers,
+                    worker_queues=spec.worker_queues,
+                    separate_cpus=spec.separate_cpus,
                 )
             )
     out = {}
@@ -463,11 +468,11 @@ def main() -> int:
     separate = len(os.sched_getaffinity(0)) >= 2  # the main process on one CPU, workers on the rest
     both = rounds(
         {
-            "fusion_fast": (dataset, True, False),
-            "fusion_fast_default_pipes": (dataset, False, False),
-            **({"fusion_fast_separate_cpus": (dataset, True, True)} if separate else {}),
-            "list_data_dict": (ListDataset(list_data_dict), True, False),
-            "dataloader_alone": (IndexDataset(len(dataset)), True, False),
+            "fusion_fast": Loader(dataset),
+            "fusion_fast_default_pipes": Loader(dataset, worker_queues=False),
+            **({"fusion_fast_separate_cpus": Loader(dataset, separate_cpus=True)} if separate else {}),
+            "list_data_dict": Loader(ListDataset(list_data_dict)),
+            "dataloader_alone": Loader(IndexDataset(len(dataset))),
         },
         args,
     )

@@ -48,6 +48,11 @@ impl<'py> ItemSource<'py> {
         record.set_item(intern!(py, SOURCE_KEY), self.source(number)?)
     }
 
+    /// The dataset's name.
+    pub fn name(&self) -> &Bound<'py, PyString> {
+        &self.dataset
+    }
+
     /// `{"dataset": name, "index": number}`.
     fn source(&self, number: i64) -> PyResult<Bound<'py, PyDict>> {
         let py = self.dataset.py();

@@ -684,7 +684,7 @@ fn decode_shipped<'py>(
             let source = nth(&sources, d)?;
             batch
                 .add(&mut builder, bytes, source, i)
-                .map_err(|e| shipped_error(py, e, &names[d as usize], i))?;
+                .map_err(|e| shipped_error(py, e, source, i))?;
         }
         return batch.finish();
     }
@@ -693,7 +693,7 @@ fn decode_shipped<'py>(
         let source = nth(&sources, d)?;
         let record = builder
             .build(py, bytes)
-            .map_err(|e| shipped_error(py, e, &names[d as usize], i))?;
+            .map_err(|e| shipped_error(py, e, source, i))?;
         source.finish(&record, i)?;
         list.append(record)?;
     }
@@ -702,15 +702,16 @@ fn decode_shipped<'py>(
 
 /// A shipped record that does not decode: its bytes are not the JSON that was indexed, because the
 /// data file changed after the worker's index was opened. A `StaleIndexError` naming the dataset and
-/// record (the main process knows names, not paths); other errors (`MemoryError`) pass unchanged.
-fn shipped_error(py: Python<'_>, e: PyErr, dataset: &Py<PyString>, record: i64) -> PyErr {
+/// record (the main process knows names, not paths; `Index::changed` is the same error where the
+/// path is known); other errors (`MemoryError`) pass unchanged.
+fn shipped_error(py: Python<'_>, e: PyErr, source: &ItemSource<'_>, record: i64) -> PyErr {
     if !e.is_instance_of::<PyValueError>(py) {
         return e;
     }
     let msg = format!(
         "dataset {}, record {record}: {}; the data file changed after it was opened",
-        dataset
-            .bind(py)
+        source
+            .name()
             .repr()
             .map_or_else(|_| "?".into(), |r| r.to_string()),
         e.value(py)

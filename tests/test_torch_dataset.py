@@ -679,8 +679,6 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(t
     """A record whose bytes were overwritten in place after the worker opened the file (same size, no
     longer JSON) ships as those bytes; decoding it in the main process is a StaleIndexError naming the
     dataset and the record, not a bare ValueError."""
-    import pickle
-
     from fusion_fast.errors import StaleIndexError
     from fusion_fast.torch import PackedBatch, PackedRecords
 

@@ -113,9 +113,8 @@ class _DirectQueue(multiprocessing.queues.Queue):  # type: ignore[type-arg]
 
     def _reset(self, after_fork: bool = False) -> None:
         super()._reset(after_fork)  # type: ignore[misc]
-        self._pending = (
-            0  # messages handed to the feeder thread and not yet written (changed under _notempty)
-        )
+        # Messages handed to the feeder thread and not yet written (changed under _notempty).
+        self._pending = 0
         self._poller: select.poll | None = None
         self._feeder_send = self._send_bytes
         self._send_bytes = self._send_counted
