@@ -552,6 +552,10 @@ def make_tensors(item):
     return {"input_ids": torch.arange(n), "labels": torch.full((n,), 7), "pixels": torch.ones(2, 2) * n}
 
 
+def tensors_and_id(item):
+    return {"id": item["id"], **make_tensors(item)}
+
+
 def test_collate_in_workers_builds_batches(stage):
     ds = FusionDataset(stage["yaml"], root=stage["root"], transform=make_tensors)
     batches = list(DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate))
@@ -782,6 +786,27 @@ def test_prefetcher_copies_nested_batches_to_the_gpu():
         assert batch["meta"]["n"].item() == k and batch["pair"][1] == "tag" and batch["names"] == ["a", "b"]
         seen += 1
     assert seen == 5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("pin", [True, False], ids=["pinned", "pageable"])
+def test_prefetched_loader_batches_equal_the_cpu_batches(stage, pin):
+    """The whole path of a training step: workers collate padded tensors, the DataLoader pins them, and
+    CudaPrefetcher hands them out on the GPU, each equal to the batch the CPU path builds. The GPU work
+    queued on each batch (and the host's reads of it) race the next batch's copy."""
+    ds = FusionDataset(stage["yaml"], root=stage["root"], transform=tensors_and_id)
+    loader = DataLoader(ds, batch_size=4, num_workers=2, collate_fn=collate, pin_memory=pin)
+    expected = list(DataLoader(ds, batch_size=4, num_workers=0, collate_fn=collate))
+    seen = 0
+    for got, want in zip(CudaPrefetcher(loader), expected, strict=True):
+        assert got["input_ids"].is_cuda and got["labels"].is_cuda and got["pixels"].is_cuda
+        doubled = {k: (got[k] * 2).cpu() for k in ("input_ids", "labels", "pixels")}
+        for k, v in doubled.items():
+            assert torch.equal(v, want[k] * 2), k
+        assert got["id"] == want["id"] and len(got["id"]) == len(got["input_ids"])
+        seen += 1
+    assert seen == len(expected) == 15
 
 
 # -- indexing ---------------------------------------------------------------------------------------
