@@ -62,10 +62,12 @@ from bench_mixture import FULL_RECORDS, prepare  # noqa: E402 - the same Stage-1
 from common import machine, machine_markdown, publish, repeat, run_child, spread, table  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import (  # noqa: E402
+    SHIP_ENV,
     FusionDataset,
     PackedBatch,
     collate,
     private_memory,
+    ships_tapes,
     worker_context,
 )
 
@@ -361,36 +363,56 @@ def fresh_worker_memory(stage: Path, data: Path, args: argparse.Namespace) -> di
 def main_process_decode(
     dataset: FusionDataset, args: argparse.Namespace, batches: int = 300
 ) -> dict[str, Any]:
-    """What the main process pays per batch to turn a worker's message into the batch, measured alone
-    (no workers, best of 5 passes over the same random batches): fusion-fast's shipped batch (the
-    records' JSON bytes, decoded in Rust straight into the collated batch), against `pickle.loads` of
-    that same batch as Python objects (what a dataset of Python records, like FUSION's list, costs
-    there)."""
+    """What each side pays per batch for one worker message, measured alone (no workers, best of 5
+    passes over the same random batches). The main process: fusion-fast's shipped batch (the records'
+    JSON bytes, or their tapes, built in Rust straight into the collated batch), against `pickle.loads`
+    of that same batch as Python objects (what a dataset of Python records, like FUSION's list, costs
+    there). The worker: packing the batch (reading its records, and parsing them into tapes)."""
     rng = np.random.default_rng(0)
-    shipped = []
-    for _ in range(batches):
-        payload = dataset._pack_positions(rng.integers(0, len(dataset), args.batch).tolist())
-        assert payload is not None  # the generated stage has no bad records
-        shipped.append(pickle.dumps(PackedBatch(payload), protocol=pickle.HIGHEST_PROTOCOL))
-    as_objects = [pickle.dumps(pickle.loads(m), protocol=pickle.HIGHEST_PROTOCOL) for m in shipped]
+    positions = [rng.integers(0, len(dataset), args.batch).tolist() for _ in range(batches)]
 
-    def best_us(messages: list[bytes]) -> float:
-        return repeat(lambda: [pickle.loads(m) for m in messages], 5)["min"] / len(messages) * 1e6
+    def best_us(fn: Callable[[], Any]) -> float:
+        return repeat(fn, 5)["min"] / batches * 1e6
 
-    return {
-        "shipped_us_per_batch": best_us(shipped),
-        "unpickle_us_per_batch": best_us(as_objects),
-        "shipped_bytes_per_batch": sum(map(len, shipped)) / batches,
-        "pickled_bytes_per_batch": sum(map(len, as_objects)) / batches,
-    }
+    out: dict[str, Any] = {}
+    for mode in ("json", "tape"):
+        with shipping(mode):
+            shipped = [dataset._pack_positions(p) for p in positions]
+            assert all(s is not None for s in shipped)  # the generated stage has no bad records
+            out[f"{mode}_pack_us_per_batch"] = best_us(
+                lambda: [dataset._pack_positions(p) for p in positions]
+            )
+        messages = [pickle.dumps(PackedBatch(s), protocol=pickle.HIGHEST_PROTOCOL) for s in shipped]
+        out[f"{mode}_us_per_batch"] = best_us(lambda m=messages: [pickle.loads(x) for x in m])
+        out[f"{mode}_bytes_per_batch"] = sum(map(len, messages)) / batches
+    as_objects = [pickle.dumps(pickle.loads(m), protocol=pickle.HIGHEST_PROTOCOL) for m in messages]
+    out["unpickle_us_per_batch"] = best_us(lambda: [pickle.loads(m) for m in as_objects])
+    out["pickled_bytes_per_batch"] = sum(map(len, as_objects)) / batches
+    return out
 
 
 class Loader(NamedTuple):
-    """One loader of the alternating rounds: `run_loader`'s dataset and settings."""
+    """One loader of the alternating rounds: `run_loader`'s dataset and settings (`ship`: how workers
+    ship raw records, `SHIP_ENV`; None leaves fusion-fast's "auto")."""
 
     dataset: Any
     worker_queues: bool = True
     separate_cpus: bool = False
+    ship: str | None = None
+
+
+@contextlib.contextmanager
+def shipping(mode: str | None) -> Iterator[None]:
+    """Workers started inside the block ship raw records as `mode` ("json" or "tape"; None: "auto")."""
+    before = os.environ.pop(SHIP_ENV, None)
+    if mode is not None:
+        os.environ[SHIP_ENV] = mode
+    try:
+        yield
+    finally:
+        os.environ.pop(SHIP_ENV, None)
+        if before is not None:
+            os.environ[SHIP_ENV] = before
 
 
 def rounds(loaders: dict[str, Loader], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -399,15 +421,16 @@ def rounds(loaders: dict[str, Loader], args: argparse.Namespace) -> dict[str, di
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loaders}
     for _ in range(args.rounds):
         for name, spec in loaders.items():
-            runs[name].append(
-                run_loader(
-                    spec.dataset,
-                    args,
-                    args.workers,
-                    worker_queues=spec.worker_queues,
-                    separate_cpus=spec.separate_cpus,
+            with shipping(spec.ship):
+                runs[name].append(
+                    run_loader(
+                        spec.dataset,
+                        args,
+                        args.workers,
+                        worker_queues=spec.worker_queues,
+                        separate_cpus=spec.separate_cpus,
+                    )
                 )
-            )
     out = {}
     for name, results in runs.items():
         rates = spread([r["per_s"] for r in results])
@@ -466,9 +489,11 @@ def main() -> int:
         list_data_dict = json.load(f)
     load_s = time.perf_counter() - t
     separate = len(os.sched_getaffinity(0)) >= 2  # the main process on one CPU, workers on the rest
+    tapes = results["ships_tapes"] = ships_tapes(args.workers)  # what "auto" chooses here
     both = rounds(
         {
             "fusion_fast": Loader(dataset),
+            "fusion_fast_other_shipping": Loader(dataset, ship="json" if tapes else "tape"),
             "fusion_fast_default_pipes": Loader(dataset, worker_queues=False),
             **({"fusion_fast_separate_cpus": Loader(dataset, separate_cpus=True)} if separate else {}),
             "list_data_dict": Loader(ListDataset(list_data_dict)),
@@ -477,6 +502,7 @@ def main() -> int:
         args,
     )
     results["fusion_fast"] = both["fusion_fast"]
+    results["fusion_fast_other_shipping"] = both["fusion_fast_other_shipping"]
     results["fusion_fast_default_pipes"] = both["fusion_fast_default_pipes"]
     results["fusion_fast_separate_cpus"] = both.get("fusion_fast_separate_cpus")
     results["dataloader_alone"] = both["dataloader_alone"]
@@ -508,6 +534,8 @@ def report(r: dict[str, Any]) -> str:
     ff, base, hf = r["fusion_fast"], r["list_data_dict"], r.get("hf_datasets")
     alone = r.get("dataloader_alone")
     default_pipes = r.get("fusion_fast_default_pipes")
+    other = r.get("fusion_fast_other_shipping")
+    auto_shipping, other_shipping = ("tapes", "JSON") if r.get("ships_tapes") else ("JSON", "tapes")
     separate = r.get("fusion_fast_separate_cpus")
     fresh = r["fusion_fast_worker_memory"]
     n = r["selected"]
@@ -566,7 +594,8 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
-            "CPU time per batch: main process / all workers (2 cores: 1 s of CPU per s each)",
+            f"CPU time per batch: main process / all workers ({r['machine']['cores']} CPUs: 1 s of CPU per s "
+            "each)",
             cpu(ff),
             cpu(base),
             cpu(hf),
@@ -581,6 +610,14 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
+            f'fusion-fast, same rounds, workers shipping {other_shipping} (the default, "auto", ships '
+            f"{auto_shipping} here)",
+            f"{rate(other)}; CPU per batch {cpu(other)}; by thread {threads(other)}",
+            "",
+            "",
+            "",
+        ],
+        [
             "fusion-fast, same rounds, workers from torch's default context (feeder threads, 64 KiB pipes)",
             f"{rate(default_pipes)}; CPU per batch {cpu(default_pipes)}; by thread {threads(default_pipes)}",
             "",
@@ -588,7 +625,7 @@ def report(r: dict[str, Any]) -> str:
             "",
         ],
         [
-            "fusion-fast, same rounds, the main process on one vCPU and the workers on the other "
+            "fusion-fast, same rounds, the main process on one CPU and the workers on the others "
             "(`os.sched_setaffinity` in the main process and in `worker_init_fn`: a user's setting)",
             f"{rate(separate)}; CPU per batch {cpu(separate)}; by thread {threads(separate)}"
             if separate
@@ -615,10 +652,18 @@ def report(r: dict[str, Any]) -> str:
         ["samples/s, fusion-fast with 1 worker", rate(r.get("fusion_fast_1_worker")), "", "", ""],
         [
             "main process, one batch from a worker's message, measured alone (best of 5 passes over 300 "
-            "batches): fusion-fast decodes it from the records' JSON bytes; the list's column is "
-            "`pickle.loads` of that same batch as Python objects",
-            f"{dec['shipped_us_per_batch']:.0f} us ({dec['shipped_bytes_per_batch'] / 1024:.0f} KiB)",
+            "batches): fusion-fast builds it from the records' JSON bytes / from their tapes; the list's "
+            "column is `pickle.loads` of that same batch as Python objects",
+            f"{dec['json_us_per_batch']:.0f} us ({dec['json_bytes_per_batch'] / 1024:.0f} KiB) / "
+            f"{dec['tape_us_per_batch']:.0f} us ({dec['tape_bytes_per_batch'] / 1024:.0f} KiB)",
             f"{dec['unpickle_us_per_batch']:.0f} us ({dec['pickled_bytes_per_batch'] / 1024:.0f} KiB)",
+            "",
+            "",
+        ],
+        [
+            "worker, packing one batch, measured alone: JSON bytes / tapes",
+            f"{dec['json_pack_us_per_batch']:.0f} us / {dec['tape_pack_us_per_batch']:.0f} us",
+            "",
             "",
             "",
         ],

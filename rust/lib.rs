@@ -12,6 +12,7 @@ pub mod paths;
 pub mod record;
 pub mod scan;
 pub mod shuffle;
+pub mod tape;
 pub mod words;
 
 pub use columns::Records;

@@ -201,18 +201,21 @@ impl<'py> BatchBuilder<'py> {
         Ok(c)
     }
 
-    /// Adds the record in `bytes` as item `number` of `source`'s dataset.
+    /// Adds the record in `bytes` (its JSON, or its tape with `tape`) as item `number` of `source`'s
+    /// dataset.
     pub fn add(
         &mut self,
         builder: &mut Builder,
         bytes: &[u8],
+        tape: bool,
         source: &ItemSource<'py>,
         number: i64,
     ) -> PyResult<()> {
         let row = self.rows();
         let mut order = std::mem::take(&mut self.last_order);
         let mut members = 0;
-        builder.build_members(self.py, bytes, |key, value| {
+        let py = self.py;
+        let member = |key: Bound<'py, PyAny>, value: Bound<'py, PyAny>| {
             let c = self.column(&key, members)?;
             let column = &mut self.columns[c];
             if column.len() > row {
@@ -227,7 +230,12 @@ impl<'py> BatchBuilder<'py> {
                 members += 1;
             }
             Ok(())
-        })?;
+        };
+        if tape {
+            builder.build_tape_members(py, bytes, member)?;
+        } else {
+            builder.build_members(py, bytes, member)?;
+        }
         order.truncate(members);
         self.last_order = order;
         if let Some(c) = self.image_column {

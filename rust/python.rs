@@ -17,6 +17,7 @@ use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::shuffle::NumpyPcg64;
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
+use crate::tape::Encoder;
 use crate::to_python::Builder;
 
 /// Raises the `fusion_fast.errors` class that matches `err.kind`.
@@ -516,12 +517,14 @@ impl ItemSources {
     }
 
     /// The samples' bytes concatenated, and each one's length as little-endian uint32: a batch as a
-    /// worker process ships it, decoded by `decode_shipped`.
+    /// worker process ships it, decoded by `decode_shipped` (`tape=True`: their tapes, see `packed`).
+    #[pyo3(signature = (datasets, numbers, *, tape=false))]
     fn pack<'py>(
         &self,
         py: Python<'py>,
         datasets: &[u8],
         numbers: &[u8],
+        tape: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
         let mut spans = Vec::with_capacity(datasets.len() / 8);
         for (d, i) in samples(datasets, numbers)? {
@@ -529,7 +532,7 @@ impl ItemSources {
             let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
             spans.push((index, i, span));
         }
-        packed(py, &spans)
+        packed(py, &spans, tape)
     }
 
     /// A worker's batch from mixture positions in one call: what `pack` makes of `Mixture.locate`'s
@@ -538,6 +541,7 @@ impl ItemSources {
     /// (both int64, C-contiguous). None when a position is out of range or a sample's flags have a bit
     /// of `bad_flags`: the caller's general path then raises, or replaces the sample.
     #[allow(clippy::type_complexity)]
+    #[pyo3(signature = (positions, offsets, records, bad_flags, *, tape=false))]
     fn pack_positions<'py>(
         &self,
         py: Python<'py>,
@@ -545,6 +549,7 @@ impl ItemSources {
         offsets: PyBuffer<i64>,
         records: PyBuffer<i64>,
         bad_flags: u8,
+        tape: bool,
     ) -> PyResult<
         Option<(
             Bound<'py, PyBytes>,
@@ -575,7 +580,7 @@ impl ItemSources {
             datasets.extend_from_slice(&d.to_le_bytes());
             numbers.extend_from_slice(&(i as i64).to_le_bytes());
         }
-        let (data, lengths) = packed(py, &spans)?;
+        let (data, lengths) = packed(py, &spans, tape)?;
         Ok(Some((
             data,
             lengths,
@@ -586,14 +591,22 @@ impl ItemSources {
 }
 
 /// The bytes of records (index, record number, `checked_span`) concatenated, and each one's length as
-/// little-endian uint32. Read with positional reads rather than from the mapping: this runs in
+/// little-endian uint32: a batch as a worker ships it. With `tape`, each record's tape instead (see
+/// `tape`): the worker parses the JSON so that the main process, which builds every record's Python
+/// objects, only copies; worth it where the workers have cores to spare (`fusion_fast.torch`
+/// decides). Records are read with positional reads rather than from the mapping: this runs in
 /// DataLoader workers, which meet most pages of a large file once, and a first touch of a mapped page
-/// (a page fault) measured more than twice the cost of a read. A data file cut short after it was
-/// opened fails the read: a stale-index error naming the file and record, not a crash.
+/// (a page fault) measured more than twice the cost of a read. A data file cut short or changed after
+/// it was opened fails the read or the parse: a stale-index error naming the file and record, not a
+/// crash.
 fn packed<'py>(
     py: Python<'py>,
     spans: &[(&Index, usize, std::ops::Range<usize>)],
+    tape: bool,
 ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    if tape {
+        return packed_tapes(py, spans);
+    }
     let total = spans.iter().map(|(_, _, s)| s.len()).sum();
     let data = PyBytes::new_with(py, total, |out| {
         let mut at = 0;
@@ -614,6 +627,51 @@ fn packed<'py>(
         .collect();
     Ok((data, PyBytes::new(py, &lengths)))
 }
+
+fn packed_tapes<'py>(
+    py: Python<'py>,
+    spans: &[(&Index, usize, std::ops::Range<usize>)],
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+    let mut guard = PACKER.lock().unwrap_or_else(|e| e.into_inner());
+    let Packer {
+        encoder,
+        json,
+        tapes,
+    } = &mut *guard;
+    tapes.clear();
+    let mut lengths = Vec::with_capacity(spans.len() * 4);
+    for (index, i, span) in spans {
+        json.resize(span.len(), 0);
+        let start = tapes.len();
+        index
+            .inner
+            .read_span(span.clone(), json)
+            .map_err(|e| to_py_err(py, e))
+            .and_then(|()| {
+                encoder.encode(json, tapes).ok_or_else(|| {
+                    PyValueError::new_err("the record is no longer the JSON value that was indexed")
+                })
+            })
+            .map_err(|e| index.changed(py, *i, e))?;
+        // A tape is shorter than its JSON plus 4 bytes per code point, and a record is under 4 GiB
+        // (the index stores lengths as uint32), so this only guards against the impossible.
+        let length = u32::try_from(tapes.len() - start)
+            .map_err(|_| PyValueError::new_err("a record's tape exceeds 4 GiB"))?;
+        lengths.extend_from_slice(&length.to_le_bytes());
+    }
+    Ok((PyBytes::new(py, tapes), PyBytes::new(py, &lengths)))
+}
+
+/// A worker's buffers for `packed_tapes`, reused from batch to batch.
+#[derive(Default)]
+struct Packer {
+    encoder: Encoder,
+    json: Vec<u8>,
+    tapes: Vec<u8>,
+}
+
+// The GIL is held by every user, so the lock is never contended; it only satisfies `Sync`.
+static PACKER: LazyLock<Mutex<Packer>> = LazyLock::new(|| Mutex::new(Packer::default()));
 
 fn item_sources<'py>(
     py: Python<'py>,
@@ -658,12 +716,13 @@ fn shipped<'a>(
     Ok(out)
 }
 
-/// Decodes samples shipped by `ItemSources.pack`: `data` holds the records back to back, `lengths`
-/// their byte lengths (little-endian uint32); `datasets`, `numbers`, `names` and `prefixes` are as in
-/// `ItemSources`. Returns the items `ItemSources.items` makes or, with `collated=True`, their `collate`,
-/// built column by column without the items in between.
+/// Decodes samples shipped by `ItemSources.pack`: `data` holds the records back to back (their JSON,
+/// or their tapes with `tape=True`), `lengths` their byte lengths (little-endian uint32); `datasets`,
+/// `numbers`, `names` and `prefixes` are as in `ItemSources`. Returns the items `ItemSources.items`
+/// makes or, with `collated=True`, their `collate`, built column by column without the items in
+/// between.
 #[pyfunction]
-#[pyo3(signature = (data, lengths, datasets, numbers, names, prefixes, *, collated=false))]
+#[pyo3(signature = (data, lengths, datasets, numbers, names, prefixes, tape=false, *, collated=false))]
 #[allow(clippy::too_many_arguments)] // the shipped payload, spelled out for Python
 fn decode_shipped<'py>(
     py: Python<'py>,
@@ -673,27 +732,39 @@ fn decode_shipped<'py>(
     numbers: &[u8],
     names: Vec<Py<PyString>>,
     prefixes: Vec<Py<PyString>>,
+    tape: bool,
     collated: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let sources = item_sources(py, &names, &prefixes)?;
     let records = shipped(data, lengths, datasets, numbers)?;
     let mut builder = shared_builder();
+    // A tape was parsed in the worker, which checked the record then; JSON bytes are checked here.
+    let error = |e: PyErr, source: &ItemSource<'_>, i: i64| {
+        if tape {
+            e
+        } else {
+            shipped_error(py, e, source, i)
+        }
+    };
     if collated {
         let mut batch = BatchBuilder::new(py);
         for (d, i, bytes) in records {
             let source = nth(&sources, d)?;
             batch
-                .add(&mut builder, bytes, source, i)
-                .map_err(|e| shipped_error(py, e, source, i))?;
+                .add(&mut builder, bytes, tape, source, i)
+                .map_err(|e| error(e, source, i))?;
         }
         return batch.finish();
     }
     let list = PyList::empty(py);
     for (d, i, bytes) in records {
         let source = nth(&sources, d)?;
-        let record = builder
-            .build(py, bytes)
-            .map_err(|e| shipped_error(py, e, source, i))?;
+        let built = if tape {
+            builder.build_tape(py, bytes)
+        } else {
+            builder.build(py, bytes)
+        };
+        let record = built.map_err(|e| error(e, source, i))?;
         source.finish(&record, i)?;
         list.append(record)?;
     }

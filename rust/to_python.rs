@@ -14,6 +14,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 
 use crate::json::{skip_whitespace, unescape_into, MAX_DEPTH};
+use crate::tape::{self, string_stop, Item, Reader};
 
 /// Strings up to this length are cached (keys, roles, short values).
 const CACHED_MAX_LEN: usize = 16;
@@ -140,6 +141,160 @@ impl Builder {
         let obj = self.value(py, &mut c, 0).map_err(|()| decode_error(py))?;
         // SAFETY: `value` returns a new strong reference.
         Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) })
+    }
+
+    /// Builds the value of a tape (see `tape`): what a DataLoader worker ships for a record.
+    pub fn build_tape<'py>(&mut self, py: Python<'py>, tape: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let mut r = Reader::new(tape);
+        let obj = self
+            .tape_value(py, &mut r, 1)
+            .and_then(|obj| if r.done() { Ok(obj) } else { Err(()) })
+            .map_err(|()| tape_error(py))?;
+        // SAFETY: `tape_value` returns a new strong reference.
+        Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) })
+    }
+
+    /// Builds the object of a tape member by member, calling `member(key, value)` for each in order,
+    /// without building the object itself.
+    pub fn build_tape_members<'py>(
+        &mut self,
+        py: Python<'py>,
+        tape: &[u8],
+        mut member: impl FnMut(Bound<'py, PyAny>, Bound<'py, PyAny>) -> PyResult<()>,
+    ) -> PyResult<()> {
+        let mut r = Reader::new(tape);
+        let Some(Item::Object(n)) = r.next() else {
+            return Err(tape_error(py));
+        };
+        for _ in 0..n {
+            let (key, value) = self
+                .tape_member(py, &mut r, 2)
+                .map_err(|()| tape_error(py))?;
+            // SAFETY: `tape_member` hands over new strong references.
+            let (key, value) = unsafe {
+                (
+                    Bound::from_owned_ptr(py, key.into_ptr()),
+                    Bound::from_owned_ptr(py, value.into_ptr()),
+                )
+            };
+            member(key, value)?;
+        }
+        if r.done() {
+            Ok(())
+        } else {
+            Err(tape_error(py))
+        }
+    }
+
+    /// The next key (a string) and value of a tape's object; `depth` is that of the value.
+    #[inline(always)]
+    fn tape_member(
+        &mut self,
+        py: Python<'_>,
+        r: &mut Reader<'_>,
+        depth: usize,
+    ) -> BuildResult<(Owned, Owned)> {
+        let Some(Item::Str(tag, n, payload)) = r.next() else {
+            return Err(());
+        };
+        let key = self.tape_string(py, tag, n, payload)?;
+        Ok((key, self.tape_value(py, r, depth)?))
+    }
+
+    fn tape_value(
+        &mut self,
+        py: Python<'_>,
+        r: &mut Reader<'_>,
+        depth: usize,
+    ) -> BuildResult<Owned> {
+        if depth > MAX_DEPTH {
+            return Err(());
+        }
+        // SAFETY (all ffi calls below): the GIL is held (`py`), every returned pointer is checked for
+        // null by `Owned::new`, and reference ownership follows the CPython documentation of each call.
+        unsafe {
+            match r.next().ok_or(())? {
+                Item::Null => Self::literal_object(ffi::Py_None()),
+                Item::Bool(true) => Self::literal_object(ffi::Py_True()),
+                Item::Bool(false) => Self::literal_object(ffi::Py_False()),
+                Item::Int(v) => Owned::new(ffi::PyLong_FromLongLong(v)),
+                Item::Float(v) => Owned::new(ffi::PyFloat_FromDouble(v)),
+                Item::BigInt(digits) => {
+                    let z = std::ffi::CString::new(digits).map_err(|_| ())?;
+                    Owned::new(ffi::PyLong_FromString(z.as_ptr(), std::ptr::null_mut(), 10))
+                }
+                Item::Str(tag, n, payload) => self.tape_string(py, tag, n, payload),
+                Item::Array(n) => {
+                    // The reader checked `n` against the tape's length. Until filled, the list holds
+                    // NULLs, which its deallocation skips if a later item fails.
+                    let list = Owned::new(ffi::PyList_New(n as ffi::Py_ssize_t))?;
+                    for k in 0..n {
+                        let item = self.tape_value(py, r, depth + 1)?;
+                        // Both steal the item's reference; the macro form is not in the limited API.
+                        #[cfg(not(feature = "abi3"))]
+                        ffi::PyList_SET_ITEM(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+                        #[cfg(feature = "abi3")]
+                        ffi::PyList_SetItem(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+                    }
+                    Ok(list)
+                }
+                Item::Object(n) => {
+                    let dict = Owned::new(ffi::PyDict_New())?;
+                    for _ in 0..n {
+                        let (key, value) = self.tape_member(py, r, depth + 1)?;
+                        if ffi::PyDict_SetItem(dict.0, key.0, value.0) != 0 {
+                            return Err(());
+                        }
+                    }
+                    Ok(dict)
+                }
+            }
+        }
+    }
+
+    /// A new reference to a singleton (`None`, `True`, `False`).
+    unsafe fn literal_object(obj: *mut ffi::PyObject) -> BuildResult<Owned> {
+        // SAFETY: the caller holds the GIL and passes a live object.
+        unsafe { ffi::Py_INCREF(obj) };
+        Owned::new(obj)
+    }
+
+    /// A tape's string: its code points copied straight into a `str` of the kind the tag names.
+    fn tape_string(
+        &mut self,
+        py: Python<'_>,
+        tag: u8,
+        n: usize,
+        payload: &[u8],
+    ) -> BuildResult<Owned> {
+        if tag == tape::STR_ASCII {
+            return self.plain_string(py, payload, true);
+        }
+        let max_char: u32 = match tag {
+            tape::STR_LATIN1 => 0xFF,
+            tape::STR_UCS2 => 0xFFFF,
+            _ => 0x10FFFF,
+        };
+        #[cfg(all(not(feature = "abi3"), target_endian = "little"))]
+        // SAFETY: GIL held. `PyUnicode_New(n, max_char)` allocates a string of the kind `max_char`
+        // selects (1, 2 or 4 bytes per code point) with room for n of them; the reader checked that
+        // `payload` holds exactly n code points of that width, little-endian like this machine, which
+        // we copy. The encoder chose the tag from the largest code point, so the string's kind is the
+        // canonical one CPython expects.
+        unsafe {
+            let obj = Owned::new(ffi::PyUnicode_New(
+                n as ffi::Py_ssize_t,
+                max_char as ffi::Py_UCS4,
+            ))?;
+            let data = ffi::PyUnicode_DATA(obj.0) as *mut u8;
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), data, payload.len());
+            Ok(obj)
+        }
+        #[cfg(any(feature = "abi3", target_endian = "big"))]
+        {
+            let _ = (n, max_char);
+            decoded_string(&mut self.scratch, tag, payload)
+        }
     }
 
     /// Decodes the JSON object in `data` (already validated) member by member, calling
@@ -365,37 +520,46 @@ impl Builder {
     }
 }
 
-/// Offset of the first `"` or `\\` in `s` (or its length), and whether the bytes before it are ASCII:
-/// one pass instead of a search and then an ASCII check. (An AVX-512 version measured no faster here:
-/// most strings of a record are short.)
-#[inline]
-fn string_stop(s: &[u8]) -> (usize, bool) {
-    let mut i = 0;
-    let mut high = 0u32;
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: SSE2 is part of the x86_64 baseline; each load reads 16 bytes inside `s`.
+/// The exception for a tape that is not one `tape::Encoder` wrote (a Python exception set while
+/// building, such as `MemoryError`, is passed on).
+fn tape_error(py: Python<'_>) -> PyErr {
+    PyErr::take(py).unwrap_or_else(|| {
+        PyValueError::new_err("a shipped batch is malformed (not records that fusion-fast packed)")
+    })
+}
+
+/// A tape's non-ASCII string through CPython's decoders, where it cannot be copied in (the limited API
+/// cannot fill a `str`; a big-endian machine stores other bytes): Latin-1 as is, wider kinds as
+/// UTF-32 (lone surrogates passed through, as in Python's `json`).
+#[cfg(any(feature = "abi3", target_endian = "big"))]
+fn decoded_string(scratch: &mut Vec<u8>, tag: u8, payload: &[u8]) -> BuildResult<Owned> {
+    // SAFETY: GIL held by every caller; the buffers outlive the calls.
     unsafe {
-        use std::arch::x86_64::*;
-        let quote = _mm_set1_epi8(b'"' as i8);
-        let backslash = _mm_set1_epi8(b'\\' as i8);
-        while i + 16 <= s.len() {
-            let v = _mm_loadu_si128(s.as_ptr().add(i) as *const __m128i);
-            let stop = _mm_movemask_epi8(_mm_or_si128(
-                _mm_cmpeq_epi8(v, quote),
-                _mm_cmpeq_epi8(v, backslash),
-            )) as u32;
-            let non_ascii = _mm_movemask_epi8(v) as u32;
-            if stop != 0 {
-                let k = stop.trailing_zeros();
-                high |= non_ascii & ((1 << k) - 1);
-                return (i + k as usize, high == 0);
-            }
-            high |= non_ascii;
-            i += 16;
+        if tag == tape::STR_LATIN1 {
+            return Owned::new(ffi::PyUnicode_DecodeLatin1(
+                payload.as_ptr() as *const c_char,
+                payload.len() as ffi::Py_ssize_t,
+                std::ptr::null(),
+            ));
         }
+        scratch.clear();
+        if tag == tape::STR_UCS2 {
+            for unit in payload.chunks_exact(2) {
+                scratch.extend_from_slice(
+                    &u32::from(u16::from_le_bytes([unit[0], unit[1]])).to_le_bytes(),
+                );
+            }
+        } else {
+            scratch.extend_from_slice(payload);
+        }
+        let mut little_endian: std::os::raw::c_int = -1;
+        Owned::new(ffi::PyUnicode_DecodeUTF32(
+            scratch.as_ptr() as *const c_char,
+            scratch.len() as ffi::Py_ssize_t,
+            c"surrogatepass".as_ptr(),
+            &mut little_endian,
+        ))
     }
-    let k = memchr::memchr2(b'"', b'\\', &s[i..]).map_or(s.len(), |k| i + k);
-    (k, high == 0 && s[i..k].is_ascii())
 }
 
 /// A `str` from valid UTF-8 bytes; ASCII is copied straight into a one-byte string (as orjson does).

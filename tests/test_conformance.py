@@ -86,23 +86,25 @@ def test_real_files_index_and_round_trip(tmp_path):
         assert idx.has_image.tolist() == [isinstance(r, dict) and "image" in r for r in ref], path.name
 
 
-def shipped_records(paths: list[Path], index_dir: Path) -> list[Any]:
+def shipped_records(paths: list[Path], index_dir: Path, *, tape: bool) -> list[Any]:
     """The records of `paths` (JSON arrays of objects) as a DataLoader worker ships them and the main
-    process decodes them: packed as their bytes, then decoded in Rust into Python objects."""
+    process decodes them: packed as their bytes (or parsed into tapes), then built in Rust into Python
+    objects."""
     from fusion_fast import _core
 
     indexes = [ff.open(p, index_dir=index_dir) for p in paths]
     sources = _core.ItemSources([ix._core for ix in indexes], [p.name for p in paths], [""] * len(paths))
     datasets = np.repeat(np.arange(len(paths), dtype="<i8"), [len(ix) for ix in indexes]).tobytes()
     numbers = np.concatenate([np.arange(len(ix), dtype="<i8") for ix in indexes]).tobytes()
-    data, lengths = sources.pack(datasets, numbers)
-    items = _core.decode_shipped(data, lengths, datasets, numbers, sources.names, sources.prefixes)
+    data, lengths = sources.pack(datasets, numbers, tape=tape)
+    items = _core.decode_shipped(data, lengths, datasets, numbers, sources.names, sources.prefixes, tape)
     for item in items:
         del item["_source"]
     return items
 
 
-def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_path):
+@pytest.mark.parametrize("tape", [False, True], ids=["json", "tape"])
+def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_path, tape):
     """Each value of every suite file both accept (y_ and i_: escapes, number forms, lone surrogate
     escapes, unicode), in its original text wrapped as a record's member, packed and
     decoded equals `json.loads` (string equality includes CPython's kind: a `str` built with a wider
@@ -126,17 +128,18 @@ def test_every_accepted_value_ships_to_the_main_process_as_python_reads_it(tmp_p
         paths.append(wrapped)
         expected += [{"v": v} for v in whole]
     assert len(paths) > 60
-    shipped = shipped_records(paths, tmp_path)
+    shipped = shipped_records(paths, tmp_path, tape=tape)
     assert shipped == expected
     assert {"v": "\udada"} in shipped  # a lone surrogate escape (i_string_1st_surrogate_but_2nd_missing)
 
 
-def test_real_records_ship_to_the_main_process_as_python_reads_them(tmp_path):
+@pytest.mark.parametrize("tape", [False, True], ids=["json", "tape"])
+def test_real_records_ship_to_the_main_process_as_python_reads_them(tmp_path, tape):
     files = sorted(p for p in shared_dir("real").iterdir() if p.suffix == ".json")
     refs = [REAL_JSON_LOADERS[p.suffix](p) for p in files]
     arrays_of_records = [
         (p, ref) for p, ref in zip(files, refs, strict=True) if all(isinstance(r, dict) for r in ref)
     ]
     assert len(arrays_of_records) >= 5
-    shipped = shipped_records([p for p, _ in arrays_of_records], tmp_path)
+    shipped = shipped_records([p for p, _ in arrays_of_records], tmp_path, tape=tape)
     assert shipped == [r for _, ref in arrays_of_records for r in ref]

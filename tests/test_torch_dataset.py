@@ -29,12 +29,14 @@ from fusion_fast import synth  # noqa: E402
 from fusion_fast.errors import RecordError  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import (  # noqa: E402
+    SHIP_ENV,
     CudaPrefetcher,
     FusionDataset,
     collate,
     distributed_share,
     ensure_indexed,
     private_memory,
+    ships_tapes,
     worker_context,
 )
 
@@ -596,12 +598,16 @@ def add_count(batch):
     return out
 
 
+@pytest.mark.parametrize("ship", ["json", "tape"])
 @pytest.mark.parametrize("worker_queues", [False, True], ids=["torch-context", "worker_context"])
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_raw_records_from_workers_equal_in_process_items(stage, start_method, worker_queues):
-    """Raw records travel from workers as JSON bytes (PackedRecords): what arrives is the same items,
-    as plain lists and dicts, whatever the collate_fn does with them in the worker; with torch's own
-    context and with `worker_context`'s queues."""
+def test_raw_records_from_workers_equal_in_process_items(
+    stage, start_method, worker_queues, ship, monkeypatch
+):
+    """Raw records travel from workers as JSON bytes or tapes (PackedRecords): what arrives is the same
+    items, as plain lists and dicts, whatever the collate_fn does with them in the worker; with torch's
+    own context and with `worker_context`'s queues."""
+    monkeypatch.setenv(SHIP_ENV, ship)  # the workers inherit it, forked or spawned
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
     expected = [expected_item(stage, i) for i in range(60)]
     context = worker_context(start_method) if worker_queues else start_method
@@ -620,9 +626,11 @@ def test_raw_records_from_workers_equal_in_process_items(stage, start_method, wo
     assert [b.pop("count") for b in counted] == [7] * 8 + [4] and counted == want
 
 
-def test_packed_records_behave_as_the_items(stage):
+@pytest.mark.parametrize("ship", ["json", "tape"])
+def test_packed_records_behave_as_the_items(stage, ship, monkeypatch):
     from fusion_fast.torch import PackedBatch, PackedRecords, _pack
 
+    monkeypatch.setenv(SHIP_ENV, ship)
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
     positions = [3, 45, 2, 59, 2]
     datasets, numbers = ds._locate_good(positions)
@@ -679,22 +687,28 @@ def test_a_data_file_cut_short_after_opening_is_a_clear_error_in_the_worker_path
     assert raised.value.path == str(path)
 
 
-def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(tmp_path):
+def rewrite_record_7(path: Path) -> None:
+    """Record 7 of a JSONL file made invalid in place: its closing brace replaced (same size)."""
+    lines = path.read_bytes().split(b"\n")
+    lines[7] = lines[7][:-1] + b"]"
+    with open(path, "r+b") as f:
+        f.write(b"\n".join(lines))
+
+
+def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(tmp_path, monkeypatch):
     """A record whose bytes were overwritten in place after the worker opened the file (same size, no
     longer JSON) ships as those bytes; decoding it in the main process is a StaleIndexError naming the
     dataset and the record, not a bare ValueError."""
     from fusion_fast.errors import StaleIndexError
     from fusion_fast.torch import PackedBatch, PackedRecords
 
+    monkeypatch.setenv(SHIP_ENV, "json")
     path = write_data(
         tmp_path / "edit.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
     )
     ds = FusionDataset(path)
     assert ds._pack_positions([0, 7]) is not None  # opened (and indexed) before the edit
-    lines = path.read_bytes().split(b"\n")
-    lines[7] = lines[7][:-1] + b"]"  # the record's closing brace replaced: same size, not JSON
-    with open(path, "r+b") as f:
-        f.write(b"\n".join(lines))
+    rewrite_record_7(path)
     assert pickle.loads(pickle.dumps(PackedBatch(ds._pack_positions([0, 6]))))["id"] == ["r0", "r6"]
     payload = ds._pack_positions([0, 7])
     for shipped in (PackedBatch(payload), PackedRecords(payload)):
@@ -702,13 +716,63 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(t
             pickle.loads(pickle.dumps(shipped))
 
 
-def test_damaged_shipments_raise_instead_of_crashing(stage):
+def test_a_record_rewritten_after_opening_is_a_clear_error_in_a_worker_shipping_tapes(tmp_path, monkeypatch):
+    """Shipping tapes, the worker parses the record: the rewritten record is a StaleIndexError there,
+    naming the file and the record."""
+    from fusion_fast.errors import StaleIndexError
+
+    monkeypatch.setenv(SHIP_ENV, "tape")
+    path = write_data(
+        tmp_path / "edit.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
+    )
+    ds = FusionDataset(path)
+    assert ds._pack_positions([0, 7]) is not None  # opened (and indexed) before the edit
+    rewrite_record_7(path)
+    assert ds._pack_positions([0, 6]) is not None
+    with pytest.raises(StaleIndexError, match="record 7 cannot be read.*no longer the JSON value") as raised:
+        ds._pack_positions([0, 7])
+    assert raised.value.path == str(path)
+
+
+def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_own(monkeypatch):
+    import types
+
+    import fusion_fast.torch as fft
+
+    def ships(cpus: int, workers: int | None, local_ranks: str | None = None) -> bool:
+        monkeypatch.setattr(fft.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+        info = None if workers is None else types.SimpleNamespace(num_workers=workers)
+        monkeypatch.setattr(fft, "get_worker_info", lambda: info)
+        if local_ranks is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", local_ranks)
+        return ships_tapes()
+
+    monkeypatch.delenv(SHIP_ENV, raising=False)
+    assert not ships(2, 2) and not ships(2, 1) and not ships(4, 3)  # the dev machine: JSON
+    assert ships(4, 2) and ships(16, 4) and ships(16, 8)
+    assert not ships(16, 4, "8") and ships(128, 4, "8") and ships(128, 4, "")  # torchrun ranks share CPUs
+    monkeypatch.setenv(SHIP_ENV, "json")
+    assert not ships(16, 4)
+    monkeypatch.setenv(SHIP_ENV, "tape")
+    assert ships(2, 2)
+    monkeypatch.setenv(SHIP_ENV, "fast")
+    with pytest.raises(ValueError, match="FUSION_FAST_SHIP must be 'auto', 'json' or 'tape', not 'fast'"):
+        ships_tapes()
+
+
+def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
     from fusion_fast import _core
     from fusion_fast.errors import StaleIndexError
     from fusion_fast.torch import _pack
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
-    data, lengths, datasets, numbers, names, prefixes = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
+    monkeypatch.setenv(SHIP_ENV, "json")
+    data, lengths, datasets, numbers, names, prefixes, tape = _pack(
+        ds._item_sources(), *ds._locate_good([0, 41])
+    )
+    assert not tape
     for collated in (False, True):
         decode = functools.partial(_core.decode_shipped, collated=collated)
         with pytest.raises(ValueError, match="exceed the shipped bytes"):
@@ -721,6 +785,30 @@ def test_damaged_shipments_raise_instead_of_crashing(stage):
             decode(b"[" + data[1:], lengths, datasets, numbers, names, prefixes)
         with pytest.raises(IndexError, match="dataset number 7"):
             decode(data, lengths, (7).to_bytes(8, "little") * 2, numbers, names, prefixes)
+
+
+def test_damaged_tapes_raise_instead_of_crashing(stage, monkeypatch):
+    from fusion_fast import _core
+    from fusion_fast.torch import _pack
+
+    ds = FusionDataset(stage["yaml"], root=stage["root"])
+    monkeypatch.setenv(SHIP_ENV, "tape")
+    data, lengths, datasets, numbers, names, prefixes, tape = _pack(
+        ds._item_sources(), *ds._locate_good([0, 41])
+    )
+    assert tape
+    first = int.from_bytes(lengths[:4], "little")
+    for collated in (False, True):
+        decode = functools.partial(_core.decode_shipped, tape=True, collated=collated)
+        assert decode(data, lengths, datasets, numbers, names, prefixes) is not None
+        with pytest.raises(ValueError, match="shipped batch is malformed"):
+            decode(b"\x2a" + data[1:], lengths, datasets, numbers, names, prefixes)  # no such tag
+        with pytest.raises(ValueError, match="shipped batch is malformed"):  # a record's tape cut short
+            short = (first - 1).to_bytes(4, "little") + (len(data) - first + 1).to_bytes(4, "little")
+            decode(data, short, datasets, numbers, names, prefixes)
+        with pytest.raises(ValueError, match="shipped batch is malformed"):  # JSON read as a tape
+            json_data, json_lengths = ds._item_sources().pack(datasets, numbers)
+            decode(json_data, json_lengths, datasets, numbers, names, prefixes)
 
 
 def test_raw_records_skip_and_raise_in_workers(bad_file):

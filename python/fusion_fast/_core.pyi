@@ -47,9 +47,15 @@ class ItemSources:
     def prefixes(self) -> list[str]: ...
     def flags(self, datasets: bytes, numbers: bytes) -> bytes: ...
     def items(self, datasets: bytes, numbers: bytes) -> list[dict[str, Any]]: ...
-    def pack(self, datasets: bytes, numbers: bytes) -> tuple[bytes, bytes]: ...
+    def pack(self, datasets: bytes, numbers: bytes, *, tape: bool = False) -> tuple[bytes, bytes]: ...
     def pack_positions(
-        self, positions: Sequence[int], offsets: np.ndarray, records: np.ndarray, bad_flags: int
+        self,
+        positions: Sequence[int],
+        offsets: np.ndarray,
+        records: np.ndarray,
+        bad_flags: int,
+        *,
+        tape: bool = False,
     ) -> tuple[bytes, bytes, bytes, bytes] | None: ...
 
 def open_index(
@@ -72,6 +78,7 @@ def decode_shipped(
     numbers: bytes,
     names: list[str],
     prefixes: list[str],
+    tape: bool = False,
     *,
     collated: bool = False,
 ) -> Any: ...

@@ -54,6 +54,8 @@ __all__ = [
     "SOURCE_KEY",
     "IMAGE_KEY",
     "DEFAULT_PAD_VALUES",
+    "SHIP_ENV",
+    "ships_tapes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -240,9 +242,9 @@ class FusionDataset(Dataset[Any]):
         """A worker's batch located, checked and packed in one call to Rust (workers share the two
         cores with the main process, so their time per batch counts); None when a sample is bad or an
         index out of range, which `_locate_good` then handles."""
-        sources, mix = self._item_sources(), self.mixture
-        packed = sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG)
-        return None if packed is None else (*packed, sources.names, sources.prefixes)
+        sources, mix, tape = self._item_sources(), self.mixture, ships_tapes()
+        packed = sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG, tape=tape)
+        return None if packed is None else (*packed, sources.names, sources.prefixes, tape)
 
     def _item_sources(self) -> ItemSources:
         self._datasets()
@@ -370,14 +372,39 @@ def _prefix(folder: str | None) -> str:
 # -- records shipped as bytes -----------------------------------------------------------------------
 
 #: A packed batch: the records' bytes and lengths (`ItemSources.pack`), their dataset and record numbers
-#: (int64 bytes), and the datasets' names and image prefixes.
-_Payload = tuple[bytes, bytes, bytes, bytes, list[str], list[str]]
+#: (int64 bytes), the datasets' names and image prefixes, and whether the bytes are tapes.
+_Payload = tuple[bytes, bytes, bytes, bytes, list[str], list[str], bool]
+
+#: How workers ship raw records: "json" (their bytes, which the main process parses), "tape" (parsed in
+#: the worker, so that the main process only copies; it costs the worker about twice the CPU) or "auto".
+SHIP_ENV = "FUSION_FAST_SHIP"
+
+
+def ships_tapes(num_workers: int | None = None) -> bool:
+    """Whether DataLoader workers ship records as tapes (`SHIP_ENV`); `num_workers` defaults to this
+    worker's DataLoader's. "auto" (the default) does where each worker and the main process have a CPU
+    of their own with one to spare (the CPUs this process may use, shared among torchrun's
+    `LOCAL_WORLD_SIZE` ranks, at least the workers plus 2): there the main process, which builds every
+    record's Python objects, is the bound and the workers' extra work is free. With fewer, the workers'
+    CPU is the main process's too, and JSON costs less in all (measured on 2 and 16 CPUs:
+    docs/benchmarks.md)."""
+    choice = os.environ.get(SHIP_ENV, "auto")
+    if choice not in ("auto", "json", "tape"):
+        raise ValueError(f"{SHIP_ENV} must be 'auto', 'json' or 'tape', not {choice!r}")
+    if choice != "auto":
+        return choice == "tape"
+    if num_workers is None:
+        info = get_worker_info()
+        num_workers = info.num_workers if info is not None else 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    return cpus // ranks >= num_workers + 2
 
 
 def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _Payload:
-    d, n = datasets.tobytes(), numbers.tobytes()
-    data, lengths = sources.pack(d, n)
-    return data, lengths, d, n, sources.names, sources.prefixes
+    d, n, tape = datasets.tobytes(), numbers.tobytes(), ships_tapes()
+    data, lengths = sources.pack(d, n, tape=tape)
+    return data, lengths, d, n, sources.names, sources.prefixes, tape
 
 
 def _unpack(payload: _Payload) -> list[Any]:
