@@ -734,13 +734,43 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_a_worker_shipping_
     assert raised.value.path == str(path)
 
 
+@pytest.mark.parametrize(
+    ("v2", "v1_quota", "v1_period", "expected"),
+    [
+        ("max 100000\n", None, None, None),
+        ("250000 100000\n", None, None, 2.5),
+        (None, "-1\n", "100000\n", None),
+        (None, "400000\n", "100000\n", 4.0),
+        (None, None, None, None),
+        ("garbage\n", "50000\n", "100000\n", 0.5),
+    ],
+)
+def test_cgroup_cpu_quota_reads_v2_then_v1(tmp_path, monkeypatch, v2, v1_quota, v1_period, expected):
+    import fusion_fast.torch as fft
+
+    files = []
+    for name, text in (("cpu.max", v2), ("cpu.cfs_quota_us", v1_quota), ("cpu.cfs_period_us", v1_period)):
+        files.append(str(tmp_path / name))
+        if text is not None:
+            (tmp_path / name).write_text(text)
+    monkeypatch.setattr(fft, "CGROUP_CPU_FILES", tuple(files))
+    fft.cgroup_cpu_quota.cache_clear()
+    try:
+        assert fft.cgroup_cpu_quota() == expected
+    finally:
+        fft.cgroup_cpu_quota.cache_clear()
+
+
 def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_own(monkeypatch):
     import types
 
     import fusion_fast.torch as fft
 
-    def ships(cpus: int, workers: int | None, local_ranks: str | None = None) -> bool:
+    def ships(
+        cpus: int, workers: int | None, local_ranks: str | None = None, quota: float | None = None
+    ) -> bool:
         monkeypatch.setattr(fft.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+        monkeypatch.setattr(fft, "cgroup_cpu_quota", lambda: quota)
         info = None if workers is None else types.SimpleNamespace(num_workers=workers)
         monkeypatch.setattr(fft, "get_worker_info", lambda: info)
         if local_ranks is None:
@@ -753,6 +783,7 @@ def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_o
     assert not ships(2, 2) and not ships(2, 1) and not ships(4, 3)  # the dev machine: JSON
     assert ships(4, 2) and ships(16, 4) and ships(16, 8)
     assert not ships(16, 4, "8") and ships(128, 4, "8") and ships(128, 4, "")  # torchrun ranks share CPUs
+    assert not ships(64, 4, quota=2.0) and ships(64, 4, quota=5.5) and not ships(64, 4, quota=4.0)
     monkeypatch.setenv(SHIP_ENV, "json")
     assert not ships(16, 4)
     monkeypatch.setenv(SHIP_ENV, "tape")

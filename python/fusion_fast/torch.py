@@ -17,9 +17,11 @@ See docs/training.md.
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import json
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
@@ -383,11 +385,11 @@ SHIP_ENV = "FUSION_FAST_SHIP"
 def ships_tapes(num_workers: int | None = None) -> bool:
     """Whether DataLoader workers ship records as tapes (`SHIP_ENV`); `num_workers` defaults to this
     worker's DataLoader's. "auto" (the default) does where each worker and the main process have a CPU
-    of their own with one to spare (the CPUs this process may use, shared among torchrun's
-    `LOCAL_WORLD_SIZE` ranks, at least the workers plus 2): there the main process, which builds every
-    record's Python objects, is the bound and the workers' extra work is free. With fewer, the workers'
-    CPU is the main process's too, and JSON costs less in all (measured on 2 and 16 CPUs:
-    docs/benchmarks.md)."""
+    of their own with one to spare: the CPUs this process may use (after its container's CPU quota),
+    shared among torchrun's `LOCAL_WORLD_SIZE` ranks, are at least the workers plus 2. There the main
+    process, which builds every record's Python objects, is the bound and the workers' extra work is
+    free. With fewer, the workers' CPU is the main process's too, and JSON costs less in all (measured
+    on 2 and 16 CPUs: docs/benchmarks.md)."""
     choice = os.environ.get(SHIP_ENV, "auto")
     if choice not in ("auto", "json", "tape"):
         raise ValueError(f"{SHIP_ENV} must be 'auto', 'json' or 'tape', not {choice!r}")
@@ -397,8 +399,41 @@ def ships_tapes(num_workers: int | None = None) -> bool:
         info = get_worker_info()
         num_workers = info.num_workers if info is not None else 0
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        cpus = min(cpus, math.ceil(quota))
     ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
     return cpus // ranks >= num_workers + 2
+
+
+#: cgroup v2's CPU limit file, then v1's quota and period files (as a container sees its own cgroup).
+CGROUP_CPU_FILES = (
+    "/sys/fs/cgroup/cpu.max",
+    "/sys/fs/cgroup/cpu/cpu.cfs_quota_us",
+    "/sys/fs/cgroup/cpu/cpu.cfs_period_us",
+)
+
+
+@functools.cache
+def cgroup_cpu_quota() -> float | None:
+    """The CPUs this process's cgroup may use per second (a container's `--cpus` limit, which
+    `sched_getaffinity` does not show), or None without a limit."""
+    v2, v1_quota, v1_period = CGROUP_CPU_FILES
+    try:
+        with open(v2) as f:
+            quota, period = f.read().split()[:2]
+    except (OSError, ValueError):
+        try:
+            with open(v1_quota) as f, open(v1_period) as g:
+                quota, period = f.read().strip(), g.read().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    try:
+        return max(int(quota), 1) / max(int(period), 1)
+    except ValueError:
+        return None
 
 
 def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _Payload:
