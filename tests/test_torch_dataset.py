@@ -687,12 +687,17 @@ def test_a_data_file_cut_short_after_opening_is_a_clear_error_in_the_worker_path
     assert raised.value.path == str(path)
 
 
-def rewrite_record_7(path: Path) -> None:
-    """Record 7 of a JSONL file made invalid in place: its closing brace replaced (same size)."""
+def dataset_with_record_7_rewritten(path: Path) -> FusionDataset:
+    """A JSONL dataset opened (and indexed) before its record 7 was made invalid in place: the record's
+    closing brace replaced, same size."""
+    write_data(path, [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)])
+    ds = FusionDataset(path)
+    assert ds._pack_positions([0, 7]) is not None
     lines = path.read_bytes().split(b"\n")
     lines[7] = lines[7][:-1] + b"]"
     with open(path, "r+b") as f:
         f.write(b"\n".join(lines))
+    return ds
 
 
 def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(tmp_path, monkeypatch):
@@ -703,12 +708,7 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_the_main_process(t
     from fusion_fast.torch import PackedBatch, PackedRecords
 
     monkeypatch.setenv(SHIP_ENV, "json")
-    path = write_data(
-        tmp_path / "edit.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
-    )
-    ds = FusionDataset(path)
-    assert ds._pack_positions([0, 7]) is not None  # opened (and indexed) before the edit
-    rewrite_record_7(path)
+    ds = dataset_with_record_7_rewritten(tmp_path / "edit.jsonl")
     assert pickle.loads(pickle.dumps(PackedBatch(ds._pack_positions([0, 6]))))["id"] == ["r0", "r6"]
     payload = ds._pack_positions([0, 7])
     for shipped in (PackedBatch(payload), PackedRecords(payload)):
@@ -722,12 +722,8 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_a_worker_shipping_
     from fusion_fast.errors import StaleIndexError
 
     monkeypatch.setenv(SHIP_ENV, "tape")
-    path = write_data(
-        tmp_path / "edit.jsonl", [{"id": f"r{i}", "conversations": conversation(i)} for i in range(20)]
-    )
-    ds = FusionDataset(path)
-    assert ds._pack_positions([0, 7]) is not None  # opened (and indexed) before the edit
-    rewrite_record_7(path)
+    path = tmp_path / "edit.jsonl"
+    ds = dataset_with_record_7_rewritten(path)
     assert ds._pack_positions([0, 6]) is not None
     with pytest.raises(StaleIndexError, match="record 7 cannot be read.*no longer the JSON value") as raised:
         ds._pack_positions([0, 7])
