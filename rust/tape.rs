@@ -41,7 +41,7 @@ pub const OBJECT: u8 = 11;
 #[derive(Default)]
 pub struct Encoder {
     unescaped: Vec<u8>,
-    code_points: Vec<u32>,
+    units: Vec<u16>,
 }
 
 impl Encoder {
@@ -124,9 +124,7 @@ impl Encoder {
             }
             // Unescaped non-ASCII text: valid UTF-8 (checked: the file may have changed).
             let text = simdutf8::basic::from_utf8(&rest[..end]).ok()?;
-            self.code_points.clear();
-            self.code_points.extend(text.chars().map(u32::from));
-            self.put_code_points(out);
+            put_wtf8(out, text.as_bytes(), true, &mut self.units)?;
             return Some(start + end + 1);
         }
         // Escapes: find the closing quote, skipping escaped characters, then decode.
@@ -140,34 +138,18 @@ impl Encoder {
         }
         let mut unescaped = std::mem::take(&mut self.unescaped);
         unescaped.clear();
-        let decoded = unescape_into(&d[start..close], &mut unescaped)
-            .and_then(|_| wtf8_code_points(&unescaped, &mut self.code_points));
+        let decoded = unescape_into(&d[start..close], &mut unescaped).and_then(|_| {
+            if unescaped.is_ascii() {
+                put_header(out, STR_ASCII, unescaped.len());
+                out.extend_from_slice(&unescaped);
+                Some(())
+            } else {
+                put_wtf8(out, &unescaped, false, &mut self.units)
+            }
+        });
         self.unescaped = unescaped;
         decoded?;
-        self.put_code_points(out);
         Some(close + 1)
-    }
-
-    /// Writes `self.code_points` as a string of the narrowest exact kind.
-    fn put_code_points(&self, out: &mut Vec<u8>) {
-        let cps = &self.code_points;
-        let max = cps.iter().copied().max().unwrap_or(0);
-        let tag = match max {
-            0..=0x7F => STR_ASCII,
-            0x80..=0xFF => STR_LATIN1,
-            0x100..=0xFFFF => STR_UCS2,
-            _ => STR_UCS4,
-        };
-        put_header(out, tag, cps.len());
-        match tag {
-            STR_ASCII | STR_LATIN1 => out.extend(cps.iter().map(|&c| c as u8)),
-            STR_UCS2 => cps
-                .iter()
-                .for_each(|&c| out.extend_from_slice(&(c as u16).to_le_bytes())),
-            _ => cps
-                .iter()
-                .for_each(|&c| out.extend_from_slice(&c.to_le_bytes())),
-        }
     }
 }
 
@@ -241,39 +223,96 @@ pub fn string_stop(s: &[u8]) -> (usize, bool) {
     (k, high == 0 && s[i..k].is_ascii())
 }
 
-/// The code points of `s`: UTF-8 in which lone surrogates may appear in their 3-byte form (what
-/// `unescape_into` writes). `None` when `s` is not that.
-fn wtf8_code_points(s: &[u8], out: &mut Vec<u32>) -> Option<()> {
-    out.clear();
+/// Writes `s`, non-ASCII UTF-8 in which lone surrogates may appear in their 3-byte form (what
+/// `unescape_into` writes), as a string of the narrowest exact kind. The kind follows from the largest
+/// lead byte: a 4-byte sequence (lead >= 0xF0) encodes a code point above 0xFFFF, a 3-byte one
+/// (0xE0..) one of 0x800 or more, a 2-byte one led by 0xC4..0xDF one of 0x100 or more, and one led by
+/// 0xC2 or 0xC3 one of 0x80..0xFF. Valid UTF-8 goes through encoding_rs's converters (SIMD over the
+/// ASCII runs that make up most of a record's text); text with a lone surrogate, code point by code
+/// point. `None` when `s` is neither (nothing useful is written then).
+fn put_wtf8(out: &mut Vec<u8>, s: &[u8], valid_utf8: bool, units: &mut Vec<u16>) -> Option<()> {
+    let tag = match s.iter().copied().max()? {
+        0xF0.. => STR_UCS4,
+        0xC4.. => STR_UCS2,
+        0xC2..=0xC3 => STR_LATIN1,
+        _ => return None, // ASCII, or continuation bytes without a lead
+    };
+    out.push(tag);
+    let count_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    let text = if valid_utf8 {
+        // SAFETY: the caller checked that `s` is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
+    } else {
+        simdutf8::basic::from_utf8(s).ok()
+    };
+    let start = out.len();
+    let count = match text {
+        Some(_) if tag == STR_LATIN1 => {
+            out.resize(start + s.len(), 0);
+            // Every code point is below 0x100 (see the tag), so nothing is lost.
+            let n = encoding_rs::mem::convert_utf8_to_latin1_lossy(s, &mut out[start..]);
+            out.truncate(start + n);
+            n
+        }
+        Some(text) if tag == STR_UCS2 => {
+            // No 4-byte sequence, so no surrogate pairs: one UTF-16 unit per code point.
+            units.resize(s.len() + 1, 0);
+            let n = encoding_rs::mem::convert_str_to_utf16(text, units);
+            out.resize(start + 2 * n, 0);
+            for (to, unit) in out[start..].chunks_exact_mut(2).zip(&units[..n]) {
+                to.copy_from_slice(&unit.to_le_bytes());
+            }
+            n
+        }
+        Some(text) => {
+            let n = text.chars().count();
+            out.resize(start + 4 * n, 0);
+            for (to, c) in out[start..].chunks_exact_mut(4).zip(text.chars()) {
+                to.copy_from_slice(&u32::from(c).to_le_bytes());
+            }
+            n
+        }
+        None => put_wtf8_code_points(out, s, tag)?,
+    };
+    let count = u32::try_from(count).ok()?;
+    out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+    Some(())
+}
+
+/// `put_wtf8`'s payload for text that is not valid UTF-8 (a lone surrogate), decoded code point by
+/// code point at the kind's width; the number of code points, or `None` for bytes that are not WTF-8.
+fn put_wtf8_code_points(out: &mut Vec<u8>, s: &[u8], tag: u8) -> Option<usize> {
+    let mut count = 0;
     let mut i = 0;
     while let Some(&b) = s.get(i) {
-        let (len, lead) = match b {
+        let (len, first) = match b {
             0x00..=0x7F => (1, u32::from(b)),
             0xC2..=0xDF => (2, u32::from(b & 0x1F)),
             0xE0..=0xEF => (3, u32::from(b & 0x0F)),
             0xF0..=0xF4 => (4, u32::from(b & 0x07)),
             _ => return None,
         };
-        let mut cp = lead;
+        let mut cp = first;
         for &c in s.get(i + 1..i + len)? {
             if c & 0xC0 != 0x80 {
                 return None;
             }
             cp = cp << 6 | u32::from(c & 0x3F);
         }
-        let shortest = match len {
-            1 => 0,
-            2 => 0x80,
-            3 => 0x800,
-            _ => 0x10000,
-        };
+        let shortest = [0, 0, 0x80, 0x800, 0x10000][len];
         if cp < shortest || cp > 0x10FFFF {
             return None;
         }
-        out.push(cp);
+        match tag {
+            STR_LATIN1 => out.push(cp as u8), // at most 0xFF: the largest lead is 0xC3
+            STR_UCS2 => out.extend_from_slice(&(cp as u16).to_le_bytes()), // no 4-byte sequence
+            _ => out.extend_from_slice(&cp.to_le_bytes()),
+        }
+        count += 1;
         i += len;
     }
-    Some(())
+    Some(count)
 }
 
 /// One item of a tape, as `Reader::next` returns it.
