@@ -124,7 +124,7 @@ impl Encoder {
             }
             // Unescaped non-ASCII text: valid UTF-8 (checked: the file may have changed).
             let text = simdutf8::basic::from_utf8(&rest[..end]).ok()?;
-            put_wtf8(out, text.as_bytes(), true, &mut self.units)?;
+            put_wtf8(out, text.as_bytes(), Some(text), &mut self.units)?;
             return Some(start + end + 1);
         }
         // Escapes: find the closing quote, skipping escaped characters, then decode.
@@ -144,7 +144,8 @@ impl Encoder {
                 out.extend_from_slice(&unescaped);
                 Some(())
             } else {
-                put_wtf8(out, &unescaped, false, &mut self.units)
+                let text = simdutf8::basic::from_utf8(&unescaped).ok();
+                put_wtf8(out, &unescaped, text, &mut self.units)
             }
         });
         self.unescaped = unescaped;
@@ -227,10 +228,11 @@ pub fn string_stop(s: &[u8]) -> (usize, bool) {
 /// `unescape_into` writes), as a string of the narrowest exact kind. The kind follows from the largest
 /// lead byte: a 4-byte sequence (lead >= 0xF0) encodes a code point above 0xFFFF, a 3-byte one
 /// (0xE0..) one of 0x800 or more, a 2-byte one led by 0xC4..0xDF one of 0x100 or more, and one led by
-/// 0xC2 or 0xC3 one of 0x80..0xFF. Valid UTF-8 goes through encoding_rs's converters (SIMD over the
-/// ASCII runs that make up most of a record's text); text with a lone surrogate, code point by code
-/// point. `None` when `s` is neither (nothing useful is written then).
-fn put_wtf8(out: &mut Vec<u8>, s: &[u8], valid_utf8: bool, units: &mut Vec<u16>) -> Option<()> {
+/// 0xC2 or 0xC3 one of 0x80..0xFF. `text` is `s` where it is valid UTF-8: that goes through
+/// encoding_rs's converters (SIMD over the ASCII runs that make up most of a record's text); text
+/// with a lone surrogate goes code point by code point. `None` when `s` is neither (nothing useful is
+/// written then).
+fn put_wtf8(out: &mut Vec<u8>, s: &[u8], text: Option<&str>, units: &mut Vec<u16>) -> Option<()> {
     let tag = match s.iter().copied().max()? {
         0xF0.. => STR_UCS4,
         0xC4.. => STR_UCS2,
@@ -240,12 +242,6 @@ fn put_wtf8(out: &mut Vec<u8>, s: &[u8], valid_utf8: bool, units: &mut Vec<u16>)
     out.push(tag);
     let count_at = out.len();
     out.extend_from_slice(&[0; 4]);
-    let text = if valid_utf8 {
-        // SAFETY: the caller checked that `s` is UTF-8.
-        Some(unsafe { std::str::from_utf8_unchecked(s) })
-    } else {
-        simdutf8::basic::from_utf8(s).ok()
-    };
     let start = out.len();
     let count = match text {
         Some(_) if tag == STR_LATIN1 => {
@@ -567,6 +563,12 @@ mod tests {
         assert_eq!(
             first_string(r#""\ud83d\u0041""#),
             (STR_UCS2, vec![0xD83D, 0x41])
+        );
+        // Beside wider and narrower characters: the kind is still the narrowest exact one.
+        assert_eq!(first_string(r#""é\ud800""#), (STR_UCS2, vec![0xE9, 0xD800]));
+        assert_eq!(
+            first_string(r#""😀\udfffé""#),
+            (STR_UCS4, vec![0x1F600, 0xDFFF, 0xE9])
         );
     }
 
