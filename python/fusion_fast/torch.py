@@ -378,7 +378,8 @@ def _prefix(folder: str | None) -> str:
 _Payload = tuple[bytes, bytes, bytes, bytes, list[str], list[str], bool]
 
 #: How workers ship raw records: "json" (their bytes, which the main process parses), "tape" (parsed in
-#: the worker, so that the main process only copies; it costs the worker about twice the CPU) or "auto".
+#: the worker, so that the main process only copies; it costs the worker two to four times the CPU) or
+#: "auto" (`ships_tapes`).
 SHIP_ENV = "FUSION_FAST_SHIP"
 
 
