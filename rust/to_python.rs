@@ -6,6 +6,9 @@
 //! "gpt"), make `idx[i]` faster than `orjson.loads` on the same bytes (measured in benches/). Every read
 //! is bounds-checked: if the file changed underneath, the result is an error, never undefined behaviour.
 //! The output equals Python's `json.loads` (big integers, `-0`, lone surrogate escapes included).
+//!
+//! It also builds records from tapes (`tape`: parsed by a DataLoader worker), copying each string's
+//! code points straight into a `str` of the kind the tape names.
 
 use std::os::raw::c_char;
 
