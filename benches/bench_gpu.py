@@ -120,7 +120,7 @@ def overlap(batches: list[torch.Tensor], weight: torch.Tensor, matmuls: int) -> 
 
 def check_prefetched_values(batches: list[torch.Tensor]) -> bool:
     """Every batch CudaPrefetcher hands out equals its host data (nested containers included)."""
-    nested = [{"x": b, "meta": [b[:1], (b[-1:], "tag")]} for b in batches]
+    nested: list[dict[str, Any]] = [{"x": b, "meta": [b[:1], (b[-1:], "tag")]} for b in batches]
     for host, got in zip(nested, CudaPrefetcher(nested), strict=True):
         doubled = got["x"] * 2  # used on the main stream right away, while the next copy runs
         if not (

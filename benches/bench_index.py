@@ -10,6 +10,7 @@ indexing ≤ 64 MiB + 24 B per record beyond the mapped file.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import sys
@@ -235,9 +236,8 @@ def main() -> None:
         r["read_stream_s"] = min(f[0] for f in floors)
         r["read_whole_s"] = min(f[1] for f in floors)
         for threads in (2, 1):
-            r[f"build_{threads}t"] = repeat(
-                lambda t=threads, p=path: ff.open(p, rebuild="always", threads=t, index_dir=index_dir), reps
-            )
+            build = functools.partial(ff.open, path, rebuild="always", threads=threads, index_dir=index_dir)
+            r[f"build_{threads}t"] = repeat(build, reps)
         idx = ff.open(path, index_dir=index_dir)
         r["records"] = len(idx)
         mem = run_child(
@@ -245,7 +245,7 @@ def main() -> None:
         )
         r["build_anon_growth"] = mem["anon_growth"]
         r["memory_budget"] = 64 * 2**20 + 24 * len(idx)
-        r["open"] = repeat(lambda p=path: ff.open(p, index_dir=index_dir, rebuild="never"), 200)
+        r["open"] = repeat(functools.partial(ff.open, path, index_dir=index_dir, rebuild="never"), 200)
         r["random_access_per_s"] = random_access(idx, 20000 if args.quick else 200000, 1 if args.quick else 5)
         if not args.no_competitors:
             names = ["json.load", "orjson.loads", "msgspec.json.decode", "pysimdjson"]

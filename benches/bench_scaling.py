@@ -7,6 +7,7 @@ linearly, so GB/s stays flat from 0.25 to 4 GiB).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from pathlib import Path
@@ -36,10 +37,10 @@ def main() -> None:
             stream, _ = read_floor(path)
             row = {"kind": kind, "bytes": path.stat().st_size, "read_stream_s": stream}
             for threads in (1, 2):
-                row[f"build_{threads}t"] = repeat(
-                    lambda t=threads, p=path: ff.open(p, rebuild="always", threads=t, index_dir=index_dir),
-                    reps,
+                build = functools.partial(
+                    ff.open, path, rebuild="always", threads=threads, index_dir=index_dir
                 )
+                row[f"build_{threads}t"] = repeat(build, reps)
             results["runs"].append(row)
     rows = []
     for r in results["runs"]:

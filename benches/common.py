@@ -34,7 +34,7 @@ def machine() -> dict[str, Any]:
         mem = int(next(x for x in open("/proc/meminfo") if x.startswith("MemTotal")).split()[1]) * 1024
     except (OSError, StopIteration):
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in (
         "fusion-fast",
         "numpy",
