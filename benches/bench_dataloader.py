@@ -53,6 +53,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+from unittest import mock
 
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
@@ -408,15 +409,11 @@ class Loader(NamedTuple):
 @contextlib.contextmanager
 def shipping(mode: str | None) -> Iterator[None]:
     """Workers started inside the block ship raw records as `mode` ("json" or "tape"; None: "auto")."""
-    before = os.environ.pop(SHIP_ENV, None)
-    if mode is not None:
-        os.environ[SHIP_ENV] = mode
-    try:
-        yield
-    finally:
+    with mock.patch.dict(os.environ):  # restores the environment as it was
         os.environ.pop(SHIP_ENV, None)
-        if before is not None:
-            os.environ[SHIP_ENV] = before
+        if mode is not None:
+            os.environ[SHIP_ENV] = mode
+        yield
 
 
 def rounds(loaders: dict[str, Loader], args: argparse.Namespace) -> dict[str, dict[str, Any]]:

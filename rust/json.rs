@@ -409,6 +409,46 @@ fn hex4(d: &[u8], i: usize) -> Option<u32> {
     Some(v)
 }
 
+/// A JSON number as Python's `json` reads it: an `int` without fraction or exponent (beyond an i64,
+/// its decimal digits, for Python's `int`), else a `float` (correctly rounded; beyond the range, an
+/// infinity).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Number<'a> {
+    Int(i64),
+    Float(f64),
+    /// ASCII digits, perhaps after a `-`.
+    Big(&'a [u8]),
+}
+
+/// The validated number that starts at `i`, and the offset after it; `None` when the bytes there are
+/// not one (they changed since validation).
+pub fn read_number(d: &[u8], i: usize) -> Option<(Number<'_>, usize)> {
+    let mut end = i;
+    let mut is_float = false;
+    while let Some(&b) = d.get(end) {
+        match b {
+            b'0'..=b'9' | b'-' | b'+' => {}
+            b'.' | b'e' | b'E' => is_float = true,
+            _ => break,
+        }
+        end += 1;
+    }
+    let text = std::str::from_utf8(&d[i..end]).ok()?;
+    let number = if is_float {
+        // Rust's parser rounds correctly, like Python's float(); huge exponents give inf, as in Python.
+        Number::Float(text.parse().ok()?)
+    } else if let Ok(v) = text.parse::<i64>() {
+        Number::Int(v)
+    } else {
+        let digits = text.strip_prefix('-').unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Number::Big(text.as_bytes())
+    };
+    Some((number, end))
+}
+
 /// Decodes the escapes of a validated string body (the bytes between the quotes) into UTF-8, writing a
 /// lone surrogate as its 3-byte form (as Python's "surrogatepass" reads it back). Returns whether any
 /// lone surrogate was written, or `None` when the body is not a valid one (it changed since validation).

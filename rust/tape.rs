@@ -22,7 +22,7 @@
 //! A string's tag is exact (a tag-7 string holds a code point of 128 or more, and so on), as CPython
 //! requires of a string's kind. Lone surrogate escapes stay code points, as Python's `json` keeps them.
 
-use crate::json::{skip_whitespace, unescape_into, MAX_DEPTH};
+use crate::json::{read_number, skip_whitespace, unescape_into, Number, MAX_DEPTH};
 
 pub const NULL: u8 = 0;
 pub const FALSE: u8 = 1;
@@ -166,27 +166,22 @@ fn literal(d: &[u8], i: usize, word: &[u8], tag: u8, out: &mut Vec<u8>) -> Optio
     Some(i + word.len())
 }
 
-/// The number at `i`, as Python's `json` reads it: an `int` without fraction or exponent, else a
-/// `float` (correctly rounded; beyond the range, an infinity).
+/// The number at `i` (see `json::Number`).
 fn number(d: &[u8], i: usize, out: &mut Vec<u8>) -> Option<usize> {
-    let end = i + d[i..]
-        .iter()
-        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
-        .unwrap_or(d.len() - i);
-    let text = std::str::from_utf8(&d[i..end]).ok()?;
-    if text.contains(['.', 'e', 'E']) {
-        out.push(FLOAT);
-        out.extend_from_slice(&text.parse::<f64>().ok()?.to_le_bytes());
-    } else if let Ok(v) = text.parse::<i64>() {
-        out.push(INT);
-        out.extend_from_slice(&v.to_le_bytes());
-    } else {
-        let digits = text.strip_prefix('-').unwrap_or(text);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
+    let (number, end) = read_number(d, i)?;
+    match number {
+        Number::Int(v) => {
+            out.push(INT);
+            out.extend_from_slice(&v.to_le_bytes());
         }
-        put_header(out, BIG_INT, text.len());
-        out.extend_from_slice(text.as_bytes());
+        Number::Float(v) => {
+            out.push(FLOAT);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Number::Big(digits) => {
+            put_header(out, BIG_INT, digits.len());
+            out.extend_from_slice(digits);
+        }
     }
     Some(end)
 }

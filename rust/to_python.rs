@@ -16,7 +16,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
-use crate::json::{skip_whitespace, unescape_into, MAX_DEPTH};
+use crate::json::{read_number, skip_whitespace, unescape_into, Number, MAX_DEPTH};
 use crate::tape::{self, string_stop, Item, Reader};
 
 /// Strings up to this length are cached (keys, roles, short values).
@@ -39,6 +39,12 @@ impl Owned {
         let p = self.0;
         std::mem::forget(self);
         p
+    }
+    /// The reference, handed to pyo3.
+    fn into_bound(self, py: Python<'_>) -> Bound<'_, PyAny> {
+        // SAFETY: an `Owned` holds a strong reference to a live object (never null), made with the GIL
+        // held, which `py` proves is held now.
+        unsafe { Bound::from_owned_ptr(py, self.into_ptr()) }
     }
 }
 
@@ -142,8 +148,7 @@ impl Builder {
         let mut c = Cursor { d: data, i: 0 };
         self.items.clear();
         let obj = self.value(py, &mut c, 0).map_err(|()| decode_error(py))?;
-        // SAFETY: `value` returns a new strong reference.
-        Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) })
+        Ok(obj.into_bound(py))
     }
 
     /// Builds the value of a tape (see `tape`): what a DataLoader worker ships for a record.
@@ -153,8 +158,7 @@ impl Builder {
             .tape_value(py, &mut r, 1)
             .and_then(|obj| if r.done() { Ok(obj) } else { Err(()) })
             .map_err(|()| tape_error(py))?;
-        // SAFETY: `tape_value` returns a new strong reference.
-        Ok(unsafe { Bound::from_owned_ptr(py, obj.into_ptr()) })
+        Ok(obj.into_bound(py))
     }
 
     /// Builds the object of a tape member by member, calling `member(key, value)` for each in order,
@@ -173,14 +177,7 @@ impl Builder {
             let (key, value) = self
                 .tape_member(py, &mut r, 2)
                 .map_err(|()| tape_error(py))?;
-            // SAFETY: `tape_member` hands over new strong references.
-            let (key, value) = unsafe {
-                (
-                    Bound::from_owned_ptr(py, key.into_ptr()),
-                    Bound::from_owned_ptr(py, value.into_ptr()),
-                )
-            };
-            member(key, value)?;
+            member(key.into_bound(py), value.into_bound(py))?;
         }
         if r.done() {
             Ok(())
@@ -217,27 +214,19 @@ impl Builder {
         // null by `Owned::new`, and reference ownership follows the CPython documentation of each call.
         unsafe {
             match r.next().ok_or(())? {
-                Item::Null => Self::literal_object(ffi::Py_None()),
-                Item::Bool(true) => Self::literal_object(ffi::Py_True()),
-                Item::Bool(false) => Self::literal_object(ffi::Py_False()),
-                Item::Int(v) => Owned::new(ffi::PyLong_FromLongLong(v)),
-                Item::Float(v) => Owned::new(ffi::PyFloat_FromDouble(v)),
-                Item::BigInt(digits) => {
-                    let z = std::ffi::CString::new(digits).map_err(|_| ())?;
-                    Owned::new(ffi::PyLong_FromString(z.as_ptr(), std::ptr::null_mut(), 10))
-                }
+                Item::Null => singleton(ffi::Py_None()),
+                Item::Bool(true) => singleton(ffi::Py_True()),
+                Item::Bool(false) => singleton(ffi::Py_False()),
+                Item::Int(v) => py_number(py, Number::Int(v)),
+                Item::Float(v) => py_number(py, Number::Float(v)),
+                Item::BigInt(digits) => py_number(py, Number::Big(digits)),
                 Item::Str(tag, n, payload) => self.tape_string(py, tag, n, payload),
                 Item::Array(n) => {
                     // The reader checked `n` against the tape's length. Until filled, the list holds
                     // NULLs, which its deallocation skips if a later item fails.
                     let list = Owned::new(ffi::PyList_New(n as ffi::Py_ssize_t))?;
                     for k in 0..n {
-                        let item = self.tape_value(py, r, depth + 1)?;
-                        // Both steal the item's reference; the macro form is not in the limited API.
-                        #[cfg(not(feature = "abi3"))]
-                        ffi::PyList_SET_ITEM(list.0, k as ffi::Py_ssize_t, item.into_ptr());
-                        #[cfg(feature = "abi3")]
-                        ffi::PyList_SetItem(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+                        set_list_item(py, &list, k, self.tape_value(py, r, depth + 1)?);
                     }
                     Ok(list)
                 }
@@ -253,13 +242,6 @@ impl Builder {
                 }
             }
         }
-    }
-
-    /// A new reference to a singleton (`None`, `True`, `False`).
-    unsafe fn literal_object(obj: *mut ffi::PyObject) -> BuildResult<Owned> {
-        // SAFETY: the caller holds the GIL and passes a live object.
-        unsafe { ffi::Py_INCREF(obj) };
-        Owned::new(obj)
     }
 
     /// A tape's string: its code points copied straight into a `str` of the kind the tag names.
@@ -314,15 +296,8 @@ impl Builder {
             return Err(decode_error(py));
         }
         self.members(py, &mut c, 1, |key, value| {
-            // SAFETY: `members` hands over new strong references.
-            let (key, value) = unsafe {
-                (
-                    Bound::from_owned_ptr(py, key.into_ptr()),
-                    Bound::from_owned_ptr(py, value.into_ptr()),
-                )
-            };
             // A failure is left set as Python's exception, for `decode_error` to take.
-            member(key, value).map_err(|e| e.restore(py))
+            member(key.into_bound(py), value.into_bound(py)).map_err(|e| e.restore(py))
         })
         .map_err(|()| decode_error(py))
     }
@@ -402,11 +377,7 @@ impl Builder {
                     let n = self.items.len() - first;
                     let list = Owned::new(ffi::PyList_New(n as ffi::Py_ssize_t))?;
                     for (k, item) in self.items.drain(first..).enumerate() {
-                        // Both steal the item's reference; the macro form is not in the limited API.
-                        #[cfg(not(feature = "abi3"))]
-                        ffi::PyList_SET_ITEM(list.0, k as ffi::Py_ssize_t, item.into_ptr());
-                        #[cfg(feature = "abi3")]
-                        ffi::PyList_SetItem(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+                        set_list_item(py, &list, k, item);
                     }
                     Ok(list)
                 }
@@ -414,7 +385,7 @@ impl Builder {
                 b't' => self.literal(c, 4, ffi::Py_True()),
                 b'f' => self.literal(c, 5, ffi::Py_False()),
                 b'n' => self.literal(c, 4, ffi::Py_None()),
-                _ => self.number(c),
+                _ => self.number(py, c),
             }
         }
     }
@@ -426,35 +397,14 @@ impl Builder {
         obj: *mut ffi::PyObject,
     ) -> BuildResult<Owned> {
         c.i += len;
-        unsafe { ffi::Py_INCREF(obj) };
-        Owned::new(obj)
+        // SAFETY: the caller holds the GIL and passes a singleton.
+        unsafe { singleton(obj) }
     }
 
-    fn number(&mut self, c: &mut Cursor<'_>) -> BuildResult<Owned> {
-        let start = c.i;
-        let mut is_float = false;
-        while let Some(&b) = c.d.get(c.i) {
-            match b {
-                b'0'..=b'9' | b'-' | b'+' => {}
-                b'.' | b'e' | b'E' => is_float = true,
-                _ => break,
-            }
-            c.i += 1;
-        }
-        let text = std::str::from_utf8(&c.d[start..c.i]).map_err(|_| ())?;
-        // SAFETY: GIL held; results checked for null.
-        unsafe {
-            if is_float {
-                // Rust's parser rounds correctly, like Python's float(); huge exponents give inf, as in Python.
-                let v: f64 = text.parse().map_err(|_| ())?;
-                Owned::new(ffi::PyFloat_FromDouble(v))
-            } else if let Ok(v) = text.parse::<i64>() {
-                Owned::new(ffi::PyLong_FromLongLong(v))
-            } else {
-                let z = std::ffi::CString::new(text).map_err(|_| ())?;
-                Owned::new(ffi::PyLong_FromString(z.as_ptr(), std::ptr::null_mut(), 10))
-            }
-        }
+    fn number(&mut self, py: Python<'_>, c: &mut Cursor<'_>) -> BuildResult<Owned> {
+        let (number, end) = read_number(c.d, c.i).ok_or(())?;
+        c.i = end;
+        py_number(py, number)
     }
 
     /// A string at `c.i` (its opening quote).
@@ -520,6 +470,44 @@ impl Builder {
         let cached = unsafe { Bound::from_borrowed_ptr(py, obj.0) }.unbind();
         self.cache[k] = Some((key, cached));
         Ok(obj)
+    }
+}
+
+/// A new reference to a singleton (`None`, `True`, `False`).
+///
+/// # Safety
+/// The GIL is held and `obj` is a live object.
+unsafe fn singleton(obj: *mut ffi::PyObject) -> BuildResult<Owned> {
+    // SAFETY: as the caller promises.
+    unsafe { ffi::Py_INCREF(obj) };
+    Owned::new(obj)
+}
+
+/// Puts `item` at position `k` of a new list of at least `k + 1` slots (taking its reference).
+fn set_list_item(_py: Python<'_>, list: &Owned, k: usize, item: Owned) {
+    // SAFETY: the GIL is held (`_py`); `list` is a new list with a slot `k`, whose
+    // NULL this replaces. Both calls steal the item's reference; the macro form is not in the limited
+    // API.
+    unsafe {
+        #[cfg(not(feature = "abi3"))]
+        ffi::PyList_SET_ITEM(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+        #[cfg(feature = "abi3")]
+        ffi::PyList_SetItem(list.0, k as ffi::Py_ssize_t, item.into_ptr());
+    }
+}
+
+/// A Python `int` or `float` (see `json::Number`).
+fn py_number(_py: Python<'_>, number: Number<'_>) -> BuildResult<Owned> {
+    // SAFETY: the GIL is held (`_py`); results are checked for null.
+    unsafe {
+        match number {
+            Number::Int(v) => Owned::new(ffi::PyLong_FromLongLong(v)),
+            Number::Float(v) => Owned::new(ffi::PyFloat_FromDouble(v)),
+            Number::Big(digits) => {
+                let z = std::ffi::CString::new(digits).map_err(|_| ())?;
+                Owned::new(ffi::PyLong_FromString(z.as_ptr(), std::ptr::null_mut(), 10))
+            }
+        }
     }
 }
 

@@ -730,6 +730,19 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_a_worker_shipping_
     assert raised.value.path == str(path)
 
 
+def shipped_as_tapes(batch):
+    """A collate_fn that reports how the worker packed its batch."""
+    return batch._payload[-1]
+
+
+@pytest.mark.parametrize("ship", ["json", "tape"])
+def test_workers_ship_as_the_environment_says(stage, ship, monkeypatch):
+    monkeypatch.setenv(SHIP_ENV, ship)
+    ds = FusionDataset(stage["yaml"], root=stage["root"])
+    flags = list(DataLoader(ds, batch_size=7, num_workers=2, collate_fn=shipped_as_tapes))
+    assert flags == [ship == "tape"] * 9
+
+
 @pytest.mark.parametrize(
     ("v2", "v1_quota", "v1_period", "expected"),
     [
@@ -825,16 +838,19 @@ def test_damaged_tapes_raise_instead_of_crashing(stage, monkeypatch):
     )
     assert tape
     first = int.from_bytes(lengths[:4], "little")
+    json_data, json_lengths = ds._item_sources().pack(datasets, numbers)
     for collated in (False, True):
         decode = functools.partial(_core.decode_shipped, tape=True, collated=collated)
-        assert decode(data, lengths, datasets, numbers, names, prefixes) is not None
+        from_json = _core.decode_shipped(
+            json_data, json_lengths, datasets, numbers, names, prefixes, collated=collated
+        )
+        assert decode(data, lengths, datasets, numbers, names, prefixes) == from_json
         with pytest.raises(ValueError, match="shipped batch is malformed"):
             decode(b"\x2a" + data[1:], lengths, datasets, numbers, names, prefixes)  # no such tag
         with pytest.raises(ValueError, match="shipped batch is malformed"):  # a record's tape cut short
             short = (first - 1).to_bytes(4, "little") + (len(data) - first + 1).to_bytes(4, "little")
             decode(data, short, datasets, numbers, names, prefixes)
         with pytest.raises(ValueError, match="shipped batch is malformed"):  # JSON read as a tape
-            json_data, json_lengths = ds._item_sources().pack(datasets, numbers)
             decode(json_data, json_lengths, datasets, numbers, names, prefixes)
 
 

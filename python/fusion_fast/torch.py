@@ -244,7 +244,7 @@ class FusionDataset(Dataset[Any]):
         """A worker's batch located, checked and packed in one call to Rust (workers share the two
         cores with the main process, so their time per batch counts); None when a sample is bad or an
         index out of range, which `_locate_good` then handles."""
-        sources, mix, tape = self._item_sources(), self.mixture, ships_tapes()
+        sources, mix, tape = self._item_sources(), self.mixture, _worker_ships_tapes()
         packed = sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG, tape=tape)
         return None if packed is None else (*packed, sources.names, sources.prefixes, tape)
 
@@ -407,6 +407,22 @@ def ships_tapes(num_workers: int | None = None) -> bool:
     return cpus // ranks >= num_workers + 2
 
 
+#: This worker's `ships_tapes()`, by its `WorkerInfo` (one object per worker process).
+_worker_choice: tuple[object, bool] | None = None
+
+
+def _worker_ships_tapes() -> bool:
+    """`ships_tapes()`, decided once per DataLoader worker rather than for every batch (it reads the
+    environment and asks the kernel for the CPUs: about 3 µs). Outside a worker, decided each time."""
+    global _worker_choice
+    info = get_worker_info()
+    if info is None:
+        return ships_tapes()
+    if _worker_choice is None or _worker_choice[0] is not info:
+        _worker_choice = (info, ships_tapes(info.num_workers))
+    return _worker_choice[1]
+
+
 #: cgroup v2's CPU limit file, then v1's quota and period files (as a container sees its own cgroup).
 CGROUP_CPU_FILES = (
     "/sys/fs/cgroup/cpu.max",
@@ -438,7 +454,7 @@ def cgroup_cpu_quota() -> float | None:
 
 
 def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _Payload:
-    d, n, tape = datasets.tobytes(), numbers.tobytes(), ships_tapes()
+    d, n, tape = datasets.tobytes(), numbers.tobytes(), _worker_ships_tapes()
     data, lengths = sources.pack(d, n, tape=tape)
     return data, lengths, d, n, sources.names, sources.prefixes, tape
 
