@@ -245,24 +245,24 @@ def test_write_exclude_round_trip(planted, tmp_path: Path) -> None:
 def test_clean_demo_playground(tmp_path: Path) -> None:
     pg = write_playground(tmp_path / "demo")
     for target in (pg.yaml, pg.root, pg.jsons[1]):
-        report = run_check(target, decode=True)
+        report = run_check(target, root=pg.launch_dir, decode=True)
         assert report.clean, report.problems[:5]
         assert report.records == (4000 if target != pg.jsons[1] else 1000)
     assert report.decoded > 0
-    assert main(["check", str(pg.yaml)]) == 0
+    assert main(["check", str(pg.yaml), "--root", str(pg.launch_dir)]) == 0
 
 
 def test_missing_images_root_is_one_folder_problem(tmp_path: Path) -> None:
     pg = write_playground(tmp_path / "demo")
     images = pg.root / "train" / "images"
     images.rename(pg.root / "elsewhere")
-    report = run_check(pg.yaml)
+    report = run_check(pg.yaml, root=pg.launch_dir)
     # train/images is gone, so the data files are no longer "in a playground" by file: their images are
     # looked for next to them, in jsons/, which has no <Source> folders.
     assert {p.kind for p in report.problems} == {"missing_image_folder"}
-    report = run_check(pg.yaml, image_folder=tmp_path / "nowhere")
+    report = run_check(pg.yaml, root=pg.launch_dir, image_folder=tmp_path / "nowhere")
     assert [p.path for p in report.problems] == [str(tmp_path / "nowhere")] * 3
-    assert run_check(pg.yaml, image_folder=pg.root / "elsewhere").clean
+    assert run_check(pg.yaml, root=pg.launch_dir, image_folder=pg.root / "elsewhere").clean
 
 
 def test_image_folder_precedence(tmp_path: Path) -> None:
@@ -513,7 +513,7 @@ def test_data_files_linked_into_jsons_stay_in_the_playground(tmp_path: Path) -> 
         path.rename(store / path.name)
         path.symlink_to(store / path.name)
     for target in (pg.yaml, pg.root, pg.jsons[0]):
-        report = run_check(target)
+        report = run_check(target, root=pg.launch_dir)
         assert report.clean, report.problems[:3]
         assert {Path(d).parent for d in report.datasets} == {pg.root / "train" / "jsons"}
 

@@ -22,11 +22,11 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_demo_writes_indexes_and_reports(tmp_path):
     out = run("demo", str(tmp_path / "pg"))
     assert out.returncode == 0, out.stderr
-    jsons = sorted((tmp_path / "pg" / "train" / "jsons").iterdir())
+    jsons = sorted((tmp_path / "pg" / "playground" / "train" / "jsons").iterdir())
     data = [p for p in jsons if p.suffix in (".json", ".jsonl")]
     assert len(data) == 3 and all(Path(f"{p}.ffidx").is_file() for p in data)
-    assert (tmp_path / "pg" / "train" / "stage1-demo.yaml").is_file()
-    pngs = list((tmp_path / "pg" / "train" / "images").rglob("*.png"))
+    assert (tmp_path / "pg" / "scripts" / "train" / "yaml" / "stage1.yaml").is_file()
+    pngs = list((tmp_path / "pg" / "playground" / "train" / "images").rglob("*.png"))
     assert pngs and pngs[0].read_bytes().startswith(b"\x89PNG")
     assert "LLaVA-Pretrain-2k.json" in out.stdout and "2,000" in out.stdout
 
