@@ -358,9 +358,11 @@ def test_render_and_progress_bar(planted, monkeypatch) -> None:
     monkeypatch.setattr(check_module, "PROGRESS_MIN_BYTES", 1)
     for idx_file in (yaml.parent / "jsons").glob("*.ffidx"):
         idx_file.unlink()  # so the bar shows indexing too
+    from fusion_fast.cli.check import render
+
     report = run_check(yaml, decode=True, progress=True)
     console = Console(record=True, width=200)
-    report.render(console, examples=2)
+    render(report, console, examples=2)
     text = console.export_text()
     for kind in report.counts():
         assert f"{kind}: " in text

@@ -49,7 +49,7 @@ def test_index_failure_exits_non_zero_with_location(tmp_path):
     out = run("index", str(bad))
     assert out.returncode == 1
     assert "bad.json" in out.stderr and "line 1" in out.stderr and "record 1" in out.stderr
-    assert run("index", str(tmp_path / "missing.json")).returncode == 1
+    assert run("index", str(tmp_path / "missing.json")).returncode == 2  # usage, as in every command
     assert run("index").returncode == 2
 
 
