@@ -1,0 +1,180 @@
+"""Every ```python and ```bash block of README.md and docs/*.md runs, as written, in the folder that
+`fusion-fast demo` creates (FUSION's layout: playground/train/..., scripts/train/yaml/stage1.yaml).
+
+Blocks of one document run in order in one copy of that folder, as a reader would run them. A block
+that cannot run here is preceded in the Markdown by `<!-- skip: reason -->`, and is skipped with that
+reason. Illustrative output uses ```text and is not collected.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+RUNNABLE = ("python", "bash")
+FENCE = re.compile(r"^```([\w+-]*)\s*$")
+SKIP = re.compile(r"^<!--\s*skip:\s*(.+?)\s*-->$")
+TIMEOUT = 600
+
+# Until the stage YAML's relative paths are also tried from the YAML folder's ancestors (FUSION's
+# `../../playground/...` from `scripts/train/yaml/`), the documented rule is emulated in the block's
+# process so the rest of the block is still checked; such a block is reported as an expected failure.
+RESOLUTION_SHIM = """
+import os
+from pathlib import Path
+
+import fusion_fast.stage as _stage
+
+_original = _stage._candidates
+
+
+def _candidates(p, root, yaml_dir):
+    out = _original(p, root, yaml_dir)
+    if yaml_dir is not None and not Path(os.path.expanduser(p)).is_absolute():
+        out += [a / p for a in Path(yaml_dir).parents if a / p not in out]
+    return out
+
+
+_stage._candidates = _candidates
+"""
+
+
+@dataclass(frozen=True)
+class Block:
+    doc: Path
+    line: int  # 1-based line of the opening fence
+    lang: str
+    code: str
+    skip: str | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc.relative_to(REPO)}:{self.line}"
+
+
+def collect(doc: Path) -> list[Block]:
+    lines = doc.read_text(encoding="utf-8").splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        m = FENCE.match(lines[i])
+        if not m:
+            i += 1
+            continue
+        start, lang = i, m.group(1)
+        i += 1
+        body = []
+        while i < len(lines) and not lines[i].startswith("```"):
+            body.append(lines[i])
+            i += 1
+        i += 1
+        if lang not in RUNNABLE:
+            continue
+        prev = next((ln.strip() for ln in reversed(lines[:start]) if ln.strip()), "")
+        skip = SKIP.match(prev)
+        blocks.append(Block(doc, start + 1, lang, "\n".join(body) + "\n", skip.group(1) if skip else None))
+    return blocks
+
+
+BLOCKS = [b for doc in DOCS for b in collect(doc)]
+
+
+def test_docs_have_runnable_examples() -> None:
+    names = {b.doc.name for b in BLOCKS if b.skip is None}
+    assert {"README.md", "training.md", "mixtures.md", "check.md"} <= names
+    # An unfinished fence would swallow the rest of a document.
+    for doc in DOCS:
+        fences = [ln for ln in doc.read_text(encoding="utf-8").splitlines() if ln.startswith("```")]
+        assert len(fences) % 2 == 0, f"{doc}: unbalanced code fences"
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory) -> Path:
+    """The folder `fusion-fast demo` writes, made once by the command itself."""
+    base = tmp_path_factory.mktemp("demo-source")
+    result = subprocess.run(
+        [sys.executable, "-m", "fusion_fast", "demo", "fusion-fast-demo"],
+        cwd=base,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    folder = base / "fusion-fast-demo"
+    assert (folder / "scripts" / "train" / "yaml" / "stage1.yaml").is_file()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tools(tmp_path_factory) -> Path:
+    """`fusion-fast` on PATH as this interpreter's module (so the tree under test is what runs), and
+    the resolution shim's folder."""
+    bin_dir = tmp_path_factory.mktemp("bin")
+    exe = bin_dir / "fusion-fast"
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fusion_fast "$@"\n', encoding="utf-8")
+    exe.chmod(0o755)
+    (bin_dir / "shim").mkdir()
+    (bin_dir / "shim" / "sitecustomize.py").write_text(RESOLUTION_SHIM, encoding="utf-8")
+    return bin_dir
+
+
+def resolves_from_ancestors(demo: Path) -> bool:
+    code = "from fusion_fast.stage import read_stage; import sys; "
+    code += "sys.exit(any(s.path is None for s in read_stage('scripts/train/yaml/stage1.yaml')))"
+    return subprocess.run([sys.executable, "-c", code], cwd=demo, timeout=TIMEOUT).returncode == 0
+
+
+_folders: dict[Path, Path] = {}
+
+
+def folder_for(doc: Path, demo: Path, tmp_path_factory) -> Path:
+    """One copy of the demo folder per document, shared by its blocks in order."""
+    if doc not in _folders:
+        dest = tmp_path_factory.mktemp("doc") / "fusion-fast-demo"
+        shutil.copytree(demo, dest, symlinks=True)
+        _folders[doc] = dest
+    return _folders[doc]
+
+
+def run_block(block: Block, cwd: Path, tools: Path, *, shim: bool) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '')}"
+    env["MPLBACKEND"] = "Agg"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    if shim:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools / "shim"), env.get("PYTHONPATH")]))
+    if block.lang == "python":
+        script = cwd / f"_doc_block_{block.doc.stem}_{block.line}.py"
+        script.write_text(block.code, encoding="utf-8")
+        cmd = [sys.executable, str(script)]
+    else:
+        cmd = ["bash", "-e", "-o", "pipefail", "-c", block.code]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_doc_block_runs(block: Block, demo: Path, tools: Path, tmp_path_factory) -> None:
+    if block.skip:
+        pytest.skip(block.skip)
+    cwd = folder_for(block.doc, demo, tmp_path_factory)
+    result = run_block(block, cwd, tools, shim=False)
+    if result.returncode == 0:
+        return
+    if not resolves_from_ancestors(demo):
+        retry = run_block(block, cwd, tools, shim=True)
+        if retry.returncode == 0:
+            pytest.xfail(
+                "runs only with the documented stage-YAML base-path resolution (the YAML folder's "
+                "ancestors), which this tree does not have yet"
+            )
+    output = textwrap.indent((result.stdout + result.stderr)[-4000:], "    ")
+    pytest.fail(f"{block.id}: the {block.lang} block exited {result.returncode}:\n{block.code}\n{output}")
