@@ -43,7 +43,7 @@ from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
 from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence, _map_file
 from .index import open as open_index
-from .stage import DatasetSpec, read_stage, spec_from_entry
+from .stage import DatasetSpec, missing_message, read_stage, spec_from_entry
 
 if TYPE_CHECKING:
     import polars as pl
@@ -162,14 +162,8 @@ class Mixture(RecordSequence):
     def _resolve(self, specs: list[DatasetSpec], seed: int, rebuild: Rebuild, index_dir: str | None) -> None:
         missing = [s for s in specs if s.path is None]
         if missing:
-            messages = []
-            for s in missing:
-                try:
-                    s.require_path()
-                except MixtureError as e:
-                    messages.append(e.message)
             yaml_path = missing[0].yaml_path
-            raise MixtureError("\n".join(messages), path=str(yaml_path) if yaml_path else None)
+            raise MixtureError(missing_message(specs), path=str(yaml_path) if yaml_path else None)
         self.seed = seed
         self._rebuild: Rebuild = rebuild
         self._index_dir = index_dir

@@ -65,6 +65,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..check import run_check
+    from ..stage import base_line, is_stage_yaml, read_stage
     from .output import Progress, console, note
 
     # Output paths are checked before the work: a check of a large playground takes minutes.
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(report.to_json())
     else:
         render(report, console(), examples=args.examples)
+        if is_stage_yaml(args.target) and (line := base_line(read_stage(args.target, root=args.root))):
+            console().print(line)
     if args.json not in (None, "-"):
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report.to_json(), f, ensure_ascii=False, indent=1)

@@ -73,6 +73,7 @@ def _stage_yaml(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
+    from ..stage import base_line
     from .output import console, human_bytes, print_json, table
 
     started = time.perf_counter()
@@ -100,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
             t.add_row(*("-" if row[key] is None else render(row[key]) for key, _, render in _COLUMNS))
         out.print(t)
         out.print(f"resolved in {resolved * 1e3:.0f} ms")
+        if (line := base_line([d.spec for d in mix.datasets])) is not None:
+            out.print(line)
     if args.export:
         started = time.perf_counter()
         size = mix.export_jsonl(args.export)
