@@ -89,3 +89,13 @@ def test_errors(stage, tmp_path):
     assert out.returncode == 2 and str(stage.parent / "jsons" / "Gone.json") in out.stderr
     assert run("mix").returncode == 2
     assert run("mix", str(stage), "--seed", "x").returncode == 2
+
+
+def test_an_absurd_repeat_fails_at_once_with_a_clear_error(stage, tmp_path):
+    huge = write(
+        tmp_path / "huge.yaml",
+        "datasets:\n  - json_path: jsons/Beta-120.jsonl\n    repeat: 1000000000\n",
+    )
+    out = run("mix", str(huge), "--root", str(stage.parent))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert "repeat must be at most 10,000" in out.stderr and "datasets[0]" in out.stderr, out.stderr

@@ -17,7 +17,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,11 @@ from .errors import MixtureError
 STRATEGIES = ("all", "first", "end", "random")
 IMAGE_FOLDER_KEYS = ("image_folder", "images_folder", "data_folder")
 DATA_SUFFIXES = (".json", ".jsonl")
+#: The largest `repeat` factor: beyond any real upsampling, and small enough that a typo such as
+#: `repeat: 1000000000` fails at once instead of filling the memory with copies of the selection.
+MAX_REPEAT = 10_000
+#: Digits a count, a percentage or a repeat factor may have (before and after the point together).
+MAX_DIGITS = 100
 _NUMBER = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%?)\s*$")
 
 
@@ -63,7 +70,9 @@ def parse_strategy(text: Any, *, where: str) -> Strategy:
     if text is None:
         return Strategy()
     if not isinstance(text, str):
-        raise MixtureError(f"{where}: sampling_strategy must be a string like 'first:1000', not {text!r}")
+        raise MixtureError(
+            f"{where}: sampling_strategy must be a string like 'first:1000', not {_short(text)}"
+        )
     s = text.strip()
     if s == "all":
         return Strategy()
@@ -71,27 +80,32 @@ def parse_strategy(text: Any, *, where: str) -> Strategy:
     name = name.strip()
     if name not in STRATEGIES:
         raise MixtureError(
-            f"{where}: unknown sampling_strategy {text!r}; expected all, first:N, end:N or random:N "
+            f"{where}: unknown sampling_strategy {_short(text)}; expected all, first:N, end:N or random:N "
             "(N an integer or a percentage such as 10%)"
         )
     if not sep:
-        raise MixtureError(f"{where}: sampling_strategy {text!r} needs a number, e.g. '{name}:1000'")
+        raise MixtureError(f"{where}: sampling_strategy {_short(text)} needs a number, e.g. '{name}:1000'")
     if name == "all":
-        raise MixtureError(f"{where}: sampling_strategy 'all' takes no number (got {text!r})")
+        raise MixtureError(f"{where}: sampling_strategy 'all' takes no number (got {_short(text)})")
     m = _NUMBER.match(number)
     if not m:
         raise MixtureError(
-            f"{where}: sampling_strategy {text!r} needs a non-negative number after ':' "
+            f"{where}: sampling_strategy {_short(text)} needs a non-negative number after ':' "
             "(an integer, or a percentage such as 10% or 2.5%)"
         )
     value, percent = m.groups()
+    if len(value) > MAX_DIGITS + 1:
+        # Python refuses to convert integers of more than 4,300 digits; no count or percentage needs 100.
+        raise MixtureError(
+            f"{where}: sampling_strategy {_short(text)}: the number has too many digits (at most {MAX_DIGITS})"
+        )
     if percent:
         p = Fraction(value)
         if p > 100:
-            raise MixtureError(f"{where}: sampling_strategy {text!r}: a percentage cannot exceed 100%")
+            raise MixtureError(f"{where}: sampling_strategy {_short(text)}: a percentage cannot exceed 100%")
         return Strategy(name, percent=p)
     if "." in value:
-        raise MixtureError(f"{where}: sampling_strategy {text!r}: a record count must be an integer")
+        raise MixtureError(f"{where}: sampling_strategy {_short(text)}: a record count must be an integer")
     return Strategy(name, count=int(value))
 
 
@@ -261,18 +275,53 @@ def base_line(specs: list[DatasetSpec]) -> str | None:
     return f"relative paths resolved against {base.path} ({base.why})"
 
 
+def _refuse_non_files(tried: list[Path], where: str) -> None:
+    """A tried path that exists but is no regular file (a folder named `x.json`, a FIFO) is reported as
+    what it is: "not found" would send the user looking for a file that is there."""
+    for c in tried:
+        try:
+            mode = os.stat(c).st_mode
+        except OSError:
+            continue
+        kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")]
+        kinds += [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
+        what = next((name for test, name in kinds if test(mode)), "not a regular file")
+        raise MixtureError(f"{where}: data file {c} is {what}, not a .json or .jsonl file")
+
+
 def _repeat(value: Any, where: str) -> Fraction:
     if value is None:
         return Fraction(1)
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise MixtureError(f"{where}: repeat must be a number >= 0, not {value!r}")
+        raise MixtureError(f"{where}: repeat must be a number >= 0, not {_short(value)}")
+    if isinstance(value, int) and value > MAX_REPEAT:
+        raise MixtureError(f"{where}: repeat must be at most {MAX_REPEAT:,}, not {_short(value)}")
+    # Decimal reads any exponent at once; Fraction("1e100000000") would first compute 10**100000000.
     try:
-        r = Fraction(str(value))
-    except ValueError:
-        raise MixtureError(f"{where}: repeat must be a number >= 0, not {value!r}") from None
-    if r < 0:
-        raise MixtureError(f"{where}: repeat must be >= 0, not {value!r}")
-    return r
+        d = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise MixtureError(f"{where}: repeat must be a number >= 0, not {_short(value)}") from None
+    if not d.is_finite():
+        raise MixtureError(f"{where}: repeat must be a number >= 0, not {_short(value)}")
+    if d < 0:
+        raise MixtureError(f"{where}: repeat must be >= 0, not {_short(value)}")
+    if d > MAX_REPEAT:
+        raise MixtureError(f"{where}: repeat must be at most {MAX_REPEAT:,}, not {_short(value)}")
+    if _digits(d) > MAX_DIGITS:
+        raise MixtureError(f"{where}: repeat {_short(value)} has too many digits (at most {MAX_DIGITS})")
+    return Fraction(d)
+
+
+def _digits(d: Decimal) -> int:
+    """Digits needed to write `d` without an exponent (0.001 and 1000 both need 4)."""
+    _, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    return max(len(digits), -exponent, len(digits) + exponent)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}...{text[-10:]} ({len(text):,} characters)"
 
 
 def spec_from_entry(
@@ -315,6 +364,8 @@ def spec_from_entry(
         path = at_base if at_base.is_file() else None
     else:
         path, tried = _resolve(json_path, folders)
+    if path is None:
+        _refuse_non_files(tried, where)
     if path is None:
         _refuse_non_files(tried, where)
     image_folder = None
