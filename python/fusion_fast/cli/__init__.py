@@ -15,6 +15,10 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..errors import FusionFastError
 
 #: Subcommand modules, in the order `--help` lists them.
 COMMANDS = ("index", "demo", "check", "mix", "prepare", "bench")
@@ -124,11 +128,11 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, UsageError):
         return EXIT_USAGE, str(e)
     if isinstance(e, (TargetError, MixtureError)):
-        return EXIT_USAGE, str(e)
+        return EXIT_USAGE, _once(e)
     if isinstance(e, FusionFastIOError):
-        return EXIT_FAILED, str(e)
+        return EXIT_FAILED, _once(e)
     if isinstance(e, FusionFastError):
-        return EXIT_FAILED, str(e)
+        return EXIT_FAILED, _once(e)
     if isinstance(e, OSError):
         return os_error(e)
     if isinstance(e, MemoryError):
@@ -137,6 +141,18 @@ def describe(e: BaseException) -> tuple[int, str]:
         f"unexpected {type(e).__name__}: {e} (this is a bug in fusion-fast: please report it with the "
         "output of the same command run with --debug)"
     )
+
+
+def _once(e: FusionFastError) -> str:
+    """The error's text with its path said once: messages that already start with the path (as given
+    or made absolute) are not prefixed with it again."""
+    text = str(e)
+    if e.path is None or e.line is not None:
+        return text
+    head, sep, rest = e.message.partition(": ")
+    if sep and os.path.abspath(head) == os.path.abspath(e.path):
+        return f"{head}: {rest}"
+    return text
 
 
 def os_error(e: OSError) -> tuple[int, str]:

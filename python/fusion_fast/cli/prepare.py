@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..prepare import plan_prepare, preview_units, resolve_source, run_prepare
     from .output import Progress
 
+    _check_source(args.source)
     source, name = resolve_source(args.source, revision=args.revision, include=args.include)
     plan = plan_prepare(
         source, args.root, name=name, stage=args.stage, yaml_path=args.yaml, include=args.include
@@ -78,6 +79,22 @@ def run(args: argparse.Namespace) -> int:
         bar.done(task)
     print_result(result)
     return 0 if result.ok else 1
+
+
+def _check_source(source: str) -> None:
+    """A source that is neither an existing path nor shaped like a Hub id (`owner/name`) is a mistake in
+    the command (exit status 2), found before anything is planned."""
+    import re
+
+    from ..indexing import TargetError
+
+    if os.path.exists(source) or re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        return
+    raise TargetError(
+        "no such folder, and not a Hugging Face dataset id such as starriver030515/FUSION-Pretrain-10M; "
+        "check the path",
+        path=source,
+    )
 
 
 def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
