@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..errors import FusionFastError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("index", "demo", "check", "mix", "prepare", "bench")
+COMMANDS = ("index", "demo", "check", "mix", "prepare", "bench", "synth")
 
 #: Exit statuses, the same for every command.
 EXIT_OK = 0
