@@ -97,7 +97,8 @@ def parse_strategy(text: Any, *, where: str) -> Strategy:
     if len(value) > MAX_DIGITS + 1:
         # Python refuses to convert integers of more than 4,300 digits; no count or percentage needs 100.
         raise MixtureError(
-            f"{where}: sampling_strategy {_short(text)}: the number has too many digits (at most {MAX_DIGITS})"
+            f"{where}: sampling_strategy {_short(text)}: the number has too many digits "
+            f"(at most {MAX_DIGITS})"
         )
     if percent:
         p = Fraction(value)
@@ -189,20 +190,6 @@ def _resolve(p: str, bases: list[Path]) -> tuple[Path | None, list[Path]]:
         if c.is_file():
             return c, tried
     return None, tried
-
-
-def _refuse_non_files(tried: list[Path], where: str) -> None:
-    """A tried path that exists but is no regular file (a folder named `x.json`, a FIFO) is reported as
-    what it is: "not found" would send the user looking for a file that is there."""
-    for c in tried:
-        try:
-            mode = os.stat(c).st_mode
-        except OSError:
-            continue
-        kinds = [(stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")]
-        kinds += [(stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")]
-        what = next((name for test, name in kinds if test(mode)), "not a regular file")
-        raise MixtureError(f"{where}: data file {c} is {what}, not a .json or .jsonl file")
 
 
 def candidate_bases(root: Path | None, yaml_dir: Path | None) -> list[Base]:
@@ -364,8 +351,6 @@ def spec_from_entry(
         path = at_base if at_base.is_file() else None
     else:
         path, tried = _resolve(json_path, folders)
-    if path is None:
-        _refuse_non_files(tried, where)
     if path is None:
         _refuse_non_files(tried, where)
     image_folder = None
