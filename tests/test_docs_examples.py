@@ -26,28 +26,6 @@ FENCE = re.compile(r"^```([\w+-]*)\s*$")
 SKIP = re.compile(r"^<!--\s*skip:\s*(.+?)\s*-->$")
 TIMEOUT = 600
 
-# Until the stage YAML's relative paths are also tried from the YAML folder's ancestors (FUSION's
-# `../../playground/...` from `scripts/train/yaml/`), the documented rule is emulated in the block's
-# process so the rest of the block is still checked; such a block is reported as an expected failure.
-RESOLUTION_SHIM = """
-import os
-from pathlib import Path
-
-import fusion_fast.stage as _stage
-
-_original = _stage._candidates
-
-
-def _candidates(p, root, yaml_dir):
-    out = _original(p, root, yaml_dir)
-    if yaml_dir is not None and not Path(os.path.expanduser(p)).is_absolute():
-        out += [a / p for a in Path(yaml_dir).parents if a / p not in out]
-    return out
-
-
-_stage._candidates = _candidates
-"""
-
 
 @dataclass(frozen=True)
 class Block:
@@ -116,21 +94,12 @@ def demo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tools(tmp_path_factory) -> Path:
-    """`fusion-fast` on PATH as this interpreter's module (so the tree under test is what runs), and
-    the resolution shim's folder."""
+    """`fusion-fast` on PATH as this interpreter's module, so the tree under test is what runs."""
     bin_dir = tmp_path_factory.mktemp("bin")
     exe = bin_dir / "fusion-fast"
     exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m fusion_fast "$@"\n', encoding="utf-8")
     exe.chmod(0o755)
-    (bin_dir / "shim").mkdir()
-    (bin_dir / "shim" / "sitecustomize.py").write_text(RESOLUTION_SHIM, encoding="utf-8")
     return bin_dir
-
-
-def resolves_from_ancestors(demo: Path) -> bool:
-    code = "from fusion_fast.stage import read_stage; import sys; "
-    code += "sys.exit(any(s.path is None for s in read_stage('scripts/train/yaml/stage1.yaml')))"
-    return subprocess.run([sys.executable, "-c", code], cwd=demo, timeout=TIMEOUT).returncode == 0
 
 
 _folders: dict[Path, Path] = {}
@@ -145,13 +114,11 @@ def folder_for(doc: Path, demo: Path, tmp_path_factory) -> Path:
     return _folders[doc]
 
 
-def run_block(block: Block, cwd: Path, tools: Path, *, shim: bool) -> subprocess.CompletedProcess[str]:
+def run_block(block: Block, cwd: Path, tools: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PATH"] = f"{tools}{os.pathsep}{env.get('PATH', '')}"
     env["MPLBACKEND"] = "Agg"
     env.setdefault("OMP_NUM_THREADS", "1")
-    if shim:
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools / "shim"), env.get("PYTHONPATH")]))
     if block.lang == "python":
         script = cwd / f"_doc_block_{block.doc.stem}_{block.line}.py"
         script.write_text(block.code, encoding="utf-8")
@@ -166,15 +133,38 @@ def test_doc_block_runs(block: Block, demo: Path, tools: Path, tmp_path_factory)
     if block.skip:
         pytest.skip(block.skip)
     cwd = folder_for(block.doc, demo, tmp_path_factory)
-    result = run_block(block, cwd, tools, shim=False)
+    result = run_block(block, cwd, tools)
     if result.returncode == 0:
         return
-    if not resolves_from_ancestors(demo):
-        retry = run_block(block, cwd, tools, shim=True)
-        if retry.returncode == 0:
-            pytest.xfail(
-                "runs only with the documented stage-YAML base-path resolution (the YAML folder's "
-                "ancestors), which this tree does not have yet"
-            )
     output = textwrap.indent((result.stdout + result.stderr)[-4000:], "    ")
     pytest.fail(f"{block.id}: the {block.lang} block exited {result.returncode}:\n{block.code}\n{output}")
+
+
+REPRODUCE = re.compile(r"^Reproduce: `([^`]+)`", re.M)
+
+
+def test_benchmark_report_commands_are_valid() -> None:
+    """Each table's `Reproduce:` command names options and benchmarks that exist (they are not run:
+    each takes minutes to an hour)."""
+    from fusion_fast.cli import build_parser
+
+    text = (REPO / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    commands = REPRODUCE.findall(text)
+    assert len(commands) >= 6
+    from fusion_fast.cli import bench
+
+    suite = {b.stem for b in (REPO / "benches").glob("bench_*.py")}
+    suite |= {str(entry[0]).removesuffix(".py") for entry in getattr(bench, "SUITE", ())}
+    for command in commands:
+        argv = command.split()
+        if argv[0] == "fusion-fast":
+            args = build_parser().parse_args(argv[1:])  # exits 2 on an unknown option
+            assert set(args.only or []) <= suite, command
+        elif argv[0] == "python":
+            assert (REPO / argv[1]).is_file(), command
+            help_text = subprocess.run(
+                [sys.executable, str(REPO / argv[1]), "--help"], capture_output=True, text=True, timeout=120
+            ).stdout
+            assert all(a in help_text for a in argv[2:] if a.startswith("--")), command
+        else:
+            assert argv[:2] == ["bash", "scripts/gpu-checks.sh"], command
