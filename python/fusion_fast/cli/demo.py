@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from ..demo import write_playground
+    from ..demo import STAGE_YAML, write_playground
     from ..indexing import index_file
     from .output import console, human_bytes, note, print_json
     from .output import table as new_table
@@ -57,5 +57,6 @@ def run_demo(args: argparse.Namespace) -> int:
     out.print(f"record 0 of {first.name}: {idx[0]}")
     out.print(f"lengths[:8] = {idx.lengths[:8].tolist()}")
     out.print(f"stage YAML: {pg.yaml}  ({Path(pg.yaml).read_text().count('json_path')} datasets)")
-    out.print(f"next: fusion-fast info {first}")
+    # The README's quickstart runs in the demo folder, laid out like FUSION's repository.
+    out.print(f"next: cd {pg.base} && fusion-fast mix {STAGE_YAML}  (the README's quickstart)")
     return 0
