@@ -160,7 +160,11 @@ def run_index(args: argparse.Namespace) -> int:
         return 0
     t = table("fusion-fast index")
     for col in ("file", "records", "size", "time", "GB/s", "built because", "index"):
-        t.add_column(col, justify="left" if col in ("file", "index", "built because") else "right")
+        t.add_column(
+            col,
+            justify="left" if col in ("file", "index", "built because") else "right",
+            overflow="fold",  # a narrow terminal wraps long paths rather than cutting them
+        )
     for r in reports:
         t.add_row(
             r.path.name,
