@@ -168,3 +168,26 @@ def test_benchmark_report_commands_are_valid() -> None:
             assert all(a in help_text for a in argv[2:] if a.startswith("--")), command
         else:
             assert argv[:2] == ["bash", "scripts/gpu-checks.sh"], command
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_relative_links_and_anchors_exist() -> None:
+    for doc in DOCS:
+        for target in LINK.findall(doc.read_text(encoding="utf-8")):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (doc.parent / path).resolve() if path else doc
+            assert file.exists(), f"{doc.name}: link to {target}: no such file"
+            if anchor and file.suffix == ".md":
+                lines = file.read_text(encoding="utf-8").splitlines()
+                anchors = {slug(ln.lstrip("#")) for ln in lines if ln.startswith("#")}
+                assert anchor in anchors, f"{doc.name}: link to {target}: no such heading"
