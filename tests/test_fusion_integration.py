@@ -129,3 +129,9 @@ def test_random_strategy_draws_a_seeded_subset_of_the_same_size(fusion, playgrou
     oracle.list_data_dict = got
     assert after.lengths == oracle.lengths
     assert after.modality_lengths == oracle.modality_lengths
+
+
+def test_training_guide_shows_the_patch_as_it_is() -> None:
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    shown = text.split("```diff\n", 1)[1].split("```", 1)[0]
+    assert shown == PATCH.read_text(encoding="utf-8")
