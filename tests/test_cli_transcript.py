@@ -93,6 +93,10 @@ MISTAKES = [
     (["index", "--threads", "0", "stage.yaml"], 2, "--threads"),
     (["check", "--examples", "-2", "stage.yaml"], 2, "--examples"),
     (["show", f"data/{DATA}", "first"], 2, "first"),
+    (["index", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+    (["info", "--index-dir", "notes.txt/idx", f"data/{DATA}"], 2, "notes.txt"),
+    (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
 ]
 
 

@@ -48,3 +48,22 @@ def check_writable(path: str, flag: str) -> None:
         raise UsageError(f"{flag} {path}: file is not writable; choose another path")
     if not p.exists() and not os.access(parent, os.W_OK | os.X_OK):
         raise UsageError(f"{flag} {path}: folder {parent} is not writable; choose another path")
+
+
+def existing_folder(text: str) -> str:
+    """A folder that must exist (`--root`)."""
+    if not os.path.isdir(text):
+        what = "is a file, not a folder" if os.path.exists(text) else "no such folder"
+        raise argparse.ArgumentTypeError(f"{text}: {what}")
+    return text
+
+
+def index_folder(text: str) -> str:
+    """Where indexes are kept (`--index-dir`): created when missing, so only a file in the way is wrong."""
+    p = Path(text)
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {part} is a file, not a folder")
+            break
+    return text

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import positive_int
+from .args import existing_folder, index_folder, positive_int
 
 if TYPE_CHECKING:
     from ..indexing import IndexReport
@@ -38,10 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, help="threads per file (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when a valid index exists")
     p.add_argument(
-        "--index-dir", default=None, metavar="DIR", help="keep indexes here instead of next to the data"
+        "--index-dir",
+        type=index_folder,
+        default=None,
+        metavar="DIR",
+        help="keep indexes here instead of next to the data",
     )
     p.add_argument(
-        "--root", default=None, metavar="DIR", help="folder that relative paths in a YAML start from"
+        "--root",
+        type=existing_folder,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths in a YAML start from",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run_index)
@@ -54,7 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("path", metavar="FILE", help="a .json / .jsonl data file")
     p.add_argument(
-        "--index-dir", default=None, metavar="DIR", help="where the index is kept (default: beside the data)"
+        "--index-dir",
+        type=index_folder,
+        default=None,
+        metavar="DIR",
+        help="where the index is kept (default: beside the data)",
     )
     p.add_argument("--verify", action="store_true", help="recompute every column checksum")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
@@ -74,7 +86,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="record numbers (negative count from the end: -1 is the last)",
     )
     p.add_argument(
-        "--index-dir", default=None, metavar="DIR", help="where the index is kept (default: beside the data)"
+        "--index-dir",
+        type=index_folder,
+        default=None,
+        metavar="DIR",
+        help="where the index is kept (default: beside the data)",
     )
     p.set_defaults(func=run_show)
 
