@@ -64,6 +64,7 @@ def index_folder(text: str) -> str:
     for part in (p, *p.parents):
         if part.exists():
             if not part.is_dir():
-                raise argparse.ArgumentTypeError(f"{text}: {part} is a file, not a folder")
+                where = "is a file" if part == p else f"is under {part}, a file"
+                raise argparse.ArgumentTypeError(f"{text}: {where}, not a folder")
             break
     return text
