@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="archives extracted at once (default: %(default)s)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument(
+        "--no-size-limits",
+        action="store_true",
+        help="extract archives even when they expand past the free space or to more than 100 times "
+        "their size (refused by default: a full disk, or a decompression bomb)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument(
         "--include",
@@ -61,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..archives import DEFAULT_LIMITS
     from ..prepare import plan_prepare, preview_units, resolve_source, run_prepare
     from .output import Progress
 
@@ -75,7 +82,12 @@ def run(args: argparse.Namespace) -> int:
     work = sum(u.stamp.size for u in plan.units if u.todo)
     with Progress() as bar:
         task = bar.task("extracting", work, "bytes", bar=work > 0)
-        result = run_prepare(plan, jobs=args.jobs, progress=lambda done, _total: bar.update(task, done))
+        result = run_prepare(
+            plan,
+            jobs=args.jobs,
+            progress=lambda done, _total: bar.update(task, done),
+            size_limits=None if args.no_size_limits else DEFAULT_LIMITS,
+        )
         bar.done(task)
     print_result(result)
     return 0 if result.ok else 1
