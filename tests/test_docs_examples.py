@@ -191,3 +191,18 @@ def test_relative_links_and_anchors_exist() -> None:
                 lines = file.read_text(encoding="utf-8").splitlines()
                 anchors = {slug(ln.lstrip("#")) for ln in lines if ln.startswith("#")}
                 assert anchor in anchors, f"{doc.name}: link to {target}: no such heading"
+
+
+def test_readme_module_map_matches_the_tree() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    tree = text.split("## Module map", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    named = set(re.findall(r"[\w.]+\.(?:rs|py)\b", tree))
+    on_disk = {p.name for p in (REPO / "rust").glob("*.rs")}
+    on_disk |= {p.name for p in (REPO / "python" / "fusion_fast").glob("*.py") if not p.name.startswith("_")}
+    listed = subprocess.run(
+        ["git", "ls-files", "rust/*.rs", "python/fusion_fast/*.py"], cwd=REPO, capture_output=True, text=True
+    )
+    # Committed sources must be on the map (files still being written may not be yet).
+    committed = {Path(p).name for p in listed.stdout.split()} & on_disk if listed.returncode == 0 else on_disk
+    assert committed - named == set(), "missing from README's module map"
+    assert named - on_disk - {"train_minimal.py"} == set(), "in README's module map but not in the tree"
