@@ -15,9 +15,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fusion_fast.archives import Archive, group_archives
 from fusion_fast.errors import FusionFastError
+from fusion_fast.prepare import References, decide_placement
 
 from .conftest import is_root
 from .test_archives import link, split, tar_bytes, tree, zip_bytes
@@ -338,3 +341,63 @@ def test_a_progress_callback_that_raises_stops_inside_a_large_member(tmp_path, m
     with pytest.raises(_Stop):
         a.extract(dest, progress)
     assert (dest / "V/big.mp4").stat().st_size < len(big)
+
+
+# -- the placement decision, explored ----------------------------------------------------------------
+# Written from the rule in docs/prepare.md, not with the code's own helpers: a member m goes to
+# prefix + m without its first `strip` components.
+
+
+def spec_target(member: str, strip: int, prefix: str) -> str:
+    return prefix + "/".join(member.split("/")[strip:])
+
+
+def spec_apart(targets: list[str]) -> bool:
+    """No two targets are one path, and no target is a folder of another."""
+    seen = set(targets)
+    folders = {"/".join(t.split("/")[:i]) for t in targets for i in range(1, t.count("/") + 1)}
+    return len(seen) == len(targets) and not (seen & folders)
+
+
+_NAMES = st.sampled_from(["PixelProse", "000", "001", "a", "b", "img", "1.jpg", "2.jpg", ".tmp-x"])
+_MEMBER = st.lists(_NAMES, min_size=1, max_size=5).map("/".join)
+
+
+def _tree(paths: list[str]) -> list[str]:
+    """Paths that can coexist in an extracted tree: distinct, none a folder of another."""
+    kept: list[str] = []
+    for p in paths:
+        if spec_apart([*kept, p]):
+            kept.append(p)
+    return kept
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    members=st.lists(_MEMBER, min_size=1, max_size=12).map(_tree),
+    strip=st.integers(0, 4),
+    prefix=st.sampled_from(["", "PixelProse/", "coco/train2017/", "a/b/"]),
+    chosen=st.lists(st.booleans(), min_size=12, max_size=12),
+    extra=st.lists(_MEMBER, max_size=4),
+)
+def test_placement_never_merges_members_and_is_the_best_one_to_one(
+    members: list[str], strip: int, prefix: str, chosen: list[bool], extra: list[str]
+) -> None:
+    strip = min(strip, min(m.count("/") for m in members))
+    # Records reference some members as they would be under (strip, prefix), which may merge members
+    # (a hostile or unlucky layout), plus unrelated paths.
+    records = [
+        spec_target(m, strip, prefix) for m, pick in zip(members, chosen, strict=False) if pick
+    ] + extra
+    p = decide_placement(members, References(records), "stem/")
+    targets = [spec_target(m, p.strip, p.prefix) for m in members]
+    assert spec_apart(targets), (p, targets)
+    assert p.strip <= min(m.count("/") for m in members)
+    assert p.matched == sum(t in set(records) for t in targets)
+    generating = [spec_target(m, strip, prefix) for m in members]
+    if spec_apart(generating) and all(chosen[: len(members)]) and p.reason == "records":
+        # Every member referenced under a one-to-one placement: the choice references them all too,
+        # so every record path resolves to exactly one member; it differs from the generating one only
+        # where the documented tie-break (smaller strip, then shorter prefix) prefers it.
+        assert p.matched == len(members)
+        assert (p.strip, len(p.prefix)) <= (strip, len(prefix))

@@ -322,7 +322,12 @@ def one_to_one(members: Sequence[str], k: int) -> bool:
     tails = {strip_components(m, k) for m in members}
     if len(tails) != len(set(members)):
         return False
-    folders = {t[:i] for t in tails for i, c in enumerate(t) if c == "/"}
+    folders: set[str] = set()
+    for t in tails:
+        d = t.rpartition("/")[0]
+        while d and d not in folders:  # each folder's ancestors are added once
+            folders.add(d)
+            d = d.rpartition("/")[0]
     return folders.isdisjoint(tails)
 
 
