@@ -250,3 +250,32 @@ def test_help_documents_exit_status_and_every_argument() -> None:
     for name, sub in commands.items():
         for action in sub._actions:
             assert action.help, f"`fusion-fast {name}` argument {action.dest} has no help text"
+
+
+@pytest.mark.parametrize(
+    "signum, status, word",
+    [(signal.SIGTERM, EXIT_TERMINATED, "terminated"), (signal.SIGINT, EXIT_INTERRUPTED, "interrupted")],
+)
+def test_a_signal_stops_a_running_check_promptly(tmp_path: Path, signum: int, status: int, word: str) -> None:
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "conversations": turns}) + "\n" for i in range(300_000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "check", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FUSION_FAST_PROGRESS_SECONDS": "0"},
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # progress lines: its index is built, then the records are checked
+        if line.startswith("checking many.jsonl: "):
+            break
+        assert line.startswith("indexing many.jsonl: "), line
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert time.monotonic() - sent < 5
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(word)
+    assert out == ""  # stopped before the report
