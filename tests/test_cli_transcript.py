@@ -279,3 +279,20 @@ def test_a_signal_stops_a_running_check_promptly(tmp_path: Path, signum: int, st
     assert time.monotonic() - sent < 5
     assert "Traceback" not in err and err.splitlines()[-1].startswith(word)
     assert out == ""  # stopped before the report
+
+
+def test_prepare_json_in_a_log(tmp_path: Path) -> None:
+    from .test_prepare import build_download
+
+    counts = build_download(tmp_path / "download")
+    rc, out, err = ff("prepare", "download", "--root", "pg", "--dry-run", "--json", cwd=tmp_path)
+    assert rc == 0 and "Traceback" not in err, err
+    plan = json.loads(out)
+    assert sorted(Path(a["source"]).name for a in plan["annotations"]) == sorted(counts)
+    assert {u["action"] for u in plan["units"]} == {"extract", "link"}
+    assert not (tmp_path / "pg").exists()  # a dry run writes nothing
+    rc, out, err = ff("prepare", "download", "--root", "pg", "--json", cwd=tmp_path)
+    result = json.loads(out)
+    assert rc == (0 if result["ok"] else 1), err
+    assert sum(a["records"] for a in result["annotations"]) == sum(counts.values())
+    assert result["check"] is not None and "problems" in result["check"]
