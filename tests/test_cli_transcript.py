@@ -168,6 +168,9 @@ def test_long_work_prints_progress_lines_in_a_log(ws: Path) -> None:
     assert f"indexing {DATA}: " in err and "(100%)" in err and "/s" in err, err
     rc, out, err = ff("check", "stage.yaml", cwd=ws, env=env)
     assert f"checking {DATA}: 100 records of 100 records (100%)" in err, err
+    Path(ws / "data" / f"{DATA}.ffidx").unlink()
+    rc, out, err = ff("mix", "stage.yaml", cwd=ws, env=env)
+    assert rc == 0 and f"indexing {DATA}: " in err, err
 
 
 def test_info_says_why_it_rebuilt(ws: Path, tmp_path: Path) -> None:

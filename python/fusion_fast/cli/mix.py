@@ -73,13 +73,17 @@ def _stage_yaml(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
-    from ..stage import base_line
+    from ..stage import base_line, read_stage
+    from .index import index_with_progress
     from .output import console, human_bytes, print_json, table
 
-    started = time.perf_counter()
     stage = _stage_yaml(args.stage)
     if args.export:
         check_writable(args.export, "--export")
+    # Missing indexes are built first, with progress: resolving a mixture opens every data file's index.
+    found = [spec.path for spec in read_stage(stage, root=args.root) if spec.path is not None]
+    index_with_progress(list(dict.fromkeys(found)), index_dir=args.index_dir)
+    started = time.perf_counter()
     mix = Mixture.from_yaml(stage, root=args.root, seed=args.seed, index_dir=args.index_dir)
     resolved = time.perf_counter() - started
     summary = mix.summary(total=True)
