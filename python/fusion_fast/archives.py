@@ -636,7 +636,9 @@ class _EndCheckingTarInfo(tarfile.TarInfo):
 
 def _open_tar_stream(stream: IO[bytes]) -> tarfile.TarFile:
     """A tar read as a stream from `stream`, already decompressed (`_decompressed`)."""
-    tf = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUFFER, tarinfo=_EndCheckingTarInfo)
+    # tarfile's default record-sized buffer: its stream reader slices its whole buffer on every read, so
+    # a large one costs a copy of it per header (the decompressing reader below buffers already).
+    tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_EndCheckingTarInfo)
     tf.unterminated = None  # type: ignore[attr-defined]
     return tf
 
