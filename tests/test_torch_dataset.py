@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -477,6 +478,27 @@ def test_rust_collate_of_json_items_equals_the_python_rules(items):
     by_rules = _collate(items, None, {}, 0)
     assert collate_records(items) == by_rules
     assert collate(items) == by_rules
+    spec = collate_as_documented(items)
+    assert by_rules == spec and same_key_order(by_rules, spec)
+
+
+def collate_as_documented(items: list[Any]) -> Any:
+    """`collate` of JSON-like items as its docstring defines it, written independently of the code: items
+    that are all dicts become a dict over the union of their keys (first-seen order), each field
+    collated from the items' values, None where an item lacks the key; anything else becomes the list
+    of the items."""
+    if items and all(type(x) is dict for x in items):
+        keys: list[str] = []
+        for x in items:
+            keys += [k for k in x if k not in keys]
+        return {k: collate_as_documented([x.get(k) for x in items]) for k in keys}
+    return list(items)
+
+
+def same_key_order(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same_key_order(a[k], b[k]) for k in a)
+    return True
 
 
 image_values = (
@@ -533,6 +555,8 @@ def test_batches_built_from_shipped_bytes_equal_collated_items(tmp_path_factory,
     batch = _core.decode_shipped(*shipped, collated=True)
     assert batch == collate(items)
     assert list(batch) == list(collate(items))  # same key order
+    spec = collate_as_documented(items)
+    assert batch == spec and same_key_order(batch, spec)
 
 
 def test_rust_collate_leaves_tensors_and_tuples_to_python():
