@@ -299,3 +299,9 @@ def test_prepare_json_in_a_log(tmp_path: Path) -> None:
     assert rc == (0 if result["ok"] else 1), err
     assert sum(a["records"] for a in result["annotations"]) == sum(counts.values())
     assert result["check"] is not None and "problems" in result["check"]
+
+
+def test_mix_json_with_export_keeps_standard_output_json(ws: Path, tmp_path: Path) -> None:
+    rc, out, err = ff("mix", "--json", "stage.yaml", "--export", str(tmp_path / "out.jsonl"), cwd=ws)
+    assert rc == 0, err
+    assert json.loads(out)["records"] == 100 and "wrote 100 records" in err

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
     from ..stage import base_line, read_stage
     from .index import index_with_progress
-    from .output import console, human_bytes, print_json, table
+    from .output import console, human_bytes, note, print_json, table
 
     stage = _stage_yaml(args.stage)
     if args.export:
@@ -112,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
         size = mix.export_jsonl(args.export)
         seconds = time.perf_counter() - started
         rate = f"{human_bytes(size / seconds)}/s" if seconds > 0 else "-"
-        out.print(
+        done = (
             f"wrote {len(mix):,} records ({human_bytes(size)}) to {args.export} in {seconds:.2f} s ({rate})"
         )
+        if args.json:
+            note(done)  # standard output holds the JSON document alone
+        else:
+            out.print(done)
     return 0
