@@ -305,3 +305,18 @@ def test_mix_json_with_export_keeps_standard_output_json(ws: Path, tmp_path: Pat
     rc, out, err = ff("mix", "--json", "stage.yaml", "--export", str(tmp_path / "out.jsonl"), cwd=ws)
     assert rc == 0, err
     assert json.loads(out)["records"] == 100 and "wrote 100 records" in err
+
+
+def test_terminal_bars_run_without_error(ws: Path, monkeypatch, capsys) -> None:
+    """The terminal path (live bars, tables fitted to the window) works end to end."""
+    from fusion_fast import check as check_module
+    from fusion_fast.cli import output
+
+    monkeypatch.setattr(output, "is_terminal", lambda stream: True)
+    monkeypatch.setattr(cli_index, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(check_module, "PROGRESS_MIN_RECORDS", 1)
+    monkeypatch.chdir(ws)
+    assert main(["index", "--force", f"data/{DATA}"]) == 0
+    assert main(["check", "stage.yaml"]) == 1  # the images are missing
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "[v1.5]" in captured.out
