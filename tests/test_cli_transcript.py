@@ -96,6 +96,7 @@ MISTAKES = [
     (["index", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["info", "--index-dir", "notes.txt/idx", f"data/{DATA}"], 2, "notes.txt"),
     (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["check", "--image-folder", "/no/such/images", "stage.yaml"], 2, "/no/such/images"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
 ]
 

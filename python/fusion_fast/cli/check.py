@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-folder",
+        type=existing_folder,
         default=None,
         metavar="DIR",
         help="where relative image paths start, for datasets without their own image_folder",
