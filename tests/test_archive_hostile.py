@@ -109,6 +109,61 @@ def test_the_same_file_from_two_archives_is_not_a_conflict(tmp_path) -> None:
     assert tree(images / "Shared") == {"a.jpg": b"a", "b.jpg": b"b", "x.jpg": b"same"}
 
 
+# -- members that cannot be written as they are -------------------------------------------------------
+
+
+def _hard(name: str, target: str) -> tarfile.TarInfo:
+    return link(name, target, tarfile.LNKTYPE)
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def _sparse(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    return info
+
+
+#: case -> (members, the member named in the error, what the error says)
+UNWRITABLE: dict[str, tuple[list, str, str]] = {
+    "hardlink-to-missing": ([_hard("a.jpg", "missing.jpg")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-folder": ([_dir("d"), _hard("a.jpg", "d")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-itself": ([_hard("a.jpg", "a.jpg")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-symlink": (
+        [("x.jpg", b"x"), link("s.jpg", "x.jpg"), _hard("h.jpg", "s.jpg")],
+        "h.jpg",
+        "not a file earlier in the archive",
+    ),
+    "twice": ([("a.jpg", b"1"), ("a.jpg", b"2")], "a.jpg", "two members with this path"),
+    "twice-as-link": ([("a.jpg", b"1"), link("a.jpg", "b.jpg")], "a.jpg", "two members with this path"),
+    "file-over-folder": ([_dir("a"), ("a", b"x")], "a", "cannot extract member"),
+    "file-under-file": ([("a", b"x"), ("a/b.jpg", b"y")], "a/b.jpg", "cannot extract member"),
+    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "cannot extract member"),
+    "sparse": ([_sparse("s.jpg")], "s.jpg", "sparse file"),
+    "name-too-long": (
+        [("x/" + "n" * 300 + ".jpg", b"q")],
+        "x/" + "n" * 300 + ".jpg",
+        "cannot extract member",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_members_that_cannot_be_written_as_they_are_are_clear_errors(tmp_path, case) -> None:
+    # Never a KeyError / ValueError / bare OSError from inside tarfile: an error naming archive and member.
+    members, member, why = UNWRITABLE[case]
+    a = archive(tmp_path / "u.tar", tar_bytes(members))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError) as e:
+        a.extract(tmp_path / "out")
+    message = str(e.value)
+    assert message.startswith("u.tar: ") and repr(member) in message and why in message, message
+
+
 # -- damaged compressed streams ----------------------------------------------------------------------
 
 
