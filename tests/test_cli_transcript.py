@@ -97,6 +97,8 @@ MISTAKES = [
     (["info", "--index-dir", "notes.txt/idx", f"data/{DATA}"], 2, "notes.txt"),
     (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
     (["check", "--image-folder", "/no/such/images", "stage.yaml"], 2, "/no/such/images"),
+    (["mix", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
 ]
 
