@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import check_writable, existing_folder, index_folder, seed
+from .args import check_not_input, check_writable, existing_folder, index_folder, seed
 
 #: (summary column, header, how to render a value).
 _COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -87,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable(args.export, "--export")
     # Missing indexes are built first, with progress: resolving a mixture opens every data file's index.
     found = [spec.path for spec in read_stage(stage, root=args.root) if spec.path is not None]
+    if args.export:
+        check_not_input(args.export, "--export", [stage, *found])
     index_with_progress(list(dict.fromkeys(found)), index_dir=args.index_dir)
     started = time.perf_counter()
     mix = Mixture.from_yaml(stage, root=args.root, seed=args.seed, index_dir=args.index_dir)
