@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion_fast.archives import Archive, group_archives
+from fusion_fast.archives import Archive, SizeLimits, group_archives
 from fusion_fast.errors import FusionFastError
 from fusion_fast.prepare import References, decide_placement
 
@@ -296,6 +296,64 @@ def test_an_archive_that_inflates_far_past_its_size_is_refused(tmp_path, capsys,
     assert name in out and "--no-size-limits" in out, out
     images = pg / "train" / "images"
     assert not (images / "Bomb").exists() and markers(images) == [] and leftovers(images) == []
+
+
+def fixed_free_space(n: int) -> SizeLimits:
+    return SizeLimits(free_space=lambda _folder: n)
+
+
+def test_a_zip_larger_than_the_free_space_is_refused_before_anything_is_written(tmp_path) -> None:
+    a = archive(tmp_path / "z.zip", zip_bytes([("Z/a.jpg", b"a" * 3000), ("Z/b.jpg", b"b" * 3000)]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="its members need 5.9 KiB but only 5.0 KiB is free") as e:
+        a.extract(tmp_path / "out", limits=fixed_free_space(5 << 10))
+    assert str(e.value).startswith("z.zip: ") and "--no-size-limits" in str(e.value)
+    assert tree(tmp_path / "out") == {}
+    assert a.extract(tmp_path / "out", limits=None).bytes == 6000  # lifted
+
+
+def test_a_tar_member_past_the_free_space_is_refused_before_it_is_written(tmp_path) -> None:
+    members = [("T/a.jpg", b"a" * 3000), ("T/b.jpg", b"b" * 3000), ("T/c.jpg", b"c" * 3000)]
+    a = archive(tmp_path / "t.tar.gz", tar_bytes(members, "w:gz"))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out"
+
+    def disk_of_7000_bytes(_folder: Path) -> int:  # what a real lookup sees: less as files are written
+        return 7000 - sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+    with pytest.raises(FusionFastError, match="member 'T/c.jpg' needs 2.9 KiB but only 1000 B is free") as e:
+        a.extract(out, limits=SizeLimits(free_space=disk_of_7000_bytes))
+    assert "--no-size-limits" in str(e.value)
+    assert set(tree(tmp_path / "out")) == {"T/a.jpg", "T/b.jpg"}
+
+
+def test_the_ratio_limit_applies_past_its_floor_only(tmp_path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Z/zeros.jpg", bytes(1 << 20))
+    a = archive(tmp_path / "z.zip", buf.getvalue())
+    assert a.size < (1 << 20) // 100
+    limits = SizeLimits(ratio_floor=2 << 20)
+    (tmp_path / "one").mkdir()
+    assert a.extract(tmp_path / "one", limits=limits).bytes == 1 << 20  # small: below the floor
+    (tmp_path / "two").mkdir()
+    with pytest.raises(FusionFastError, match="more than 100 times its size"):
+        a.extract(tmp_path / "two", limits=SizeLimits(ratio_floor=1 << 19))
+
+
+def test_zip_names_that_appear_twice_or_in_the_state_folder_are_refused(tmp_path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("Z/a.jpg", b"first")
+        zf.writestr("Z/a.jpg", b"second")
+    a = archive(tmp_path / "twice.zip", buf.getvalue())
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="refusing member 'Z/a.jpg': the archive holds two members"):
+        a.extract(tmp_path / "out")
+    b = archive(tmp_path / "state.zip", zip_bytes([(".fusion-fast/x.done", b"{}")]))
+    with pytest.raises(FusionFastError, match="refusing member '.fusion-fast/x.done'"):
+        b.extract(tmp_path / "out")
+    assert tree(tmp_path / "out") == {}
 
 
 @pytest.fixture
