@@ -98,6 +98,9 @@ MISTAKES = [
     (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
     (["check", "--image-folder", "/no/such/images", "stage.yaml"], 2, "/no/such/images"),
     (["mix", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["check", "--write-exclude", "stage.yaml", "stage.yaml"], 2, "--write-exclude stage.yaml"),
+    (["check", "--json", f"data/{DATA}", f"data/{DATA}"], 2, "--json"),
+    (["mix", "stage.yaml", "--export", f"data/{DATA}"], 2, "--export"),
     (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
 ]
