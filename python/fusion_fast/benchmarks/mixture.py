@@ -58,7 +58,7 @@ FULL_RECORDS = sum(n for _, n, _ in STAGE1)
 POOL = 4096
 MEAN_WORDS = 25
 #: Bytes per generated record, on average (measured on the generated stage): turns --size into a scale.
-RECORD_BYTES = 330
+RECORD_BYTES = 505
 #: (world size, per-device batch size) orderings to time; FUSION trains on 4 nodes x 8 GPUs.
 SAMPLER_SHAPES = ((8, 16), (32, 8))
 
