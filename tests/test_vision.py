@@ -216,3 +216,75 @@ def test_undecodable_input_raises(tmp_path: Path) -> None:
         FusionImageProcessor()(b"not an image")
     with pytest.raises(FileNotFoundError):
         FusionImageProcessor()(tmp_path / "absent.jpg")
+
+
+# -- FusionDataset(image_processor=...) -------------------------------------------------------------------
+def _dataset_files(tmp_path: Path) -> tuple[Path, Path]:
+    import json
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save(textured(300, 200, 1), folder / "0.jpg", "JPEG", quality=90)
+    save(textured(200, 300, 2), folder / "1.png", "PNG")
+    (folder / "3.jpg").write_bytes(b"not a jpeg")
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    records = [
+        {"id": "a", "image": "0.jpg", "conversations": turns},
+        {"id": "b", "image": "1.png", "conversations": turns},
+        {"id": "c", "image": "2.jpg", "conversations": turns},  # missing
+        {"id": "d", "image": "3.jpg", "conversations": turns},  # undecodable
+        {"id": "e", "image": ["0.jpg", "1.png"], "conversations": turns},
+        {"id": "f", "conversations": turns},  # text only
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path, folder
+
+
+def test_dataset_item_holds_the_processor_tensor(tmp_path: Path) -> None:
+    from fusion_fast.torch import PIXELS_KEY, FusionDataset
+
+    path, folder = _dataset_files(tmp_path)
+    processor = FusionImageProcessor("static_hd")
+    ds = FusionDataset(path, image_folder=folder, image_processor=processor)
+    item = ds[0]
+    assert PIXELS_KEY == "_pixel_values"
+    assert torch.equal(item[PIXELS_KEY], processor(folder / "0.jpg"))
+    assert "_image" not in item
+    pair = ds[4][PIXELS_KEY]
+    assert isinstance(pair, list) and torch.equal(pair[1], processor(folder / "1.png"))
+    assert PIXELS_KEY not in ds[5]
+
+
+def test_dataset_processor_errors_match_load_images(tmp_path: Path) -> None:
+    from fusion_fast.errors import RecordError
+    from fusion_fast.torch import FusionDataset
+
+    path, folder = _dataset_files(tmp_path)
+    for kw in ({"load_images": True}, {"image_processor": FusionImageProcessor("pad")}):
+        ds = FusionDataset(path, image_folder=folder, **kw)  # type: ignore[arg-type]
+        with pytest.raises(RecordError, match=r"record 2 \(id 'c'\): image not found: .*2\.jpg"):
+            ds[2]
+        with pytest.raises(RecordError, match=r"record 3 \(id 'd'\): cannot decode image .*3\.jpg"):
+            ds[3]
+        skip = FusionDataset(path, image_folder=folder, on_error="skip", **kw)  # type: ignore[arg-type]
+        assert [it["id"] for it in skip.__getitems__([1, 2, 3])] == ["b", "e", "e"]
+        assert skip.skip_causes == {"missing_image": 1, "unreadable_image": 1}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_stacks_processor_tensors(tmp_path: Path, workers: int) -> None:
+    from torch.utils.data import DataLoader
+
+    from fusion_fast.torch import PIXELS_KEY, FusionDataset, collate
+
+    path, folder = _dataset_files(tmp_path)
+    processor = FusionImageProcessor("static_hd")
+    ds = FusionDataset(path, image_folder=folder, image_processor=processor, on_error="skip")
+    loader = DataLoader(ds, batch_size=2, num_workers=workers, collate_fn=collate, sampler=[0, 1, 1, 0])
+    batches = list(loader)
+    assert [b["id"] for b in batches] == [["a", "b"], ["b", "a"]]
+    for b in batches:
+        assert isinstance(b[PIXELS_KEY], torch.Tensor) and tuple(b[PIXELS_KEY].shape) == (2, 5, 3, 384, 384)
+    assert torch.equal(batches[0][PIXELS_KEY][1], processor(folder / "1.png"))
+    assert torch.equal(batches[1][PIXELS_KEY][1], processor(folder / "0.jpg"))
