@@ -24,6 +24,7 @@ SUITE: tuple[tuple[str, tuple[str, ...], list[str]], ...] = (
     ("dataloader", ("torch",), ["--data-dir", "{data}"]),
     ("check", (), ["--dir", "{data}"]),
     ("gpu", ("torch",), []),
+    ("vision", ("torch",), ["--data-dir", "{data}"]),
 )
 
 
