@@ -374,17 +374,18 @@ class Mixture(RecordSequence):
         tmp = f"{path}.tmp-{os.getpid()}"
         written = done = 0
         try:
-            with open(tmp, "wb") as f:
+            # Unbuffered: Rust writes each batch to the file descriptor itself (no bytes object between).
+            with open(tmp, "wb", buffering=0) as f:
+                fd = f.fileno()
                 for d in self.datasets:
                     core = d.index._core
                     for lo in range(0, len(d), batch):
                         hi = min(lo + batch, len(d))
                         if d.span is not None:
-                            chunk = core.compact_lines(start=d.span[0] + lo, count=hi - lo)
+                            written += core.write_compact_lines(fd, start=d.span[0] + lo, count=hi - lo)
                         else:
-                            chunk = core.compact_lines(np.ascontiguousarray(d.selected[lo:hi]))
-                        f.write(chunk)
-                        written += len(chunk)
+                            selection = np.ascontiguousarray(d.selected[lo:hi])
+                            written += core.write_compact_lines(fd, selection)
                         done += hi - lo
                         if progress is not None:
                             progress(done, len(self))
