@@ -753,3 +753,28 @@ def test_sigterm_stops_run_prepare_called_from_python(tmp_path, jobs) -> None:
     assert code == 3 and "Terminated raised" in child.err.read_text(), child.output()
     assert list(images.rglob(".tmp-*")) == [], child.output()
     assert_small_intact_and_big_absent(images)
+
+
+def test_interrupted_while_placing_leaves_no_temporary_folder_and_a_rerun_finishes(download, monkeypatch):
+    src, pg, counts = download
+    import fusion_fast.archives as archives_module
+
+    real_move = archives_module._move_merging
+    moves = []
+
+    def move_then_interrupt(source: Path, target: Path, key: str) -> None:
+        moves.append(target)
+        if len(moves) == 2:  # the first top-level entry is in place, the second is not
+            raise KeyboardInterrupt
+        real_move(source, target, key)
+
+    monkeypatch.setattr(archives_module, "_move_merging", move_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(plan_prepare(src, pg), jobs=1)
+    images = pg / "train" / "images"
+    assert list(images.rglob(".tmp-*")) == []
+    # ALLaVA.tar (one entry) was placed and keeps its marker; PixelProse.tar.gz, interrupted, has none.
+    assert [p.name for p in (images / ".fusion-fast").glob("*.done")] == ["images__ALLaVA.tar.done"]
+    monkeypatch.setattr(archives_module, "_move_merging", real_move)
+    assert prepare(src, "--root", pg, "--jobs", "1") == 0
+    assert [p for p in referenced_paths(pg / "train") if not (images / p).is_file()] == []
