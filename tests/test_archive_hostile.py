@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from fusion_fast.archives import Archive, SizeLimits, group_archives
 from fusion_fast.errors import FusionFastError
-from fusion_fast.prepare import References, decide_placement
+from fusion_fast.prepare import References, decide_placement, plan_prepare, run_prepare
 
 from .conftest import is_root
 from .test_archives import link, split, tar_bytes, tree, zip_bytes
@@ -142,7 +142,7 @@ UNWRITABLE: dict[str, tuple[list, str, str]] = {
     "twice-as-link": ([("a.jpg", b"1"), link("a.jpg", "b.jpg")], "a.jpg", "two members with this path"),
     "file-over-folder": ([_dir("a"), ("a", b"x")], "a", "cannot extract member"),
     "file-under-file": ([("a", b"x"), ("a/b.jpg", b"y")], "a/b.jpg", "cannot extract member"),
-    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "cannot extract member"),
+    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "through the link 'l'"),
     "sparse": ([_sparse("s.jpg")], "s.jpg", "sparse file"),
     "name-too-long": (
         [("x/" + "n" * 300 + ".jpg", b"q")],
@@ -527,3 +527,84 @@ def test_placement_never_merges_members_and_is_the_best_one_to_one(
         # where the documented tie-break (smaller strip, then shorter prefix) prefers it.
         assert p.matched == len(members)
         assert (p.strip, len(p.prefix)) <= (strip, len(prefix))
+
+
+# -- zip entries zipfile cannot read, tiny zips, link chains -------------------------------------------
+
+
+def _zip_with_header_field(offset: int, value: int) -> bytes:
+    """A one-member zip with a 16-bit field patched in both its local header and its central directory
+    entry (`offset` is the field's offset in the local header; the central one is 2 further on)."""
+    data = bytearray(zip_bytes([("A/x.jpg", b"hello world")]))
+    data[offset : offset + 2] = value.to_bytes(2, "little")
+    central = data.find(b"PK\x01\x02")
+    data[central + offset + 2 : central + offset + 4] = value.to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_zip_with_header_field(6, 1), "encrypted"),  # general purpose flag bit 0
+        (_zip_with_header_field(8, 99), "compression method 99"),  # AES and other methods
+        (b"PK", "not a zip file"),  # shorter than any end record
+        (b"", "not a zip file"),
+    ],
+)
+def test_zips_that_zipfile_cannot_read_are_clear_errors(tmp_path, data, message) -> None:
+    a = archive(tmp_path / "A.zip", data)
+    for attempt in (lambda: list(a.members()), lambda: a.extract(tmp_path / "out")):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        with pytest.raises(FusionFastError, match=f"(?i){message}") as e:
+            attempt()
+        assert e.value.path == "A.zip"
+
+
+def test_an_empty_zip_has_no_members(tmp_path) -> None:
+    a = archive(tmp_path / "A.zip", zip_bytes([]))  # only the 22-byte end record
+    assert list(a.members()) == []
+    (tmp_path / "out").mkdir()
+    assert a.extract(tmp_path / "out").files == []
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        # Each link alone stays inside, but through the other one `A/l1` leaves the archive; the order
+        # of the members must not matter.
+        [("A/b/l2", ".."), ("A/l1", "b/l2/../..")],
+        [("A/l1", "b/l2/../.."), ("A/b/l2", "..")],
+        [("A/l1", "b/c/l2/../../../x"), ("A/b/c/l2", "../..")],
+    ],
+)
+def test_a_link_whose_target_goes_through_another_link_is_refused(tmp_path, links) -> None:
+    folder = tarfile.TarInfo("A/b/c")
+    folder.type = tarfile.DIRTYPE
+    a = archive(tmp_path / "A.tar", tar_bytes([folder, *(link(name, target) for name, target in links)]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="through the link|outside the destination") as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "A.tar"
+
+
+def test_a_member_written_through_a_link_member_is_refused(tmp_path) -> None:
+    # The listed path `A/l/x.jpg` would not be where the bytes are (`A/x.jpg`).
+    a = archive(tmp_path / "A.tar", tar_bytes([link("A/l", "."), ("A/l/x.jpg", b"1")]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="'A/l/x.jpg'.*through the link 'A/l'"):
+        a.extract(tmp_path / "out")
+
+
+def test_placed_links_are_checked_through_links_already_in_images(tmp_path) -> None:
+    # A link from an earlier archive, then a link in a later one whose target passes through it: each
+    # stays inside alone, together `images/A/out` would be `train/x`.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/x.jpg", b"1"), link("A/up", "..")]))
+    (src / "B.tar").write_bytes(tar_bytes([("A/y.jpg", b"2"), link("A/out", "up/../x")]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"))
+    images = tmp_path / "pg" / "train" / "images"
+    [b] = [u for u in result.units if u.item.unit.key == "B.tar"]
+    assert b.status == "failed" and "through the link" in (b.error or "")
+    assert not os.path.lexists(images / "A" / "out")
+    assert markers(images) == ["A.tar.done"]

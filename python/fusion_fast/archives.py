@@ -148,7 +148,8 @@ class ConcatFile(io.RawIOBase):
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
-            raise ValueError("negative seek position")
+            # As a real file does: zipfile probes for its end records so, and expects an OSError.
+            raise OSError(errno.EINVAL, "negative seek position")
         self._pos = base + offset
         return self._pos
 
@@ -211,6 +212,34 @@ def _check_link_target(unit: str, member: str, target: str, *, relative_to: str)
         raise _refuse(
             unit, member, f"link target {target!r} is in {MARKER_DIR}/, where prepare keeps its state"
         )
+
+
+def _link_on_the_way(start: str, target: str, is_link: Callable[[str], bool]) -> str | None:
+    """The first link that resolving `target` from the folder `start` passes through as a folder (a
+    component followed by more of the path), or None. Checked one link at a time, two links that each
+    stay inside could together lead out (`b/l2 -> ..` and `l1 -> b/l2/../..`); refusing links through
+    links keeps the lexical checks sound."""
+    here = [c for c in start.split("/") if c]
+    parts = [c for c in target.split("/") if c not in ("", ".")]
+    for i, part in enumerate(parts):
+        if part == "..":
+            if here:
+                here.pop()
+            continue
+        here.append(part)
+        if i < len(parts) - 1 and is_link("/".join(here)):
+            return "/".join(here)
+    return None
+
+
+def _check_link_chains(
+    unit: str, links: Sequence[tuple[str, str, str]], is_link: Callable[[str], bool]
+) -> None:
+    """Refuse a link (member, path, target) whose target passes through a link (`_link_on_the_way`)."""
+    for member, path, target in links:
+        via = _link_on_the_way(posixpath.dirname(path), target, is_link)
+        if via is not None:
+            raise _refuse(unit, member, f"link target {target!r} goes through the link {via!r}")
 
 
 def _member_error(unit: str, member: str, err: OSError) -> Exception:
@@ -458,9 +487,10 @@ class Archive:
                 return
             with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
                 seen: set[str] = set()
+                links: set[str] = set()
                 while (m := tf.next()) is not None:
                     _forget_members(tf)
-                    path = self._check_tar_member(m, seen)
+                    path = self._check_tar_member(m, seen, links)
                     if path is not None and not m.isdir():
                         yield path
                 _raise_if_unterminated(tf, self.key)
@@ -479,10 +509,16 @@ class Archive:
             return self._extract_tar(dest, report, budget)
 
     # -- tar
-    def _check_tar_member(self, m: tarfile.TarInfo, seen: set[str]) -> str | None:
+    def _check_tar_member(self, m: tarfile.TarInfo, seen: set[str], links: set[str]) -> str | None:
+        """The member's checked path; `seen` collects the paths so far, `links` the symlinks'."""
         path = safe_member_path(self.key, m.name)
         if path is not None:
             _check_not_reserved(self.key, m.name, path)
+            folder = posixpath.dirname(path)
+            while folder:  # a member written through a link would not be at the path it is listed under
+                if folder in links:
+                    raise _refuse(self.key, m.name, f"its folder is reached through the link {folder!r}")
+                folder = posixpath.dirname(folder)
         if m.isdir():
             return path
         if path is None:
@@ -498,16 +534,19 @@ class Archive:
         if path in seen:
             raise _refuse(self.key, m.name, "the archive holds two members with this path")
         seen.add(path)
+        if m.issym():
+            links.add(path)
         return path
 
     def _extract_tar(self, dest: Path, report: _Reporter, budget: _Budget) -> Extracted:
         out = Extracted()
         seen: set[str] = set()
+        links: set[str] = set()
         regular: set[str] = set()  # files written so far: what a hard link may point at
         with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
             while (m := tf.next()) is not None:
                 _forget_members(tf)
-                path = self._check_tar_member(m, seen)
+                path = self._check_tar_member(m, seen, links)
                 if path is None:
                     continue
                 if m.islnk() and posixpath.normpath(m.linkname) not in regular:
@@ -553,6 +592,8 @@ class Archive:
                 report.member_done(raw.tell())
             _raise_if_unterminated(tf, self.key)
             _read_to_end(stream, raw)
+        # Once every link is known: a link may come before the link its target passes through.
+        _check_link_chains(self.key, [(p, p, t) for p, t in out.symlinks], links.__contains__)
         report(self.size, force=True)
         return out
 
@@ -567,6 +608,14 @@ class Archive:
             raise _refuse(self.key, info.filename, f"{kind} (not supported in zip archives)")
         if path is None and not info.is_dir():
             raise _refuse(self.key, info.filename, "a file member with an empty name")
+        if info.flag_bits & 0x1:
+            raise _refuse(self.key, info.filename, "encrypted (not supported)")
+        if info.compress_type not in _ZIP_METHODS:
+            raise _refuse(
+                self.key,
+                info.filename,
+                f"compression method {info.compress_type} is not supported (stored, deflate, bzip2, lzma)",
+            )
         return path
 
     def _checked_zip_members(self, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str | None]]:
@@ -636,6 +685,9 @@ class _ArchiveErrors:
         if isinstance(err, _DAMAGE) or (type(err) is OSError and err.errno is None):
             raise FusionFastError(f"corrupt or truncated archive: {err}", path=self.key) from err
 
+
+#: Compression methods zipfile reads (others, e.g. AES's 99 or deflate64's 9, it cannot).
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 #: Header errors that `tarfile` treats as the end of the archive when they occur after the first member.
 _BAD_END: tuple[type[Exception], ...] = tuple(
@@ -892,12 +944,18 @@ def strip_components(path: str, k: int) -> str:
     return path.split("/", k)[k] if k else path
 
 
-def check_symlinks(key: str, symlinks: Sequence[tuple[str, str]], strip: int, prefix: str) -> None:
+def check_symlinks(
+    key: str, symlinks: Sequence[tuple[str, str]], strip: int, prefix: str, images: Path | None = None
+) -> None:
     """Symlinks must still point inside `images/`, and not into its state folder, once members are moved
-    to `prefix + stripped path`."""
-    for path, target in symlinks:
-        final = prefix + strip_components(path, strip)
+    to `prefix + stripped path`, and not through another link (of the unit, or one in `images/`)."""
+    finals = [(path, prefix + strip_components(path, strip), target) for path, target in symlinks]
+    for path, final, target in finals:
         _check_link_target(key, path, target, relative_to=posixpath.dirname(final))
+    ours = {final for _, final, _ in finals}
+    _check_link_chains(
+        key, finals, lambda p: p in ours or (images is not None and os.path.islink(images / p))
+    )
 
 
 def _same_file(src: Path, target: Path) -> bool:

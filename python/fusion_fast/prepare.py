@@ -723,7 +723,7 @@ def _finish_unit(
             raise outcome
         members = outcome.files + [p for p, _ in outcome.symlinks]
         placement = decide_placement(members, refs, unit.fallback_prefix)
-        check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix)
+        check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix, images)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
         entries = place(tmp, images, placement.strip, placement.prefix, unit.key)
         shutil.rmtree(tmp)
