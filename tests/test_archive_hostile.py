@@ -9,6 +9,7 @@ import io
 import lzma
 import os
 import random
+import re
 import subprocess
 import tarfile
 import zipfile
@@ -608,3 +609,50 @@ def test_placed_links_are_checked_through_links_already_in_images(tmp_path) -> N
     assert b.status == "failed" and "through the link" in (b.error or "")
     assert not os.path.lexists(images / "A" / "out")
     assert markers(images) == ["A.tar.done"]
+
+
+def _zip_name_not_utf8() -> bytes:
+    """A zip whose entry is flagged UTF-8 (bit 11) but whose name is not."""
+    data = bytearray(zip_bytes([("A/\u00e9.jpg", b"1")]))
+    name = "A/\u00e9.jpg".encode()
+    for at in (data.find(name), data.rfind(name)):  # local header and central directory
+        data[at + 2] = 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_zip_name_not_utf8(), "utf-8"),
+        (zip_bytes([("A/x.jpg", b"1"), ("A/x.jpg/", b"")]), "'A/x.jpg/'"),  # a file, then a folder of it
+    ],
+)
+def test_zip_entries_that_cannot_be_read_or_written_are_clear_errors(tmp_path, data, expected) -> None:
+    a = archive(tmp_path / "A.zip", data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match=re.escape(expected)) as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "A.zip"
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_a_second_archive_after_the_end_of_the_first_is_an_error_not_dropped(tmp_path, mode) -> None:
+    # `cat a.tar b.tar > c.tar` (or of two .tar.gz): tarfile stops at the first end-of-archive marker, so
+    # b's members would be silently missing from a result reported complete.
+    first, second = tar_bytes([("A/a.jpg", b"1")]), tar_bytes([("A/b.jpg", b"2")])
+    data = first + second
+    if mode == "w:gz":
+        data = gzip.compress(first) + gzip.compress(second)
+    a = archive(tmp_path / ("c.tar" if mode == "w" else "c.tar.gz"), data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="after the end-of-archive marker"):
+        a.extract(tmp_path / "out")
+    with pytest.raises(FusionFastError, match="after the end-of-archive marker"):
+        list(a.members())
+
+
+def test_zero_padding_after_the_end_of_archive_is_accepted(tmp_path) -> None:
+    data = tar_bytes([("A/a.jpg", b"1")]) + bytes(20 * 512)
+    a = archive(tmp_path / "A.tar", data)
+    (tmp_path / "out").mkdir()
+    assert a.extract(tmp_path / "out").files == ["A/a.jpg"]

@@ -92,7 +92,15 @@ _SPLIT_PART = re.compile(
 _UNSAFE_MARKER_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 #: How damaged archives fail (tarfile maps decompression errors to ReadError; zip CRC errors are
 #: BadZipFile; a gzip stream cut short is EOFError).
-_DAMAGE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+_DAMAGE = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+    UnicodeDecodeError,  # a zip entry flagged UTF-8 whose name is not
+)
 #: The command-line option (and API argument) that lifts `SizeLimits`, named in every refusal.
 NO_SIZE_LIMITS = "--no-size-limits (size_limits=None in the Python API)"
 
@@ -494,7 +502,7 @@ class Archive:
                     if path is not None and not m.isdir():
                         yield path
                 _raise_if_unterminated(tf, self.key)
-                _read_to_end(stream, raw)
+                _read_to_end(tf, self.key)
 
     def extract(
         self, dest: Path, progress: Progress | None = None, limits: SizeLimits | None = DEFAULT_LIMITS
@@ -591,7 +599,7 @@ class Archive:
                     out.bytes += m.size
                 report.member_done(raw.tell())
             _raise_if_unterminated(tf, self.key)
-            _read_to_end(stream, raw)
+            _read_to_end(tf, self.key)
         # Once every link is known: a link may come before the link its target passes through.
         _check_link_chains(self.key, [(p, p, t) for p, t in out.symlinks], links.__contains__)
         report(self.size, force=True)
@@ -641,11 +649,12 @@ class Archive:
                 if path is None:
                     continue
                 target = dest / path
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                budget.take(info.filename, info.file_size)
+                if not info.is_dir():
+                    budget.take(info.filename, info.file_size)
                 try:
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src:  # zipfile checks the CRC when the member is read to its end
                         written = _copy_member(
@@ -740,13 +749,20 @@ def _decompressed(raw: io.BufferedReader, key: str) -> IO[bytes]:
     return raw
 
 
-def _read_to_end(stream: IO[bytes], raw: io.BufferedReader) -> None:
-    """Read a compressed stream to its end, so that its trailer (CRC, length, end-of-stream marker, any
-    further concatenated members) is checked: a damaged or cut archive raises here."""
-    if stream is raw:
-        return
-    while stream.read(_COPY_BUFFER):
-        pass
+def _read_to_end(tf: tarfile.TarFile, key: str) -> None:
+    """Read the (decompressed) stream after the tar's end-of-archive block to its end, so that a
+    compressed stream's trailer (CRC, length, end-of-stream marker, any further concatenated members) is
+    checked: a damaged or cut archive raises here. What follows the end block must be zeros (padding):
+    anything else is a second archive (`cat a.tar b.tar`) whose members `tarfile` would silently skip."""
+    at = tf.offset  # type: ignore[attr-defined]
+    stream = tf.fileobj  # type: ignore[attr-defined]
+    while chunk := stream.read(_COPY_BUFFER):
+        if chunk.count(0) != len(chunk):
+            raise FusionFastError(
+                "corrupt or concatenated archive: data after the end-of-archive marker at byte "
+                f"{at} of the tar stream (two archives joined with cat? extract them separately)",
+                path=key,
+            )
 
 
 def _data_filter(m: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
