@@ -656,3 +656,30 @@ def test_zero_padding_after_the_end_of_archive_is_accepted(tmp_path) -> None:
     a = archive(tmp_path / "A.tar", data)
     (tmp_path / "out").mkdir()
     assert a.extract(tmp_path / "out").files == ["A/a.jpg"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_archives_whose_names_differ_only_in_unsafe_characters_keep_their_own_state(tmp_path, jobs) -> None:
+    # "a b.tar" and "a_b.tar", "x/y.tar" and "x__y.tar": one marker and one work folder for two archives
+    # would make one archive's completion stand for the other's.
+    src = tmp_path / "src"
+    (src / "x").mkdir(parents=True)
+    for name, top in [("a b.tar", "A"), ("a_b.tar", "B"), ("x/y.tar", "C"), ("x__y.tar", "D")]:
+        (src / name).write_bytes(tar_bytes([(f"{top}/1.jpg", top.encode())]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"), jobs=jobs)
+    assert [(u.item.unit.key, u.status, u.error) for u in result.units] == [
+        (k, "extracted", None) for k in ["a b.tar", "a_b.tar", "x/y.tar", "x__y.tar"]
+    ]
+    images = tmp_path / "pg" / "train" / "images"
+    assert len(markers(images)) == 4
+    again = plan_prepare(src, tmp_path / "pg")
+    assert [u.todo for u in again.units] == [False] * 4
+
+
+def test_an_archive_deep_in_the_download_gets_a_marker_the_filesystem_accepts(tmp_path) -> None:
+    folder = tmp_path / "src" / "/".join(["d" * 60] * 5)  # the key is ~310 characters long
+    folder.mkdir(parents=True)
+    (folder / "Deep.tar").write_bytes(tar_bytes([("Deep/1.jpg", b"1")]))
+    result = run_prepare(plan_prepare(tmp_path / "src", tmp_path / "pg"))
+    assert [(u.status, u.error) for u in result.units] == [("extracted", None)]
+    assert [u.todo for u in plan_prepare(tmp_path / "src", tmp_path / "pg").units] == [False]

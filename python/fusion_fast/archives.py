@@ -922,8 +922,19 @@ def tmp_dir(images: Path, key: str) -> Path:
     return images / MARKER_DIR / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
 
 
+#: Longest marker name kept readable (a file name must stay under 255 bytes with its suffixes).
+_MAX_MARKER_NAME = 160
+
+
 def marker_name(key: str) -> str:
-    return _UNSAFE_MARKER_CHARS.sub("_", key.replace("/", "__"))
+    """A file name for `key`'s marker and work folder: readable, and distinct for distinct keys. The
+    readable form alone is not (`a b.tar` and `a_b.tar`, `x/y.tar` and `x__y.tar`): when it does not
+    give the key back, or is too long, a hash of the key is added."""
+    name = _UNSAFE_MARKER_CHARS.sub("_", key.replace("/", "__"))
+    if name.replace("__", "/") != key or len(name) > _MAX_MARKER_NAME:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+        name = f"{name[:_MAX_MARKER_NAME]}~{digest}"
+    return name
 
 
 def _pid_alive(pid: int) -> bool:
@@ -1137,7 +1148,7 @@ def write_marker(images: Path, marker: Marker) -> None:
 def is_in_place(images: Path, unit: ImageUnit, stamp: Stamp) -> Marker | None:
     """The unit's marker when it matches `stamp` and every entry it lists still exists."""
     marker = read_marker(images, unit.key)
-    if marker is None or marker.stamp != stamp:
+    if marker is None or marker.key != unit.key or marker.stamp != stamp:
         return None
     if not all(os.path.lexists(images / e) for e in marker.entries):
         return None
