@@ -9,8 +9,10 @@ import multiprocessing
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -301,6 +303,37 @@ def test_absurd_repeats_are_refused_at_once(files, repeat, message):
     with pytest.raises(MixtureError, match=message) as err:
         Mixture.from_yaml(stage, root=files)
     assert str(stage) in str(err.value) and "datasets[0]" in str(err.value)
+    said = repr(repeat)
+    assert (said if len(said) <= 60 else said[:40]) in str(err.value)  # the value the user wrote
+
+
+@pytest.mark.parametrize(
+    ("repeat", "accepted"),
+    [
+        ("0." + "0" * 99 + "1", True),  # 100 digits after the point
+        ("0." + "0" * 100 + "1", False),
+        ("1." + "1" * 99, True),  # 100 significant digits
+        ("1." + "1" * 100, False),
+        ("10000." + "0" * 95, True),
+    ],
+    ids=["100-decimals", "101-decimals", "100-significant", "101-significant", "10000-padded"],
+)
+def test_repeat_digits_bound_is_exact(tmp_path, repeat, accepted):
+    write(tmp_path / "one.json", json.dumps([{"n": 0}]))
+    entry = [{"json_path": "one.json", "repeat": repeat}]
+    if accepted:
+        assert len(Mixture(entry, root=tmp_path)) == math.ceil(Fraction(repeat))
+    else:
+        with pytest.raises(MixtureError, match="too many digits"):
+            Mixture(entry, root=tmp_path)
+
+
+@pytest.mark.parametrize(("repeat", "said"), [(-1, "-1"), ("twice", "'twice'"), (-0.5, "-0.5"), ([2], "[2]")])
+def test_a_bad_repeat_is_quoted_in_the_error(tmp_path, repeat, said):
+    write(tmp_path / "one.json", json.dumps([{"n": 0}]))
+    with pytest.raises(MixtureError, match="repeat must be") as err:
+        Mixture([{"json_path": "one.json", "repeat": repeat}], root=tmp_path)
+    assert str(err.value).endswith(f"not {said}")
 
 
 def test_the_largest_repeat_is_accepted(tmp_path):
@@ -330,6 +363,39 @@ def test_overlong_numbers_in_a_strategy_raise_mixture_error(files, strategy):
     with pytest.raises(MixtureError, match="sampling_strategy") as err:
         Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": strategy}], root=files)
     assert "datasets[0]" in str(err.value)
+
+
+def test_a_folder_under_a_later_base_is_reported_too(tmp_path):
+    """The first place tried holds nothing, the second a folder named like the data file."""
+    (tmp_path / "stage" / "folder.json").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    stage = make_stage(tmp_path / "stage", [{"json_path": "folder.json"}])
+    with pytest.raises(MixtureError, match=r"folder\.json is a directory"):
+        Mixture.from_yaml(stage, root=tmp_path / "root")
+
+
+def test_devices_and_sockets_as_data_file_say_what_they_are(tmp_path):
+    import socket
+
+    kinds = {"null.json": ("/dev/null", "a character device")}
+    block = next((str(d) for d in sorted(Path("/dev").glob("loop*")) if d.is_block_device()), None)
+    if block is not None:
+        kinds["disk.json"] = (block, "a block device")
+    for name, (target, _) in kinds.items():
+        os.symlink(target, tmp_path / name)
+    short = Path(tempfile.mkdtemp(prefix="ff-sock-"))  # a socket path must stay under 108 bytes
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(short / "s.jsonl"))
+        os.symlink(short / "s.jsonl", tmp_path / "sock.jsonl")
+        kinds["sock.jsonl"] = (str(short / "s.jsonl"), "a socket")
+        for name, (_, what) in kinds.items():
+            with pytest.raises(MixtureError) as err:
+                Mixture([{"json_path": name}], root=tmp_path)
+            assert f"{tmp_path / name} is {what}, not a .json or .jsonl file" in str(err.value)
+    finally:
+        sock.close()
+        shutil.rmtree(short)
 
 
 def test_a_directory_or_fifo_as_data_file_says_what_it_is(tmp_path):
