@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -326,3 +328,66 @@ def test_terminal_bars_run_without_error(ws: Path, monkeypatch, capsys) -> None:
     assert main(["check", "stage.yaml"]) == 1  # the images are missing
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "[v1.5]" in captured.out
+
+
+def _fifo_reader(path: Path) -> tuple[Any, list[bytes]]:
+    import threading
+
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(path, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t, got
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mix", "stage.yaml", "--export", "{out}"],
+        ["check", "stage.yaml", "--write-exclude", "{out}"],
+        ["synth", "--records", "20", "--force", "{out}"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_output_to_a_fifo_writes_into_it_and_keeps_it(ws: Path, tmp_path: Path, argv: list[str]) -> None:
+    """`--export /dev/stdout`, a named pipe or a device is written into, not replaced by a regular file
+    (as root, a rename over `/dev/null` would replace the device for the whole machine)."""
+    fifo = tmp_path / ("out.jsonl" if argv[0] == "synth" else "out")
+    os.mkfifo(fifo)
+    reader, got = _fifo_reader(fifo)
+    rc, _, err = ff(*[a.replace("{out}", str(fifo)) for a in argv], cwd=ws)
+    reader.join(timeout=30)
+    assert rc in (0, 1) and "error:" not in err, err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the named pipe was replaced"
+    assert got and got[0].strip(), "nothing reached the reader"
+    assert [p.name for p in tmp_path.iterdir()] == [fifo.name]  # no temporary file left beside it
+
+
+def test_output_through_a_symlink_keeps_the_link(ws: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    rc, _, err = ff("mix", "stage.yaml", "--export", str(link), cwd=ws)
+    assert rc == 0, err
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 100
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["show", f"data/{DATA}", "0"], ["mix", "--json", "stage.yaml"]])
+def test_a_full_disk_on_standard_output_is_named(ws: Path, argv: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusion_fast", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ws,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert_one_error(proc.stderr, "standard output")
+    assert "None" not in proc.stderr
