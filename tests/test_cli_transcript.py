@@ -199,6 +199,25 @@ def test_info_says_why_it_rebuilt(ws: Path, tmp_path: Path) -> None:
     assert rc == 0 and "the index was damaged" in err, err
 
 
+@pytest.mark.parametrize(
+    "argv", [["mix", "stage.yaml"], ["index", f"data/{DATA}"], ["check", "stage.yaml"]], ids=lambda a: a[0]
+)
+def test_closed_pipe_before_a_table_exits_141(ws: Path, argv: list[str]) -> None:
+    """A table printed into a pipe whose reader is gone (`| head -1` that already quit) ends with the
+    documented 141, as `show` does, not with the 1 of a failed command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ws,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader quits before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_PIPE_CLOSED, err
+    assert "error:" not in err and "Traceback" not in err
+
+
 def test_closed_pipe_ends_quietly(ws: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "fusion_fast", "show", f"data/{DATA}", *["0"] * 5000],
