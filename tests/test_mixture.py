@@ -365,6 +365,55 @@ def test_overlong_numbers_in_a_strategy_raise_mixture_error(files, strategy):
     assert "datasets[0]" in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        (10, "sampling_strategy must be a string like 'first:1000', not 10"),
+        (
+            "top:5",
+            "unknown sampling_strategy 'top:5'; expected all, first:N, end:N or random:N "
+            "(N an integer or a percentage such as 10%)",
+        ),
+        ("first", "sampling_strategy 'first' needs a number, e.g. 'first:1000'"),
+        ("all:3", "sampling_strategy 'all' takes no number (got 'all:3')"),
+        (
+            "end:x",
+            "sampling_strategy 'end:x' needs a non-negative number after ':' "
+            "(an integer, or a percentage such as 10% or 2.5%)",
+        ),
+        ("first:100.5%", "sampling_strategy 'first:100.5%': a percentage cannot exceed 100%"),
+        ("end:100.0000001%", "sampling_strategy 'end:100.0000001%': a percentage cannot exceed 100%"),
+        ("first:2.5", "sampling_strategy 'first:2.5': a record count must be an integer"),
+        ("first:" + "0" * 101 + "5", "the number has too many digits (at most 100)"),
+    ],
+    ids=[
+        "not-a-string",
+        "unknown",
+        "no-number",
+        "all-with-number",
+        "not-a-number",
+        "100.5%",
+        "100.0000001%",
+        "fraction-count",
+        "102-digits",
+    ],
+)
+def test_strategy_errors_quote_the_strategy_and_say_what_is_expected(strategy, message):
+    with pytest.raises(MixtureError) as err:
+        parse_strategy(strategy, where="stage.yaml: datasets[0]")
+    assert str(err.value) == f"stage.yaml: datasets[0]: {message}" or (
+        message.startswith("the number")
+        and str(err.value).endswith(message)
+        and "'first:000" in str(err.value)
+    )
+
+
+def test_strategy_numbers_of_up_to_100_digits_are_read():
+    assert parse_strategy("first:" + "0" * 100 + "5", where="t").count == 5  # 101 characters, 100 digits
+    assert parse_strategy("end:" + "0" * 99 + ".5%", where="t").percent == Fraction(1, 2)
+    assert parse_strategy("first:100%", where="t").selected(7) == 7
+
+
 def test_a_folder_under_a_later_base_is_reported_too(tmp_path):
     """The first place tried holds nothing, the second a folder named like the data file."""
     (tmp_path / "stage" / "folder.json").mkdir(parents=True)
