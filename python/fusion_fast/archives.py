@@ -869,7 +869,11 @@ def _part_order(part: str) -> tuple[int, str]:
 def _check_sequence(key: str, suffixes: list[str]) -> None:
     """Split parts (sorted) must be a gap-free sequence: 00 01 02, 001 002, aa ab ac, partaa partab."""
     bodies = [s.lower().removeprefix("part") for s in suffixes]
-    if all(b.isdigit() for b in bodies):
+    keys = [str(int(b)) if b.isdigit() else b for b in bodies]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        detail = f"part {', '.join(twice)} twice"
+    elif all(b.isdigit() for b in bodies):
         numbers = [int(b) for b in bodies]
         start = 0 if numbers[0] == 0 else 1
         missing = sorted(set(range(start, numbers[-1] + 1)) - set(numbers))
