@@ -425,8 +425,11 @@ def test_a_member_named_like_a_temporary_folder_survives_the_next_run(tmp_path) 
         (".fusion-fast/images__Other.tar.done", b'{"key": "images/Other.tar"}'),
         (".fusion-fast/x.jpg", b"image"),
         link("state", ".fusion-fast"),
+        # The same folder on a case-insensitive filesystem (macOS, Windows by default).
+        (".Fusion-Fast/images__Other.tar.done", b'{"key": "images/Other.tar"}'),
+        link("State", ".FUSION-FAST"),
     ],
-    ids=["fake-marker", "file", "symlink"],
+    ids=["fake-marker", "file", "symlink", "other-case", "other-case-symlink"],
 )
 def test_members_in_prepares_state_folder_are_refused(tmp_path, capsys, member) -> None:
     src, pg = tmp_path / "src", tmp_path / "pg"

@@ -216,7 +216,7 @@ def _check_link_target(unit: str, member: str, target: str, *, relative_to: str)
     resolved = posixpath.normpath(posixpath.join(relative_to, target))
     if resolved == ".." or resolved.startswith("../"):
         raise _refuse(unit, member, f"link target {target!r} is outside the archive")
-    if resolved.split("/", 1)[0] == MARKER_DIR:
+    if _is_state_folder(resolved.split("/", 1)[0]):
         raise _refuse(
             unit, member, f"link target {target!r} is in {MARKER_DIR}/, where prepare keeps its state"
         )
@@ -259,10 +259,15 @@ def _member_error(unit: str, member: str, err: OSError) -> Exception:
     return FusionFastError(f"cannot extract member {member!r}: {err.strerror or err}", path=unit)
 
 
+def _is_state_folder(name: str) -> bool:
+    """`name` is prepare's state folder, also on a case-insensitive filesystem (macOS, Windows)."""
+    return name.casefold() == MARKER_DIR
+
+
 def _check_not_reserved(unit: str, member: str, path: str) -> None:
     """Refuse a member whose path (inside `images/`) starts with prepare's state folder: it could plant a
     fake completion marker there or be removed as a stale temporary file."""
-    if path.split("/", 1)[0] == MARKER_DIR:
+    if _is_state_folder(path.split("/", 1)[0]):
         raise _refuse(unit, member, f"{MARKER_DIR}/ is where prepare keeps its own state")
 
 
