@@ -686,3 +686,54 @@ def test_an_archive_deep_in_the_download_gets_a_marker_the_filesystem_accepts(tm
     result = run_prepare(plan_prepare(tmp_path / "src", tmp_path / "pg"))
     assert [(u.status, u.error) for u in result.units] == [("extracted", None)]
     assert [u.todo for u in plan_prepare(tmp_path / "src", tmp_path / "pg").units] == [False]
+
+
+# -- header fields out of range ----------------------------------------------------------------------
+
+
+def _with_pax(info: tarfile.TarInfo | tuple[str, bytes], headers: dict[str, str]) -> bytes:
+    if isinstance(info, tuple):
+        name, data = info
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+    else:
+        data = b""
+    info.pax_headers = headers
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(data))
+        tf.addfile(*_file("T/after.jpg", b"after"))
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+@pytest.mark.parametrize("mtime", ["1e400", "nan", "-1e30", "99999999999999999999"])
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_modification_time_out_of_range_is_ignored_like_gnu_tar_does(tmp_path, mtime, kind) -> None:
+    # os.utime raised OverflowError / ValueError. GNU tar warns of an implausible time stamp and extracts.
+    folder = tarfile.TarInfo("T/sub")
+    folder.type = tarfile.DIRTYPE
+    member = ("T/x.jpg", b"xx") if kind == "file" else folder
+    a = archive(tmp_path / "t.tar", _with_pax(member, {"mtime": mtime}))
+    (tmp_path / "out").mkdir()
+    a.extract(tmp_path / "out")
+    assert (tmp_path / "out" / "T" / "after.jpg").read_bytes() == b"after"
+    if kind == "file":
+        assert (tmp_path / "out" / "T" / "x.jpg").read_bytes() == b"xx"
+
+
+def test_a_malformed_extended_header_is_a_clear_error(tmp_path) -> None:
+    # A PAX 1.0 sparse header whose map block is not there: tarfile raised ValueError while parsing.
+    data = _with_pax(("T/x.jpg", b"x"), {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"})
+    a = archive(tmp_path / "t.tar", data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="corrupt") as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "t.tar"
+    with pytest.raises(FusionFastError, match="corrupt"):
+        list(a.members())

@@ -36,6 +36,7 @@ import io
 import itertools
 import json
 import lzma
+import math
 import os
 import posixpath
 import re
@@ -568,6 +569,8 @@ class Archive:
                         m.name,
                         f"hard link to {m.linkname!r}, which is not a file earlier in the archive",
                     )
+                if not _plausible_mtime(m.mtime):
+                    m.mtime = None  # type: ignore[assignment]  # as GNU tar: extracted, time not set
                 try:
                     # Links and folders through tarfile; regular files are written here, in chunks,
                     # after the same filter has checked them.
@@ -589,7 +592,8 @@ class Archive:
                             )
                         if checked.mode is not None:
                             os.chmod(target, checked.mode)
-                        os.utime(target, (m.mtime, m.mtime))
+                        if m.mtime is not None:
+                            os.utime(target, (m.mtime, m.mtime))
                     else:
                         tf.extract(m, dest, **_FILTER_KW)
                 except tarfile.FilterError as e:
@@ -720,6 +724,14 @@ class _EndCheckingTarInfo(tarfile.TarInfo):
         except _BAD_END as e:
             tf.unterminated = str(e)  # type: ignore[attr-defined]
             raise
+        except (ValueError, IndexError, KeyError, OverflowError) as e:
+            # A malformed extended header (e.g. a PAX sparse map) that tarfile's parser does not catch.
+            raise tarfile.ReadError(f"malformed header: {e}") from None
+
+
+def _plausible_mtime(mtime: object) -> bool:
+    """A modification time that the OS can set (a header can hold 1e400, NaN or 2**80)."""
+    return isinstance(mtime, (int, float)) and math.isfinite(mtime) and abs(mtime) < 2**40
 
 
 def _open_tar_stream(stream: IO[bytes]) -> tarfile.TarFile:
