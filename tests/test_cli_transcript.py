@@ -410,3 +410,32 @@ def test_a_full_disk_on_standard_output_is_named(ws: Path, argv: list[str]) -> N
     assert proc.returncode == 1, proc.stderr
     assert_one_error(proc.stderr, "standard output")
     assert "None" not in proc.stderr
+
+
+@pytest.mark.parametrize("delay", [0.05, 1.5], ids=["starting", "working"])
+@pytest.mark.parametrize(
+    "signum, status", [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)]
+)
+def test_ctrl_c_during_bench_reaches_every_process_quietly(
+    tmp_path: Path, signum: int, status: int, delay: float
+) -> None:
+    """Ctrl-C reaches the whole process group: the benchmark child stops as quietly as the command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "bench", "--quick", "--only", "index", "--out", "out"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the child has started
+        if line.startswith("running "):
+            break
+    time.sleep(delay)
+    assert proc.poll() is None, "the benchmark ended before the signal"
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err, err
