@@ -737,3 +737,28 @@ def test_a_malformed_extended_header_is_a_clear_error(tmp_path) -> None:
     assert e.value.path == "t.tar"
     with pytest.raises(FusionFastError, match="corrupt"):
         list(a.members())
+
+
+# -- two runs on one playground ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the playground lock uses flock")
+def test_a_second_run_on_the_same_playground_waits_for_nothing_and_touches_nothing(tmp_path) -> None:
+    # Another run (in another container or on another node: its pid means nothing here) is extracting;
+    # its work folder must not be taken for a dead run's, nor its archives placed twice at once.
+    import fcntl
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/1.jpg", b"1")]))
+    state = pg / "train" / "images" / ".fusion-fast"
+    busy = state / ".tmp-A.tar-999999999"  # no such pid here
+    (busy / "A").mkdir(parents=True)
+    plan = plan_prepare(src, pg)
+    with open(state / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FusionFastError, match="another fusion-fast prepare") as e:
+            run_prepare(plan)
+    assert busy.is_dir() and markers(pg / "train" / "images") == []
+    assert str(pg / "train" / "images") in str(e.value)
+    assert [u.status for u in run_prepare(plan_prepare(src, pg)).units] == ["extracted"]

@@ -633,8 +633,30 @@ def run_prepare(
     not stop the others. Ctrl-C and SIGTERM stop the extractions within a fraction of a second, remove
     their temporary folders and raise `KeyboardInterrupt` (`Terminated` for SIGTERM); units already
     placed keep their markers."""
-    with _sigterm_interrupts():
+    with _sigterm_interrupts(), _playground_lock(plan.images_dir):
         return _run_prepare(plan, jobs, progress, size_limits)
+
+
+@contextmanager
+def _playground_lock(images: Path) -> Iterator[None]:
+    """Hold `images/.fusion-fast/lock` for the run: a second run on the same playground (from another
+    container or node, where the work folders' pids mean nothing) would take the first one's work
+    folders for a killed run's and remove them. The lock goes with the process, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    state = images / MARKER_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FusionFastError(
+                f"another fusion-fast prepare is writing to {images}; wait for it to finish", path=str(images)
+            ) from None
+        yield
 
 
 def _run_prepare(
