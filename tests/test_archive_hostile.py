@@ -762,3 +762,26 @@ def test_a_second_run_on_the_same_playground_waits_for_nothing_and_touches_nothi
     assert busy.is_dir() and markers(pg / "train" / "images") == []
     assert str(pg / "train" / "images") in str(e.value)
     assert [u.status for u in run_prepare(plan_prepare(src, pg)).units] == ["extracted"]
+
+
+def test_a_work_folder_emptied_under_the_run_is_never_marked_complete(tmp_path, monkeypatch) -> None:
+    # Whatever removed them (a second run without the lock, a clean-up job), files that were extracted
+    # but are no longer there to be placed must not be recorded as in place.
+    import shutil
+
+    from fusion_fast.archives import Archive as ArchiveUnit
+
+    extract = ArchiveUnit.extract
+
+    def extract_then_lose_files(self, dest, *args, **kwargs):
+        out = extract(self, dest, *args, **kwargs)
+        shutil.rmtree(dest / "A")
+        return out
+
+    monkeypatch.setattr(ArchiveUnit, "extract", extract_then_lose_files)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/1.jpg", b"1"), ("A/2.jpg", b"2")]))
+    [unit] = run_prepare(plan_prepare(src, tmp_path / "pg")).units
+    assert unit.status == "failed" and "2 were extracted" in (unit.error or ""), unit.error
+    assert markers(tmp_path / "pg" / "train" / "images") == []

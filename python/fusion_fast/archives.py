@@ -1021,9 +1021,12 @@ def _same_file(src: Path, target: Path) -> bool:
 _SHOWN_CONFLICTS = 5
 
 
-def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: str) -> None:
+def _placement_conflicts(
+    tmp: Path, images: Path, strip: int, prefix: str, key: str, expected: int | None = None
+) -> None:
     """Raise before anything moves when placing `tmp` would put two members on one path, a file where
-    a folder is (or the reverse), a member in prepare's state folder, or replace a different file."""
+    a folder is (or the reverse), a member in prepare's state folder, or replace a different file; or
+    when `tmp` does not hold the `expected` number of files and links."""
     claimed: dict[str, str] = {}  # target (relative to images/) -> member
     kind: dict[str, str] = {}  # what a folder path of images/ is: "dir", "missing" or "other"
     conflicts: list[str] = []
@@ -1066,6 +1069,12 @@ def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: 
                     conflicts.append(f"member {member!r} -> images/{target}: a folder is there")
                 elif not _same_file(Path(top, name), images / target):
                     conflicts.append(f"member {member!r} -> images/{target}: exists and differs")
+    if expected is not None and len(claimed) != expected:
+        raise FusionFastError(
+            f"{expected} were extracted but {len(claimed)} are in its work folder {tmp} (changed by "
+            "something else?); nothing of it was placed",
+            path=key or None,
+        )
     for target in claimed:  # a member file where another member's folder goes
         folder = posixpath.dirname(target)
         while folder:
@@ -1086,13 +1095,16 @@ def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: 
         )
 
 
-def place(tmp: Path, images: Path, strip: int, prefix: str, key: str = "") -> list[str]:
+def place(
+    tmp: Path, images: Path, strip: int, prefix: str, key: str = "", expected: int | None = None
+) -> list[str]:
     """Move the extracted tree `tmp` into `images/<prefix>`, dropping its first `strip` path components
     (every file is deeper than that). Folders that exist are merged into; a file that exists is left as
     it is when it is the same (a re-run after an interrupted move), and is otherwise a conflict: every
     conflict is found before anything moves (`FusionFastError` naming `key`, the members and targets).
-    Returns the top-level entries of `images/` that received files."""
-    _placement_conflicts(tmp, images, strip, prefix, key)
+    With `expected`, the number of files and links `tmp` must hold. Returns the top-level entries of
+    `images/` that received files."""
+    _placement_conflicts(tmp, images, strip, prefix, key, expected)
     roots = [tmp]
     for _ in range(strip):
         roots = [d for r in roots for d in sorted(r.iterdir()) if d.is_dir() and not d.is_symlink()]

@@ -747,7 +747,7 @@ def _finish_unit(
         placement = decide_placement(members, refs, unit.fallback_prefix)
         check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix, images)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
-        entries = place(tmp, images, placement.strip, placement.prefix, unit.key)
+        entries = place(tmp, images, placement.strip, placement.prefix, unit.key, len(members))
         shutil.rmtree(tmp)
         s = item.stamp
         write_marker(
