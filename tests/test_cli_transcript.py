@@ -63,6 +63,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.yaml").write_text("datasets: [json_path: a\n")
     (root / "nodata.yaml").write_text("foo: 1\n")
     (root / "notes.txt").write_text("not a folder")
+    (root / "latin1.yaml").write_bytes(b"datasets:\n  - json_path: caf\xe9.json\n")
     return root
 
 
@@ -105,6 +106,11 @@ MISTAKES = [
     (["mix", "stage.yaml", "--export", f"data/{DATA}"], 2, "--export"),
     (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+    (["mix", "latin1.yaml"], 2, "latin1.yaml"),
+    (["check", "latin1.yaml"], 2, "latin1.yaml"),
+    (["synth", "/no/such/dir/x.json"], 2, "/no/such/dir"),
+    (["mix", "stage.yaml", "--export", "-"], 2, "--export -"),
+    (["check", "--write-exclude", "-", "stage.yaml"], 2, "--write-exclude -"),
 ]
 
 

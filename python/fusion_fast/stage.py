@@ -406,6 +406,10 @@ def read_stage(
         raise MixtureError(f"stage YAML not found: {yaml_path}", path=str(yaml_path)) from None
     except yaml.YAMLError as e:
         raise MixtureError(f"{yaml_path}: not valid YAML: {e}", path=str(yaml_path)) from None
+    except UnicodeDecodeError as e:
+        raise MixtureError(
+            f"{yaml_path}: not UTF-8 text (byte {e.start}); save the YAML as UTF-8", path=str(yaml_path)
+        ) from None
     if not isinstance(doc, dict) or "datasets" not in doc:
         raise MixtureError(f"{yaml_path}: expected a mapping with a 'datasets' list", path=str(yaml_path))
     datasets = doc["datasets"]

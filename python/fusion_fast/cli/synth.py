@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: is a folder; give the name of the file to write")
     if os.path.exists(out) and not args.force:
         raise UsageError(f"{out}: exists already; pass --force to overwrite it")
+    if not os.path.exists(out):
+        from .args import check_writable
+
+        check_writable(out, "OUT")
     size = args.size if args.size is not None or args.records is not None else 16 << 20
     started = time.perf_counter()
     # Written beside OUT under a temporary name (same suffix: it picks the format), then renamed: an
