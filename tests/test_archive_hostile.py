@@ -785,3 +785,21 @@ def test_a_work_folder_emptied_under_the_run_is_never_marked_complete(tmp_path, 
     [unit] = run_prepare(plan_prepare(src, tmp_path / "pg")).units
     assert unit.status == "failed" and "2 were extracted" in (unit.error or ""), unit.error
     assert markers(tmp_path / "pg" / "train" / "images") == []
+
+
+def test_a_hard_link_whose_target_goes_through_a_link_is_refused(tmp_path) -> None:
+    # `h` names `l/../x.jpg`, i.e. `x.jpg` as text, but the system resolves it through `l` -> `b/c`
+    # to `b/x.jpg`: a different file than the one checked.
+    folder = tarfile.TarInfo("b/c")
+    folder.type = tarfile.DIRTYPE
+    members = [
+        folder,
+        ("x.jpg", b"top"),
+        ("b/x.jpg", b"other"),
+        link("l", "b/c"),
+        link("h", "l/../x.jpg", tarfile.LNKTYPE),
+    ]
+    a = archive(tmp_path / "t.tar", tar_bytes(members))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="'h'.*through the link 'l'"):
+        a.extract(tmp_path / "out")

@@ -569,6 +569,8 @@ class Archive:
                         m.name,
                         f"hard link to {m.linkname!r}, which is not a file earlier in the archive",
                     )
+                if m.islnk():  # the system resolves its target now, through the links already written
+                    _check_link_chains(self.key, [(m.name, "", m.linkname)], links.__contains__)
                 if not _plausible_mtime(m.mtime):
                     m.mtime = None  # type: ignore[assignment]  # as GNU tar: extracted, time not set
                 try:
