@@ -469,3 +469,30 @@ def test_a_killed_build_s_temporary_index_is_removed_by_the_next_build(tmp_path:
     assert not dead.exists()
     assert alive.exists() and recent.exists()
     assert (tmp_path / "a.json.ffidx").is_file()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("flag", ["--json", "--write-exclude"])
+def test_a_full_disk_under_an_output_file_names_the_file(ws: Path, flag: str) -> None:
+    rc, _, err = ff("check", flag, "/dev/full", "stage.yaml", cwd=ws)
+    assert rc == 1, err
+    assert_one_error(err, "/dev/full")
+    assert "standard output" not in err and "wrote" not in err
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_an_interrupted_report_leaves_no_half_file(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The --json report appears whole or not at all."""
+    import fusion_fast.cli.check as cli_check
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_check.json, "dump", stop)
+    monkeypatch.setattr(cli_check.json, "dumps", stop)
+    monkeypatch.chdir(ws)
+    out = tmp_path / "report.json"
+    out.write_text('{"old": "report"}')
+    assert main(["check", "--json", str(out), "stage.yaml"]) == EXIT_INTERRUPTED
+    assert json.loads(out.read_text()) == {"old": "report"}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

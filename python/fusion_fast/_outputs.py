@@ -21,3 +21,24 @@ def rename_target(path: str | os.PathLike[str]) -> str | None:
     except FileNotFoundError:
         return real
     return real if stat.S_ISREG(mode) else None
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write `text` (UTF-8) to `path` whole or not at all: beside it under a temporary name, then renamed
+    (a pipe or a device is written into). An `OSError` names `path`."""
+    target = rename_target(path)
+    tmp = f"{target}.tmp-{os.getpid()}" if target is not None else os.fspath(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        if target is not None:
+            os.replace(tmp, target)
+    except BaseException as e:
+        if target is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = os.fspath(path)
+        raise
