@@ -551,6 +551,9 @@ def _zip_with_header_field(offset: int, value: int) -> bytes:
     [
         (_zip_with_header_field(6, 1), "encrypted"),  # general purpose flag bit 0
         (_zip_with_header_field(8, 99), "compression method 99"),  # AES and other methods
+        (_zip_with_header_field(6, 0x40), "not supported"),  # strong encryption
+        (_zip_with_header_field(6, 0x20), "not supported"),  # compressed patched data
+        (_zip_with_header_field(4, 96), "not supported"),  # needs zip version 9.6 to extract
         (b"PK", "not a zip file"),  # shorter than any end record
         (b"", "not a zip file"),
     ],

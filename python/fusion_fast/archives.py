@@ -627,8 +627,10 @@ class Archive:
             raise _refuse(self.key, info.filename, f"{kind} (not supported in zip archives)")
         if path is None and not info.is_dir():
             raise _refuse(self.key, info.filename, "a file member with an empty name")
-        if info.flag_bits & 0x1:
+        if info.flag_bits & 0x41:  # traditional or strong encryption
             raise _refuse(self.key, info.filename, "encrypted (not supported)")
+        if info.flag_bits & 0x20:
+            raise _refuse(self.key, info.filename, "compressed patched data (not supported)")
         if info.compress_type not in _ZIP_METHODS:
             raise _refuse(
                 self.key,
@@ -704,6 +706,8 @@ class _ArchiveErrors:
         # bz2 and lzma report a damaged stream as an OSError without an errno (disk errors have one).
         if isinstance(err, _DAMAGE) or (type(err) is OSError and err.errno is None):
             raise FusionFastError(f"corrupt or truncated archive: {err}", path=self.key) from err
+        if isinstance(err, NotImplementedError):  # zipfile: a newer zip version, an unknown feature
+            raise FusionFastError(f"uses a zip feature that is not supported: {err}", path=self.key) from err
 
 
 #: Compression methods zipfile reads (others, e.g. AES's 99 or deflate64's 9, it cannot).
