@@ -63,6 +63,10 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.yaml").write_text("datasets: [json_path: a\n")
     (root / "nodata.yaml").write_text("foo: 1\n")
     (root / "notes.txt").write_text("not a folder")
+    (root / "typo.yaml").write_text(
+        f"datasets:\n  - json_path: data/{DATA}\n    sampling_stratgy: first:10\n"
+    )
+    (root / "typo_path.yaml").write_text(f"datasets:\n  - json_pth: data/{DATA}\n")
     (root / "latin1.yaml").write_bytes(b"datasets:\n  - json_path: caf\xe9.json\n")
     return root
 
@@ -106,6 +110,9 @@ MISTAKES = [
     (["mix", "stage.yaml", "--export", f"data/{DATA}"], 2, "--export"),
     (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+    (["mix", "typo.yaml"], 2, "sampling_stratgy"),
+    (["check", "typo.yaml"], 2, "sampling_stratgy"),
+    (["mix", "typo_path.yaml"], 2, "json_pth"),
     (["mix", "latin1.yaml"], 2, "latin1.yaml"),
     (["check", "latin1.yaml"], 2, "latin1.yaml"),
     (["synth", "/no/such/dir/x.json"], 2, "/no/such/dir"),
