@@ -351,6 +351,9 @@ def test_a_selection_too_large_to_hold_is_refused_before_allocating(files, monke
     with pytest.raises(MixtureError, match=r"datasets\[0\].*1,055 records.*at most 1,000") as err:
         Mixture([{**entry, "repeat": 5}], root=files)
     assert "repeat" in str(err.value)
+    assert len(Mixture([{**entry, "repeat": 4.735}], root=files)) == 1000  # 844 + 156: exactly the bound
+    with pytest.raises(MixtureError, match="1,003 records"):
+        Mixture([{**entry, "repeat": 4.75}], root=files)  # 844 + 159
 
 
 @pytest.mark.timeout(60)
@@ -599,6 +602,10 @@ def test_smallest_keys_and_their_ties():
         k = int(rng.integers(0, 51))
         expected = sorted(sorted(range(50), key=lambda i: (keys[i], i))[:k])
         assert smallest_positions(keys, k).tolist() == expected
+    for _ in range(50):  # distinct keys: the k-th smallest must be found exactly, not a neighbour
+        keys = rng.permutation(40).astype(np.uint64)
+        k = int(rng.integers(1, 40))
+        assert smallest_positions(keys, k).tolist() == sorted(np.argsort(keys, kind="stable")[:k].tolist())
 
 
 def test_random_subset_depends_only_on_seed_file_and_occurrence(files):
@@ -659,6 +666,25 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
     write_exclude(exclude, {data: [211]})
     with pytest.raises(MixtureError, match="record 211"):
         Mixture([{"json_path": str(data), "exclude": str(exclude)}])
+
+
+def test_exclude_after_end_and_random_strategies(files, tmp_path):
+    data = files / "jsons" / "Lines-211.jsonl"
+    exclude = tmp_path / "bad.json"
+    plain = Mixture([{"json_path": str(data), "sampling_strategy": "random:30"}], seed=4)
+    chosen = plain.datasets[0].selected.tolist()
+    dropped = chosen[1:4] + [200]
+    write_exclude(exclude, {data: dropped + [205]})
+    mix = Mixture(
+        [
+            {"json_path": str(data), "sampling_strategy": "random:30", "exclude": str(exclude)},
+            {"json_path": str(data), "sampling_strategy": "end:20", "exclude": str(exclude)},
+        ],
+        seed=4,
+    )
+    rnd, end = mix.datasets
+    assert rnd.selected.tolist() == [i for i in chosen if i not in dropped + [205]]
+    assert end.selected.tolist() == [i for i in range(191, 211) if i not in (200, 205)] and end.excluded == 2
 
 
 # -- malformed stages --------------------------------------------------------------------------------------
