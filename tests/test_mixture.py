@@ -671,6 +671,13 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
         Mixture([{"json_path": str(data), "exclude": str(exclude)}])
 
 
+def test_repeat_of_an_end_selection(files):
+    data = files / "jsons" / "Lines-211.jsonl"
+    mix = Mixture([{"json_path": str(data), "sampling_strategy": "end:10", "repeat": 2.5}], seed=1)
+    sel = mix.datasets[0].selected.tolist()
+    assert sel[:20] == list(range(201, 211)) * 2 and len(sel) == 25 and set(sel[20:]) <= set(range(201, 211))
+
+
 def test_exclude_after_end_and_random_strategies(files, tmp_path):
     data = files / "jsons" / "Lines-211.jsonl"
     exclude = tmp_path / "bad.json"
