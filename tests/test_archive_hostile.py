@@ -806,3 +806,20 @@ def test_a_hard_link_whose_target_goes_through_a_link_is_refused(tmp_path) -> No
     (tmp_path / "out").mkdir()
     with pytest.raises(FusionFastError, match="'h'.*through the link 'l'"):
         a.extract(tmp_path / "out")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 are a POSIX thing")
+def test_file_names_that_are_not_utf8_are_placed_as_they_are(tmp_path) -> None:
+    # An unpacked folder (from a Latin-1 zip, say) and a tar member whose names are bytes that are not
+    # UTF-8: Python sees surrogates, which encode() refused while fingerprinting the folder.
+    src = tmp_path / "src"
+    (src / "Imgs").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (src / "Imgs" / name).write_bytes(b"folder")
+    (src / "T.tar").write_bytes(tar_bytes([(f"T/{name}", b"tar")]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"))
+    assert [(u.status, u.error) for u in result.units] == [("extracted", None)] * 2
+    images = tmp_path / "pg" / "train" / "images"
+    assert (images / "Imgs" / name).read_bytes() == b"folder"
+    assert (images / "T" / name).read_bytes() == b"tar"
+    assert [u.todo for u in plan_prepare(src, tmp_path / "pg").units] == [False, False]

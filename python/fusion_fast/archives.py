@@ -833,8 +833,8 @@ class FolderUnit:
 
     def stamp(self) -> Stamp:
         h = hashlib.blake2b(digest_size=16)
-        for path, size, mtime in sorted(self.files):
-            h.update(f"{path}\0{size}\0{mtime}\n".encode())
+        for path, size, mtime in sorted(self.files):  # names as the OS gave them, UTF-8 or not
+            h.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
         return Stamp(self.size, max((m for _, _, m in self.files), default=0), h.hexdigest())
 
     def members(self, limit: int | None = None) -> Iterator[str]:
