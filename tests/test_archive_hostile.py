@@ -823,3 +823,15 @@ def test_file_names_that_are_not_utf8_are_placed_as_they_are(tmp_path) -> None:
     assert (images / "Imgs" / name).read_bytes() == b"folder"
     assert (images / "T" / name).read_bytes() == b"tar"
     assert [u.todo for u in plan_prepare(src, tmp_path / "pg").units] == [False, False]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 are a POSIX thing")
+def test_an_annotation_file_name_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path) -> None:
+    # The stage YAML is UTF-8 text and cannot name it; the index failed with a misleading "no such file".
+    src = tmp_path / "src"
+    src.mkdir()
+    write_json(src / os.fsdecode(b"caf\xe9.json"), [record("r-0", "A/0.jpg")])
+    with pytest.raises(FusionFastError, match="not valid UTF-8") as e:
+        plan_prepare(src, tmp_path / "pg")
+    assert "caf" in str(e.value)
+    assert not (tmp_path / "pg").exists()

@@ -439,6 +439,12 @@ def plan_prepare(
     by_name: dict[str, str] = {}
     jsons = []
     for key, path in found.jsons:
+        if not _is_utf8(path.name):
+            raise FusionFastError(
+                f"the annotation file name {path.name!r} is not valid UTF-8, which the stage YAML (UTF-8 "
+                "text) cannot name; rename it",
+                path=key.encode("utf-8", "backslashreplace").decode(),
+            )
         if path.name in by_name:
             raise FusionFastError(
                 f"two annotation files are both named {path.name}: {by_name[path.name]} and {key}; "
@@ -462,6 +468,15 @@ def plan_prepare(
             path=str(yaml_out),
         )
     return Plan(source, root_path, yaml_out, jsons, units, text)
+
+
+def _is_utf8(name: str) -> bool:
+    """`name` came from UTF-8 bytes (the OS's bytes that are not show up as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_action(source: Path, target: Path) -> str:
