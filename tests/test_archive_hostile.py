@@ -835,3 +835,27 @@ def test_an_annotation_file_name_that_is_not_utf8_is_refused_before_anything_is_
         plan_prepare(src, tmp_path / "pg")
     assert "caf" in str(e.value)
     assert not (tmp_path / "pg").exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses SIGALRM to turn a hang into a failure")
+def test_listing_a_tar_whose_member_claims_an_enormous_size_ends_promptly(tmp_path) -> None:
+    # tarfile's stream reader skips a member's data block by block, and kept looping past the end of the
+    # stream for 10**16 blocks: `prepare --dry-run` hung.
+    import signal
+
+    def too_slow(*_: object) -> None:
+        raise TimeoutError("listing did not end")
+
+    a = archive(tmp_path / "t.tar", _with_pax(("T/x.jpg", b"x" * 100), {"size": "99999999999999999999"}))
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        with pytest.raises(FusionFastError, match="corrupt or truncated") as e:
+            list(a.members())
+        (tmp_path / "out").mkdir()
+        with pytest.raises(FusionFastError, match="corrupt or truncated"):
+            a.extract(tmp_path / "out", limits=None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert e.value.path == "t.tar"

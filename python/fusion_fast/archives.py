@@ -505,6 +505,8 @@ class Archive:
                 while (m := tf.next()) is not None:
                     _forget_members(tf)
                     path = self._check_tar_member(m, seen, links)
+                    if m.isreg():
+                        _skip_data(tf, m)
                     if path is not None and not m.isdir():
                         yield path
                 _raise_if_unterminated(tf, self.key)
@@ -796,6 +798,16 @@ def _data_filter(m: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
 
 
 _FILTER_KW: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+
+
+def _skip_data(tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    """Read past a member's data. tarfile's own skipping (in `next()`) goes block by block to the offset
+    the header claims, also beyond the end of the stream: a size of 10**20 would loop for ever. Reading
+    ends at the end of the stream, with an "unexpected end of data" error."""
+    src = tf.extractfile(m)
+    assert src is not None
+    while src.read(_COPY_BUFFER):
+        pass
 
 
 def _forget_members(tf: tarfile.TarFile) -> None:
