@@ -145,6 +145,11 @@ UNWRITABLE: dict[str, tuple[list, str, str]] = {
     "file-under-file": ([("a", b"x"), ("a/b.jpg", b"y")], "a/b.jpg", "cannot extract member"),
     "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "through the link 'l'"),
     "sparse": ([_sparse("s.jpg")], "s.jpg", "sparse file"),
+    "hardlink-name-too-long": (
+        [("a.jpg", b"a"), _hard("h" * 300 + ".jpg", "a.jpg")],
+        "h" * 300 + ".jpg",
+        "cannot extract member",
+    ),
     "name-too-long": (
         [("x/" + "n" * 300 + ".jpg", b"q")],
         "x/" + "n" * 300 + ".jpg",

@@ -604,6 +604,10 @@ class Archive:
                     raise _refuse(self.key, m.name, str(e)) from None
                 except OSError as e:
                     raise _member_error(self.key, m.name, e) from e
+                except (KeyError, ValueError):
+                    # tarfile's fallback for a link it cannot make looks the target up among the headers,
+                    # which stream reading does not keep: the link itself could not be made.
+                    raise _refuse(self.key, m.name, "cannot extract member (the link was refused)") from None
                 if m.issym():
                     out.symlinks.append((path, m.linkname))
                 elif not m.isdir():
