@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use fs2::FileExt;
-use memmap2::Mmap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::index_file::{write_index, Header, SourceStamp};
+use crate::mapping::{stale_error, GuardedMap};
 use crate::scan::{scan, Format, ScanOptions};
 
 /// When to (re)build an index.
@@ -120,8 +120,10 @@ pub struct JsonIndex {
     pub built: bool,
     /// Seconds spent building (0 when the index was reused).
     pub build_seconds: f64,
-    index: Mmap,
-    source: Option<Mmap>,
+    /// The one mapping of each file in this process: Python's views (columns, `raw`, exports) are
+    /// views of these, so a file that shrinks under them is caught in one place (`mapping`).
+    index: Arc<GuardedMap>,
+    source: Option<Arc<GuardedMap>>,
     /// The data file, for positional reads (`read_span`) that leave the mapping untouched.
     #[cfg_attr(not(unix), allow(dead_code))]
     source_file: File,
@@ -130,20 +132,9 @@ pub struct JsonIndex {
     length_column: usize,
 }
 
-// SAFETY (for both maps below): the files are mapped read-only. fusion-fast never writes a file that
-// is mapped: indexes are replaced by rename, which leaves existing maps on the old inode. If another
-// program truncates the data file while it is mapped, reads past the new end raise SIGBUS; a
-// changed source is detected by its stamp on every open, which is the best a reader can do.
-fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    if len == 0 {
-        return Ok(None); // mmap of an empty file fails on Linux; nothing to map
-    }
-    let m = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, "memory-map", e))?;
-    Ok(Some(m))
+/// Maps `file` whole under the SIGBUS guard (see `mapping`); `None` for an empty file.
+fn map(file: &File, path: &Path) -> Result<Option<GuardedMap>> {
+    GuardedMap::new(file, path, false)
 }
 
 /// Files up to this size are pre-faulted when mapped for a build: one sequential read-ahead instead of
@@ -151,17 +142,11 @@ fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
 /// memory and are faulted in as the scan goes.
 const POPULATE_MAX_BYTES: u64 = 8 << 30;
 
-fn map_for_scan(file: &File, path: &Path, size: u64) -> Result<Option<Mmap>> {
-    if size == 0 || size > POPULATE_MAX_BYTES {
-        return map(file, path);
-    }
-    // SAFETY: as for `map`.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(file) }
-        .map_err(|e| Error::io(path, "memory-map", e))?;
-    Ok(Some(m))
+fn map_for_scan(file: &File, path: &Path, size: u64) -> Result<Option<GuardedMap>> {
+    GuardedMap::new(file, path, size <= POPULATE_MAX_BYTES)
 }
 
-fn map_required(file: &File, path: &Path) -> Result<Mmap> {
+fn map_required(file: &File, path: &Path) -> Result<GuardedMap> {
     map(file, path)?.ok_or_else(|| {
         Error::new(ErrorKind::CorruptIndex, "index is corrupt: file is empty").with_path(path)
     })
@@ -183,7 +168,7 @@ impl JsonIndex {
 
     /// The whole data file.
     pub fn source_bytes(&self) -> &[u8] {
-        self.source.as_deref().unwrap_or(&[])
+        self.source.as_deref().map_or(&[], |m| m)
     }
 
     /// Byte span (offset, length) of record `i`; `i` must be below `len()`.
@@ -199,8 +184,57 @@ impl JsonIndex {
     /// Maps every page of the index file in one call (Linux 5.14+; elsewhere a no-op): before a pass
     /// over whole columns, this is several times cheaper than a page fault per 4 KiB.
     pub fn populate_index(&self) {
-        #[cfg(target_os = "linux")]
-        let _ = self.index.advise(memmap2::Advice::PopulateRead);
+        self.index.populate();
+    }
+
+    /// The index file's mapping, shared with Python's views of it.
+    pub fn index_map(&self) -> &Arc<GuardedMap> {
+        &self.index
+    }
+
+    /// The data file's mapping (`None` for an empty file), shared with Python's views of it.
+    pub fn source_map(&self) -> Option<&Arc<GuardedMap>> {
+        self.source.as_ref()
+    }
+
+    /// A stale-index error when a page of either mapping vanished (the file shrank) since it was
+    /// mapped: what was read from it may hold zeros in place of the data. One atomic load per file;
+    /// call it after reading, before anything read is returned.
+    #[inline]
+    pub fn check_mapped(&self) -> Result<()> {
+        if self.index.is_stale() {
+            return Err(stale_error(&self.index_path, "the index file"));
+        }
+        if self.source.as_ref().is_some_and(|s| s.is_stale()) {
+            return Err(stale_error(&self.source_path, "the data file"));
+        }
+        Ok(())
+    }
+
+    /// `check_mapped`, and a stale-index error when the open data file is now shorter than its
+    /// mapping or was modified since it was indexed (one `fstat`): catches a rewrite before its
+    /// pages are touched, and one that left a partly filled last page, which reads as zeros without
+    /// a fault.
+    pub fn check_source(&self) -> Result<()> {
+        self.check_mapped()?;
+        let meta = self
+            .source_file
+            .metadata()
+            .map_err(|e| Error::io(&self.source_path, "stat the data file", e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        if meta.len() < self.source_bytes().len() as u64 || mtime_ns != self.header.source.mtime_ns
+        {
+            return Err(Error::new(
+                ErrorKind::StaleIndex,
+                "the data file changed after it was opened; reopen it",
+            )
+            .with_path(&self.source_path));
+        }
+        Ok(())
     }
 
     /// The little-endian bytes of column `name` (see `columns::COLUMNS`).
@@ -251,7 +285,9 @@ impl JsonIndex {
 
     /// Recomputes every column checksum.
     pub fn verify(&self) -> Result<()> {
-        self.header.verify_columns(&self.index, &self.index_path)
+        let verified = self.header.verify_columns(&self.index, &self.index_path);
+        self.check_mapped()?;
+        verified
     }
 
     /// Maps a valid index at `index_path` for `source`, or says why it cannot be used.
@@ -297,8 +333,8 @@ impl JsonIndex {
             header,
             built: false,
             build_seconds: 0.0,
-            index,
-            source: source_map,
+            index: Arc::new(index),
+            source: source_map.map(Arc::new),
             source_file: src,
         })
     }

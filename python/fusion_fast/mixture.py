@@ -41,7 +41,7 @@ import numpy as np
 
 from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
-from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence, _map_file
+from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence
 from .index import open as open_index
 from .stage import DatasetSpec, read_stage, spec_from_entry
 
@@ -371,9 +371,13 @@ class Mixture(RecordSequence):
                 for d in self.datasets:
                     if not len(d):
                         continue
-                    data = memoryview(_map_file(d.index.path))
+                    # A view of the index's own mapping: a data file that shrinks or is rewritten
+                    # meanwhile raises StaleIndexError (checked around each batch), never crashes.
+                    core = d.index._core
+                    data = memoryview(core.source_buffer())
                     offsets, lengths = d.column("offset"), d.column("length")
                     for lo in range(0, len(d), batch):
+                        core.check()
                         ends = (offsets[lo : lo + batch] + lengths[lo : lo + batch]).tolist()
                         starts = offsets[lo : lo + batch].tolist()
                         parts: list[memoryview | bytes] = [
@@ -381,6 +385,7 @@ class Mixture(RecordSequence):
                         ]
                         parts.append(b"")
                         chunk = _one_line_each(b"\0".join(parts))
+                        core.check()
                         f.write(chunk)
                         written += len(chunk)
                     data.release()
