@@ -52,7 +52,9 @@ print(json.dumps({
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--build", action="append", required=True, help="NAME=python-folder")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--picks", type=int, default=100_000)

@@ -39,15 +39,14 @@ struct Slot {
     stale: AtomicBool,
 }
 
-#[allow(clippy::declare_interior_mutable_const)] // only used to initialise the static table
-const EMPTY_SLOT: Slot = Slot {
-    state: AtomicU8::new(FREE),
-    start: AtomicUsize::new(0),
-    len: AtomicUsize::new(0),
-    stale: AtomicBool::new(false),
-};
-
-static TABLE: [Slot; SLOTS] = [EMPTY_SLOT; SLOTS];
+static TABLE: [Slot; SLOTS] = [const {
+    Slot {
+        state: AtomicU8::new(FREE),
+        start: AtomicUsize::new(0),
+        len: AtomicUsize::new(0),
+        stale: AtomicBool::new(false),
+    }
+}; SLOTS];
 /// One past the highest slot ever claimed.
 static HIGH_WATER: AtomicUsize = AtomicUsize::new(0);
 
@@ -208,7 +207,10 @@ fn page_size() -> usize {
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
             #[cfg(not(unix))]
             let page = 4096;
-            let page = usize::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096);
+            let page = usize::try_from(page)
+                .ok()
+                .filter(|&p| p > 0)
+                .unwrap_or(4096);
             PAGE_SIZE.store(page, Ordering::Relaxed);
             page
         }

@@ -102,9 +102,7 @@ fn boundary<T>(operation: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<
                 .unwrap_or_else(|| "unknown panic".into());
             let message = format!("internal error in {operation}: {what}");
             Err(Python::attach(|py| match error_class(py, BASE_ERROR) {
-                Ok(cls) => cls
-                    .call1((message,))
-                    .map_or_else(|e| e, PyErr::from_value),
+                Ok(cls) => cls.call1((message,)).map_or_else(|e| e, PyErr::from_value),
                 Err(e) => e,
             }))
         }
@@ -129,7 +127,9 @@ impl Progress {
     }
     #[getter]
     fn value(&self) -> PyResult<u64> {
-        boundary("Progress.value", || Ok(self.counter.load(Ordering::Relaxed)))
+        boundary("Progress.value", || {
+            Ok(self.counter.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -193,6 +193,9 @@ impl Mapped {
     }
 }
 
+/// Calls of `Index::get`, to re-check the SIGBUS handler now and then.
+static GETS: AtomicU64 = AtomicU64::new(0);
+
 /// An open index: the Rust side of `fusion_fast.JsonIndex`.
 #[pyclass(module = "fusion_fast._core", frozen)]
 struct Index {
@@ -242,6 +245,12 @@ impl Index {
     /// Record `i` (negative counts from the end) as Python objects.
     fn get<'py>(&self, py: Python<'py>, i: i64) -> PyResult<Bound<'py, PyAny>> {
         boundary("JsonIndex[i]", || {
+            // A SIGBUS handler installed after the index was opened (a late `faulthandler.enable()`)
+            // would take a fault before ours: ours is put back every few thousand calls. Not on every
+            // call: a `sigaction` costs about a tenth of an `idx[i]`.
+            if GETS.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
+                ensure_handler();
+            }
             let j = self.position(i)?;
             self.parse(py, j)
         })
@@ -348,9 +357,7 @@ impl Index {
                 lengths_into(words, flags, sel_slice, start, kind, out_slice)
             });
             self.inner.check_mapped()?;
-            result.map_err(|bad| {
-                PyIndexError::new_err(format!("record number {bad} out of range"))
-            })
+            result.map_err(|bad| PyIndexError::new_err(format!("record number {bad} out of range")))
         })
     }
 
@@ -548,7 +555,8 @@ fn files_exist<'py>(
                 .map(|pool| pool.install(run)),
             None => Ok(run()),
         });
-        let found = found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;
+        let found =
+            found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;
         let bytes: Vec<u8> = found.into_iter().map(u8::from).collect();
         Ok(PyBytes::new(py, &bytes))
     })
@@ -1039,9 +1047,7 @@ fn shipped_error(py: Python<'_>, e: PyErr, source: &ItemSource<'_>, record: i64)
 /// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).
 #[pyfunction]
 fn collate_records<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    boundary("collate_records", || {
-        collate_json(items)
-    })
+    boundary("collate_records", || collate_json(items))
 }
 
 /// Panics, for tests of the panic boundary: the error must come out as a `FusionFastError`.

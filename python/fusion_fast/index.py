@@ -185,7 +185,7 @@ class JsonIndex(RecordSequence):
             # The buffer and the column table come from one open index, so they describe the same
             # file even after the index is rebuilt and replaced on disk.
             self._core.populate_index()
-            index_map = self._core.index_buffer()
+            index_map = memoryview(self._core.index_buffer())
             columns = {
                 name: np.frombuffer(index_map, dtype=np.dtype(dtype), count=count, offset=offset)
                 for name, dtype, offset, count in self._core.column_table()
