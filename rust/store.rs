@@ -321,6 +321,10 @@ impl JsonIndex {
         if verify.unwrap_or(column_bytes <= AUTO_VERIFY_BYTES) {
             header.verify_columns(&index, index_path)?;
         }
+        if index.is_stale() {
+            // Cut short while its header was read: what was read may be zeros.
+            return Err(stale_error(index_path, "the index file"));
+        }
         let src = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
         let source_map = map(&src, source)?;
         let column_at = |name: &str| header.column(name).map_or(0, |c| c.offset as usize);
