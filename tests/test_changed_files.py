@@ -65,6 +65,10 @@ CHILD = textwrap.dedent(
     def act():
         if action == "get":
             return idx[n - 1]
+        if action == "get_after_many":
+            for _ in range(4096):
+                idx[0]
+            return idx[n - 1]
         if action == "get_many":
             return idx.get_many([0, n - 1])
         if action == "iterate":
@@ -127,7 +131,7 @@ def test_a_data_file_cut_short_while_open_is_a_stale_index_error_naming_it(tmp_p
     assert not (tmp_path / "export.jsonl").exists()
 
 
-@pytest.mark.parametrize("action", ["get_many", "iterate", "raw"])
+@pytest.mark.parametrize("action", ["get_many", "iterate", "raw", "get_after_many"])
 def test_the_guard_outlives_a_faulthandler_enabled_after_opening(tmp_path, action):
     """Batch calls put the guard back on top of a handler installed after opening (`idx[i]` alone
     does so only every few thousand calls: a `sigaction` per call would cost a tenth of it)."""
