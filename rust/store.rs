@@ -516,4 +516,31 @@ mod tests {
         let end = text.len();
         assert!(index.read_span(end - 2..end + 2, &mut past_end).is_err());
     }
+
+    #[test]
+    fn a_data_file_cut_short_while_open_reads_as_stale_not_as_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.jsonl");
+        let line = format!("{{\"text\": \"{}\"}}\n", "x".repeat(100));
+        std::fs::write(&source, line.repeat(1000)).unwrap();
+        let index = open(&source, &OpenOptions::default()).unwrap();
+        assert!(index.check_source().is_ok());
+        std::fs::File::options()
+            .write(true)
+            .open(&source)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let raw = index.raw(999).unwrap();
+        // SAFETY: a read of a vanished page, which the guard turns into zeros.
+        let first = unsafe { std::ptr::read_volatile(raw.as_ptr()) };
+        assert_eq!(first, 0);
+        let err = index.check_mapped().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::StaleIndex);
+        assert_eq!(err.path.as_deref(), Some(source.as_path()));
+        assert_eq!(
+            index.check_source().unwrap_err().kind,
+            ErrorKind::StaleIndex
+        );
+    }
 }
