@@ -3,7 +3,7 @@
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +12,8 @@ use memmap2::Mmap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::index_file::{write_index, Header, SourceStamp};
-use crate::scan::{scan, Format, ScanOptions};
+use crate::index_file::{is_temp_name, write_index, Header, SourceStamp};
+use crate::scan::{cancelled, scan, Format, ScanOptions};
 
 /// When to (re)build an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,42 @@ pub struct OpenOptions {
     pub scan: ScanOptions,
     /// Recompute column checksums on open. `None`: only for small indexes (see `AUTO_VERIFY_BYTES`).
     pub verify: Option<bool>,
+    /// Lets another thread stop a build (see `Cancel`).
+    pub cancel: Option<Arc<Cancel>>,
+}
+
+/// Stops an `open` that builds, from another thread (Ctrl-C in Python). The scan and the writer check
+/// the request often, so a build stops within milliseconds, removes its temporary file and leaves any
+/// previous index in place. A wait for the build lock held by another process cannot be interrupted;
+/// while it lasts the opening thread holds nothing that needs cleaning up, says so through
+/// `is_waiting_for_lock`, and gives up without building as soon as it gets the lock, so the thread that
+/// asked need not wait for it.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    requested: Arc<AtomicBool>,
+    waiting_for_lock: AtomicBool,
+}
+
+impl Cancel {
+    pub fn new() -> Arc<Cancel> {
+        Arc::new(Cancel::default())
+    }
+
+    /// Asks the build to stop; `open` then fails with `scan::cancelled()`'s error.
+    pub fn request(&self) {
+        // SeqCst pairs with `wait_for_lock`: either the waiter sees the request when it gets the
+        // lock, or the requester sees it still waiting.
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the opening thread is blocked on another process's build lock (see the type's comment).
+    pub fn is_waiting_for_lock(&self) -> bool {
+        self.waiting_for_lock.load(Ordering::SeqCst)
+    }
 }
 
 impl Default for OpenOptions {
@@ -61,6 +97,7 @@ impl Default for OpenOptions {
             threads: None,
             scan: ScanOptions::default(),
             verify: None,
+            cancel: None,
         }
     }
 }
@@ -151,14 +188,35 @@ fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
 /// memory and are faulted in as the scan goes.
 const POPULATE_MAX_BYTES: u64 = 8 << 30;
 
-fn map_for_scan(file: &File, path: &Path, size: u64) -> Result<Option<Mmap>> {
-    if size == 0 || size > POPULATE_MAX_BYTES {
-        return map(file, path);
+/// Pre-faulting goes this many bytes at a time, checking for a stop request in between: from a slow
+/// disk, faulting in gigabytes in one call could not be interrupted for seconds.
+const POPULATE_STEP_BYTES: usize = 64 << 20;
+
+fn map_for_scan(
+    file: &File,
+    path: &Path,
+    size: u64,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<Mmap>> {
+    let m = map(file, path)?;
+    #[cfg(target_os = "linux")]
+    if let Some(m) = m.as_ref().filter(|_| size <= POPULATE_MAX_BYTES) {
+        for start in (0..m.len()).step_by(POPULATE_STEP_BYTES) {
+            if crate::scan::is_cancelled(cancel) {
+                return Err(cancelled());
+            }
+            let len = POPULATE_STEP_BYTES.min(m.len() - start);
+            // Before Linux 5.14 this fails, and pages are faulted in as the scan reads them.
+            if m.advise_range(memmap2::Advice::PopulateRead, start, len)
+                .is_err()
+            {
+                break;
+            }
+        }
     }
-    // SAFETY: as for `map`.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(file) }
-        .map_err(|e| Error::io(path, "memory-map", e))?;
-    Ok(Some(m))
+    #[cfg(not(target_os = "linux"))]
+    let _ = (size, cancel);
+    Ok(m)
 }
 
 fn map_required(file: &File, path: &Path) -> Result<Mmap> {
@@ -306,10 +364,12 @@ impl JsonIndex {
 
 /// Builds the index of `source` into `dest` (atomically) and returns the source's stamp as scanned.
 /// It is taken here, not reused from `open`, because the file may change while a builder waits on the lock.
+/// `opts.scan.cancel` stops it (see `Cancel`).
 pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceStamp> {
+    let cancel = opts.scan.cancel.as_deref();
     let stamp = SourceStamp::of(source)?;
     let file = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
-    let data = map_for_scan(&file, source, stamp.size)?;
+    let data = map_for_scan(&file, source, stamp.size, cancel)?;
     let data: &[u8] = data.as_deref().unwrap_or(&[]);
     let format = Format::from_path(source);
     let run_scan = || scan(data, format, &opts.scan);
@@ -330,7 +390,7 @@ pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceSta
         )
         .with_path(source));
     }
-    write_index(dest, stamp, format, &runs)?;
+    write_index(dest, stamp, format, &runs, cancel)?;
     Ok(stamp)
 }
 
@@ -370,9 +430,13 @@ pub fn open(source: &Path, opts: &OpenOptions) -> Result<JsonIndex> {
             }));
         }
     }
+    let mut opts = opts.clone();
+    if let Some(c) = &opts.cancel {
+        opts.scan.cancel = Some(c.requested.clone());
+    }
     let mut last_err = None;
     for dest in &candidates {
-        match build_locked(source, dest, &stamp, opts) {
+        match build_locked(source, dest, &stamp, &opts) {
             Ok(idx) => return Ok(idx),
             Err(BuildError::Unwritable(e)) => last_err = Some(e),
             Err(BuildError::Failed(e)) => return Err(e),
@@ -389,7 +453,131 @@ enum BuildError {
     Failed(Error),
 }
 
-/// Builds at `dest` under an exclusive lock, so concurrent openers build once and the rest map it.
+/// The lock that lets one process at a time build `dest`: an exclusive `flock` on `.NAME.lock` beside
+/// it. Nothing but the index may stay beside the user's data, so its holder removes the lock file
+/// before unlocking; a process that then gets the lock on the removed file sees (by comparing the
+/// inode it holds with the one the path names now) that it holds nothing and tries again. The lock
+/// file lives beside the index rather than in a folder of our own because that is the one place every
+/// process that may build this index can write, whatever its home folder or cache settings, and the
+/// data file itself is no alternative: on NFS `flock` is emulated with byte-range locks, which need a
+/// file open for writing, and data is often read-only. (On NFS, a lock file removed while a waiter
+/// holds it open briefly becomes a `.nfsXXXX` file, which goes when the waiter closes it.) A process
+/// killed while holding the lock leaves the file behind; the kernel releases the lock, and the next
+/// builder takes and then removes it.
+struct BuildLock {
+    path: PathBuf,
+    /// Held open, and so locked, until dropped, after the file is removed.
+    _file: File,
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.lock"))
+}
+
+/// Whether `file` (open) and `path` are the same file: false once `path` was removed or replaced.
+fn names_same_file(file: &File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) => Ok(held.dev() == now.dev() && held.ino() == now.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(true)
+    }
+}
+
+/// Takes the build lock of `dest`, waiting for another builder to finish.
+fn acquire_build_lock(
+    dest: &Path,
+    cancel: Option<&Cancel>,
+) -> std::result::Result<BuildLock, BuildError> {
+    let path = lock_path(dest);
+    let failed = |what: &str, e: std::io::Error| BuildError::Failed(Error::io(&path, what, e));
+    loop {
+        let file = match FsOpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if is_unwritable(&e) => {
+                return Err(BuildError::Unwritable(Error::io(
+                    &path,
+                    "create the lock file",
+                    e,
+                )))
+            }
+            Err(e) => return Err(failed("create the lock file", e)),
+        };
+        if let Some(c) = cancel {
+            c.waiting_for_lock.store(true, Ordering::SeqCst);
+        }
+        let locked = loop {
+            match file.lock_exclusive() {
+                // A signal meant for another thread can interrupt the wait.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        if let Some(c) = cancel {
+            c.waiting_for_lock.store(false, Ordering::SeqCst);
+        }
+        locked.map_err(|e| failed("lock", e))?;
+        if names_same_file(&file, &path).map_err(|e| failed("stat the lock file", e))? {
+            let lock = BuildLock { path, _file: file };
+            if cancel.is_some_and(|c| c.is_requested()) {
+                return Err(BuildError::Failed(cancelled()));
+            }
+            return Ok(lock);
+        }
+        // The holder removed this lock file before releasing it: take the current one.
+    }
+}
+
+/// Removes what builds of `dest` killed while writing left behind: temporary indexes of any process.
+/// Only the holder of the build lock writes one, so with the lock held none of them is in use.
+fn remove_stale_temp_files(dest: &Path, _lock: &BuildLock) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| is_temp_name(n, name));
+        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Builds at `dest` under the build lock, so concurrent openers build once and the rest map it.
 fn build_locked(
     source: &Path,
     dest: &Path,
@@ -404,39 +592,14 @@ fn build_locked(
             e,
         )));
     }
-    let mut lock_path = dest.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let lock = match FsOpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-    {
-        Ok(f) => f,
-        Err(e) if is_unwritable(&e) => {
-            return Err(BuildError::Unwritable(Error::io(
-                &lock_path,
-                "create the lock file",
-                e,
-            )))
-        }
-        Err(e) => {
-            return Err(BuildError::Failed(Error::io(
-                &lock_path,
-                "create the lock file",
-                e,
-            )))
-        }
-    };
-    lock.lock_exclusive()
-        .map_err(|e| BuildError::Failed(Error::io(&lock_path, "lock", e)))?;
+    let lock = acquire_build_lock(dest, opts.cancel.as_deref())?;
     // Another process may have built it while we waited.
     if opts.rebuild != Rebuild::Always {
         if let Ok(idx) = JsonIndex::try_map(source, dest, stamp, opts.verify) {
             return Ok(idx);
         }
     }
+    remove_stale_temp_files(dest, &lock);
     let started = Instant::now();
     // The lock file was created beside `dest`, so this folder is writable: any failure now is real.
     let built_stamp = build(source, dest, opts).map_err(BuildError::Failed)?;

@@ -63,7 +63,8 @@ def index_file(
     poll_seconds: float = 0.1,
 ) -> tuple[JsonIndex, IndexReport]:
     """Open (building if needed) one index; `on_progress(path, bytes_done, bytes_total)` is called
-    from this thread while the build runs with the GIL released in another."""
+    from a helper thread while the build runs in this one, so that Ctrl-C (which Python delivers to
+    the main thread) stops the build."""
     p = Path(path)
     size = p.stat().st_size
     started = time.perf_counter()
@@ -71,24 +72,19 @@ def index_file(
         idx = open_index(p, rebuild=rebuild, index_dir=index_dir, threads=threads)
     else:
         progress = _core.Progress()
-        result: dict[str, object] = {}
+        done = threading.Event()
 
-        def work() -> None:
-            try:
-                result["idx"] = open_index(
-                    p, rebuild=rebuild, index_dir=index_dir, threads=threads, progress=progress
-                )
-            except BaseException as e:  # re-raised below, in the caller's thread
-                result["err"] = e
+        def report() -> None:
+            while not done.wait(poll_seconds):
+                on_progress(p, progress.value, size)
 
-        t = threading.Thread(target=work, name=f"fusion-fast index {p.name}", daemon=True)
+        t = threading.Thread(target=report, name=f"fusion-fast progress {p.name}", daemon=True)
         t.start()
-        while t.is_alive():
-            on_progress(p, progress.value, size)
-            t.join(poll_seconds)
-        if "err" in result:
-            raise result["err"]  # type: ignore[misc]
-        idx = result["idx"]  # type: ignore[assignment]
+        try:
+            idx = open_index(p, rebuild=rebuild, index_dir=index_dir, threads=threads, progress=progress)
+        finally:
+            done.set()
+            t.join()
         on_progress(p, size, size)
     seconds = idx.build_seconds if idx.built else time.perf_counter() - started
     assert isinstance(idx, JsonIndex)
