@@ -639,4 +639,92 @@ mod tests {
         let end = text.len();
         assert!(index.read_span(end - 2..end + 2, &mut past_end).is_err());
     }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn builds_leave_only_the_index_beside_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("g.jsonl");
+        std::fs::write(&good, "{\"a\": 1}\n[2]\n").unwrap();
+        assert!(open(&good, &OpenOptions::default()).unwrap().built);
+        let bad = dir.path().join("b.json");
+        std::fs::write(&bad, "[1, ]").unwrap();
+        assert!(open(&bad, &OpenOptions::default()).is_err());
+        assert_eq!(names(dir.path()), ["b.json", "g.jsonl", "g.jsonl.ffidx"]);
+    }
+
+    #[test]
+    fn a_requested_stop_builds_nothing_and_keeps_the_previous_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.jsonl");
+        std::fs::write(&source, "{}\n".repeat(1000)).unwrap();
+        let first = open(&source, &OpenOptions::default()).unwrap();
+        let before = std::fs::read(&first.index_path).unwrap();
+        let cancel = Cancel::new();
+        cancel.request();
+        let opts = OpenOptions {
+            rebuild: Rebuild::Always,
+            cancel: Some(cancel),
+            ..OpenOptions::default()
+        };
+        let err = open(&source, &opts).err().expect("a stopped build fails");
+        assert_eq!(err, cancelled());
+        assert_eq!(std::fs::read(&first.index_path).unwrap(), before);
+        assert_eq!(names(dir.path()), ["d.jsonl", "d.jsonl.ffidx"]);
+    }
+
+    #[test]
+    fn each_stage_of_a_build_stops_when_asked() {
+        let data = format!("[{}1]", "{\"a\": [1, 2]}, ".repeat(200_000));
+        let flag = Arc::new(AtomicBool::new(true));
+        for format in [Format::JsonArray, Format::JsonLines] {
+            let opts = ScanOptions {
+                chunk_size: 4096,
+                cancel: Some(flag.clone()),
+                ..ScanOptions::default()
+            };
+            assert_eq!(
+                scan(data.as_bytes(), format, &opts).err(),
+                Some(cancelled())
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.ffidx");
+        let stamp = SourceStamp::of(&{
+            let p = dir.path().join("x.json");
+            std::fs::write(&p, &data).unwrap();
+            p
+        })
+        .unwrap();
+        let runs = scan(data.as_bytes(), Format::JsonArray, &ScanOptions::default()).unwrap();
+        let err = write_index(&dest, stamp, Format::JsonArray, &runs, Some(&flag));
+        assert_eq!(err.err(), Some(cancelled()));
+        assert_eq!(names(dir.path()), ["x.json"]);
+    }
+
+    #[test]
+    fn only_temporary_indexes_of_the_destination_count_as_stale() {
+        for name in [".d.json.ffidx.tmp-1", ".d.json.ffidx.tmp-4242"] {
+            assert!(is_temp_name(name, "d.json.ffidx"), "{name}");
+        }
+        for name in [
+            ".d.json.ffidx.tmp-",
+            ".d.json.ffidx.tmp-1.keep",
+            ".d.json.ffidx.tmp-x1",
+            "d.json.ffidx.tmp-1",
+            ".xd.json.ffidx.tmp-1",
+            ".d.json.ffidx.lock",
+            ".d.json.ffidx",
+        ] {
+            assert!(!is_temp_name(name, "d.json.ffidx"), "{name}");
+        }
+    }
 }

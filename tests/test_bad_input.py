@@ -6,14 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import fusion_fast as ff
-from fusion_fast import synth
 
 from .conftest import is_root, write
 
@@ -179,22 +176,3 @@ def test_unwritable_data_folder_uses_the_cache(read_only_dir, tmp_path, monkeypa
     assert idx.built and idx.index_path.startswith(str(cache)) and idx[0] == 1
     assert not ff.open(path).built
     assert not list(read_only_dir.glob("*.ffidx*"))
-
-
-def test_eight_processes_open_one_file_and_exactly_one_builds(tmp_path):
-    path = tmp_path / "many.jsonl"
-    synth.write_file(path, records=20000, seed=1)
-    script = textwrap.dedent(
-        f"""
-        import fusion_fast as ff
-        idx = ff.open({str(path)!r})
-        print(int(idx.built), len(idx))
-        """
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(8)
-    ]
-    outs = [p.communicate(timeout=120)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert sum(int(o[0]) for o in outs) == 1
-    assert {int(o[1]) for o in outs} == {20000}

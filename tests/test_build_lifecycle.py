@@ -230,9 +230,50 @@ def test_exactly_one_of_eight_waiting_openers_builds(tmp_path: Path):
         lock_path.unlink()
         os.close(fd)
     results = [p.communicate(timeout=120) for p in procs]
-    for p, (_, err) in zip(procs, results):
+    for p, (_, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     outs = [out.split() for out, _ in results]
     assert sum(int(o[0]) for o in outs) == 1, outs
     assert {int(o[1]) for o in outs} == {20000}
     assert folder(path) == ["many.jsonl", "many.jsonl.ffidx"]
+
+
+def take_build_lock(lock_path: Path) -> int:
+    """Takes the build lock as a builder does; returns the open, locked file descriptor."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    assert os.fstat(fd).st_ino == lock_path.stat().st_ino
+    return fd
+
+
+def test_a_waiter_woken_on_a_removed_lock_file_waits_for_the_current_one(tmp_path: Path):
+    """A builder removes the lock file before it unlocks it, so a waiter may get the lock on a file
+    that no longer has a name while another process holds the lock file that does: it must wait for
+    that one, not build beside it."""
+    path = write(tmp_path / "w.jsonl", '{"id": 1}\n')
+    lock_path = tmp_path / ".w.jsonl.ffidx.lock"
+    first = take_build_lock(lock_path)
+    code = f"""
+        import fusion_fast as ff
+        print(int(ff.open({str(path)!r}).built))
+    """
+    proc = subprocess.Popen(child(code), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    held = [first]
+    try:
+        first_inode = os.fstat(first).st_ino
+        wait_for("the opener waits on the build lock", lambda: blocked_on(first_inode) == 1, proc)
+        # A second builder arrives after the first removed its lock file, and holds a new one.
+        lock_path.unlink()
+        second = take_build_lock(lock_path)
+        held = [second]
+        os.close(first)
+        second_inode = os.fstat(second).st_ino
+        wait_for("the opener waits on the current lock file", lambda: blocked_on(second_inode) == 1, proc)
+        assert not Path(f"{path}.ffidx").exists()
+    finally:
+        lock_path.unlink(missing_ok=True)
+        for fd in held:
+            os.close(fd)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.split() == ["1"], err
+    assert folder(path) == ["w.jsonl", "w.jsonl.ffidx"]
