@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fusion_fast.demo import STAGE_YAML, write_playground
+from fusion_fast.demo import LAUNCH_DIR, STAGE_YAML, write_playground
 from fusion_fast.samplers import LengthGroupedSampler
 from fusion_fast.torch import CudaPrefetcher, FusionDataset, collate, ensure_indexed, worker_context
 
@@ -101,19 +101,21 @@ def main() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
-    playground = Path(args.workdir) / "playground"
-    yaml = playground / "train" / STAGE_YAML
+    workdir = Path(args.workdir)
+    playground, yaml, launch_dir = workdir / "playground", workdir / STAGE_YAML, workdir / LAUNCH_DIR
     if rank == 0 and not yaml.exists():
-        write_playground(playground, seed=args.seed)
+        write_playground(workdir, seed=args.seed)
     if distributed:
         dist.barrier()
-    ensure_indexed(yaml)  # under torchrun each missing index is built by one rank
+    # The YAML's paths read ../../playground/..., relative to scripts/train/ as in FUSION.
+    ensure_indexed(yaml, root=launch_dir)  # under torchrun each missing index is built by one rank
 
     dataset = FusionDataset(
         yaml,
         image_folder=playground / "train" / "images",
         load_images=True,
         transform=Preprocess(),
+        root=launch_dir,
         seed=args.seed,
     )
     # FUSION's `group_by_modality_length`: image and text-only batches, similar lengths together.

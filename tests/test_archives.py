@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import re
 import stat
 import subprocess
 import sys
@@ -419,13 +420,48 @@ def test_place_strips_prefixes_and_reports_top_entries(
     assert entries == sorted({e.split("/", 1)[0] for e in expected - {"old/x.jpg"}})
 
 
-def test_place_merges_into_existing_folders_and_refuses_file_folder_clashes(tmp_path: Path) -> None:
+def test_place_merges_into_existing_folders_and_keeps_files_that_are_already_there(tmp_path: Path) -> None:
     images = tmp_path / "images"
-    _extracted(images, {"P/000/1.jpg": b"first", "P/000/stale.jpg": b"s"})
-    place(_extracted(tmp_path / "t1", {"P/000/1.jpg": b"new", "P/001/2.jpg": b"2"}), images, 0, "")
-    assert tree(images) == {"P/000/1.jpg": b"new", "P/000/stale.jpg": b"s", "P/001/2.jpg": b"2"}
-    with pytest.raises(FusionFastError, match="exists and is a file"):
-        place(_extracted(tmp_path / "t2", {"P/000/1.jpg/inner.jpg": b"x"}), images, 0, "")
+    _extracted(images, {"P/000/1.jpg": b"first", "P/000/other.jpg": b"s"})
+    before = (images / "P/000/1.jpg").stat().st_mtime_ns
+    place(_extracted(tmp_path / "t1", {"P/000/1.jpg": b"first", "P/001/2.jpg": b"2"}), images, 0, "")
+    assert tree(images) == {"P/000/1.jpg": b"first", "P/000/other.jpg": b"s", "P/001/2.jpg": b"2"}
+    assert (images / "P/000/1.jpg").stat().st_mtime_ns == before  # the same file: left as it is
+
+
+@pytest.mark.parametrize(
+    ("files", "strip", "prefix", "message"),
+    [
+        (
+            {"P/000/1.jpg": b"new", "P/002/3.jpg": b"3"},
+            0,
+            "",
+            "'P/000/1.jpg' -> images/P/000/1.jpg: exists and differs",
+        ),
+        ({"P/000/1.jpg/inner.jpg": b"x"}, 0, "", "a file is in the way of its folder"),
+        ({"P/000": b"x"}, 0, "", "'P/000' -> images/P/000: a folder is there"),
+        (
+            {"A/x/1.jpg": b"a", "B/x/1.jpg": b"b"},
+            1,
+            "",
+            "members 'A/x/1.jpg' and 'B/x/1.jpg' would both become images/x/1.jpg",
+        ),
+        ({"A/x": b"a", "B/x/1.jpg": b"b"}, 1, "Q/", "images/Q/x would be both a file and a folder"),
+        ({"A/.fusion-fast/m.done": b"{}"}, 1, "", "refusing member 'A/.fusion-fast/m.done'"),
+    ],
+)
+def test_place_finds_every_conflict_before_moving_anything(
+    tmp_path: Path, files: dict[str, bytes], strip: int, prefix: str, message: str
+) -> None:
+    images = tmp_path / "images"
+    _extracted(images, {"P/000/1.jpg": b"first", "P/001/2.jpg": b"2"})
+    before = tree(images)
+    tmp = _extracted(tmp_path / "t", files)
+    with pytest.raises(FusionFastError, match=re.escape(message)) as e:
+        place(tmp, images, strip, prefix, "images/X.tar")
+    assert str(e.value).startswith("images/X.tar: ")
+    assert tree(images) == before
+    assert set(tree(tmp)) == set(files)
 
 
 def test_symlinks_must_stay_inside_images_after_stripping() -> None:

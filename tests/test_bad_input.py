@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -176,3 +178,75 @@ def test_unwritable_data_folder_uses_the_cache(read_only_dir, tmp_path, monkeypa
     assert idx.built and idx.index_path.startswith(str(cache)) and idx[0] == 1
     assert not ff.open(path).built
     assert not list(read_only_dir.glob("*.ffidx*"))
+
+
+def run_bound_by_permissions(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a Python child that file permissions bind. A normal user is bound already; root
+    is bound once CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH leave its capability bounding set before the
+    exec (prctl PR_CAPBSET_DROP; needs CAP_SETPCAP, which root has in a default container). No mount
+    is needed, so this runs where bind mounts are refused."""
+
+    def drop_overrides() -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        preexec_fn=drop_overrides if is_root() else None,
+    )
+
+
+def test_read_only_data_folder_falls_back_to_the_cache_without_mounts(tmp_path):
+    folder = tmp_path / "ro"
+    write(folder / "r.json", '[{"id": 1}, {"id": 2}]')
+    folder.chmod(0o555)
+    cache = tmp_path / "cache"
+    script = textwrap.dedent(
+        f"""
+        import json, fusion_fast as ff
+        try:
+            open({str(folder / "probe")!r}, "w")
+            writable = True
+        except PermissionError:
+            writable = False
+        idx = ff.open({str(folder / "r.json")!r})
+        print(json.dumps([writable, idx.built, idx.index_path, idx[1]]))
+        """
+    )
+    try:
+        runs = [run_bound_by_permissions(script, {"FUSION_FAST_CACHE": str(cache)}) for _ in range(2)]
+    finally:
+        folder.chmod(0o755)
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    (writable, built, index_path, record), second = (json.loads(r.stdout) for r in runs)
+    assert not writable, "the child could still write into the folder: the test proves nothing"
+    assert built and index_path.startswith(str(cache)) and record == {"id": 2}
+    assert second == [False, False, index_path, {"id": 2}]  # the cached index is found and used again
+    assert sorted(p.name for p in folder.iterdir()) == ["r.json"]
+
+
+def test_the_shared_data_guard_notices_every_kind_of_change(tmp_path):
+    from .conftest import tree_changes, tree_state
+
+    write(tmp_path / "a" / "x.json", "[]")
+    write(tmp_path / "y.jsonl", "")
+    before = tree_state(tmp_path)
+    assert tree_changes(before, tree_state(tmp_path)) == []
+    write(tmp_path / "a" / "x.json.ffidx", "index")
+    os.utime(tmp_path / "y.jsonl", ns=(0, 10**9))
+    (tmp_path / "a" / "x.json").unlink()
+    assert tree_changes(before, tree_state(tmp_path)) == [
+        "written: a/x.json.ffidx",
+        "removed: a/x.json",
+        "changed: a",
+        "changed: y.jsonl",
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -245,24 +246,24 @@ def test_write_exclude_round_trip(planted, tmp_path: Path) -> None:
 def test_clean_demo_playground(tmp_path: Path) -> None:
     pg = write_playground(tmp_path / "demo")
     for target in (pg.yaml, pg.root, pg.jsons[1]):
-        report = run_check(target, decode=True)
+        report = run_check(target, root=pg.launch_dir, decode=True)
         assert report.clean, report.problems[:5]
         assert report.records == (4000 if target != pg.jsons[1] else 1000)
     assert report.decoded > 0
-    assert main(["check", str(pg.yaml)]) == 0
+    assert main(["check", str(pg.yaml), "--root", str(pg.launch_dir)]) == 0
 
 
 def test_missing_images_root_is_one_folder_problem(tmp_path: Path) -> None:
     pg = write_playground(tmp_path / "demo")
     images = pg.root / "train" / "images"
     images.rename(pg.root / "elsewhere")
-    report = run_check(pg.yaml)
+    report = run_check(pg.yaml, root=pg.launch_dir)
     # train/images is gone, so the data files are no longer "in a playground" by file: their images are
     # looked for next to them, in jsons/, which has no <Source> folders.
     assert {p.kind for p in report.problems} == {"missing_image_folder"}
-    report = run_check(pg.yaml, image_folder=tmp_path / "nowhere")
+    report = run_check(pg.yaml, root=pg.launch_dir, image_folder=tmp_path / "nowhere")
     assert [p.path for p in report.problems] == [str(tmp_path / "nowhere")] * 3
-    assert run_check(pg.yaml, image_folder=pg.root / "elsewhere").clean
+    assert run_check(pg.yaml, root=pg.launch_dir, image_folder=pg.root / "elsewhere").clean
 
 
 def test_image_folder_precedence(tmp_path: Path) -> None:
@@ -358,9 +359,11 @@ def test_render_and_progress_bar(planted, monkeypatch) -> None:
     monkeypatch.setattr(check_module, "PROGRESS_MIN_BYTES", 1)
     for idx_file in (yaml.parent / "jsons").glob("*.ffidx"):
         idx_file.unlink()  # so the bar shows indexing too
+    from fusion_fast.cli.check import render
+
     report = run_check(yaml, decode=True, progress=True)
     console = Console(record=True, width=200)
-    report.render(console, examples=2)
+    render(report, console, examples=2)
     text = console.export_text()
     for kind in report.counts():
         assert f"{kind}: " in text
@@ -374,8 +377,10 @@ def test_problem_json_round_trip() -> None:
     assert Problem(**p.to_json()) == p
 
 
-def test_real_files_are_checked_without_crashing() -> None:
-    real = shared_dir("real")
+def test_real_files_are_checked_without_crashing(tmp_path) -> None:
+    # A copy: the check indexes the files beside them, which must never happen in the shared folder.
+    real = tmp_path / "real"
+    shutil.copytree(shared_dir("real"), real, ignore=shutil.ignore_patterns("*.ffidx*"))
     report = run_check(real)
     by_file: dict[str, set[str]] = {}
     for p in report.problems:
@@ -513,7 +518,7 @@ def test_data_files_linked_into_jsons_stay_in_the_playground(tmp_path: Path) -> 
         path.rename(store / path.name)
         path.symlink_to(store / path.name)
     for target in (pg.yaml, pg.root, pg.jsons[0]):
-        report = run_check(target)
+        report = run_check(target, root=pg.launch_dir)
         assert report.clean, report.problems[:3]
         assert {Path(d).parent for d in report.datasets} == {pg.root / "train" / "jsons"}
 

@@ -22,11 +22,11 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_demo_writes_indexes_and_reports(tmp_path):
     out = run("demo", str(tmp_path / "pg"))
     assert out.returncode == 0, out.stderr
-    jsons = sorted((tmp_path / "pg" / "train" / "jsons").iterdir())
+    jsons = sorted((tmp_path / "pg" / "playground" / "train" / "jsons").iterdir())
     data = [p for p in jsons if p.suffix in (".json", ".jsonl")]
     assert len(data) == 3 and all(Path(f"{p}.ffidx").is_file() for p in data)
-    assert (tmp_path / "pg" / "train" / "stage1-demo.yaml").is_file()
-    pngs = list((tmp_path / "pg" / "train" / "images").rglob("*.png"))
+    assert (tmp_path / "pg" / "scripts" / "train" / "yaml" / "stage1.yaml").is_file()
+    pngs = list((tmp_path / "pg" / "playground" / "train" / "images").rglob("*.png"))
     assert pngs and pngs[0].read_bytes().startswith(b"\x89PNG")
     assert "LLaVA-Pretrain-2k.json" in out.stdout and "2,000" in out.stdout
 
@@ -49,7 +49,7 @@ def test_index_failure_exits_non_zero_with_location(tmp_path):
     out = run("index", str(bad))
     assert out.returncode == 1
     assert "bad.json" in out.stderr and "line 1" in out.stderr and "record 1" in out.stderr
-    assert run("index", str(tmp_path / "missing.json")).returncode == 1
+    assert run("index", str(tmp_path / "missing.json")).returncode == 2  # usage, as in every command
     assert run("index").returncode == 2
 
 

@@ -77,15 +77,25 @@ def test_relative_paths_start_at_the_working_directory(stage):
 
 def test_errors(stage, tmp_path):
     out = run("mix", str(tmp_path / "missing.yaml"))
-    assert out.returncode == 1 and "error:" in out.stderr and "missing.yaml" in out.stderr
+    assert out.returncode == 2 and "error:" in out.stderr and "missing.yaml" in out.stderr
     bad = write(
         tmp_path / "bad.yaml",
         'datasets:\n  - json_path: jsons/Alpha-400.json\n    sampling_strategy: "top:5"\n',
     )
     out = run("mix", str(bad), "--root", str(stage.parent))
-    assert out.returncode == 1 and "unknown sampling_strategy" in out.stderr and "datasets[0]" in out.stderr
+    assert out.returncode == 2 and "unknown sampling_strategy" in out.stderr and "datasets[0]" in out.stderr
     gone = write(tmp_path / "gone.yaml", "datasets:\n  - json_path: jsons/Gone.json\n")
     out = run("mix", str(gone), "--root", str(stage.parent))
-    assert out.returncode == 1 and str(stage.parent / "jsons" / "Gone.json") in out.stderr
+    assert out.returncode == 2 and str(stage.parent / "jsons" / "Gone.json") in out.stderr
     assert run("mix").returncode == 2
     assert run("mix", str(stage), "--seed", "x").returncode == 2
+
+
+def test_an_absurd_repeat_fails_at_once_with_a_clear_error(stage, tmp_path):
+    huge = write(
+        tmp_path / "huge.yaml",
+        "datasets:\n  - json_path: jsons/Beta-120.jsonl\n    repeat: 1000000000\n",
+    )
+    out = run("mix", str(huge), "--root", str(stage.parent))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert "repeat must be at most 10,000" in out.stderr and "datasets[0]" in out.stderr, out.stderr

@@ -181,7 +181,7 @@ def test_build_releases_the_gil_and_reports_progress(tmp_path):
     synth.write_file(path, size=24 << 20, seed=5, indent=None)
     progress = _core.Progress()
     done = threading.Event()
-    seen: list[int] = []
+    seen: set[int] = set()
 
     def build() -> None:
         ff.open(path, threads=1, progress=progress)
@@ -189,13 +189,13 @@ def test_build_releases_the_gil_and_reports_progress(tmp_path):
 
     t = threading.Thread(target=build)
     t.start()
-    spins = 0
     while not done.is_set():
-        spins += 1
-        if spins % 1000 == 0:
-            seen.append(progress.value)
+        seen.add(progress.value)
     t.join()
     size = path.stat().st_size
-    assert spins > 10_000, "the main thread barely ran while the index was built"
-    assert any(0 < v < size for v in seen), seen[:5]
+    # The main thread ran Python while the build was under way, at several points of it (a build that
+    # held the GIL would leave it only the values before the start and after the end): a state, not a
+    # spin count that a loaded machine may miss.
+    during = sorted(v for v in seen if 0 < v < size)
+    assert len(during) >= 2, "the main thread did not run while the index was built"
     assert progress.value == size

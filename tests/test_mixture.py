@@ -18,11 +18,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusion_fast
 from fusion_fast import FusionFastError, Mixture, MixtureError
 from fusion_fast.exclude import write_exclude
 from fusion_fast.mixture import smallest_positions
+from fusion_fast.stage import parse_strategy
 from fusion_fast.synth import write_file
 
 from .conftest import write
@@ -53,7 +56,7 @@ def fusion_list_data_dict(yaml_path: Path, root: Path) -> list[Any]:
         if ":" in strategy:
             name, number = strategy.split(":")
             if "%" in number:
-                k = math.ceil(Fraction(number.rstrip("%")) * len(data) / 100)
+                k = percent_of(number.rstrip("%"), len(data))
             else:
                 k = int(number)
             if name == "first":
@@ -64,6 +67,34 @@ def fusion_list_data_dict(yaml_path: Path, root: Path) -> list[Any]:
                 raise AssertionError(f"the reference has no {name}")
         out.extend(data)
     return out
+
+
+def percent_of(text: str, n: int) -> int:
+    """`text`% of n rounded up, computed in integers from the decimal digits of `text` (no Fraction, no
+    float): FUSION's `ceil(P * n / 100)` for an integer P, extended exactly to a decimal P."""
+    whole, _, frac = text.strip().partition(".")
+    scale = 10 ** len(frac)
+    numerator = int(whole or "0") * scale + int(frac or "0")
+    return -(-numerator * n // (100 * scale))
+
+
+def fusion_strategy(strategy: str, records: list[Any]) -> list[Any]:
+    """FUSION's selection (fusion/train/train.py, LazySupervisedDataset.__init__), verbatim but for the
+    random shuffle, which has no reproducible reference: only the size of a random: selection is kept."""
+    sampling_number = None
+    if ":" in strategy:
+        strategy, sampling_number = strategy.split(":")
+        if "%" in sampling_number:
+            sampling_number = math.ceil(int(sampling_number.split("%")[0]) * len(records) / 100)
+        else:
+            sampling_number = int(sampling_number)
+    if strategy == "first" and sampling_number is not None:
+        records = records[:sampling_number]
+    elif strategy == "end" and sampling_number is not None:
+        records = records[-sampling_number:]
+    elif strategy == "random" and sampling_number is not None:
+        records = records[:sampling_number]
+    return records
 
 
 def make_stage(root: Path, entries: list[dict[str, Any]], name: str = "stage.yaml") -> Path:
@@ -135,6 +166,182 @@ def test_end_zero_keeps_nothing_unlike_fusion(tmp_path):
         {"n": 3},
         {"n": 4},
     ]
+
+
+# Percentages where rounding through a float gives one record more or fewer than the exact ceiling:
+# 16.1% of 1,000 is 161, but 16.1 * 1000 / 100 is 161.00000000000003 in floats, whose ceiling is 162.
+FLOAT_MISROUNDS = [("16.1", 1000, 161), ("32.2", 1000, 322), ("64.4", 1000, 644), ("0.9", 1000, 9)]
+
+
+def test_fractional_percentages_are_exact_where_floats_misround():
+    for text, n, expected in FLOAT_MISROUNDS:
+        assert percent_of(text, n) == expected
+        floats = {
+            math.ceil(float(text) * n / 100),
+            math.ceil(float(text) / 100 * n),
+            math.ceil(Fraction(float(text)) * n / 100),
+        }
+        assert floats != {expected}, f"{text}% of {n} does not tell exact arithmetic from float"
+        for name in ("first", "end", "random"):
+            assert parse_strategy(f"{name}:{text}%", where="t").selected(n) == expected
+
+
+def test_every_tenth_and_hundredth_of_a_percent_against_integer_arithmetic():
+    texts = [f"{k // 10}.{k % 10}" for k in range(1001)] + [
+        f"{k // 100}.{k % 100:02d}" for k in range(1, 10001, 7)
+    ]
+    texts += ["12.5", ".5", "7.", "33.333333333333333333333333", "99.99999999999999999999", "0.0000000001"]
+    for n in (0, 1, 3, 7, 100, 999, 1000, 4096, 1_000_003, 5_500_000):
+        for text in texts:
+            got = parse_strategy(f"first:{text}%", where="t").selected(n)
+            assert got == min(n, percent_of(text, n)), (text, n)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(0, 2500),
+    name=st.sampled_from(["first", "end", "random"]),
+    number=st.one_of(
+        st.integers(0, 4000).map(str),
+        st.integers(0, 100).map(lambda p: f"{p}%"),
+        st.integers(0, 100).map(lambda p: f" {p} %"),
+    ),
+)
+def test_integer_counts_and_percentages_select_what_fusion_selects(n, name, number):
+    strategy = f"{name}:{number}"
+    got = parse_strategy(strategy, where="t").selected(n)
+    kept = len(fusion_strategy(strategy, list(range(n))))
+    if name == "end" and len(fusion_strategy(f"first:{number}", list(range(n)))) == 0:
+        # FUSION's `records[-0:]` keeps everything; fusion-fast's `end:0` (or a 0-record percentage) none.
+        assert got == 0 and kept == n
+    else:
+        assert got == kept
+
+
+def test_strategies_select_fusions_records_end_to_end(tmp_path):
+    records = [{"n": i} for i in range(1000)]
+    write(tmp_path / "thousand.json", json.dumps(records))
+    strategies = ["first:16.1%", "end:32.2%", "first:64.4%", "end:0.9%", "first:7", "end:25%", "first:3000"]
+    entries = [{"json_path": "thousand.json", "sampling_strategy": s} for s in strategies]
+    mix = Mixture(
+        entries + [{"json_path": "thousand.json", "sampling_strategy": "random:16.1%"}], root=tmp_path
+    )
+    sizes = [len(d) for d in mix.datasets]
+    assert sizes == [161, 322, 644, 9, 7, 250, 1000, 161]
+    expected: list[Any] = []
+    for s in strategies:
+        name, number = s.split(":")
+        k = percent_of(number[:-1], 1000) if number.endswith("%") else int(number)
+        expected += records[:k] if name == "first" else records[-k:]
+    assert mix[: sum(sizes[:-1])] == expected
+
+
+# Repeat factors whose fractional part times the selection lands on an integer exactly, where the same
+# arithmetic through floats (or through the float YAML reads, 1.1 = 1.100000000000000088...) lands above it.
+REPEAT_MISROUNDS = [
+    (1.1, 10, 11),
+    ("1.1", 10, 11),
+    (1.07, 100, 107),
+    (2.28, 25, 57),
+    (0.56, 75, 42),
+    (0.14, 50, 7),
+]
+
+
+def repeat_size(text: str, m: int) -> int:
+    """floor(K) copies of m records plus ceil(frac(K) * m), in integers from K's decimal digits."""
+    whole, _, frac = text.partition(".")
+    scale = 10 ** len(frac)
+    return int(whole or "0") * m + -(-int(frac or "0") * m // scale)
+
+
+def test_repeat_arithmetic_is_exact(tmp_path):
+    write(tmp_path / "hundred.json", json.dumps([{"n": i} for i in range(100)]))
+    grid = [k / 10 for k in range(0, 40, 3)] + [k / 100 for k in range(1, 400, 9)]
+    cases = list(REPEAT_MISROUNDS) + [(r, m, None) for r in grid for m in (1, 9, 10, 25, 33, 75, 100)]
+    for value, m, expected in cases:
+        want = repeat_size(str(value), m)
+        assert expected is None or want == expected
+        mix = Mixture(
+            [{"json_path": "hundred.json", "sampling_strategy": f"first:{m}", "repeat": value}], root=tmp_path
+        )
+        sel = mix.datasets[0].selected.tolist()
+        assert len(sel) == want, (value, m)
+        whole = int(str(value).partition(".")[0] or "0")
+        assert sel[: whole * m] == list(range(m)) * whole
+        assert sel[whole * m :] == sorted(set(sel[whole * m :])) and set(sel[whole * m :]) <= set(range(m))
+    # each way of going through floats misses at least one of the cases
+    for through_floats in (
+        lambda k, m: math.floor(k) * m + math.ceil(float(k - math.floor(k)) * m),
+        lambda k, m: math.floor(k) * m + math.ceil((Fraction(float(k)) - math.floor(k)) * m),
+    ):
+        assert any(through_floats(Fraction(str(v)), m) != e for v, m, e in REPEAT_MISROUNDS)
+
+
+# -- bounds: no hang, no bare ValueError on absurd numbers -------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("repeat", "message"),
+    [
+        (1000000000, "repeat must be at most"),
+        ("1e100000000", "repeat must be at most"),
+        (10**400, "repeat must be at most"),
+        ("1e-100000000", "too many digits"),
+        ("0." + "0" * 100000 + "1", "too many digits"),
+        (float("inf"), "repeat must be a number"),
+        (float("nan"), "repeat must be a number"),
+    ],
+    ids=["1e9", "1e100000000", "10**400", "1e-100000000", "100000-decimals", "inf", "nan"],
+)
+def test_absurd_repeats_are_refused_at_once(files, repeat, message):
+    stage = make_stage(files, [{"json_path": "jsons/Lines-211.jsonl", "repeat": repeat}], name="repeat.yaml")
+    with pytest.raises(MixtureError, match=message) as err:
+        Mixture.from_yaml(stage, root=files)
+    assert str(stage) in str(err.value) and "datasets[0]" in str(err.value)
+
+
+def test_the_largest_repeat_is_accepted(tmp_path):
+    write(tmp_path / "one.json", json.dumps([{"n": 0}]))
+    mix = Mixture([{"json_path": "one.json", "repeat": fusion_fast.stage.MAX_REPEAT}], root=tmp_path)
+    assert len(mix) == fusion_fast.stage.MAX_REPEAT
+    with pytest.raises(MixtureError, match="repeat must be at most"):
+        Mixture([{"json_path": "one.json", "repeat": fusion_fast.stage.MAX_REPEAT + 0.5}], root=tmp_path)
+
+
+def test_a_selection_too_large_to_hold_is_refused_before_allocating(files, monkeypatch):
+    monkeypatch.setattr(fusion_fast.mixture, "MAX_SELECTED", 1000)
+    entry = {"json_path": "jsons/Lines-211.jsonl", "repeat": 4.5}
+    assert len(Mixture([entry], root=files)) == 4 * 211 + 106
+    with pytest.raises(MixtureError, match=r"datasets\[0\].*1,055 records.*at most 1,000") as err:
+        Mixture([{**entry, "repeat": 5}], root=files)
+    assert "repeat" in str(err.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "strategy",
+    ["random:0." + "0" * 100000 + "1%", "first:" + "9" * 5000, "end:" + "1" * 200 + "%"],
+    ids=["100000-decimals", "5000-digit-count", "200-digit-percent"],
+)
+def test_overlong_numbers_in_a_strategy_raise_mixture_error(files, strategy):
+    with pytest.raises(MixtureError, match="sampling_strategy") as err:
+        Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": strategy}], root=files)
+    assert "datasets[0]" in str(err.value)
+
+
+def test_a_directory_or_fifo_as_data_file_says_what_it_is(tmp_path):
+    (tmp_path / "folder.json").mkdir()
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    write(tmp_path / "fine.json", "[]")
+    for name, what in [("folder.json", "a directory"), ("pipe.jsonl", "a FIFO")]:
+        stage = make_stage(tmp_path, [{"json_path": "fine.json"}, {"json_path": name}])
+        with pytest.raises(MixtureError) as err:
+            Mixture.from_yaml(stage, root=tmp_path)
+        text = str(err.value)
+        assert f"{tmp_path / name} is {what}" in text and "datasets[1]" in text and str(stage) in text
+        assert "not found" not in text
 
 
 def test_sequence_api(files):

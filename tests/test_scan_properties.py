@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +94,7 @@ def test_json_array(records, indent, chunk, ascii_only):
 def test_json_lines(records, chunk, newline):
     data = "".join(json.dumps(r, ensure_ascii=False) + newline for r in records).encode()
     check(data, "jsonl", records, chunk)
+    assert lines_oracle(data) == records
 
 
 @settings(max_examples=200, deadline=None)
@@ -117,11 +119,77 @@ def test_damaged_documents_give_the_same_error_at_any_chunk_size(records, data, 
         except ValueError as e:
             errors.append((type(e), str(e)))
     assert errors[0] == errors[1]
-    if isinstance(json.loads(doc) if python_ok else None, list):
-        # Python accepts it as an array: so must we (depth and surrogates are within limits here).
+    want = json.loads(doc) if python_ok else None
+    if isinstance(want, list):
+        # Python accepts it as an array: so must we (depth and surrogates are within limits here), and
+        # find the same records.
         assert errors[0] is None
-    if not python_ok:
+        assert_records(doc, "json", want)
+    else:
         assert errors[0] is not None
+
+
+def assert_records(doc: bytes, fmt: str, want: list) -> None:
+    """The scan finds exactly `want`: as many records, each one's bytes decoding to the same value."""
+    cols = columns(doc, fmt, sequential=True)
+    assert len(cols["offset"]) == len(want)
+    for i, value in enumerate(want):
+        o, n = int(cols["offset"][i]), int(cols["length"][i])
+        assert json.loads(doc[o : o + n]) == value
+
+
+def lines_oracle(doc: bytes) -> list | None:
+    """JSON Lines by definition: after JSON whitespace each line is empty or exactly one JSON value,
+    read by `json.loads` on that line alone (a byte-order mark is no JSON). None when invalid."""
+    if doc.startswith(b"\xef\xbb\xbf"):
+        return None
+    out = []
+    for line in doc.split(b"\n"):
+        if not line.strip(b" \t\r"):
+            continue
+        try:
+            out.append(json.loads(line.decode("utf-8")))
+        except ValueError:
+            return None
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(record, min_size=1, max_size=4), st.data(), st.integers(1, 24))
+def test_damaged_json_lines_are_judged_like_json_loads(records, data, chunk):
+    ascii_only = data.draw(st.booleans())
+    lines = [json.dumps(r, ensure_ascii=ascii_only) for r in records]
+    # A separator after a record, `{"a": 1},`: what a reader treating lines like array items lets through.
+    for k in data.draw(st.lists(st.integers(0, len(lines) - 1), max_size=2)):
+        lines[k] += data.draw(st.sampled_from([",", " ,", ", ", "]", "}"]))
+    doc = bytearray("\n".join(lines).encode() + data.draw(st.sampled_from([b"\n", b"", b"\r\n"])))
+    for _ in range(data.draw(st.integers(0, 2))):
+        doc[data.draw(st.integers(0, len(doc) - 1))] = data.draw(
+            st.sampled_from(list(b'[]{},"\\: x0\n\x01\xff'))
+        )
+    doc = bytes(doc)
+    errors = []
+    for kw in ({"sequential": True}, {"chunk_size": chunk}):
+        try:
+            columns(doc, "jsonl", **kw)
+            errors.append(None)
+        except ValueError as e:
+            errors.append((type(e), str(e)))
+    assert errors[0] == errors[1]
+    want = lines_oracle(doc)
+    if want is None:
+        assert errors[0] is not None, doc
+    else:
+        assert errors[0] is None, (errors[0], doc)
+        assert_records(doc, "jsonl", want)
+
+
+def test_a_separator_after_a_json_lines_record_is_an_error():
+    for doc in (b'{"a":1},\n{"a":2}\n', b'{"a":1}\n{"a":2},\n', b'{"a":1} ,\n', b'{"a":1},'):
+        with pytest.raises(ValueError, match="unexpected data after record"):
+            columns(doc, "jsonl", sequential=True)
+        with pytest.raises(ValueError, match="unexpected data after record"):
+            columns(doc, "jsonl", chunk_size=3)
 
 
 json_value = st.recursive(

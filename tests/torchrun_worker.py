@@ -16,17 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch.distributed as dist
-from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from fusion_fast.cli import main as cli_main
 from fusion_fast.mixture import Mixture
 from fusion_fast.samplers import DistributedMixtureSampler
 from fusion_fast.torch import FusionDataset, ensure_indexed
-
-try:
-    from torchdata.stateful_dataloader import StatefulDataLoader
-except ImportError:
-    StatefulDataLoader = None
 
 MIXTURE_SEED = 7
 SAMPLER_SEED = 11
@@ -35,22 +30,17 @@ BATCH = 4
 RESUME_AFTER = 3
 
 
-def make_loader(mix: Mixture, state: dict[str, Any] | None = None) -> tuple[Any, DistributedMixtureSampler]:
-    """Epoch 1 of this rank's shard, through StatefulDataLoader (2 workers) when torchdata is installed,
-    else a plain DataLoader whose sampler state is the checkpoint."""
+def make_loader(mix: Mixture, state: dict[str, Any] | None = None) -> StatefulDataLoader:
+    """Epoch 1 of this rank's shard through torchdata's StatefulDataLoader (2 workers), resumed from the
+    loader's own checkpoint when `state` is given. torchdata is required (test extras): no fallback."""
     sampler = DistributedMixtureSampler(mix, shuffle=True, seed=SAMPLER_SEED)
     sampler.set_epoch(1)
-    dataset = FusionDataset(mix)
-    if StatefulDataLoader is not None:
-        loader = StatefulDataLoader(
-            dataset, batch_size=BATCH, sampler=sampler, num_workers=2, collate_fn=list
-        )
-        if state is not None:
-            loader.load_state_dict(state)
-        return loader, sampler
+    loader = StatefulDataLoader(
+        FusionDataset(mix), batch_size=BATCH, sampler=sampler, num_workers=2, collate_fn=list
+    )
     if state is not None:
-        sampler.load_state_dict(state)
-    return DataLoader(dataset, batch_size=BATCH, sampler=sampler, num_workers=0, collate_fn=list), sampler
+        loader.load_state_dict(state)
+    return loader
 
 
 def sources(batches: list[list[dict[str, Any]]]) -> list[list[Any]]:
@@ -86,16 +76,17 @@ def main() -> None:
     )
 
     # 5. An epoch without interruption, and one stopped after a few steps and resumed from a checkpoint.
-    loader, _ = make_loader(mix)
-    report["full"] = sources(list(loader))
-    loader, sampler = make_loader(mix)
+    report["full"] = sources(list(make_loader(mix)))
+    loader = make_loader(mix)
     batches = iter(loader)
     first = [next(batches) for _ in range(RESUME_AFTER)]
-    checkpoint = loader.state_dict() if StatefulDataLoader is not None else sampler.state_dict()
+    checkpoint = loader.state_dict()
     del batches
-    resumed, _ = make_loader(mix, checkpoint)
-    report["resumed"] = sources(first) + sources(list(resumed))
-    report["stateful_dataloader"] = StatefulDataLoader is not None
+    resumed = make_loader(mix, checkpoint)
+    report["resumed_after"] = sources(list(resumed))
+    report["resumed"] = sources(first) + report["resumed_after"]
+    report["loader"] = type(resumed).__module__ + "." + type(resumed).__name__
+    report["checkpoint_step"] = checkpoint["_snapshot"]["_snapshot_step"]
 
     (out / f"rank{rank}.json").write_text(json.dumps(report), encoding="utf-8")
     dist.barrier()

@@ -5,6 +5,8 @@ idx = fusion_fast.open("PixelProse-5500k.json")   # builds the index once, then 
 idx[123], idx.lengths, idx.modality_lengths
 """
 
+from typing import TYPE_CHECKING
+
 from ._core import __version__
 from .errors import (
     CorruptIndexError,
@@ -16,8 +18,11 @@ from .errors import (
     RecordError,
     StaleIndexError,
 )
-from .index import JsonIndex, open
-from .mixture import Mixture
+
+if TYPE_CHECKING:
+    from .index import JsonIndex, open
+    from .mixture import Mixture
+    from .samplers import DistributedMixtureSampler, LengthGroupedSampler
 
 __all__ = [
     "__version__",
@@ -36,13 +41,22 @@ __all__ = [
     "LengthGroupedSampler",
 ]
 
-#: Public names imported on first use, so `import fusion_fast` never imports torch.
-_LAZY = {"DistributedMixtureSampler": "samplers", "LengthGroupedSampler": "samplers"}
+#: Public names imported on first use, so `import fusion_fast` (and with it the command line's
+#: `--help`) imports neither torch nor numpy, polars or yaml.
+_LAZY = {
+    "open": "index",
+    "JsonIndex": "index",
+    "Mixture": "mixture",
+    "DistributedMixtureSampler": "samplers",
+    "LengthGroupedSampler": "samplers",
+}
 
 
 def __getattr__(name: str) -> object:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

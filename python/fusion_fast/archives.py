@@ -9,19 +9,27 @@ concatenated in name order, or a folder of images that is already unpacked. Ever
 - `extract(dest)`: write them under a fresh folder `dest` (folders are hard-linked, else copied).
 
 Extraction refuses, with a `FusionFastError` naming the archive and the member, absolute paths, `..`
-components, symlinks or hard links whose target leaves the destination, and device files or fifos. Tar
-members also pass through `tarfile`'s `data` filter where Python has it. A truncated or corrupt
-archive (including a tar that ends without its end-of-archive marker) is an error, never a silently
-short extraction.
+components, symlinks or hard links whose target leaves the destination, device files, fifos and sparse
+files, names that appear twice, and names in `.fusion-fast/` (prepare's own state). Tar members also
+pass through `tarfile`'s `data` filter where Python has it. A truncated or corrupt archive is an error,
+never a silently short extraction: a tar that ends without its end-of-archive marker, and a compressed
+tar whose gzip / bzip2 / xz stream is not read to its end with every CRC and length checked (the tar's
+end blocks come before the gzip trailer, so `tarfile` alone never looks at it). Zip members are CRC
+checked as they are read. `SizeLimits` refuses, before and during extraction, archives whose declared
+sizes exceed the free space or expand far beyond the archive's own size.
 
 `place()` then moves an extracted tree into `images/` (renames only, merging into folders that
-already exist) and `write_marker()` records completion in `images/.fusion-fast/<unit>.done`, written
-last. Work happens in `images/.tmp-<unit>-<pid>/` on the same filesystem; `clean_stale_tmp()` removes
-those left by a run that was killed.
+already exist; a different file already at a target is a conflict, found before anything moves) and
+`write_marker()` records completion in `images/.fusion-fast/<unit>.done`, written last. Work happens in
+`images/.fusion-fast/.tmp-<unit>-<pid>/`, on the same filesystem and where no member can land;
+`clean_stale_tmp()` removes those left by a run that was killed.
 """
 
 from __future__ import annotations
 
+import bz2
+import errno
+import filecmp
 import gzip
 import hashlib
 import io
@@ -38,9 +46,9 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from .errors import FusionFastError
 
@@ -66,7 +74,8 @@ IMAGE_SUFFIXES = (
     ".avi",
     ".mov",
 )
-#: Marker folder under `images/`.
+#: Prepare's own state under `images/`: completion markers and temporary extraction folders. No member
+#: may land there (refused by name).
 MARKER_DIR = ".fusion-fast"
 TMP_PREFIX = ".tmp-"
 #: Seconds to sleep after each member: a testing aid that makes "killed mid-extraction" deterministic.
@@ -84,6 +93,8 @@ _UNSAFE_MARKER_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 #: How damaged archives fail (tarfile maps decompression errors to ReadError; zip CRC errors are
 #: BadZipFile; a gzip stream cut short is EOFError).
 _DAMAGE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+#: The command-line option (and API argument) that lifts `SizeLimits`, named in every refusal.
+NO_SIZE_LIMITS = "--no-size-limits (size_limits=None in the Python API)"
 
 Progress = Callable[[int], None]
 """Called with the bytes of the unit consumed so far."""
@@ -189,12 +200,24 @@ def safe_member_path(unit: str, name: str) -> str | None:
 
 
 def _check_link_target(unit: str, member: str, target: str, *, relative_to: str) -> None:
-    """Raise when a link's target (relative to the folder `relative_to`) is absolute or leaves the tree."""
+    """Raise when a link's target (relative to the folder `relative_to`) is absolute, leaves the tree or
+    points into prepare's state folder."""
     if target.startswith("/") or re.match(r"^[A-Za-z]:", target):
         raise _refuse(unit, member, f"link to absolute path {target!r}")
     resolved = posixpath.normpath(posixpath.join(relative_to, target))
     if resolved == ".." or resolved.startswith("../"):
         raise _refuse(unit, member, f"link target {target!r} is outside the archive")
+    if resolved.split("/", 1)[0] == MARKER_DIR:
+        raise _refuse(
+            unit, member, f"link target {target!r} is in {MARKER_DIR}/, where prepare keeps its state"
+        )
+
+
+def _check_not_reserved(unit: str, member: str, path: str) -> None:
+    """Refuse a member whose path (inside `images/`) starts with prepare's state folder: it could plant a
+    fake completion marker there or be removed as a stale temporary file."""
+    if path.split("/", 1)[0] == MARKER_DIR:
+        raise _refuse(unit, member, f"{MARKER_DIR}/ is where prepare keeps its own state")
 
 
 @dataclass
@@ -207,20 +230,153 @@ class Extracted:
 
 
 class _Reporter:
-    """Throttled progress callback plus the testing delay."""
+    """Throttled progress callback plus the testing delay.
+
+    It is called for every chunk written (not only per member), so that a progress callback that raises
+    (an interrupted run) stops even a large member within a fraction of a second."""
 
     def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
         self._last = 0.0
+        self._done = 0
         self._delay = float(os.environ.get(DELAY_ENV) or 0)
 
     def __call__(self, done: int, *, force: bool = False) -> None:
-        if self._delay:
-            time.sleep(self._delay)
+        self._done = done
         now = time.monotonic()
         if self._progress is not None and (force or now - self._last >= _PROGRESS_EVERY_S):
             self._last = now
             self._progress(done)
+
+    def member_done(self, done: int) -> None:
+        """After each member: the testing delay (slept in slices, reporting progress between them, as a
+        slow disk would), then a progress report."""
+        end = time.monotonic() + self._delay
+        while (left := end - time.monotonic()) > 0:
+            time.sleep(min(left, _PROGRESS_EVERY_S / 4))
+            self(done)
+        self(done)
+
+
+def usable_space(folder: Path) -> int:
+    """Bytes that may be written under `folder`: the free space less a reserve of 5% of the filesystem,
+    at most 64 MiB (a full disk breaks more than this extraction)."""
+    usage = shutil.disk_usage(folder)
+    return usage.free - min(64 << 20, usage.total // 20)
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Refuse archives that would fill the disk or are decompression bombs.
+
+    Before extraction (zip: from the central directory) and before each member is written (tar: from
+    its header; both: the bytes actually copied), the bytes the unit expands to are checked against
+    `free_space(destination)` and, once past `ratio_floor`, against `max_ratio` times the archive's own
+    size (images do not compress: real image archives stay near 1:1; deflate bombs reach 1000:1)."""
+
+    max_ratio: float = 100.0
+    ratio_floor: int = 32 << 20
+    free_space: Callable[[Path], int] = usable_space
+    #: Bytes written between two lookups of the free space (sooner when a member would not fit).
+    recheck_every: int = 64 << 20
+
+
+DEFAULT_LIMITS = SizeLimits()
+
+
+class _Budget:
+    """Applies `SizeLimits` to one extraction; `limits=None` checks nothing."""
+
+    def __init__(self, limits: SizeLimits | None, key: str, dest: Path, archive_size: int) -> None:
+        self.limits = limits
+        self.key = key
+        self.dest = dest
+        self.archive_size = archive_size
+        self.total = 0  #: bytes declared (and written) so far
+        self._free: int | None = None  #: free space at the last lookup
+        self._since = 0  #: bytes taken since that lookup
+
+    def _ratio(self, total: int, member: str | None) -> None:
+        lim = self.limits
+        assert lim is not None
+        if total > lim.ratio_floor and total > lim.max_ratio * max(self.archive_size, 1):
+            what = f" (at member {member!r})" if member else ""
+            raise FusionFastError(
+                f"refusing to extract: it expands to at least {_human(total)}{what} from "
+                f"{_human(self.archive_size)}, more than {lim.max_ratio:g} times its size (a decompression "
+                f"bomb?); pass {NO_SIZE_LIMITS} to extract it anyway",
+                path=self.key,
+            )
+
+    def _room(self, n: int, member: str | None, *, fresh: bool = False) -> None:
+        lim = self.limits
+        assert lim is not None
+        if fresh or self._free is None or n > self._free - self._since or self._since >= lim.recheck_every:
+            self._free, self._since = lim.free_space(self.dest), 0
+        if n > self._free - self._since:
+            what = f"member {member!r} needs" if member else "its members need"
+            free = max(self._free - self._since, 0)
+            raise FusionFastError(
+                f"refusing to extract: {what} {_human(n)} but only {_human(free)} "
+                f"is free under {self.dest.parent} (after a reserve); free some space, or pass "
+                f"{NO_SIZE_LIMITS} to extract it anyway",
+                path=self.key,
+            )
+
+    def declare(self, total: int) -> None:
+        """Before extraction: the sizes the archive declares for all its members."""
+        if self.limits is not None:
+            self._ratio(total, None)
+            self._room(total, None, fresh=True)
+
+    def take(self, member: str, n: int) -> None:
+        """Before writing `n` more bytes of `member` (its declared size, or bytes beyond it)."""
+        if self.limits is not None:
+            self._ratio(self.total + n, member)
+            self._room(n, member)
+            self._since += n
+        self.total += n
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+def _copy_member(
+    src: io.BufferedIOBase | IO[bytes],
+    target: Path,
+    declared: int,
+    member: str,
+    budget: _Budget,
+    report: Callable[[], None],
+) -> int:
+    """Copy one member's bytes into a new file `target` (never following or replacing what is there),
+    reporting progress per chunk; the bytes actually written are held to the declared size."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, 0o600)
+    written = 0
+    try:
+        with open(fd, "wb", closefd=True) as dst:
+            while chunk := src.read(_COPY_BUFFER):
+                written += len(chunk)
+                if written > declared:
+                    budget.take(member, len(chunk))  # more than declared: count it against the limits
+                dst.write(chunk)
+                report()
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise FusionFastError(
+                f"the disk filled up while writing member {member!r} to {target}", path=budget.key
+            ) from None
+        raise
+    return written
+
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 # -- the units ---------------------------------------------------------------------------------------
@@ -239,7 +395,9 @@ class ImageUnit(Protocol):
 
     def stamp(self) -> Stamp: ...
     def members(self, limit: int | None = None) -> Iterator[str]: ...
-    def extract(self, dest: Path, progress: Progress | None = None) -> Extracted: ...
+    def extract(
+        self, dest: Path, progress: Progress | None = None, limits: SizeLimits | None = ...
+    ) -> Extracted: ...
 
 
 @dataclass
@@ -285,30 +443,37 @@ class Archive:
         with self._reading():
             if self.kind == "zip":
                 with self._open() as raw, zipfile.ZipFile(raw) as zf:
-                    for info in zf.infolist():
-                        path = self._check_zip_member(info)
+                    for info, path in self._checked_zip_members(zf):
                         if path is not None and not info.is_dir():
                             yield path
                 return
-            with self._open() as raw, _open_tar_stream(raw) as tf:
+            with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
+                seen: set[str] = set()
                 while (m := tf.next()) is not None:
                     _forget_members(tf)
-                    path = self._check_tar_member(m)
+                    path = self._check_tar_member(m, seen)
                     if path is not None and not m.isdir():
                         yield path
                 _raise_if_unterminated(tf, self.key)
+                _read_to_end(stream, raw)
 
-    def extract(self, dest: Path, progress: Progress | None = None) -> Extracted:
-        """Write every member under `dest` (which must exist); see the module docstring for the checks."""
+    def extract(
+        self, dest: Path, progress: Progress | None = None, limits: SizeLimits | None = DEFAULT_LIMITS
+    ) -> Extracted:
+        """Write every member under `dest` (which must exist); see the module docstring for the checks.
+        `limits=None` lifts the size limits."""
         report = _Reporter(progress)
+        budget = _Budget(limits, self.key, dest, self.size)
         with self._reading():
             if self.kind == "zip":
-                return self._extract_zip(dest, report)
-            return self._extract_tar(dest, report)
+                return self._extract_zip(dest, report, budget)
+            return self._extract_tar(dest, report, budget)
 
     # -- tar
-    def _check_tar_member(self, m: tarfile.TarInfo) -> str | None:
+    def _check_tar_member(self, m: tarfile.TarInfo, seen: set[str]) -> str | None:
         path = safe_member_path(self.key, m.name)
+        if path is not None:
+            _check_not_reserved(self.key, m.name, path)
         if m.isdir():
             return path
         if path is None:
@@ -317,21 +482,48 @@ class Archive:
             _check_link_target(self.key, m.name, m.linkname, relative_to=posixpath.dirname(path))
         elif m.islnk():
             _check_link_target(self.key, m.name, m.linkname, relative_to="")
+        elif m.issparse():
+            raise _refuse(self.key, m.name, "sparse file (its declared size need not match its data)")
         elif not m.isreg():
             raise _refuse(self.key, m.name, "device file, fifo or other special file")
+        if path in seen:
+            raise _refuse(self.key, m.name, "the archive holds two members with this path")
+        seen.add(path)
         return path
 
-    def _extract_tar(self, dest: Path, report: _Reporter) -> Extracted:
+    def _extract_tar(self, dest: Path, report: _Reporter, budget: _Budget) -> Extracted:
         out = Extracted()
-        filter_kw: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        with self._open() as raw, _open_tar_stream(raw) as tf:
+        seen: set[str] = set()
+        with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
             while (m := tf.next()) is not None:
                 _forget_members(tf)
-                path = self._check_tar_member(m)
+                path = self._check_tar_member(m, seen)
                 if path is None:
                     continue
                 try:
-                    tf.extract(m, dest, **filter_kw)
+                    # Links and folders through tarfile; regular files are written here, in chunks,
+                    # after the same filter has checked them.
+                    checked = _data_filter(m, dest)
+                    if m.isreg():
+                        budget.take(m.name, m.size)
+                        target = dest / path
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        src = tf.extractfile(m)
+                        assert src is not None
+                        written = _copy_member(
+                            src, target, m.size, m.name, budget, lambda: report(raw.tell())
+                        )
+                        if written != m.size:
+                            raise FusionFastError(
+                                f"corrupt or truncated archive: member {m.name!r} holds {written} bytes, "
+                                f"its header says {m.size}",
+                                path=self.key,
+                            )
+                        if checked.mode is not None:
+                            os.chmod(target, checked.mode)
+                        os.utime(target, (m.mtime, m.mtime))
+                    else:
+                        tf.extract(m, dest, **_FILTER_KW)
                 except tarfile.FilterError as e:
                     raise _refuse(self.key, m.name, str(e)) from None
                 if m.issym():
@@ -339,14 +531,17 @@ class Archive:
                 elif not m.isdir():
                     out.files.append(path)
                     out.bytes += m.size
-                report(raw.tell())
+                report.member_done(raw.tell())
             _raise_if_unterminated(tf, self.key)
+            _read_to_end(stream, raw)
         report(self.size, force=True)
         return out
 
     # -- zip
     def _check_zip_member(self, info: zipfile.ZipInfo) -> str | None:
         path = safe_member_path(self.key, info.filename)
+        if path is not None:
+            _check_not_reserved(self.key, info.filename, path)
         mode = info.external_attr >> 16
         if info.create_system == 3 and stat.S_IFMT(mode) and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             kind = "symlink" if stat.S_ISLNK(mode) else "device file, fifo or other special file"
@@ -355,27 +550,49 @@ class Archive:
             raise _refuse(self.key, info.filename, "a file member with an empty name")
         return path
 
-    def _extract_zip(self, dest: Path, report: _Reporter) -> Extracted:
+    def _checked_zip_members(self, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str | None]]:
+        """Every entry of the central directory with its checked path; names that appear twice are
+        refused (zipfile would silently give the last one)."""
+        out = []
+        seen: set[str] = set()
+        for info in zf.infolist():
+            path = self._check_zip_member(info)
+            if path is not None and not info.is_dir():
+                if path in seen:
+                    raise _refuse(self.key, info.filename, "the archive holds two members with this path")
+                seen.add(path)
+            out.append((info, path))
+        return out
+
+    def _extract_zip(self, dest: Path, report: _Reporter, budget: _Budget) -> Extracted:
         out = Extracted()
-        done = 0
         with self._open() as raw, zipfile.ZipFile(raw) as zf:
-            for info in zf.infolist():
-                path = self._check_zip_member(info)
+            members = self._checked_zip_members(zf)
+            budget.declare(sum(info.file_size for info, _ in members if not info.is_dir()))
+            for info, path in members:
                 if path is None:
                     continue
                 target = dest / path
                 if info.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
+                budget.take(info.filename, info.file_size)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, _COPY_BUFFER)
+                with zf.open(info) as src:  # zipfile checks the CRC when the member is read to its end
+                    written = _copy_member(
+                        src, target, info.file_size, info.filename, budget, lambda: report(raw.tell())
+                    )
+                if written != info.file_size:
+                    raise FusionFastError(
+                        f"corrupt or truncated archive: member {info.filename!r} holds {written} bytes, "
+                        f"the central directory says {info.file_size}",
+                        path=self.key,
+                    )
                 mtime = time.mktime((*info.date_time, 0, 0, -1))
                 os.utime(target, (mtime, mtime))
                 out.files.append(path)
                 out.bytes += info.file_size
-                done += info.compress_size
-                report(done)
+                report.member_done(raw.tell())
         report(self.size, force=True)
         return out
 
@@ -393,7 +610,8 @@ class _ArchiveErrors:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
-        if isinstance(err, _DAMAGE):
+        # bz2 and lzma report a damaged stream as an OSError without an errno (disk errors have one).
+        if isinstance(err, _DAMAGE) or (type(err) is OSError and err.errno is None):
             raise FusionFastError(f"corrupt or truncated archive: {err}", path=self.key) from err
 
 
@@ -416,10 +634,53 @@ class _EndCheckingTarInfo(tarfile.TarInfo):
             raise
 
 
-def _open_tar_stream(raw: io.BufferedReader) -> tarfile.TarFile:
-    tf = tarfile.open(fileobj=raw, mode="r|*", bufsize=_COPY_BUFFER, tarinfo=_EndCheckingTarInfo)
+def _open_tar_stream(stream: IO[bytes]) -> tarfile.TarFile:
+    """A tar read as a stream from `stream`, already decompressed (`_decompressed`)."""
+    tf = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUFFER, tarinfo=_EndCheckingTarInfo)
     tf.unterminated = None  # type: ignore[attr-defined]
     return tf
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_BZ2_MAGIC = re.compile(rb"BZh[1-9]1AY&SY")
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _decompressed(raw: io.BufferedReader, key: str) -> IO[bytes]:
+    """The tar stream inside `raw`: a gzip / bzip2 / xz reader (by magic number) or `raw` itself.
+
+    These readers check every CRC and length of the compressed stream, but only when read to its end;
+    `_read_to_end` does that after the tar's end-of-archive blocks."""
+    head = raw.peek(16)[:16]
+    if head.startswith(_GZIP_MAGIC):
+        return cast(IO[bytes], gzip.GzipFile(fileobj=raw, mode="rb"))
+    if _BZ2_MAGIC.match(head):
+        return bz2.BZ2File(raw)
+    if head.startswith(_XZ_MAGIC):
+        return lzma.LZMAFile(raw)  # checks the xz integrity check (CRC64 by default)
+    if head.startswith(_ZSTD_MAGIC):
+        raise FusionFastError("zstd-compressed tar archives are not supported; decompress it first", path=key)
+    return raw
+
+
+def _read_to_end(stream: IO[bytes], raw: io.BufferedReader) -> None:
+    """Read a compressed stream to its end, so that its trailer (CRC, length, end-of-stream marker, any
+    further concatenated members) is checked: a damaged or cut archive raises here."""
+    if stream is raw:
+        return
+    while stream.read(_COPY_BUFFER):
+        pass
+
+
+def _data_filter(m: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
+    """`tarfile`'s `data` filter where Python has it (it resolves paths on disk: a symlink planted by an
+    earlier member is caught); the name checks above are the fallback."""
+    data_filter = getattr(tarfile, "data_filter", None)
+    return m if data_filter is None else data_filter(m, str(dest))
+
+
+_FILTER_KW: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
 
 
 def _forget_members(tf: tarfile.TarFile) -> None:
@@ -465,9 +726,13 @@ class FolderUnit:
         for path, _, _ in self.files[:limit]:
             yield path
 
-    def extract(self, dest: Path, progress: Progress | None = None) -> Extracted:
-        """Hard-link every file under `dest` (copy when linking fails, e.g. across filesystems)."""
+    def extract(
+        self, dest: Path, progress: Progress | None = None, limits: SizeLimits | None = DEFAULT_LIMITS
+    ) -> Extracted:
+        """Hard-link every file under `dest` (copy when linking fails, e.g. across filesystems: copies
+        are held to `limits`' free-space check)."""
         report = _Reporter(progress)
+        budget = _Budget(limits and replace(limits, max_ratio=float("inf")), self.key, dest, self.size)
         out = Extracted()
         can_link = True
         for path, size, _ in self.files:
@@ -479,10 +744,13 @@ class FolderUnit:
                 except OSError:
                     can_link = False
             if not can_link:
-                shutil.copy2(src, target)
+                budget.take(path, size)
+                with open(src, "rb") as f:
+                    _copy_member(f, target, size, path, budget, lambda: report(out.bytes))
+                shutil.copystat(src, target)
             out.files.append(path)
             out.bytes += size
-            report(out.bytes)
+            report.member_done(out.bytes)
         report(self.size, force=True)
         return out
 
@@ -557,8 +825,9 @@ def group_archives(files: Sequence[tuple[str, Path]]) -> list[Archive]:
 
 # -- placing extracted trees -------------------------------------------------------------------------
 def tmp_dir(images: Path, key: str) -> Path:
-    """The work folder for `key` under `images/` (same filesystem, hidden, tagged with our pid)."""
-    return images / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
+    """The work folder for `key`: in `images/.fusion-fast/` (same filesystem as `images/`, where no
+    member may land), tagged with our pid."""
+    return images / MARKER_DIR / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
 
 
 def marker_name(key: str) -> str:
@@ -576,7 +845,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 def clean_stale_tmp(folder: Path) -> list[Path]:
-    """Remove `.tmp-*-<pid>` entries in `folder` left by processes that no longer run."""
+    """Remove `.tmp-*-<pid>` entries in `folder` left by processes that no longer run. Only prepare's
+    own folders are cleaned (`images/.fusion-fast/`, `jsons/`), where no archive member can be."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
@@ -599,16 +869,100 @@ def strip_components(path: str, k: int) -> str:
 
 
 def check_symlinks(key: str, symlinks: Sequence[tuple[str, str]], strip: int, prefix: str) -> None:
-    """Symlinks must still point inside `images/` once members are moved to `prefix + stripped path`."""
+    """Symlinks must still point inside `images/`, and not into its state folder, once members are moved
+    to `prefix + stripped path`."""
     for path, target in symlinks:
         final = prefix + strip_components(path, strip)
         _check_link_target(key, path, target, relative_to=posixpath.dirname(final))
 
 
-def place(tmp: Path, images: Path, strip: int, prefix: str) -> list[str]:
+def _same_file(src: Path, target: Path) -> bool:
+    """`target` already holds what `src` holds: the same file, an equal copy or an equal symlink."""
+    if src.is_symlink() or target.is_symlink():
+        return src.is_symlink() and target.is_symlink() and os.readlink(src) == os.readlink(target)
+    if not (src.is_file() and target.is_file()):
+        return False
+    if os.path.samefile(src, target):
+        return True
+    return src.stat().st_size == target.stat().st_size and filecmp.cmp(src, target, shallow=False)
+
+
+#: Conflicts listed in full in a placement error (the rest are counted).
+_SHOWN_CONFLICTS = 5
+
+
+def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: str) -> None:
+    """Raise before anything moves when placing `tmp` would put two members on one path, a file where
+    a folder is (or the reverse), a member in prepare's state folder, or replace a different file."""
+    claimed: dict[str, str] = {}  # target (relative to images/) -> member
+    kind: dict[str, str] = {}  # what a folder path of images/ is: "dir", "missing" or "other"
+    conflicts: list[str] = []
+
+    def folder_kind(rel: str) -> str:
+        if rel == "":
+            return "dir"
+        if rel not in kind:
+            parent = folder_kind(posixpath.dirname(rel))
+            path = images / rel
+            if parent != "dir":
+                kind[rel] = "missing" if parent == "missing" else "other"
+            elif not os.path.lexists(path):
+                kind[rel] = "missing"
+            else:
+                kind[rel] = "dir" if path.is_dir() and not path.is_symlink() else "other"
+        return kind[rel]
+
+    for top, dirs, files in os.walk(tmp):
+        dirs.sort()  # archive-independent, reproducible messages
+        rel_top = os.path.relpath(top, tmp).replace(os.sep, "/")
+        names = list(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]
+        for name in sorted(names):
+            member = name if rel_top == "." else f"{rel_top}/{name}"
+            if member.count("/") < strip:
+                continue  # `place` drops entries above the strip depth (decide_placement avoids them)
+            target = prefix + strip_components(member, strip)
+            _check_not_reserved(key, member, target)
+            if target in claimed:
+                conflicts.append(
+                    f"members {claimed[target]!r} and {member!r} would both become images/{target}"
+                )
+                continue
+            claimed[target] = member
+            parent = folder_kind(posixpath.dirname(target))
+            if parent == "other":
+                conflicts.append(f"member {member!r} -> images/{target}: a file is in the way of its folder")
+            elif parent == "dir" and os.path.lexists(images / target):
+                if (images / target).is_dir() and not (images / target).is_symlink():
+                    conflicts.append(f"member {member!r} -> images/{target}: a folder is there")
+                elif not _same_file(Path(top, name), images / target):
+                    conflicts.append(f"member {member!r} -> images/{target}: exists and differs")
+    for target in claimed:  # a member file where another member's folder goes
+        folder = posixpath.dirname(target)
+        while folder:
+            if folder in claimed:
+                conflicts.append(
+                    f"members {claimed[folder]!r} and {claimed[target]!r}: images/{folder} would be both a "
+                    "file and a folder"
+                )
+                break
+            folder = posixpath.dirname(folder)
+    if conflicts:
+        shown = "; ".join(conflicts[:_SHOWN_CONFLICTS])
+        more = f" (and {len(conflicts) - _SHOWN_CONFLICTS} more)" if len(conflicts) > _SHOWN_CONFLICTS else ""
+        raise FusionFastError(
+            f"cannot place its files without replacing others: {shown}{more}. Nothing of it was placed; "
+            "remove what is in the way (or this archive) and run again",
+            path=key or None,
+        )
+
+
+def place(tmp: Path, images: Path, strip: int, prefix: str, key: str = "") -> list[str]:
     """Move the extracted tree `tmp` into `images/<prefix>`, dropping its first `strip` path components
-    (every file is deeper than that). Folders that exist are merged into; files that exist are replaced.
+    (every file is deeper than that). Folders that exist are merged into; a file that exists is left as
+    it is when it is the same (a re-run after an interrupted move), and is otherwise a conflict: every
+    conflict is found before anything moves (`FusionFastError` naming `key`, the members and targets).
     Returns the top-level entries of `images/` that received files."""
+    _placement_conflicts(tmp, images, strip, prefix, key)
     roots = [tmp]
     for _ in range(strip):
         roots = [d for r in roots for d in sorted(r.iterdir()) if d.is_dir() and not d.is_symlink()]
@@ -618,25 +972,25 @@ def place(tmp: Path, images: Path, strip: int, prefix: str) -> list[str]:
     for root in roots:
         for child in sorted(root.iterdir()):
             entries.add(prefix.split("/", 1)[0] if prefix else child.name)
-            _move_merging(child, dest / child.name)
+            _move_merging(child, dest / child.name, key)
     return sorted(entries)
 
 
-def _move_merging(src: Path, target: Path) -> None:
+def _move_merging(src: Path, target: Path, key: str) -> None:
     if not os.path.lexists(target):
         os.rename(src, target)
         return
     src_is_dir = src.is_dir() and not src.is_symlink()
-    if src_is_dir and target.is_dir():
+    target_is_dir = target.is_dir() and not target.is_symlink()
+    if src_is_dir and target_is_dir:
         for child in sorted(src.iterdir()):
-            _move_merging(child, target / child.name)
-    elif src_is_dir or target.is_dir():
-        raise FusionFastError(
-            f"cannot place {src.name}: {target} exists and is {'a folder' if target.is_dir() else 'a file'}",
-            path=str(target),
-        )
-    else:
-        os.replace(src, target)
+            _move_merging(child, target / child.name, key)
+    elif src_is_dir and not any(src.iterdir()):
+        pass  # an empty folder where a file is: nothing to place
+    elif not src_is_dir and not target_is_dir and _same_file(src, target):
+        src.unlink()  # already in place (an earlier, interrupted run moved it)
+    else:  # changed since `_placement_conflicts` looked
+        raise FusionFastError(f"cannot place {src.name}: {target} exists and differs", path=key or None)
 
 
 # -- completion markers ------------------------------------------------------------------------------

@@ -2,8 +2,7 @@
 before training starts.
 
     report = run_check("playground/train/stage1.yaml", decode=True)
-    report.render(console)          # per-dataset table + first examples of each kind
-    report.clean, report.problems   # list[Problem]
+    report.clean, report.problems   # list[Problem]; `fusion-fast check` renders it (cli/check.py)
 
 Record checks run on every record of every data file the target names (parsed in Rust, in batches);
 image existence is checked in parallel in Rust (`_core.files_exist`); `decode=True` opens and decodes
@@ -13,7 +12,7 @@ every existing image with Pillow on a thread pool. See docs/check.md for the exa
 from __future__ import annotations
 
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -28,12 +27,20 @@ from .errors import FusionFastError, MalformedJSONError, MixtureError
 from .exclude import write_exclude
 from .index import JsonIndex
 from .index import open as open_index
-from .indexing import expand_targets, index_file
+from .indexing import TargetError, expand_targets, index_file
 from .stage import DATA_SUFFIXES, DatasetSpec, is_stage_yaml, read_stage
 
 if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
+    from typing import Protocol
+
+    class ProgressSink(Protocol):
+        """Where long work reports progress (`fusion_fast.cli.output.Progress` is one)."""
+
+        def task(self, what: str, total: int, unit: str = ..., *, bar: bool = ...) -> int: ...
+        def update(self, task: int | None, done: int) -> None: ...
+        def advance(self, task: int | None, n: int) -> None: ...
+        def done(self, task: int | None) -> None: ...
+
 
 #: Every problem kind, in the order reports list them.
 KINDS = (
@@ -69,10 +76,6 @@ PROGRESS_MIN_DECODES = 2_000
 PROGRESS_MIN_BYTES = 64 << 20
 
 TargetKind = Literal["yaml", "data", "folder"]
-
-
-class TargetError(FusionFastError):
-    """The target of a check does not exist or is neither a stage YAML, a data file nor a folder."""
 
 
 @dataclass(slots=True)
@@ -174,61 +177,6 @@ class CheckReport:
             "problems": [p.to_json() for p in self.problems],
         }
 
-    def render(self, console: Console, *, examples: int = 3) -> None:
-        """Print the per-dataset table and the first `examples` problems of each kind."""
-        from rich.table import Table
-        from rich.text import Text
-
-        kinds = [k for k in KINDS if k in self.counts()]
-        table = Table(title=f"fusion-fast check: {Path(self.target).name}", title_justify="left")
-        table.add_column("dataset", overflow="fold")
-        for col in ("records", "images", "problems"):
-            table.add_column(col, justify="right", no_wrap=True)
-        table.add_column("by kind", no_wrap=True)
-        for d in self.datasets.values():
-            table.add_row(d.name, f"{d.records:,}", f"{d.images:,}", *_problem_cells(d.problems))
-        layout = Counter(p.kind for p in self.problems if p.dataset not in self.datasets)
-        if layout:
-            table.add_row("(layout)", "", "", *_problem_cells(layout))
-        console.print(table)
-        by_kind: dict[str, list[Problem]] = defaultdict(list)
-        for p in self.problems:
-            by_kind[p.kind].append(p)
-        for k in kinds:
-            shown = by_kind[k][:examples]
-            console.print(Text(f"{k}: {len(by_kind[k]):,}", style="bold"))
-            for p in shown:
-                console.print(Text("  " + _describe(p)), soft_wrap=True)
-        summary = (
-            f"{self.records:,} records in {len(self.datasets)} files"
-            + (f", {self.decoded:,} images decoded" if self.decoded else "")
-            + f" in {self.seconds:.2f} s: "
-        )
-        if self.clean:
-            console.print(Text(summary + "no problems", style="green"))
-        else:
-            console.print(Text(summary + f"{len(self.problems):,} problems", style="red"))
-
-
-def _problem_cells(counts: Counter[str]) -> tuple[str, str]:
-    """(total, one "kind n" line per kind in KINDS order); empty when there is nothing."""
-    if not counts:
-        return "", ""
-    by_kind = "\n".join(f"{k} {counts[k]:,}" for k in KINDS if counts[k])
-    return f"{sum(counts.values()):,}", by_kind
-
-
-def _describe(p: Problem) -> str:
-    where = [Path(p.dataset).name] if p.dataset else []
-    if p.record is not None:
-        where.append(f"record {p.record}")
-    if p.id is not None:
-        where.append(f"id {p.id!r}")
-    if p.offset is not None:
-        where.append(f"byte {p.offset}")
-    text = " ".join(where) + ": " + p.detail if where else p.detail
-    return text + (f" [{p.path}]" if p.path else "")
-
 
 # -- targets and the FUSION layout ------------------------------------------------------------------
 
@@ -288,13 +236,13 @@ def target_kind(target: str | os.PathLike[str]) -> TargetKind:
     if path.is_dir():
         return "folder"
     if not path.exists():
-        raise TargetError(f"no such file or folder: {path}", path=str(path))
+        raise TargetError("no such file or folder; check the path", path=str(path))
     if is_stage_yaml(path):
         return "yaml"
     if path.suffix.lower() in DATA_SUFFIXES:
         return "data"
     raise TargetError(
-        f"{path}: expected a stage YAML (.yaml/.yml), a data file (.json/.jsonl) or a folder", path=str(path)
+        "expected a stage YAML (.yaml/.yml), a data file (.json/.jsonl) or a folder", path=str(path)
     )
 
 
@@ -485,8 +433,8 @@ class _FileCheck:
         n = len(self.idx)
         images = int(self.idx.columns["images"].sum())
         big = n >= PROGRESS_MIN_RECORDS or (self.checker.decode and images >= PROGRESS_MIN_DECODES)
-        # Only long runs get a bar: many records, or many images to decode.
-        task = bar.task(f"checking {self.stats.name}", n) if big else None
+        # On a terminal only long runs get a bar: many records, or many images to decode.
+        task = bar.task(f"checking {self.stats.name}", n, "records", big=big)
         for start in range(0, n, BATCH):
             stop = min(n, start + BATCH)
             self._check_records(start, self.idx.get_many(range(start, stop)))
@@ -612,9 +560,9 @@ class _Checker:
     def _open(self, path: Path) -> JsonIndex:
         """The file's index; building a big one shows its progress."""
         size = path.stat().st_size
-        if self.bar.progress is None or size < PROGRESS_MIN_BYTES:
+        if self.bar.sink is None:
             return open_index(path)
-        task = self.bar.task(f"indexing {path.name}", size)
+        task = self.bar.task(f"indexing {path.name}", size, "bytes", big=size >= PROGRESS_MIN_BYTES)
         try:
             idx, _ = index_file(path, on_progress=lambda _path, done, _total: self.bar.update(task, done))
         finally:
@@ -750,44 +698,40 @@ def _record_problems(rec: dict[str, Any], i: int, rid: Any, refs: _Refs) -> list
 
 
 class _Bar:
-    """A rich progress bar on stderr, or nothing."""
+    """Progress reported to a `ProgressSink`, or nowhere."""
 
-    def __init__(self, progress: Progress | None) -> None:
-        self.progress = progress
+    def __init__(self, sink: ProgressSink | None) -> None:
+        self.sink = sink
 
-    def task(self, description: str, total: int) -> TaskID | None:
-        return None if self.progress is None else self.progress.add_task(description, total=total)
+    def task(self, description: str, total: int, unit: str, *, big: bool) -> int | None:
+        """A task for every file: logs get a line when it runs long; a terminal shows a bar only for
+        `big` ones."""
+        return None if self.sink is None else self.sink.task(description, total, unit, bar=big)
 
-    def advance(self, task: TaskID | None, n: int) -> None:
-        if self.progress is not None and task is not None:
-            self.progress.advance(task, n)
+    def advance(self, task: int | None, n: int) -> None:
+        if self.sink is not None:
+            self.sink.advance(task, n)
 
-    def update(self, task: TaskID | None, completed: int) -> None:
-        if self.progress is not None and task is not None:
-            self.progress.update(task, completed=completed)
+    def update(self, task: int | None, completed: int) -> None:
+        if self.sink is not None:
+            self.sink.update(task, completed)
 
-    def done(self, task: TaskID | None) -> None:
-        """Remove a finished task, so checking many files does not stack up lines."""
-        if self.progress is not None and task is not None:
-            self.progress.remove_task(task)
+    def done(self, task: int | None) -> None:
+        """End a finished task, so checking many files does not stack up bars."""
+        if self.sink is not None:
+            self.sink.done(task)
 
 
 @contextmanager
-def _progress_bar(enabled: bool) -> Iterator[_Bar]:
-    if not enabled:
+def _progress_bar(progress: bool | ProgressSink) -> Iterator[_Bar]:
+    if progress is False:
         yield _Bar(None)
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    elif progress is True:
+        from .cli.output import Progress
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=True,
-    ) as progress:
+        with Progress() as sink:
+            yield _Bar(sink)
+    else:
         yield _Bar(progress)
 
 
@@ -800,7 +744,7 @@ def run_check(
     root: str | os.PathLike[str] | None = None,
     image_folder: str | os.PathLike[str] | None = None,
     decode: bool = False,
-    progress: bool = False,
+    progress: bool | ProgressSink = False,
 ) -> CheckReport:
     """Check every record of the data files `target` names, the files they reference and, for a FUSION
     playground, its layout.
@@ -810,7 +754,8 @@ def run_check(
     checks against the stage YAMLs in `train/`). `root`: where relative YAML paths start (default: the
     working directory, then the YAML's folder). `image_folder`: where relative image paths start for
     entries without their own `image_folder`. `decode`: also decode every existing image (Pillow).
-    `progress`: show a progress bar on stderr for long runs. Raises `TargetError` for a target that
+    `progress`: report long work to this `ProgressSink`, or (True) on stderr: a bar on a terminal, a line
+    every few seconds in a log. Raises `TargetError` for a target that
     does not exist or is of an unknown type, `MixtureError` for an unreadable target stage YAML (other
     YAMLs of a playground that are not stage YAMLs are ignored).
     """
@@ -828,7 +773,7 @@ def run_check(
     folder_str = os.fspath(image_folder) if image_folder is not None else None
     plan = _plan(target_path, kind, root_str)
     if not plan.files and not plan.missing:
-        raise TargetError(f"{target_path}: no .json / .jsonl data files to check", path=str(target_path))
+        raise TargetError("no .json / .jsonl data files to check", path=str(target_path))
     folder_layout = Layout.of_folder(_absolute(target_path)) if kind == "folder" else None
     report = CheckReport(os.fspath(target))
     report.problems += [_missing_json(spec, root_given=root is not None) for spec in plan.missing]
@@ -852,7 +797,7 @@ def run_check(
 def _missing_json(spec: DatasetSpec, *, root_given: bool) -> Problem:
     """`path` is where the file is expected: under `root` when one was given, else beside the YAML."""
     tried = ", ".join(str(p) for p in spec.tried)
-    expected = spec.tried[0] if root_given else spec.tried[-1]
+    expected = spec.expected
     detail = f"{spec.where}: data file not found (tried {tried})"
     return Problem("missing_json", None, None, None, detail, None, str(expected))
 

@@ -1,4 +1,10 @@
-"""A small seeded FUSION-like playground: the README's built-in sample."""
+"""A small seeded playground in FUSION's repository layout: the README's built-in sample.
+
+FUSION keeps its annotation files in `playground/train/jsons/`, the images under
+`playground/train/images/<Source>/`, and its stage YAMLs in `scripts/train/yaml/`, whose `json_path`
+entries read `../../playground/train/jsons/X.json`: relative to `scripts/train/`, the folder its launch
+scripts run from. The demo writes the same tree so that every example in the docs runs in it as written.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +23,33 @@ DEMO_DATASETS = (
     ("ShareGPT4V-1k.json", "ShareGPT4V", 1000, "json"),
 )
 
-STAGE_YAML = "stage1-demo.yaml"
+#: The stage YAML, relative to the demo folder (FUSION's repository root).
+STAGE_YAML = "scripts/train/yaml/stage1.yaml"
+#: The folder FUSION's launch scripts run from: the YAML's relative paths start there.
+LAUNCH_DIR = "scripts/train"
+#: How FUSION's YAMLs name an annotation file: relative to LAUNCH_DIR.
+JSON_PATH_PREFIX = "../../playground/train/jsons/"
 
 
 @dataclass
 class DemoPlayground:
-    root: Path
+    base: Path  #: the demo folder, laid out like FUSION's repository root
+    root: Path  #: base/playground
     jsons: list[Path]
     images: int
-    yaml: Path
+    yaml: Path  #: base/scripts/train/yaml/stage1.yaml
+
+    @property
+    def launch_dir(self) -> Path:
+        """base/scripts/train: where the YAML's `../../playground/...` paths start."""
+        return self.base / LAUNCH_DIR
 
 
-def write_playground(root: str | os.PathLike[str], *, seed: int = 0) -> DemoPlayground:
-    """Write `root/train/jsons/*.json[l]`, `root/train/images/<Source>/...` (tiny real PNGs) and
-    `root/train/stage1-demo.yaml` in FUSION's format. Same seed, same bytes."""
-    root = Path(root)
+def write_playground(base: str | os.PathLike[str], *, seed: int = 0) -> DemoPlayground:
+    """Write, under `base`, `playground/train/jsons/*.json[l]`, `playground/train/images/<Source>/...`
+    (tiny real PNGs) and `scripts/train/yaml/stage1.yaml` in FUSION's format. Same seed, same bytes."""
+    base = Path(base)
+    root = base / "playground"
     jsons_dir = root / "train" / "jsons"
     images_dir = root / "train" / "images"
     jsons_dir.mkdir(parents=True, exist_ok=True)
@@ -62,10 +80,11 @@ def write_playground(root: str | os.PathLike[str], *, seed: int = 0) -> DemoPlay
             else:
                 json.dump(records, f, ensure_ascii=False, indent=4)
         jsons.append(path)
-    yaml_path = root / "train" / STAGE_YAML
+    yaml_path = base / STAGE_YAML
+    yaml_path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["datasets:"]
     strategies = ["all", "random:50%", "first:500"]
     for path, strategy in zip(jsons, strategies, strict=True):
-        lines += [f"  - json_path: jsons/{path.name}", f'    sampling_strategy: "{strategy}"']
+        lines += [f"  - json_path: {JSON_PATH_PREFIX}{path.name}", f'    sampling_strategy: "{strategy}"']
     yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return DemoPlayground(root, jsons, n_images, yaml_path)
+    return DemoPlayground(base, root, jsons, n_images, yaml_path)

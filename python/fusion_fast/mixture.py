@@ -43,7 +43,7 @@ from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
 from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence, _map_file
 from .index import open as open_index
-from .stage import DatasetSpec, read_stage, spec_from_entry
+from .stage import DatasetSpec, missing_message, read_stage, spec_from_entry
 
 if TYPE_CHECKING:
     import polars as pl
@@ -55,6 +55,10 @@ EXPORT_BATCH = 1 << 16
 
 
 _KEY_DOMAIN = b"fusion-fast/mixture/v1"
+
+#: Records one entry may select after `repeat` (8 bytes each in the selection array: 16 GiB). More is a
+#: mistake in the YAML, reported before anything is allocated.
+MAX_SELECTED = 1 << 31
 
 #: A dataset's record numbers: an array, or (first, stop) for the contiguous range a strategy keeps.
 Selection = np.ndarray | tuple[int, int]
@@ -162,14 +166,8 @@ class Mixture(RecordSequence):
     def _resolve(self, specs: list[DatasetSpec], seed: int, rebuild: Rebuild, index_dir: str | None) -> None:
         missing = [s for s in specs if s.path is None]
         if missing:
-            messages = []
-            for s in missing:
-                try:
-                    s.require_path()
-                except MixtureError as e:
-                    messages.append(e.message)
             yaml_path = missing[0].yaml_path
-            raise MixtureError("\n".join(messages), path=str(yaml_path) if yaml_path else None)
+            raise MixtureError(missing_message(specs), path=str(yaml_path) if yaml_path else None)
         self.seed = seed
         self._rebuild: Rebuild = rebuild
         self._index_dir = index_dir
@@ -453,15 +451,21 @@ def _select(spec: DatasetSpec, index: JsonIndex, keys: _KeyStream) -> tuple[Sele
         excluded = len(arr) - int(keep.sum())
         if excluded:
             sel = arr[keep]
-    return _repeat(sel, spec.repeat, keys), excluded
+    return _repeat(sel, spec.repeat, keys, spec.where), excluded
 
 
-def _repeat(sel: Selection, repeat: Fraction, keys: _KeyStream) -> Selection:
+def _repeat(sel: Selection, repeat: Fraction, keys: _KeyStream, where: str) -> Selection:
     if repeat == 1:
         return sel
-    arr = np.arange(sel[0], sel[1], dtype=np.int64) if isinstance(sel, tuple) else sel
+    m = _size(sel)
     whole = math.floor(repeat)
-    extra = math.ceil((repeat - whole) * len(arr))
+    extra = math.ceil((repeat - whole) * m)
+    if whole * m + extra > MAX_SELECTED:
+        raise MixtureError(
+            f"{where}: repeat {float(repeat):g} of {m:,} records would select {whole * m + extra:,} records; "
+            f"at most {MAX_SELECTED:,} fit in one mixture entry"
+        )
+    arr = np.arange(sel[0], sel[1], dtype=np.int64) if isinstance(sel, tuple) else sel
     parts = [arr] * whole
     if extra:
         parts.append(arr[keys.smallest(len(arr), extra)])

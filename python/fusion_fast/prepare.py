@@ -26,13 +26,16 @@ import os
 import queue
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import partial
@@ -42,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .archives import (
+    DEFAULT_LIMITS,
     IMAGE_SUFFIXES,
     MARKER_DIR,
     TMP_PREFIX,
@@ -49,6 +53,7 @@ from .archives import (
     FolderUnit,
     ImageUnit,
     Marker,
+    SizeLimits,
     Stamp,
     archive_base,
     check_symlinks,
@@ -308,30 +313,52 @@ def placed_at(prefix: str, entries: Sequence[str]) -> str:
     return f"images/{{{shown}}}/"
 
 
+def one_to_one(members: Sequence[str], k: int) -> bool:
+    """Whether stripping the first `k` components keeps the members apart: no two become one path, and
+    none becomes a folder of another (`a` and `a/b`). Placing a tree where this fails would make one
+    member replace another."""
+    if k == 0:
+        return True  # an extracted tree: distinct paths, and no file is also a folder
+    tails = {strip_components(m, k) for m in members}
+    if len(tails) != len(set(members)):
+        return False
+    folders: set[str] = set()
+    for t in tails:
+        d = t.rpartition("/")[0]
+        while d and d not in folders:  # each folder's ancestors are added once
+            folders.add(d)
+            d = d.rpartition("/")[0]
+    return folders.isdisjoint(tails)
+
+
 def decide_placement(members: Sequence[str], refs: References | None, fallback_prefix: str) -> Placement:
     """Choose where a unit's members go so that records' paths resolve.
 
     Tries every (strip k leading components, prepend prefix P) with k up to the shallowest member's
     depth (at most MAX_STRIP) and P among `""` and the prefixes `References.prefixes_for` proposes; the
-    pair under which most sampled members are referenced wins (ties: smaller k, then shorter P). When no
-    member is referenced: an archive with a single top folder goes to `images/` as it is, otherwise to
-    `images/<fallback_prefix>`."""
+    pair under which most sampled members are referenced wins (ties: smaller k, then shorter P). A k
+    under which two members would land on one path (`one_to_one`, checked over every member, not only
+    the sample) is never chosen. When no member is referenced: an archive with a single top folder goes
+    to `images/` as it is, otherwise to `images/<fallback_prefix>`."""
     if not members:
         return Placement(0, "", 0, 0, "empty")
     n = len(members)
     sample = list(members) if n <= SAMPLE else [members[i * n // SAMPLE] for i in range(SAMPLE)]
     depth = min(m.count("/") for m in members)
     if refs is not None and len(refs):
-        best: tuple[int, int, int, str] | None = None
+        candidates: list[tuple[int, int, int, str]] = []
         for k in range(min(depth, MAX_STRIP) + 1):
             tails = [strip_components(m, k) for m in sample]
             for prefix in refs.prefixes_for(tails):
                 hits = int(refs.contains([prefix + t for t in tails]).sum())
-                candidate = (hits, -k, -len(prefix), prefix)
-                if best is None or candidate[:3] > best[:3]:
-                    best = candidate
-        if best is not None and best[0] > 0:
-            return Placement(-best[1], best[3], best[0], len(sample), "records")
+                if hits:
+                    candidates.append((hits, -k, -len(prefix), prefix))
+        # Best first; a stable sort keeps the proposal order among exact ties.
+        candidates.sort(key=lambda c: c[:3], reverse=True)
+        apart: dict[int, bool] = {}
+        for hits, minus_k, _, prefix in candidates:
+            if apart.setdefault(-minus_k, one_to_one(members, -minus_k)):
+                return Placement(-minus_k, prefix, hits, len(sample), "records")
     if depth >= 1 and len({m.split("/", 1)[0] for m in members}) == 1:
         return Placement(0, "", 0, len(sample), "single top folder")
     return Placement(0, fallback_prefix, 0, len(sample), "archive name" if fallback_prefix else "as is")
@@ -567,18 +594,59 @@ class PrepareResult:
         )
 
 
-def run_prepare(plan: Plan, *, jobs: int = 1, progress: BytesProgress | None = None) -> PrepareResult:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived during `run_prepare`: handled like Ctrl-C (stop, clean up, keep completed work)."""
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM (a batch scheduler's stop, `kill`) into `Terminated` while a run is under way, unless
+    the program installed its own handler or this is not the main thread (only it can have one)."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def run_prepare(
+    plan: Plan,
+    *,
+    jobs: int = 1,
+    progress: BytesProgress | None = None,
+    size_limits: SizeLimits | None = DEFAULT_LIMITS,
+) -> PrepareResult:
     """Carry out `plan`: place the annotation files, index them, extract and place the pending units
     (`jobs` at a time, in worker processes when > 1), write the stage YAML and run `check` on it.
 
-    A unit that fails (corrupt archive, refused member) is reported in its `UnitResult`, leaves nothing
-    behind, and does not stop the others."""
+    A unit that fails (corrupt archive, refused member, a conflict with files in place, an archive past
+    `size_limits`; `None` lifts those) is reported in its `UnitResult`, leaves nothing behind, and does
+    not stop the others. Ctrl-C and SIGTERM stop the extractions within a fraction of a second, remove
+    their temporary folders and raise `KeyboardInterrupt` (`Terminated` for SIGTERM); units already
+    placed keep their markers."""
+    with _sigterm_interrupts():
+        return _run_prepare(plan, jobs, progress, size_limits)
+
+
+def _run_prepare(
+    plan: Plan, jobs: int, progress: BytesProgress | None, size_limits: SizeLimits | None
+) -> PrepareResult:
     started = time.perf_counter()
     result = PrepareResult(plan)
     images = plan.images_dir
     for folder in (plan.jsons_dir, images / MARKER_DIR):
         folder.mkdir(parents=True, exist_ok=True)
-    for folder in (plan.jsons_dir, images, images / MARKER_DIR):
+    # Only prepare's own folders: a member of an archive may be called `.tmp-x` (images/ is theirs).
+    for folder in (plan.jsons_dir, images / MARKER_DIR):
         clean_stale_tmp(folder)
     indexes = []
     for item in plan.jsons:
@@ -589,7 +657,7 @@ def run_prepare(plan: Plan, *, jobs: int = 1, progress: BytesProgress | None = N
     todo = [u for u in plan.units if u.todo]
     refs = References.from_indexes(indexes) if todo else None
     done = {u.unit.key: _in_place_result(u) for u in plan.units if not u.todo}
-    for unit_item, outcome, seconds in _extract_all(todo, images, jobs, progress):
+    for unit_item, outcome, seconds in _extract_all(todo, images, jobs, progress, size_limits):
         done[unit_item.unit.key] = _finish_unit(unit_item, outcome, seconds, images, refs)
     result.units = [done[u.unit.key] for u in plan.units]
     if not plan.yaml_unchanged:
@@ -657,7 +725,7 @@ def _finish_unit(
         placement = decide_placement(members, refs, unit.fallback_prefix)
         check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
-        entries = place(tmp, images, placement.strip, placement.prefix)
+        entries = place(tmp, images, placement.strip, placement.prefix, unit.key)
         shutil.rmtree(tmp)
         s = item.stamp
         write_marker(
@@ -691,7 +759,11 @@ def _finish_unit(
 
 
 def _extract_all(
-    items: list[UnitItem], images: Path, jobs: int, progress: BytesProgress | None
+    items: list[UnitItem],
+    images: Path,
+    jobs: int,
+    progress: BytesProgress | None,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> Iterator[tuple[UnitItem, Extracted | Exception, float]]:
     """Extract each unit into its temporary folder; yields (item, what was extracted or the error,
     seconds) as units finish. Own temporary folders are removed if this is interrupted."""
@@ -711,14 +783,14 @@ def _extract_all(
                 tmp.mkdir()
                 started = time.perf_counter()
                 try:
-                    outcome: Extracted | Exception = item.unit.extract(tmp, partial(advance, k))
+                    outcome: Extracted | Exception = item.unit.extract(tmp, partial(advance, k), limits)
                 except (FusionFastError, OSError) as e:
                     outcome = e
                 advance(k, item.stamp.size)
                 finished.add(k)
                 yield item, outcome, time.perf_counter() - started
             return
-        yield from _extract_in_pool(items, images, jobs, advance, finished)
+        yield from _extract_in_pool(items, images, jobs, advance, finished, limits)
     finally:
         for k, item in enumerate(items):
             if k not in finished:
@@ -731,6 +803,7 @@ def _extract_in_pool(
     jobs: int,
     advance: Callable[[int, int], None],
     finished: set[int],
+    limits: SizeLimits | None,
 ) -> Iterator[tuple[UnitItem, Extracted | Exception, float]]:
     # Processes, not threads: tar member handling is Python code that holds the GIL. "spawn" because
     # forking a process that runs Rust and rich threads is unsafe.
@@ -748,7 +821,7 @@ def _extract_in_pool(
         for k, item in enumerate(items):
             tmp = tmp_dir(images, item.unit.key)
             tmp.mkdir()
-            futures[pool.submit(_extract_in_worker, k, item.unit, tmp)] = k
+            futures[pool.submit(_extract_in_worker, k, item.unit, tmp, limits)] = k
         while futures:
             ready, _ = wait(futures, timeout=0.1, return_when=FIRST_COMPLETED)
             _drain(progress_queue, advance)
@@ -785,6 +858,9 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(progress_queue: Any, abort: Any, parent_pid: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides (it sets `abort`, and
+    # workers stop at their next progress report), so workers never die half-way through a queue call.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker.update(queue=progress_queue, abort=abort, parent=parent_pid)
 
 
@@ -792,7 +868,9 @@ class _Aborted(Exception):
     """The run that started this worker was interrupted."""
 
 
-def _extract_in_worker(k: int, unit: ImageUnit, dest: Path) -> tuple[Extracted, float]:
+def _extract_in_worker(
+    k: int, unit: ImageUnit, dest: Path, limits: SizeLimits | None
+) -> tuple[Extracted, float]:
     def report(done: int) -> None:
         if os.getppid() != _worker["parent"]:
             os._exit(1)  # the run was killed: stop writing into its temporary folder
@@ -801,5 +879,5 @@ def _extract_in_worker(k: int, unit: ImageUnit, dest: Path) -> tuple[Extracted, 
         _worker["queue"].put((k, done))
 
     started = time.perf_counter()
-    extracted = unit.extract(dest, report)
+    extracted = unit.extract(dest, report, limits)
     return extracted, time.perf_counter() - started

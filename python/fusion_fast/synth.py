@@ -70,6 +70,19 @@ def iter_records(seed: int = 0, mean_words: int = 45) -> Iterator[dict[str, Any]
         i += 1
 
 
+def parse_size(text: str) -> int:
+    """Bytes from a size such as `64MiB`, `1.5GiB`, `512k` or `1000` (binary units: k = 1024)."""
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("ib").removesuffix("b").strip()
+    try:
+        value = float(s[:-1]) * units[s[-1]] if s and s[-1] in units else float(s)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a size; expected e.g. 64MiB, 1.5GiB, 512k or 1000") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{text!r} is not a size; expected a non-negative number of bytes")
+    return int(value)
+
+
 def write_file(
     path: str | os.PathLike[str],
     *,
@@ -79,22 +92,22 @@ def write_file(
     indent: int | None = 4,
     ensure_ascii: bool = False,
 ) -> int:
-    """Write a `.json` array (or `.jsonl` when the name ends so) of about `size` bytes or exactly
-    `records` records. Returns the number of records written."""
+    """Write a `.json` array (or `.jsonl` when the name ends so) of at most `size` bytes (and within one
+    record of it), or of exactly `records` records. The same arguments always give the same bytes.
+    Returns the number of records written."""
     if (size is None) == (records is None):
         raise ValueError("give exactly one of size= and records=")
     path = os.fspath(path)
     lines = path.endswith(".jsonl")
-    written = 0
+    opening, closing = ("", "") if lines else ("[", "\n]\n" if indent is not None else "]")
+    written = len(opening) + len(closing)
     count = 0
     # Large files reuse a pool of distinct records with fresh ids, so generation stays fast.
     pool_rng = random.Random(seed)
     pool = [make_record(pool_rng, k) for k in range(4096)]
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        if not lines:
-            f.write("[")
-            written += 1
-        while (records is not None and count < records) or (size is not None and written < size - 2):
+    with open(path, "wb") as f:
+        f.write(opening.encode())
+        while records is None or count < records:
             rec = dict(pool[count % len(pool)]) if count >= len(pool) else pool[count]
             if count >= len(pool):
                 rec["id"] = f"{rec['id'].rsplit('-', 1)[0]}-{count:09d}"
@@ -105,11 +118,13 @@ def write_file(
                 if indent is not None:
                     body = "\n".join(" " * indent + line for line in body.split("\n"))
                 text = ("," if count else "") + ("\n" if indent is not None else "") + body
-            f.write(text)
-            written += len(text.encode("utf-8")) if not text.isascii() else len(text)
+            data = text.encode("utf-8")
+            if size is not None and written + len(data) > size:
+                break
+            f.write(data)
+            written += len(data)
             count += 1
-        if not lines:
-            f.write("\n]\n" if indent is not None else "]")
+        f.write(closing.encode())
     return count
 
 

@@ -1,10 +1,11 @@
 //! Property tests: the parallel scan, forced down to chunks of a few bytes, equals the sequential
 //! reference on random LLaVA-like documents full of brackets, commas, quotes and backslash runs, and on
-//! damaged copies of them (where both must report the same first error). Word counts are checked
-//! against a plain count over serde_json's decoding of the same strings.
+//! damaged copies of them (where both must report the same first error). Valid and damaged documents are
+//! also checked against serde_json: a document is accepted exactly when serde_json accepts it (each line
+//! of JSON Lines on its own), and every record's bytes decode to the value serde_json read. Word counts
+//! are checked against Python's `str.split()`, written here from its definition.
 
 use fusion_fast::scan::{scan_sequential, scan_with_stats, Format, ScanOptions};
-use fusion_fast::words::is_python_space;
 use fusion_fast::Records;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -48,6 +49,13 @@ fn tricky_string() -> impl Strategy<Value = String> {
         Just("\u{3000}".to_string()),
         Just("\u{2009}".to_string()),
         Just("\u{85}".to_string()),
+        Just("\u{0b}".to_string()),
+        Just("\u{1d}".to_string()),
+        Just("\u{1f}".to_string()),
+        Just("\u{1680}".to_string()),
+        Just("\u{2028}".to_string()),
+        Just("\u{200b}".to_string()),
+        Just("\u{feff}".to_string()),
         Just("é".to_string()),
         Just("日本".to_string()),
         Just("😀".to_string()),
@@ -119,8 +127,86 @@ fn render_lines(records: &[Value], crlf: bool) -> Vec<u8> {
     out
 }
 
+/// The characters Python's `str.split()` splits on: those for which `str.isspace()` is true, i.e. the
+/// Unicode characters of general category Zs or bidirectional class WS, B or S (Python's
+/// `_PyUnicode_IsWhitespace`). Listed from that definition, not taken from the crate.
+const PYTHON_WHITESPACE: &[char] = &[
+    '\t', '\n', '\u{0b}', '\u{0c}', '\r', '\u{1c}', '\u{1d}', '\u{1e}', '\u{1f}', ' ', '\u{85}',
+    '\u{a0}', '\u{1680}', '\u{2000}', '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}',
+    '\u{2006}', '\u{2007}', '\u{2008}', '\u{2009}', '\u{200a}', '\u{2028}', '\u{2029}', '\u{202f}',
+    '\u{205f}', '\u{3000}',
+];
+
 fn python_words(s: &str) -> u32 {
-    s.split(is_python_space).filter(|w| !w.is_empty()).count() as u32
+    s.split(|c| PYTHON_WHITESPACE.contains(&c))
+        .filter(|w| !w.is_empty())
+        .count() as u32
+}
+
+/// JSON Lines as specified: after JSON whitespace, each line is empty or exactly one JSON value
+/// (serde_json on that line alone); a byte-order mark is not JSON. None when the document is invalid.
+fn lines_oracle(data: &[u8]) -> Option<Vec<Value>> {
+    if data.starts_with(b"\xEF\xBB\xBF") {
+        return None;
+    }
+    let mut out = Vec::new();
+    for line in data.split(|&b| b == b'\n') {
+        if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+            continue;
+        }
+        out.push(serde_json::from_slice::<Value>(line).ok()?);
+    }
+    Some(out)
+}
+
+/// A JSON array document: serde_json's value when it is one, else None.
+fn array_oracle(data: &[u8]) -> Option<Vec<Value>> {
+    match serde_json::from_slice::<Value>(data) {
+        Ok(Value::Array(items)) => Some(items),
+        _ => None,
+    }
+}
+
+/// The scan agrees with the oracle: it fails exactly when the oracle rejects the document, and else
+/// finds the oracle's records, each one's bytes decoding to the oracle's value.
+fn assert_matches_oracle(
+    data: &[u8],
+    scanned: &fusion_fast::Result<Records>,
+    oracle: Option<Vec<Value>>,
+) -> Result<(), TestCaseError> {
+    let text = String::from_utf8_lossy(data);
+    match (scanned, oracle) {
+        (Ok(seq), Some(values)) => {
+            prop_assert_eq!(seq.len(), values.len(), "records in {:?}", text);
+            for (i, want) in values.iter().enumerate() {
+                let (o, l) = (seq.offset[i] as usize, seq.length[i] as usize);
+                let got: Value = serde_json::from_slice(&data[o..o + l]).unwrap();
+                prop_assert_eq!(&got, want, "record {} of {:?}", i, text);
+            }
+        }
+        (Err(_), None) => {}
+        (Ok(_), None) => prop_assert!(false, "accepted a document serde_json rejects: {:?}", text),
+        (Err(e), Some(_)) => prop_assert!(false, "rejected a valid document ({}): {:?}", e, text),
+    }
+    Ok(())
+}
+
+/// Damages `data` in place: a few bytes replaced by JSON punctuation, optionally cut short.
+fn damage(
+    data: &mut Vec<u8>,
+    edits: &[(prop::sample::Index, u8)],
+    cut: Option<prop::sample::Index>,
+) {
+    if data.len() > 2 {
+        for (at, byte) in edits {
+            let i = at.index(data.len());
+            // Bias towards JSON punctuation so damage often stays "almost valid".
+            data[i] = PUNCT[*byte as usize % PUNCT.len()];
+        }
+        if let Some(c) = cut {
+            data.truncate(c.index(data.len()));
+        }
+    }
 }
 
 fn expected_words(rec: &Value) -> u32 {
@@ -155,7 +241,52 @@ proptest! {
         let data = render_lines(&records, crlf);
         let seq = scan_sequential(&data, Format::JsonLines).unwrap();
         prop_assert_eq!(seq.len(), records.len());
+        for (i, rec) in records.iter().enumerate() {
+            prop_assert_eq!(seq.words[i], expected_words(rec));
+            let (o, l) = (seq.offset[i] as usize, seq.length[i] as usize);
+            let parsed: Value = serde_json::from_slice(&data[o..o + l]).unwrap();
+            prop_assert_eq!(&parsed, rec);
+        }
         prop_assert_eq!(parallel(&data, Format::JsonLines, chunk).unwrap(), seq);
+    }
+
+    #[test]
+    fn damaged_lines_are_judged_like_serde_json(
+        (records, crlf) in document(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        commas in prop::collection::vec(any::<prop::sample::Index>(), 0..2),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+        chunk in 1usize..40,
+    ) {
+        let mut data = render_lines(&records, crlf);
+        // A separator after a record (`{"a":1},`): what a reader that treats lines like array items
+        // would let through.
+        for at in &commas {
+            if !data.is_empty() {
+                let newlines: Vec<usize> = data.iter().enumerate().filter(|(_, &b)| b == b'\n').map(|(i, _)| i).collect();
+                if !newlines.is_empty() {
+                    data.insert(newlines[at.index(newlines.len())], b',');
+                }
+            }
+        }
+        damage(&mut data, &edits, cut);
+        let seq = scan_sequential(&data, Format::JsonLines);
+        assert_matches_oracle(&data, &seq, lines_oracle(&data))?;
+        prop_assert_eq!(parallel(&data, Format::JsonLines, chunk), seq);
+    }
+
+    #[test]
+    fn damaged_arrays_are_judged_like_serde_json(
+        (records, pretty) in document(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..3),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+        chunk in 1usize..40,
+    ) {
+        let mut data = render_array(&records, pretty);
+        damage(&mut data, &edits, cut);
+        let seq = scan_sequential(&data, Format::JsonArray);
+        assert_matches_oracle(&data, &seq, array_oracle(&data))?;
+        prop_assert_eq!(parallel(&data, Format::JsonArray, chunk), seq);
     }
 
     #[test]
@@ -166,16 +297,7 @@ proptest! {
         chunk in 1usize..40,
     ) {
         let mut data = render_array(&records, pretty);
-        if data.len() > 2 {
-            for (at, byte) in &edits {
-                let i = at.index(data.len());
-                // Bias towards JSON punctuation so damage often stays "almost valid".
-                data[i] = PUNCT[*byte as usize % PUNCT.len()];
-            }
-            if let Some(c) = cut {
-                data.truncate(c.index(data.len()));
-            }
-        }
+        damage(&mut data, &edits, cut);
         for format in [Format::JsonArray, Format::JsonLines] {
             let seq = scan_sequential(&data, format);
             prop_assert_eq!(parallel(&data, format, chunk), seq);

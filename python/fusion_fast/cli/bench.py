@@ -68,7 +68,7 @@ def run_bench(args: argparse.Namespace) -> int:
         result_file = out / f"{name}.json"
         argv = [a.format(size=args.size, data=data) for a in (quick if args.quick else full)]
         cmd = [sys.executable, str(benches / script), *argv, "--out", str(result_file)]
-        error_console().print(f"[bold]running[/] {' '.join(cmd[1:])}")
+        error_console().print(f"running {' '.join(cmd[1:])}")
         started = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - started
@@ -88,7 +88,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f"wrote {out / 'benchmarks.md'}, {out / 'results.json'}" + (f", {chart}" if chart else "")
     )
     if failed:
-        error_console().print(f"[bold red]failed:[/] {', '.join(failed)}")
+        error_console().print(f"failed: {', '.join(failed)}")
         return 1
     return 0
 

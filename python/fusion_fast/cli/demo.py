@@ -5,11 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.table import Table
-
-from ..demo import write_playground
-from ..indexing import index_file
-from .output import console, human_bytes
+from .args import seed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +13,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "dir", nargs="?", default="fusion-fast-demo", help="where to write it (default: %(default)s)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the generated records (default: 0)")
+    p.add_argument("--json", action="store_true", help="print what was indexed as JSON instead of a table")
     p.set_defaults(func=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from ..demo import STAGE_YAML, write_playground
+    from ..indexing import index_file
+    from .output import console, human_bytes, note, print_json
+    from .output import table as new_table
+
     out = console()
     pg = write_playground(args.dir, seed=args.seed)
-    out.print(f"wrote {len(pg.jsons)} annotation files and {pg.images:,} images under {pg.root}/train")
-    table = Table(title="indexed")
+    note(f"wrote {len(pg.jsons)} annotation files and {pg.images:,} images under {pg.root}/train")
+    table = new_table("indexed")
+    rows = []
     for col in ("file", "records", "size", "time", "with image", "video", "mean words"):
         table.add_column(col, justify="left" if col == "file" else "right")
     total = 0
@@ -33,6 +36,7 @@ def run_demo(args: argparse.Namespace) -> int:
         idx, report = index_file(path, rebuild="always")
         total += len(idx)
         c = idx.columns
+        rows.append({"path": str(path), "records": len(idx), "bytes": report.size, "seconds": report.seconds})
         table.add_row(
             path.name,
             f"{len(idx):,}",
@@ -42,6 +46,9 @@ def run_demo(args: argparse.Namespace) -> int:
             f"{int(((c['flags'] & 2) != 0).sum()):,}",
             f"{float(c['words'].mean()):.1f}",
         )
+    if args.json:
+        print_json({"root": str(pg.root), "yaml": str(pg.yaml), "files": rows})
+        return 0
     out.print(table)
     first = pg.jsons[0]
     from ..index import open as open_index
@@ -50,5 +57,6 @@ def run_demo(args: argparse.Namespace) -> int:
     out.print(f"record 0 of {first.name}: {idx[0]}")
     out.print(f"lengths[:8] = {idx.lengths[:8].tolist()}")
     out.print(f"stage YAML: {pg.yaml}  ({Path(pg.yaml).read_text().count('json_path')} datasets)")
-    out.print(f"next: fusion-fast info {first}")
+    # The README's quickstart runs in the demo folder, laid out like FUSION's repository.
+    out.print(f"next: cd {pg.base} && fusion-fast mix {STAGE_YAML}  (the README's quickstart)")
     return 0

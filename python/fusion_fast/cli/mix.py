@@ -7,10 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
-from ..mixture import Mixture
-from .output import console, human_bytes
+from .args import check_writable, seed
 
 #: (summary column, header, how to render a value).
 _COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -34,29 +31,78 @@ _COLUMNS: tuple[tuple[str, str, Any], ...] = (
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mix", help="show what a stage YAML selects from each dataset; export it as JSONL")
     p.add_argument("stage", metavar="STAGE.yaml", help="a FUSION / LLaVA-OneVision stage YAML")
-    p.add_argument("--root", default=None, help="folder that relative paths start from (default: cwd)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random: strategies and repeats")
-    p.add_argument("--index-dir", default=None, help="where the indexes are kept (default: beside the data)")
+    p.add_argument(
+        "--root", default=None, metavar="DIR", help="folder that relative paths start from (default: cwd)"
+    )
+    p.add_argument(
+        "--seed", type=seed, default=0, help="seed of the random: strategies and repeats (default: 0)"
+    )
+    p.add_argument(
+        "--index-dir",
+        default=None,
+        metavar="DIR",
+        help="where the indexes are kept (default: beside the data)",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--export", metavar="OUT.jsonl", default=None, help="write the selected records here")
     p.set_defaults(func=run)
 
 
+def _stage_yaml(name: str) -> Path:
+    """The stage YAML `mix` takes; `TargetError` saying what was given instead."""
+    from ..indexing import TargetError
+    from ..stage import DATA_SUFFIXES
+
+    path = Path(name)
+    if path.is_dir():
+        raise TargetError(
+            "is a folder; `mix` takes a stage YAML (for a folder of data files: `fusion-fast check` "
+            "or `fusion-fast index`)",
+            path=name,
+        )
+    if not path.exists():
+        raise TargetError("no such stage YAML; check the path", path=name)
+    if path.suffix.lower() in DATA_SUFFIXES:
+        raise TargetError(
+            "is a data file; `mix` takes a stage YAML listing data files (`fusion-fast info` "
+            "summarises one data file)",
+            path=name,
+        )
+    return path
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..mixture import Mixture
+    from ..stage import base_line
+    from .output import console, human_bytes, print_json, table
+
     started = time.perf_counter()
-    mix = Mixture.from_yaml(args.stage, root=args.root, seed=args.seed, index_dir=args.index_dir)
+    stage = _stage_yaml(args.stage)
+    if args.export:
+        check_writable(args.export, "--export")
+    mix = Mixture.from_yaml(stage, root=args.root, seed=args.seed, index_dir=args.index_dir)
     resolved = time.perf_counter() - started
     summary = mix.summary(total=True)
-    table = Table(title=f"{Path(args.stage).name}: {len(mix):,} records (seed {mix.seed})")
-    for _, header, _ in _COLUMNS:
-        table.add_column(header, justify="left" if header in ("dataset", "strategy") else "right")
     rows = summary.to_dicts()
-    for k, row in enumerate(rows):
-        if k == len(rows) - 1:
-            table.add_section()
-        table.add_row(*("-" if row[key] is None else render(row[key]) for key, _, render in _COLUMNS))
     out = console()
-    out.print(table)
-    out.print(f"resolved in {resolved * 1e3:.0f} ms")
+    if args.json:
+        print_json({"stage": str(stage), "seed": mix.seed, "records": len(mix), "datasets": rows})
+    else:
+        t = table(f"{stage.name}: {len(mix):,} records (seed {mix.seed})")
+        for _, header, _ in _COLUMNS:
+            t.add_column(
+                header,
+                justify="left" if header in ("dataset", "strategy") else "right",
+                overflow="fold" if header == "dataset" else "ellipsis",
+            )
+        for k, row in enumerate(rows):
+            if k == len(rows) - 1:
+                t.add_section()
+            t.add_row(*("-" if row[key] is None else render(row[key]) for key, _, render in _COLUMNS))
+        out.print(t)
+        out.print(f"resolved in {resolved * 1e3:.0f} ms")
+        if (line := base_line([d.spec for d in mix.datasets])) is not None:
+            out.print(line)
     if args.export:
         started = time.perf_counter()
         size = mix.export_jsonl(args.export)

@@ -1,20 +1,75 @@
-"""Shared console helpers for the CLI (rich)."""
+"""How the command line writes: tables, progress and errors, on a terminal and in a log.
+
+On a terminal tables fit the window and long work shows a live bar. In a file or a pipe (a batch job's
+log, `| tee`, CI) tables keep their natural width (a cell is never cut to `…`) and long work prints one
+plain progress line every `FUSION_FAST_PROGRESS_SECONDS` (default 10). User-supplied text (file names,
+dataset names, record text) is never read as console markup or emoji codes.
+"""
 
 from __future__ import annotations
 
-from functools import cache
+import json
+import os
+import sys
+import time
+from typing import IO, TYPE_CHECKING, Any
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Width given to rich when the output is not a terminal: wide enough that no table is ever cut.
+LOG_WIDTH = 1 << 20
+#: Seconds between progress lines in a log.
+PROGRESS_SECONDS = 10.0
 
 
-@cache
+def is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _console(stderr: bool) -> Console:
+    from rich.console import Console
+
+    tty = is_terminal(sys.stderr if stderr else sys.stdout)
+    return Console(
+        stderr=stderr,
+        highlight=False,
+        markup=False,
+        emoji=False,
+        width=None if tty else LOG_WIDTH,
+        soft_wrap=not tty,
+    )
+
+
 def console() -> Console:
-    return Console(highlight=False)
+    """Standard output (tables, results)."""
+    return _console(stderr=False)
 
 
-@cache
 def error_console() -> Console:
-    return Console(stderr=True, highlight=False)
+    """Standard error (progress, notes)."""
+    return _console(stderr=True)
+
+
+def table(title: str | None = None, **kwargs: Any) -> Any:
+    """A rich Table that folds long cells on a terminal instead of cutting them."""
+    from rich.table import Table
+
+    return Table(title=title, **kwargs)
+
+
+def print_json(value: Any) -> None:
+    """`--json` output: one JSON document on standard output."""
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=1) + "\n")
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A line on standard error for the person watching (what was done, where things went)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def human_bytes(n: float) -> str:
@@ -23,3 +78,130 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+def human_seconds(s: float) -> str:
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def progress_interval() -> float:
+    text = os.environ.get("FUSION_FAST_PROGRESS_SECONDS")
+    try:
+        return max(0.0, float(text)) if text else PROGRESS_SECONDS
+    except ValueError:
+        return PROGRESS_SECONDS
+
+
+class Progress:
+    """Progress of long work, on standard error.
+
+    `task(what, total, unit)` starts one piece ("bytes" or "records"); `update(task, done)` /
+    `advance(task, n)` move it; `done(task)` ends it. On a terminal: a transient rich bar, shown only
+    for pieces of at least `min_total`. Otherwise: a line such as
+    `indexing a.json: 1.2 GiB of 4.0 GiB (30%), 410.0 MiB/s, about 7 s left` at most every
+    `interval` seconds, first after one interval, so short work prints nothing.
+    """
+
+    def __init__(self, *, interval: float | None = None, terminal: bool | None = None) -> None:
+        self.interval = progress_interval() if interval is None else interval
+        self.terminal = is_terminal(sys.stderr) if terminal is None else terminal
+        self._tasks: dict[int, _Task] = {}
+        self._next = 0
+        self._bar: Any = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def task(self, what: str, total: int, unit: str = "bytes", *, bar: bool = True) -> int:
+        """Start a piece of work; `bar=False` keeps a short one off the terminal (logs still get lines
+        when it runs past an interval)."""
+        self._next += 1
+        t = _Task(what, total, unit)
+        if self.terminal and bar:
+            if self._bar is None:
+                self._bar = _rich_bar()
+                self._bar.start()
+            t.rich_id = self._bar.add_task(what, total=total, amount=t.amounts())
+        self._tasks[self._next] = t
+        return self._next
+
+    def update(self, task: int | None, done: int) -> None:
+        t = self._tasks.get(task) if task is not None else None
+        if t is None:
+            return
+        t.done = done
+        if t.rich_id is not None:
+            self._bar.update(t.rich_id, completed=done, amount=t.amounts())
+            return
+        if self.terminal:
+            return
+        now = time.monotonic()
+        if now - t.last_line >= self.interval:
+            t.last_line = now
+            print(t.line(now), file=sys.stderr, flush=True)
+
+    def advance(self, task: int | None, n: int) -> None:
+        t = self._tasks.get(task) if task is not None else None
+        if t is not None:
+            self.update(task, t.done + n)
+
+    def done(self, task: int | None) -> None:
+        t = self._tasks.pop(task, None) if task is not None else None
+        if t is not None and t.rich_id is not None:
+            self._bar.remove_task(t.rich_id)
+
+
+class _Task:
+    def __init__(self, what: str, total: int, unit: str) -> None:
+        self.what = what
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.rich_id: Any = None
+
+    def _amount(self, n: float) -> str:
+        return human_bytes(n) if self.unit == "bytes" else f"{int(n):,} {self.unit}"
+
+    def amounts(self) -> str:
+        return f"{self._amount(self.done)} of {self._amount(self.total)}"
+
+    def line(self, now: float) -> str:
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.done / elapsed
+        parts = [f"{self.what}: {self.amounts()}"]
+        if self.total > 0:
+            parts[0] += f" ({self.done / self.total:.0%})"
+        rate_text = f"{human_bytes(rate)}/s" if self.unit == "bytes" else f"{rate:,.0f} {self.unit}/s"
+        parts.append(rate_text)
+        if rate > 0 and self.total > self.done:
+            parts.append(f"about {human_seconds((self.total - self.done) / rate)} left")
+        return ", ".join(parts)
+
+
+def _rich_bar() -> Any:
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[amount]}", markup=False),
+        TimeRemainingColumn(),
+        console=error_console(),
+        transient=True,
+    )

@@ -4,28 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import TYPE_CHECKING
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from .output import console, human_bytes
 
-from ..prepare import (
-    Plan,
-    PrepareResult,
-    Preview,
-    placed_at,
-    plan_prepare,
-    preview_units,
-    resolve_source,
-    run_prepare,
-)
-from .output import console, error_console, human_bytes
+if TYPE_CHECKING:
+    from ..prepare import Plan, PrepareResult, Preview
 
 
 def _jobs(text: str) -> int:
@@ -65,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="archives extracted at once (default: %(default)s)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and write nothing")
+    p.add_argument(
+        "--no-size-limits",
+        action="store_true",
+        help="extract archives even when they expand past the free space or to more than 100 times "
+        "their size (refused by default: a full disk, or a decompression bomb)",
+    )
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument(
         "--include",
@@ -77,6 +67,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..archives import DEFAULT_LIMITS
+    from ..prepare import plan_prepare, preview_units, resolve_source, run_prepare
+    from .output import Progress
+
+    _check_source(args.source)
     source, name = resolve_source(args.source, revision=args.revision, include=args.include)
     plan = plan_prepare(
         source, args.root, name=name, stage=args.stage, yaml_path=args.yaml, include=args.include
@@ -85,25 +80,41 @@ def run(args: argparse.Namespace) -> int:
         print_plan(plan, preview_units(plan))
         return 0
     work = sum(u.stamp.size for u in plan.units if u.todo)
-    with Progress(
-        TextColumn("extracting"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=error_console(),
-        disable=work == 0,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("extract", total=work)
+    with Progress() as bar:
+        task = bar.task("extracting", work, "bytes", bar=work > 0)
         result = run_prepare(
-            plan, jobs=args.jobs, progress=lambda done, total: bar.update(task, completed=done, total=total)
+            plan,
+            jobs=args.jobs,
+            progress=lambda done, _total: bar.update(task, done),
+            size_limits=None if args.no_size_limits else DEFAULT_LIMITS,
         )
+        bar.done(task)
     print_result(result)
     return 0 if result.ok else 1
 
 
+def _check_source(source: str) -> None:
+    """A source that is neither an existing path nor shaped like a Hub id (`owner/name`) is a mistake in
+    the command (exit status 2), found before anything is planned."""
+    import re
+
+    from ..indexing import TargetError
+
+    if os.path.exists(source) or re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+        return
+    raise TargetError(
+        "no such folder, and not a Hugging Face dataset id such as starriver030515/FUSION-Pretrain-10M; "
+        "check the path",
+        path=source,
+    )
+
+
 def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from ..prepare import placed_at
+
     out = console()
     table = Table(title=f"fusion-fast prepare --dry-run: {plan.source} -> {plan.train}", title_justify="left")
     for col in ("action", "from", "to", "detail"):
@@ -121,7 +132,7 @@ def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
             continue
         pv = previews[unit.key]
         if pv.placement is None:
-            table.add_row("[red]refuse[/]", unit.key, "", pv.error or "")
+            table.add_row(Text("refuse", style="red"), unit.key, "", pv.error or "")
             continue
         listed = f"{pv.listed:,} files" if pv.complete else f"decided from the first {pv.listed:,} files"
         verb = "link" if unit.kind == "folder" else "extract"
@@ -133,6 +144,11 @@ def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
 
 
 def print_result(result: PrepareResult) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    from .check import render
+
     out = console()
     plan = result.plan
     table = Table(title=f"fusion-fast prepare: {plan.source} -> {plan.train}", title_justify="left")
@@ -141,7 +157,7 @@ def print_result(result: PrepareResult) -> None:
             col, justify="right" if col in ("files", "records", "referenced", "bytes", "time") else "left"
         )
     for j in result.jsons:
-        status = f"[red]{j.error}[/]" if j.error else j.action
+        status = Text(j.error, style="red") if j.error else j.action
         table.add_row(
             j.item.key, "annotations", os.path.relpath(j.item.target, plan.train), "1",
             f"{j.records:,}", "", human_bytes(j.bytes), f"{j.seconds:.2f} s", status,
@@ -157,19 +173,21 @@ def print_result(result: PrepareResult) -> None:
             f"{u.referenced:,}" if u.referenced is not None else "",
             human_bytes(u.bytes) if ok else "",
             f"{u.seconds:.2f} s" if u.status != "in place" else "",
-            u.status if ok else f"[red]{u.error}[/]",
+            u.status if ok else Text(u.error or "", style="red"),
         )
     out.print(table)
     out.print(f"stage YAML: {'wrote' if result.yaml_written else 'unchanged'} {plan.yaml_path}")
     if result.check is not None:
-        result.check.render(out)
+        render(result.check, out)
     else:
-        out.print(f"[red]check did not run: {result.check_error}[/]")
+        out.print(Text(f"check did not run: {result.check_error}", style="red"))
     failed = sum(1 for j in result.jsons if j.error) + sum(1 for u in result.units if u.error)
     if result.ok:
-        out.print(f"[green]ready[/] in {result.seconds:.1f} s: train with {plan.yaml_path}")
+        out.print(
+            Text.assemble(("ready", "green"), f" in {result.seconds:.1f} s: train with {plan.yaml_path}")
+        )
     else:
         why = [f"{failed} source(s) failed"] if failed else []
         if result.check is not None and not result.check.clean:
             why.append(f"check found {len(result.check.problems):,} problems")
-        out.print(f"[red]not ready[/]: {'; '.join(why) or result.check_error}")
+        out.print(Text.assemble(("not ready", "red"), f": {'; '.join(why) or result.check_error}"))

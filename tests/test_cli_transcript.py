@@ -1,0 +1,281 @@
+"""The command line as a user meets it: each mistake ends in one `error:` line naming the culprit with
+the documented exit status and no traceback, and output sent to a file is whole (never cut to `…`,
+file names with `[...]` kept as written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusion_fast.cli import EXIT_INTERRUPTED, EXIT_PIPE_CLOSED, EXIT_TERMINATED, main
+from fusion_fast.cli import index as cli_index
+
+#: A long name with console markup and an emoji code in it: cut or eaten if treated as rich text.
+LONG = "LLaVA[v1.5]-:smile:-" + "instruct-mix-" * 10 + "665k"
+DATA = f"{LONG}.json"
+
+
+def ff(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `fusion-fast ARGS` with standard output redirected to a file, as in a batch job's log."""
+    out_file = cwd / "stdout.txt"
+    with open(out_file, "w") as out:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusion_fast", *args],
+            stdout=out,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            timeout=300,
+        )
+    return proc.returncode, out_file.read_text(), proc.stderr
+
+
+def assert_one_error(err: str, culprit: str) -> None:
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err
+    assert culprit in errors[0], err
+    assert f"{culprit}: {culprit}" not in errors[0], f"{culprit!r} said twice: {errors[0]}"
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("transcript")
+    records = [
+        {"id": f"r{i}", "image": f"img/{i}.png", "conversations": [{"from": "human", "value": "<image>\nhi"}]}
+        for i in range(100)
+    ]
+    (root / "data").mkdir()
+    (root / "data" / DATA).write_text(json.dumps(records))
+    (root / "stage.yaml").write_text(f"datasets:\n  - json_path: data/{DATA}\n")
+    (root / "emptydir").mkdir()
+    (root / "empty.json").write_text("")
+    (root / "bad.yaml").write_text("datasets: [json_path: a\n")
+    (root / "nodata.yaml").write_text("foo: 1\n")
+    (root / "notes.txt").write_text("not a folder")
+    return root
+
+
+MISTAKES = [
+    # (what a user typed, exit status, the name the error line must contain)
+    (["mix", "data"], 2, "data"),
+    (["show", f"data/{DATA}", "500"], 2, "500"),
+    (["show", f"data/{DATA}", "-101"], 2, "-101"),
+    (["check", "--json", "/no/such/dir/r.json", "stage.yaml"], 2, "/no/such/dir"),
+    (["check", "--write-exclude", "notes.txt/exclude.txt", "stage.yaml"], 2, "notes.txt/exclude.txt"),
+    (["check", "--json", "data", "stage.yaml"], 2, "data"),
+    (["mix", "stage.yaml", "--export", "/no/such/dir/out.jsonl"], 2, "/no/such/dir"),
+    (["check", "emptydir"], 2, "emptydir"),
+    (["index", "emptydir"], 2, "emptydir"),
+    (["index", "missing.json"], 2, "missing.json"),
+    (["info", "missing.json"], 2, "missing.json"),
+    (["show", "missing.json", "0"], 2, "missing.json"),
+    (["check", "missing.json"], 2, "missing.json"),
+    (["mix", "missing.yaml"], 2, "missing.yaml"),
+    (["prepare", "/no/such/download"], 2, "/no/such/download"),
+    (["info", "data"], 2, "data"),
+    (["info", "stage.yaml"], 2, "stage.yaml"),
+    (["mix", f"data/{DATA}"], 2, DATA),
+    (["mix", "bad.yaml"], 2, "bad.yaml"),
+    (["check", "bad.yaml"], 2, "bad.yaml"),
+    (["mix", "nodata.yaml"], 2, "nodata.yaml"),
+    (["index", "empty.json"], 1, "empty.json"),
+    (["mix", "stage.yaml", "--seed", "x"], 2, "--seed"),
+    (["mix", "stage.yaml", "--seed", "-1"], 2, "--seed"),
+    (["index", "--threads", "0", "stage.yaml"], 2, "--threads"),
+    (["check", "--examples", "-2", "stage.yaml"], 2, "--examples"),
+    (["show", f"data/{DATA}", "first"], 2, "first"),
+    (["index", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+    (["info", "--index-dir", "notes.txt/idx", f"data/{DATA}"], 2, "notes.txt"),
+    (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+]
+
+
+@pytest.mark.parametrize("argv, status, culprit", MISTAKES, ids=[" ".join(m[0])[:40] for m in MISTAKES])
+def test_a_mistake_ends_in_one_error_line(ws: Path, argv: list[str], status: int, culprit: str) -> None:
+    rc, out, err = ff(*argv, cwd=ws)
+    assert rc == status, err
+    assert_one_error(err, culprit)
+
+
+def test_output_files_are_checked_before_the_work(ws: Path) -> None:
+    rc, out, err = ff("check", "--json", "/no/such/dir/r.json", "stage.yaml", cwd=ws)
+    assert rc == 2 and out == "" and "records" not in err  # no report: the check never ran
+
+
+def test_debug_shows_the_traceback(ws: Path) -> None:
+    for extra, env in ((["--debug"], None), ([], {"FUSION_FAST_DEBUG": "1"})):
+        rc, _, err = ff("show", f"data/{DATA}", "500", *extra, cwd=ws, env=env)
+        assert rc == 2 and "Traceback" in err and "error:" in err
+
+
+def test_malformed_file_with_markup_in_its_name(tmp_path: Path) -> None:
+    (tmp_path / "LLaVA[v1.5].json").write_text('[{"a": 1}, {"a": ]')
+    rc, _, err = ff("index", "LLaVA[v1.5].json", cwd=tmp_path)
+    assert rc == 1
+    assert_one_error(err, "LLaVA[v1.5].json")
+    assert "line 1" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["index", f"data/{DATA}"],
+        ["index", "--json", f"data/{DATA}"],
+        ["info", f"data/{DATA}"],
+        ["info", "--json", f"data/{DATA}"],
+        ["mix", "stage.yaml"],
+        ["mix", "--json", "stage.yaml"],
+        ["check", "stage.yaml"],
+        ["check", "--json", "-", "stage.yaml"],
+    ],
+    ids=lambda a: " ".join(a)[:30],
+)
+def test_redirected_output_is_whole(ws: Path, argv: list[str]) -> None:
+    rc, out, err = ff(*argv, cwd=ws)
+    assert rc in (0, 1), err  # check finds the missing images: exit status 1
+    assert "Traceback" not in err and "…" not in out and "…" not in err
+    assert LONG in out, out  # the whole name, brackets and emoji code as written
+    if "--json" in argv:
+        json.loads(out)
+
+
+def test_show_prints_records_whole(ws: Path) -> None:
+    rc, out, err = ff("show", f"data/{DATA}", "0", "-1", cwd=ws)
+    assert rc == 0 and err == ""
+    assert [r["id"] for r in map(json.loads, out.replace("}\n{", "}\x00{").split("\x00"))] == ["r0", "r99"]
+
+
+def test_demo_output_in_a_log(tmp_path: Path) -> None:
+    rc, out, err = ff("demo", str(tmp_path / "pg"), cwd=tmp_path)
+    assert rc == 0 and "Traceback" not in err and "…" not in out
+    assert "LLaVA-Pretrain-2k.json" in out
+
+
+def test_long_work_prints_progress_lines_in_a_log(ws: Path) -> None:
+    env = {"FUSION_FAST_PROGRESS_SECONDS": "0"}
+    rc, out, err = ff("index", "--force", f"data/{DATA}", cwd=ws, env=env)
+    assert rc == 0
+    assert f"indexing {DATA}: " in err and "(100%)" in err and "/s" in err, err
+    rc, out, err = ff("check", "stage.yaml", cwd=ws, env=env)
+    assert f"checking {DATA}: 100 records of 100 records (100%)" in err, err
+
+
+def test_info_says_why_it_rebuilt(ws: Path, tmp_path: Path) -> None:
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"id": i} for i in range(10)]))
+    rc, _, err = ff("info", str(data), cwd=tmp_path)
+    assert rc == 0 and "there was no index" in err
+    rc, out, err = ff("info", str(data), cwd=tmp_path)
+    assert rc == 0 and "built the index" not in err and "no (index was valid)" in out
+    time.sleep(0.01)
+    data.write_text(json.dumps([{"id": i} for i in range(12)]))
+    rc, out, err = ff("info", "--json", str(data), cwd=tmp_path)
+    assert rc == 0 and "the data file changed since it was indexed" in err
+    assert json.loads(out)["records"] == 12
+    index = Path(f"{data}.ffidx")
+    index.write_bytes(index.read_bytes()[:40])
+    rc, _, err = ff("info", str(data), cwd=tmp_path)
+    assert rc == 0 and "the index was damaged" in err, err
+
+
+def test_closed_pipe_ends_quietly(ws: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "show", f"data/{DATA}", *["0"] * 5000],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ws,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(100)  # like `| head -3`
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_PIPE_CLOSED
+    assert err == ""
+
+
+def _stops(exc: type[BaseException] | None, signum: int | None):
+    cleaned: list[bool] = []
+
+    def command(args: object) -> int:
+        try:
+            if signum is not None:
+                os.kill(os.getpid(), signum)
+                time.sleep(10)  # the handler interrupts this
+            elif exc is not None:
+                raise exc()
+            return 0
+        finally:
+            cleaned.append(True)
+
+    return command, cleaned
+
+
+def test_sigterm_and_ctrl_c_unwind_with_their_exit_status(monkeypatch, capsys) -> None:
+    for exc, signum, status, word in (
+        (None, signal.SIGTERM, EXIT_TERMINATED, "terminated"),
+        (KeyboardInterrupt, None, EXIT_INTERRUPTED, "interrupted"),
+    ):
+        command, cleaned = _stops(exc, signum)
+        monkeypatch.setattr(cli_index, "run_index", command)
+        started = time.monotonic()
+        assert main(["index", "x.json"]) == status
+        assert cleaned == [True] and time.monotonic() - started < 5
+        err = capsys.readouterr().err
+        assert word in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored after the command
+
+
+def test_help_documents_exit_status_and_every_argument() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fusion_fast", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0
+    for status in ("0 ", "1 ", "2 ", "130"):
+        assert f"\n  {status}" in proc.stdout
+    from fusion_fast.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert commands is not None
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"`fusion-fast {name}` argument {action.dest} has no help text"
+
+
+@pytest.mark.parametrize(
+    "signum, status, word",
+    [(signal.SIGTERM, EXIT_TERMINATED, "terminated"), (signal.SIGINT, EXIT_INTERRUPTED, "interrupted")],
+)
+def test_a_signal_stops_a_running_check_promptly(tmp_path: Path, signum: int, status: int, word: str) -> None:
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "conversations": turns}) + "\n" for i in range(300_000)))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "check", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "FUSION_FAST_PROGRESS_SECONDS": "0"},
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # progress lines: its index is built, then the records are checked
+        if line.startswith("checking many.jsonl: "):
+            break
+        assert line.startswith("indexing many.jsonl: "), line
+    sent = time.monotonic()
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert time.monotonic() - sent < 5
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(word)
+    assert out == ""  # stopped before the report
