@@ -277,3 +277,33 @@ def test_a_waiter_woken_on_a_removed_lock_file_waits_for_the_current_one(tmp_pat
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.split() == ["1"], err
     assert folder(path) == ["w.jsonl", "w.jsonl.ffidx"]
+
+
+def test_ctrl_c_while_another_process_builds_ends_the_wait(tmp_path: Path):
+    """An opener blocked on the build lock of another process's build stops waiting on Ctrl-C, and
+    leaves that build (here: this test holding the lock) alone."""
+    path = write(tmp_path / "c.jsonl", '{"id": 1}\n')
+    lock_path = tmp_path / ".c.jsonl.ffidx.lock"
+    fd = take_build_lock(lock_path)
+    try:
+        code = f"""
+            import fusion_fast as ff
+            ff.open({str(path)!r})
+        """
+        proc = subprocess.Popen(child(code), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        inode = os.fstat(fd).st_ino
+        wait_for("the opener waits on the build lock", lambda: blocked_on(inode) == 1, proc)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the opener went on waiting for the lock after Ctrl-C")
+        assert time.monotonic() - sent < STOP_BOUND_S, err
+        assert "KeyboardInterrupt" in err and "FusionFastIOError" not in err, err
+        assert folder(path) == [lock_path.name, "c.jsonl"]
+        assert os.fstat(fd).st_ino == lock_path.stat().st_ino
+    finally:
+        lock_path.unlink()
+        os.close(fd)
