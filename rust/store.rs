@@ -577,6 +577,19 @@ fn remove_stale_temp_files(dest: &Path, _lock: &BuildLock) {
     }
 }
 
+/// Removes `DEST.lock`, which versions that kept their build lock file for good left beside every
+/// index, unless a process of such a version holds it now.
+fn remove_legacy_lock_file(dest: &Path, _lock: &BuildLock) {
+    let mut legacy = dest.as_os_str().to_owned();
+    legacy.push(".lock");
+    let legacy = PathBuf::from(legacy);
+    if let Ok(file) = FsOpenOptions::new().write(true).open(&legacy) {
+        if file.try_lock_exclusive().is_ok() && names_same_file(&file, &legacy).unwrap_or(false) {
+            let _ = std::fs::remove_file(&legacy);
+        }
+    }
+}
+
 /// Builds at `dest` under the build lock, so concurrent openers build once and the rest map it.
 fn build_locked(
     source: &Path,
@@ -600,6 +613,7 @@ fn build_locked(
         }
     }
     remove_stale_temp_files(dest, &lock);
+    remove_legacy_lock_file(dest, &lock);
     let started = Instant::now();
     // The lock file was created beside `dest`, so this folder is writable: any failure now is real.
     let built_stamp = build(source, dest, opts).map_err(BuildError::Failed)?;

@@ -307,3 +307,18 @@ def test_ctrl_c_while_another_process_builds_ends_the_wait(tmp_path: Path):
     finally:
         lock_path.unlink()
         os.close(fd)
+
+
+def test_the_lock_file_older_versions_kept_is_removed_unless_in_use(tmp_path: Path):
+    free = write(tmp_path / "free" / "f.json", "[1]")
+    write(tmp_path / "free" / "f.json.ffidx.lock", "")
+    assert ff.open(free).built
+    assert folder(free) == ["f.json", "f.json.ffidx"]
+
+    busy = write(tmp_path / "busy" / "b.json", "[1]")
+    fd = take_build_lock(tmp_path / "busy" / "b.json.ffidx.lock")
+    try:
+        assert ff.open(busy).built
+        assert folder(busy) == ["b.json", "b.json.ffidx", "b.json.ffidx.lock"]
+    finally:
+        os.close(fd)
