@@ -4,6 +4,7 @@
 
 pub mod chunk_shape;
 pub mod columns;
+pub mod compact;
 pub mod error;
 pub mod grouping;
 pub mod json;

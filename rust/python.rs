@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::columns::{Records, COLUMNS};
+use crate::compact::compact_lines;
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
 use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
@@ -93,6 +94,35 @@ impl Index {
             .map_err(|e| self.changed(py, i, e))
     }
 
+    /// The compacted JSON Lines of records `selection`, else `start..start + count` (see compact_lines).
+    fn compacted(
+        &self,
+        py: Python<'_>,
+        selection: Option<&PyBuffer<i64>>,
+        start: usize,
+        count: usize,
+    ) -> PyResult<Vec<Vec<u8>>> {
+        let sel = selection.map(|s| int64s(s, "selection")).transpose()?;
+        let n = self.inner.len();
+        let total = sel.map_or(count, <[i64]>::len);
+        if sel.is_none() && start.checked_add(count).is_none_or(|end| end > n) {
+            return Err(PyIndexError::new_err(format!(
+                "records {start}..{start}+{count} out of range for {n} records"
+            )));
+        }
+        if let Some(&bad) = sel.and_then(|s| s.iter().find(|&&i| i < 0 || i as u64 >= n as u64)) {
+            return Err(PyIndexError::new_err(format!(
+                "record number {bad} out of range for {n} records"
+            )));
+        }
+        let lines = py.detach(|| {
+            compact_lines(total, |k| {
+                self.inner.raw(sel.map_or(start + k, |s| s[k] as usize))
+            })
+        });
+        lines.map_err(|e| to_py_err(py, e))
+    }
+
     /// The error for record `i` whose bytes can no longer be read or decoded.
     fn changed(&self, py: Python<'_>, i: usize, e: PyErr) -> PyErr {
         let msg =
@@ -159,6 +189,58 @@ impl Index {
             lengths_into(words, flags, sel_slice, start, kind, out_slice)
         });
         result.map_err(|bad| PyIndexError::new_err(format!("record number {bad} out of range")))
+    }
+
+    /// Records `selection` (an int64 array of record numbers), else `start..start + count`, as JSON
+    /// Lines: each record compacted (whitespace outside strings dropped) and followed by a newline.
+    /// Runs on every core with the GIL released.
+    #[pyo3(signature = (selection=None, *, start=0, count=0))]
+    fn compact_lines<'py>(
+        &self,
+        py: Python<'py>,
+        selection: Option<PyBuffer<i64>>,
+        start: usize,
+        count: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let parts = self.compacted(py, selection.as_ref(), start, count)?;
+        let total = parts.iter().map(Vec::len).sum();
+        PyBytes::new_with(py, total, |buf| {
+            let mut at = 0;
+            for p in &parts {
+                buf[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
+            }
+            Ok(())
+        })
+    }
+
+    /// `compact_lines`, written straight to the open file descriptor `fd` (an unbuffered file the
+    /// caller keeps open) instead of returned: no Python bytes object is made. Returns the bytes written.
+    #[cfg(unix)]
+    #[pyo3(signature = (fd, selection=None, *, start=0, count=0))]
+    fn write_compact_lines(
+        &self,
+        py: Python<'_>,
+        fd: i32,
+        selection: Option<PyBuffer<i64>>,
+        start: usize,
+        count: usize,
+    ) -> PyResult<usize> {
+        use std::io::Write;
+        use std::os::fd::FromRawFd;
+
+        let parts = self.compacted(py, selection.as_ref(), start, count)?;
+        py.detach(|| {
+            // SAFETY: `fd` is an open file descriptor the caller owns and keeps open during this call;
+            // ManuallyDrop leaves it open when `file` goes out of scope.
+            let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+            let mut written = 0;
+            for p in &parts {
+                file.write_all(p)?;
+                written += p.len();
+            }
+            Ok(written)
+        })
     }
 
     /// (offset, length) of record `i` in the data file.

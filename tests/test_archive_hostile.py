@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fusion_fast.archives import Archive, group_archives
+from fusion_fast.archives import Archive, SizeLimits, group_archives
 from fusion_fast.errors import FusionFastError
 from fusion_fast.prepare import References, decide_placement
 
@@ -107,6 +107,61 @@ def test_the_same_file_from_two_archives_is_not_a_conflict(tmp_path) -> None:
     assert prepare(src, "--root", pg, "--jobs", "1") == 0
     images = pg / "train" / "images"
     assert tree(images / "Shared") == {"a.jpg": b"a", "b.jpg": b"b", "x.jpg": b"same"}
+
+
+# -- members that cannot be written as they are -------------------------------------------------------
+
+
+def _hard(name: str, target: str) -> tarfile.TarInfo:
+    return link(name, target, tarfile.LNKTYPE)
+
+
+def _dir(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    return info
+
+
+def _sparse(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.GNUTYPE_SPARSE
+    return info
+
+
+#: case -> (members, the member named in the error, what the error says)
+UNWRITABLE: dict[str, tuple[list, str, str]] = {
+    "hardlink-to-missing": ([_hard("a.jpg", "missing.jpg")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-folder": ([_dir("d"), _hard("a.jpg", "d")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-itself": ([_hard("a.jpg", "a.jpg")], "a.jpg", "not a file earlier in the archive"),
+    "hardlink-to-symlink": (
+        [("x.jpg", b"x"), link("s.jpg", "x.jpg"), _hard("h.jpg", "s.jpg")],
+        "h.jpg",
+        "not a file earlier in the archive",
+    ),
+    "twice": ([("a.jpg", b"1"), ("a.jpg", b"2")], "a.jpg", "two members with this path"),
+    "twice-as-link": ([("a.jpg", b"1"), link("a.jpg", "b.jpg")], "a.jpg", "two members with this path"),
+    "file-over-folder": ([_dir("a"), ("a", b"x")], "a", "cannot extract member"),
+    "file-under-file": ([("a", b"x"), ("a/b.jpg", b"y")], "a/b.jpg", "cannot extract member"),
+    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "cannot extract member"),
+    "sparse": ([_sparse("s.jpg")], "s.jpg", "sparse file"),
+    "name-too-long": (
+        [("x/" + "n" * 300 + ".jpg", b"q")],
+        "x/" + "n" * 300 + ".jpg",
+        "cannot extract member",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNWRITABLE))
+def test_members_that_cannot_be_written_as_they_are_are_clear_errors(tmp_path, case) -> None:
+    # Never a KeyError / ValueError / bare OSError from inside tarfile: an error naming archive and member.
+    members, member, why = UNWRITABLE[case]
+    a = archive(tmp_path / "u.tar", tar_bytes(members))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError) as e:
+        a.extract(tmp_path / "out")
+    message = str(e.value)
+    assert message.startswith("u.tar: ") and repr(member) in message and why in message, message
 
 
 # -- damaged compressed streams ----------------------------------------------------------------------
@@ -243,6 +298,64 @@ def test_an_archive_that_inflates_far_past_its_size_is_refused(tmp_path, capsys,
     assert not (images / "Bomb").exists() and markers(images) == [] and leftovers(images) == []
 
 
+def fixed_free_space(n: int) -> SizeLimits:
+    return SizeLimits(free_space=lambda _folder: n)
+
+
+def test_a_zip_larger_than_the_free_space_is_refused_before_anything_is_written(tmp_path) -> None:
+    a = archive(tmp_path / "z.zip", zip_bytes([("Z/a.jpg", b"a" * 3000), ("Z/b.jpg", b"b" * 3000)]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="its members need 5.9 KiB but only 5.0 KiB is free") as e:
+        a.extract(tmp_path / "out", limits=fixed_free_space(5 << 10))
+    assert str(e.value).startswith("z.zip: ") and "--no-size-limits" in str(e.value)
+    assert tree(tmp_path / "out") == {}
+    assert a.extract(tmp_path / "out", limits=None).bytes == 6000  # lifted
+
+
+def test_a_tar_member_past_the_free_space_is_refused_before_it_is_written(tmp_path) -> None:
+    members = [("T/a.jpg", b"a" * 3000), ("T/b.jpg", b"b" * 3000), ("T/c.jpg", b"c" * 3000)]
+    a = archive(tmp_path / "t.tar.gz", tar_bytes(members, "w:gz"))
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out"
+
+    def disk_of_7000_bytes(_folder: Path) -> int:  # what a real lookup sees: less as files are written
+        return 7000 - sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+    with pytest.raises(FusionFastError, match="member 'T/c.jpg' needs 2.9 KiB but only 1000 B is free") as e:
+        a.extract(out, limits=SizeLimits(free_space=disk_of_7000_bytes))
+    assert "--no-size-limits" in str(e.value)
+    assert set(tree(tmp_path / "out")) == {"T/a.jpg", "T/b.jpg"}
+
+
+def test_the_ratio_limit_applies_past_its_floor_only(tmp_path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Z/zeros.jpg", bytes(1 << 20))
+    a = archive(tmp_path / "z.zip", buf.getvalue())
+    assert a.size < (1 << 20) // 100
+    limits = SizeLimits(ratio_floor=2 << 20)
+    (tmp_path / "one").mkdir()
+    assert a.extract(tmp_path / "one", limits=limits).bytes == 1 << 20  # small: below the floor
+    (tmp_path / "two").mkdir()
+    with pytest.raises(FusionFastError, match="more than 100 times its size"):
+        a.extract(tmp_path / "two", limits=SizeLimits(ratio_floor=1 << 19))
+
+
+def test_zip_names_that_appear_twice_or_in_the_state_folder_are_refused(tmp_path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf, pytest.warns(UserWarning, match="Duplicate name"):
+        zf.writestr("Z/a.jpg", b"first")
+        zf.writestr("Z/a.jpg", b"second")
+    a = archive(tmp_path / "twice.zip", buf.getvalue())
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="refusing member 'Z/a.jpg': the archive holds two members"):
+        a.extract(tmp_path / "out")
+    b = archive(tmp_path / "state.zip", zip_bytes([(".fusion-fast/x.done", b"{}")]))
+    with pytest.raises(FusionFastError, match="refusing member '.fusion-fast/x.done'"):
+        b.extract(tmp_path / "out")
+    assert tree(tmp_path / "out") == {}
+
+
 @pytest.fixture
 def tmpfs(tmp_path: Path):
     """A 20 MiB tmpfs mounted at tmp_path/small (root only)."""
@@ -276,6 +389,19 @@ def test_an_archive_larger_than_the_free_space_is_refused_not_half_written(tmp_p
     assert "Errno" not in out  # refused before the disk was full, not by ENOSPC
     images = pg / "train" / "images"
     assert not (images / "Big").exists() and markers(images) == [] and leftovers(images) == []
+
+
+def test_a_disk_that_fills_anyway_is_an_error_naming_the_member(tmp_path, tmpfs) -> None:
+    # Another program can take the space after the check: ENOSPC names the archive and the member.
+    rng = random.Random(6)
+    a = archive(
+        tmp_path / "f.tar",
+        tar_bytes([("F/a.jpg", rng.randbytes(8 << 20)), ("F/b.jpg", rng.randbytes(16 << 20))]),
+    )
+    lying = SizeLimits(free_space=lambda _folder: 1 << 40)
+    with pytest.raises(FusionFastError, match="the disk filled up while writing member 'F/b.jpg'") as e:
+        a.extract(tmpfs, limits=lying)
+    assert str(e.value).startswith("f.tar: ")
 
 
 # -- members that collide with prepare's own state ---------------------------------------------------

@@ -72,7 +72,7 @@ def test_export_writes_the_mixture_and_the_seed_matters(stage, tmp_path):
 
 def test_relative_paths_start_at_the_working_directory(stage):
     out = run("mix", "stage.yaml", cwd=stage.parent)
-    assert out.returncode == 0 and "Alpha-400" in out.stdout
+    assert out.returncode == 0 and "Alpha-400" in out.stdout, out.stderr
 
 
 def test_errors(stage, tmp_path):

@@ -96,6 +96,12 @@ MISTAKES = [
     (["index", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["info", "--index-dir", "notes.txt/idx", f"data/{DATA}"], 2, "notes.txt"),
     (["check", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["check", "--image-folder", "/no/such/images", "stage.yaml"], 2, "/no/such/images"),
+    (["mix", "--root", "/no/such/root", "stage.yaml"], 2, "/no/such/root"),
+    (["check", "--write-exclude", "stage.yaml", "stage.yaml"], 2, "--write-exclude stage.yaml"),
+    (["check", "--json", f"data/{DATA}", f"data/{DATA}"], 2, "--json"),
+    (["mix", "stage.yaml", "--export", f"data/{DATA}"], 2, "--export"),
+    (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
 ]
 
@@ -168,6 +174,9 @@ def test_long_work_prints_progress_lines_in_a_log(ws: Path) -> None:
     assert f"indexing {DATA}: " in err and "(100%)" in err and "/s" in err, err
     rc, out, err = ff("check", "stage.yaml", cwd=ws, env=env)
     assert f"checking {DATA}: 100 records of 100 records (100%)" in err, err
+    Path(ws / "data" / f"{DATA}.ffidx").unlink()
+    rc, out, err = ff("mix", "stage.yaml", cwd=ws, env=env)
+    assert rc == 0 and f"indexing {DATA}: " in err, err
 
 
 def test_info_says_why_it_rebuilt(ws: Path, tmp_path: Path) -> None:
@@ -279,3 +288,41 @@ def test_a_signal_stops_a_running_check_promptly(tmp_path: Path, signum: int, st
     assert time.monotonic() - sent < 5
     assert "Traceback" not in err and err.splitlines()[-1].startswith(word)
     assert out == ""  # stopped before the report
+
+
+def test_prepare_json_in_a_log(tmp_path: Path) -> None:
+    from .test_prepare import build_download
+
+    counts = build_download(tmp_path / "download")
+    rc, out, err = ff("prepare", "download", "--root", "pg", "--dry-run", "--json", cwd=tmp_path)
+    assert rc == 0 and "Traceback" not in err, err
+    plan = json.loads(out)
+    assert sorted(Path(a["source"]).name for a in plan["annotations"]) == sorted(counts)
+    assert {u["action"] for u in plan["units"]} == {"extract", "link"}
+    assert not (tmp_path / "pg").exists()  # a dry run writes nothing
+    rc, out, err = ff("prepare", "download", "--root", "pg", "--json", cwd=tmp_path)
+    result = json.loads(out)
+    assert rc == (0 if result["ok"] else 1), err
+    assert sum(a["records"] for a in result["annotations"]) == sum(counts.values())
+    assert result["check"] is not None and "problems" in result["check"]
+
+
+def test_mix_json_with_export_keeps_standard_output_json(ws: Path, tmp_path: Path) -> None:
+    rc, out, err = ff("mix", "--json", "stage.yaml", "--export", str(tmp_path / "out.jsonl"), cwd=ws)
+    assert rc == 0, err
+    assert json.loads(out)["records"] == 100 and "wrote 100 records" in err
+
+
+def test_terminal_bars_run_without_error(ws: Path, monkeypatch, capsys) -> None:
+    """The terminal path (live bars, tables fitted to the window) works end to end."""
+    from fusion_fast import check as check_module
+    from fusion_fast.cli import output
+
+    monkeypatch.setattr(output, "is_terminal", lambda stream: True)
+    monkeypatch.setattr(cli_index, "PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(check_module, "PROGRESS_MIN_RECORDS", 1)
+    monkeypatch.chdir(ws)
+    assert main(["index", "--force", f"data/{DATA}"]) == 0
+    assert main(["check", "stage.yaml"]) == 1  # the images are missing
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "[v1.5]" in captured.out

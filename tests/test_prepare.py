@@ -31,9 +31,6 @@ from fusion_fast.synth import tiny_png
 
 from .test_archives import MALICIOUS, split, tar_bytes, zip_bytes
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 # -- building download folders -----------------------------------------------------------------------
 
 
@@ -472,11 +469,20 @@ def child_env(**extra: str) -> dict[str, str]:
 
 
 class Child:
-    """`python -m fusion_fast prepare ...` (same interpreter), its output kept in files for messages."""
+    """`python -m fusion_fast prepare ARGS` (or `cmd`; the same interpreter), its output kept in files
+    for messages."""
 
-    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str], *, group: bool = False) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        args: list[str],
+        env: dict[str, str],
+        *,
+        group: bool = False,
+        cmd: list[str] | None = None,
+    ) -> None:
         self.out, self.err = tmp_path / "child.stdout", tmp_path / "child.stderr"
-        self.cmd = [sys.executable, "-m", "fusion_fast", "prepare", *args]
+        self.cmd = cmd or [sys.executable, "-m", "fusion_fast", "prepare", *args]
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(self.cmd, env=env, stdout=out, stderr=err, start_new_session=group)
 
@@ -491,11 +497,17 @@ def start_slow_prepare(
     """`prepare` extracting `delay` s per member; returns once Big.tar.gz's extraction has begun."""
     args = [str(src), "--root", str(pg), "--jobs", str(jobs)]
     child = Child(tmp_path, args, child_env(FUSION_FAST_EXTRACT_DELAY=str(delay)), group=group)
+    wait_for_extraction(child, pg)
+    return child
+
+
+def wait_for_extraction(child: Child, pg: Path) -> None:
+    """Return once the child has written a member of Big.tar.gz into its temporary folder."""
     work = pg / "train" / "images" / ".fusion-fast"
     deadline = time.monotonic() + 120  # generous: only a loaded machine's start-up, never the test's subject
     while time.monotonic() < deadline:
         if [p for p in work.glob(".tmp-images__Big*") if list(p.rglob("*.jpg"))]:
-            return child
+            return
         if child.proc.poll() is not None:
             pytest.fail(f"prepare ended before it could be interrupted\n{child.output()}")
         time.sleep(0.02)
@@ -703,3 +715,63 @@ def test_run_prepare_api_reports_per_source(download) -> None:
     assert by_key["images/ALLaVA.tar"].placement.strip == 1  # type: ignore[union-attr]
     again = run_prepare(plan_prepare(src, pg), jobs=1)
     assert {u.status for u in again.units} == {"in place"} and not again.yaml_written
+
+
+API_SCRIPT = """
+import sys
+from fusion_fast.prepare import Terminated, plan_prepare, run_prepare
+
+if __name__ == "__main__":
+    try:
+        run_prepare(plan_prepare(sys.argv[1], sys.argv[2]), jobs=int(sys.argv[3]))
+    except Terminated:
+        print("Terminated raised", file=sys.stderr)
+        sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_sigterm_stops_run_prepare_called_from_python(tmp_path, jobs) -> None:
+    # Without the command line's own handler, run_prepare turns SIGTERM into `Terminated` and cleans up.
+    src, pg, _ = killable_download(tmp_path)
+    images = pg / "train" / "images"
+    script = tmp_path / "run.py"
+    script.write_text(API_SCRIPT)
+    cmd = [sys.executable, str(script), str(src), str(pg), str(jobs)]
+    child = Child(tmp_path, [], child_env(FUSION_FAST_EXTRACT_DELAY=str(SLOW_MEMBER)), cmd=cmd)
+    wait_for_extraction(child, pg)
+    child.proc.send_signal(signal.SIGTERM)
+    try:
+        code = child.proc.wait(timeout=STOP_WAIT)
+    except subprocess.TimeoutExpired:
+        child.proc.kill()
+        child.proc.wait()
+        pytest.fail(f"run_prepare did not stop\n{child.output()}")
+    assert code == 3 and "Terminated raised" in child.err.read_text(), child.output()
+    assert list(images.rglob(".tmp-*")) == [], child.output()
+    assert_small_intact_and_big_absent(images)
+
+
+def test_interrupted_while_placing_leaves_no_temporary_folder_and_a_rerun_finishes(download, monkeypatch):
+    src, pg, counts = download
+    import fusion_fast.archives as archives_module
+
+    real_move = archives_module._move_merging
+    moves = []
+
+    def move_then_interrupt(source: Path, target: Path, key: str) -> None:
+        moves.append(target)
+        if len(moves) == 2:  # the first top-level entry is in place, the second is not
+            raise KeyboardInterrupt
+        real_move(source, target, key)
+
+    monkeypatch.setattr(archives_module, "_move_merging", move_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(plan_prepare(src, pg), jobs=1)
+    images = pg / "train" / "images"
+    assert list(images.rglob(".tmp-*")) == []
+    # ALLaVA.tar (one entry) was placed and keeps its marker; PixelProse.tar.gz, interrupted, has none.
+    assert [p.name for p in (images / ".fusion-fast").glob("*.done")] == ["images__ALLaVA.tar.done"]
+    monkeypatch.setattr(archives_module, "_move_merging", real_move)
+    assert prepare(src, "--root", pg, "--jobs", "1") == 0
+    assert [p for p in referenced_paths(pg / "train") if not (images / p).is_file()] == []

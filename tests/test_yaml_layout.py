@@ -179,6 +179,9 @@ def test_cli_says_which_base_it_used_and_what_it_tried(fusion, tmp_path):
         f"relative paths resolved against {repo / 'scripts' / 'train'} (1 folder above the YAML)"
         in out.stdout
     )
+    out = fusion_fast("check", "scripts/train/yaml/stage1.yaml", cwd=repo)
+    assert f"relative paths resolved against {repo / 'scripts' / 'train'}" in out.stdout, out.stderr
+    assert "missing_json" not in out.stdout
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     lonely = shutil.copy(FIXTURE / "scripts" / "train" / "yaml" / "stage2.yaml", elsewhere)

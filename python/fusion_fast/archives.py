@@ -213,6 +213,15 @@ def _check_link_target(unit: str, member: str, target: str, *, relative_to: str)
         )
 
 
+def _member_error(unit: str, member: str, err: OSError) -> Exception:
+    """An OS error while writing a member, naming the archive and the member (a damaged compressed
+    stream, which bz2 and gzip also report as OSError, is passed on as damage)."""
+    if isinstance(err, _DAMAGE) or err.errno is None:
+        return err
+    # The file name would be the temporary folder's, removed by then: the member says more.
+    return FusionFastError(f"cannot extract member {member!r}: {err.strerror or err}", path=unit)
+
+
 def _check_not_reserved(unit: str, member: str, path: str) -> None:
     """Refuse a member whose path (inside `images/`) starts with prepare's state folder: it could plant a
     fake completion marker there or be removed as a stale temporary file."""
@@ -494,12 +503,19 @@ class Archive:
     def _extract_tar(self, dest: Path, report: _Reporter, budget: _Budget) -> Extracted:
         out = Extracted()
         seen: set[str] = set()
+        regular: set[str] = set()  # files written so far: what a hard link may point at
         with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
             while (m := tf.next()) is not None:
                 _forget_members(tf)
                 path = self._check_tar_member(m, seen)
                 if path is None:
                     continue
+                if m.islnk() and posixpath.normpath(m.linkname) not in regular:
+                    raise _refuse(
+                        self.key,
+                        m.name,
+                        f"hard link to {m.linkname!r}, which is not a file earlier in the archive",
+                    )
                 try:
                     # Links and folders through tarfile; regular files are written here, in chunks,
                     # after the same filter has checked them.
@@ -526,9 +542,12 @@ class Archive:
                         tf.extract(m, dest, **_FILTER_KW)
                 except tarfile.FilterError as e:
                     raise _refuse(self.key, m.name, str(e)) from None
+                except OSError as e:
+                    raise _member_error(self.key, m.name, e) from e
                 if m.issym():
                     out.symlinks.append((path, m.linkname))
                 elif not m.isdir():
+                    regular.add(path)
                     out.files.append(path)
                     out.bytes += m.size
                 report.member_done(raw.tell())
@@ -577,11 +596,14 @@ class Archive:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 budget.take(info.filename, info.file_size)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src:  # zipfile checks the CRC when the member is read to its end
-                    written = _copy_member(
-                        src, target, info.file_size, info.filename, budget, lambda: report(raw.tell())
-                    )
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src:  # zipfile checks the CRC when the member is read to its end
+                        written = _copy_member(
+                            src, target, info.file_size, info.filename, budget, lambda: report(raw.tell())
+                        )
+                except OSError as e:
+                    raise _member_error(self.key, info.filename, e) from e
                 if written != info.file_size:
                     raise FusionFastError(
                         f"corrupt or truncated archive: member {info.filename!r} holds {written} bytes, "
@@ -636,7 +658,9 @@ class _EndCheckingTarInfo(tarfile.TarInfo):
 
 def _open_tar_stream(stream: IO[bytes]) -> tarfile.TarFile:
     """A tar read as a stream from `stream`, already decompressed (`_decompressed`)."""
-    tf = tarfile.open(fileobj=stream, mode="r|", bufsize=_COPY_BUFFER, tarinfo=_EndCheckingTarInfo)
+    # tarfile's default record-sized buffer: its stream reader slices its whole buffer on every read, so
+    # a large one costs a copy of it per header (the decompressing reader below buffers already).
+    tf = tarfile.open(fileobj=stream, mode="r|", tarinfo=_EndCheckingTarInfo)
     tf.unterminated = None  # type: ignore[attr-defined]
     return tf
 

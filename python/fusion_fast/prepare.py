@@ -746,6 +746,11 @@ def _finish_unit(
     except (FusionFastError, OSError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         return UnitResult(item, "failed", seconds=seconds, error=str(e))
+    except BaseException:
+        # Interrupted while placing: what moved stays (no marker; the next run finds those files the
+        # same and finishes), the rest of the temporary folder goes.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return UnitResult(
         item,
         "extracted",

@@ -55,6 +55,7 @@ __all__ = [
     "worker_context",
     "SOURCE_KEY",
     "IMAGE_KEY",
+    "PIXELS_KEY",
     "DEFAULT_PAD_VALUES",
     "SHIP_ENV",
     "ships_tapes",
@@ -66,6 +67,12 @@ logger = logging.getLogger(__name__)
 #: Key of the decoded image(s) with `load_images=True`: one RGB `PIL.Image` for a string `image`, a list
 #: of them for a list.
 IMAGE_KEY = "_image"
+#: Key of `image_processor`'s result (e.g. `fusion_fast.vision.FusionImageProcessor`'s tensor): one for a
+#: string `image`, a list of them for a list. `collate` stacks tensors of one shape into a batch.
+PIXELS_KEY = "_pixel_values"
+
+#: Every cause a bad sample can have, in the order of `FusionDataset`'s shared skip counters.
+SKIP_CAUSES = ("malformed_record", "missing_conversations", "missing_image", "unreadable_image", "rejected")
 
 OnError = Literal["raise", "skip"]
 Source = Mixture | str | os.PathLike[str]
@@ -110,15 +117,20 @@ class FusionDataset(Dataset[Any]):
     `data_folder`), else to `image_folder`, exactly like FUSION's `os.path.join(image_folder, image)`;
     absolute paths stay. `item["_source"] = {"dataset": name, "index": record number in its file}`.
     With `load_images=True`, `item["_image"]` holds the image(s) opened with Pillow and converted to
-    RGB. `transform(item)`, when given, runs last and its result is the item.
+    RGB. With `image_processor` (a callable on an image path, e.g. `fusion_fast.vision.
+    FusionImageProcessor`), `item["_pixel_values"]` (`PIXELS_KEY`) holds its result for the image (a list
+    for a list of images). `transform(item)`, when given, runs last and its result is the item.
 
     Bad samples: a record that is not an object, has no well-formed `conversations` or a malformed
     `image` (all read from the index, no parsing needed), an image that is missing or cannot be decoded
-    (with `load_images=True`), or a `RecordError` raised by `transform`. With `on_error="raise"` a
-    `RecordError` names the dataset, record number, id and path. With `on_error="skip"` item i is
-    replaced by the next good sample (i+1, i+2, ... wrapping around), deterministically; `skipped`
-    counts the bad samples met and `skip_causes` counts them by cause, in this process (each DataLoader
-    worker keeps its own counts); the first of each cause is logged as a warning.
+    (with `load_images=True` or `image_processor`), or a `RecordError` raised by `transform`. With
+    `on_error="raise"` a `RecordError` names the dataset, record number, id and path. With
+    `on_error="skip"` item i is replaced by the next good sample (i+1, i+2, ... wrapping around),
+    deterministically; `skipped` counts the bad samples requested (a bad sample met only while looking
+    for a replacement is not counted then, so over an epoch each bad sample counts once) and
+    `skip_causes` counts them by cause. The counters live in shared memory: read in the main process they
+    include every DataLoader worker's skips (fork or spawn). The first of each cause is logged as a
+    warning, once for the dataset and all its workers.
 
     Opening is lazy: nothing is read until the first access. Given a path, pickling keeps only the
     description, so DataLoader workers (fork or spawn) open the memory-mapped indexes themselves; a
@@ -133,6 +145,7 @@ class FusionDataset(Dataset[Any]):
         image_folder: str | os.PathLike[str] | None = None,
         transform: Callable[[dict[str, Any]], Any] | None = None,
         load_images: bool = False,
+        image_processor: Callable[[str], Any] | None = None,
         on_error: OnError = "raise",
         root: str | os.PathLike[str] | None = None,
         seed: int = 0,
@@ -157,9 +170,10 @@ class FusionDataset(Dataset[Any]):
         self.image_folder = os.fspath(image_folder) if image_folder is not None else None
         self.transform = transform
         self.load_images = load_images
+        self.image_processor = image_processor
         self.on_error = on_error
-        self.skipped = 0
-        self.skip_causes: Counter[str] = Counter()
+        # created here, before any DataLoader worker starts, so that every worker shares it
+        self._skips: _SkipCounts | None = _SkipCounts() if on_error == "skip" else None
         self._info: list[_DatasetInfo] | None = None
         self._sources: ItemSources | None = None  # set with `_info`
 
@@ -201,6 +215,19 @@ class FusionDataset(Dataset[Any]):
             state["_mixture"] = None  # reopened from the path on first access
         return state
 
+    # -- skip counts ----------------------------------------------------------------------------------
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far (on_error="skip"), by this process and all its DataLoader workers."""
+        return 0 if self._skips is None else sum(self._skips.counts())
+
+    @property
+    def skip_causes(self) -> Counter[str]:
+        """`skipped` by cause."""
+        if self._skips is None:
+            return Counter()
+        return Counter({c: n for c, n in zip(SKIP_CAUSES, self._skips.counts(), strict=True) if n})
+
     # -- sizes --------------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.mixture)
@@ -226,7 +253,7 @@ class FusionDataset(Dataset[Any]):
         `PackedRecords`: the same items, carried as their JSON bytes until first used. Sent to the main
         process untouched, they are decoded there in Rust, which costs less than pickling the Python
         objects in the worker and unpickling them in the main process."""
-        if self.transform is None and not self.load_images:
+        if self.transform is None and not self.load_images and self.image_processor is None:
             if get_worker_info() is not None:
                 return PackedRecords(
                     self._pack_positions(indices) or _pack(self._item_sources(), *self._locate_good(indices))
@@ -306,16 +333,18 @@ class FusionDataset(Dataset[Any]):
         return out
 
     def _complete(self, item: dict[str, Any], ds: _DatasetInfo, number: int) -> Any:
-        """`load_images` and `transform` applied to an item."""
-        if self.load_images and "image" in item:
+        """`load_images`, `image_processor` and `transform` applied to an item."""
+        if (self.load_images or self.image_processor is not None) and "image" in item:
             image = item["image"]
             if image is None:
                 raise _bad("malformed_record", "'image' is null", ds, number, item)
-            item[IMAGE_KEY] = (
-                _open_image(image, ds, number, item)
-                if isinstance(image, str)
-                else [_open_image(p, ds, number, item) for p in image]
-            )
+            paths = [image] if isinstance(image, str) else image
+            if self.load_images:
+                opened = [_load_image(_open_rgb, p, ds, number, item) for p in paths]
+                item[IMAGE_KEY] = opened[0] if isinstance(image, str) else opened
+            if self.image_processor is not None:
+                done = [_load_image(self.image_processor, p, ds, number, item) for p in paths]
+                item[PIXELS_KEY] = done[0] if isinstance(image, str) else done
         if self.transform is None:
             return item
         try:
@@ -327,22 +356,19 @@ class FusionDataset(Dataset[Any]):
         """The next good sample after bad sample i (on_error="skip"), or raise (on_error="raise")."""
         if self.on_error == "raise":
             raise bad.error from bad.__cause__
+        self._count(bad)  # only the requested sample: the bad ones passed over count when requested
         n = len(self)
         start = i % n
-        for step in range(n):
-            self._count(bad)
-            if step == n - 1:
-                break
-            item = fetch([(start + step + 1) % n])[0]
+        for step in range(1, n):
+            item = fetch([(start + step) % n])[0]
             if not isinstance(item, _BadSample):
                 return item
             bad = item
         raise RecordError(f"every one of the {n} samples is bad; the last: {bad.error}") from bad.error
 
     def _count(self, bad: _BadSample) -> None:
-        self.skipped += 1
-        self.skip_causes[bad.cause] += 1
-        if self.skip_causes[bad.cause] == 1:
+        assert self._skips is not None
+        if self._skips.add(bad.cause):
             logger.warning(
                 "skipping bad samples (%s), replacing each with the next good one; first: %s "
                 "(further ones are only counted in FusionDataset.skipped)",
@@ -502,12 +528,56 @@ class PackedRecords(Sequence[Any]):
         return (list, (self._items,))  # decoded (and perhaps changed) here: send what is here
 
 
-def _open_image(path: str, ds: _DatasetInfo, number: int, record: Any) -> Any:
+class _SkipCounts:
+    """Skip counts by cause, and whether each cause was reported, in shared memory under a lock: one
+    object for a dataset and all its DataLoader workers. Sent to a process being started (fork, spawn or
+    forkserver) it stays shared; pickled otherwise it carries the counts so far into a new, separate one."""
+
+    def __init__(self, values: Sequence[int] | None = None) -> None:
+        import multiprocessing
+
+        # a spawn-context lock can be handed to fork, spawn and forkserver children alike
+        self._array = multiprocessing.get_context("spawn").Array("q", 2 * len(SKIP_CAUSES))
+        if values is not None:
+            self._array[:] = list(values)
+
+    @staticmethod
+    def _shared(array: Any) -> _SkipCounts:
+        counts = _SkipCounts.__new__(_SkipCounts)
+        counts._array = array
+        return counts
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.context import get_spawning_popen
+
+        if get_spawning_popen() is not None:
+            return (_SkipCounts._shared, (self._array,))
+        return (_SkipCounts, (list(self._array[:]),))
+
+    def counts(self) -> list[int]:
+        return list(self._array[: len(SKIP_CAUSES)])
+
+    def add(self, cause: str) -> bool:
+        """Count one bad sample of `cause`; True the first time `cause` is met by any process."""
+        k = SKIP_CAUSES.index(cause)
+        with self._array.get_lock():
+            self._array[k] += 1
+            first = self._array[len(SKIP_CAUSES) + k] == 0
+            self._array[len(SKIP_CAUSES) + k] = 1
+        return bool(first)
+
+
+def _open_rgb(path: str) -> Any:
     from PIL import Image
 
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _load_image(load: Callable[[str], Any], path: str, ds: _DatasetInfo, number: int, record: Any) -> Any:
+    """`load(path)`, its failure reported as the bad sample it makes."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        return load(path)
     except FileNotFoundError as e:
         raise _bad("missing_image", f"image not found: {path}", ds, number, record) from e
     except Exception as e:  # whatever Pillow raises, training cannot use this image

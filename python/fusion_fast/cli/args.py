@@ -68,3 +68,15 @@ def index_folder(text: str) -> str:
                 raise argparse.ArgumentTypeError(f"{text}: {where}, not a folder")
             break
     return text
+
+
+def check_not_input(path: str, flag: str, inputs: list[Path]) -> None:
+    """Refuse to write an output over one of the command's own inputs (the YAML, a data file)."""
+    from . import UsageError
+
+    out = Path(path)
+    if not out.exists():
+        return
+    for p in inputs:
+        if p.exists() and os.path.samefile(out, p):
+            raise UsageError(f"{flag} {path}: is an input of this command ({p}); choose another file")

@@ -1,94 +1,161 @@
-"""`fusion-fast bench`: run the benchmark suite in `benches/` end to end and write a Markdown report,
-every raw figure as JSON, and a throughput chart."""
+"""`fusion-fast bench`: run the benchmark suite (`fusion_fast.benchmarks`, shipped with the package) end
+to end and write a Markdown report, every raw figure as JSON, and a throughput chart. Runs from any folder
+on a plain install: peers that are not installed (orjson, msgspec, datasets, Megatron-Energon, torch, ...)
+are reported as skipped. Generated data is kept in the cache folder between runs (`--clean` removes it)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ..errors import FusionFastError
 from .output import console, error_console
 
-#: (script, arguments at full size, arguments for --quick); `{size}` and `{data}` are filled in.
-SUITE: tuple[tuple[str, list[str], list[str]], ...] = (
-    ("bench_index.py", ["--size", "{size}", "--data-dir", "{data}"], ["--quick", "--data-dir", "{data}"]),
-    ("bench_scaling.py", ["--data-dir", "{data}"], ["--quick", "--data-dir", "{data}"]),
-    ("bench_mixture.py", ["--data", "{data}/stage"], ["--quick", "--data", "{data}/stage-quick"]),
-    ("bench_dataloader.py", ["--data", "{data}/stage"], ["--quick", "--data", "{data}/stage-quick"]),
-    ("bench_check.py", [], ["--quick"]),
-    ("bench_gpu.py", [], ["--quick"]),
+#: (module of fusion_fast.benchmarks, modules it cannot run without, arguments; `--quick` and `--size` are
+#: added when given; `{data}` is the data folder).
+SUITE: tuple[tuple[str, tuple[str, ...], list[str]], ...] = (
+    ("index", (), ["--data-dir", "{data}"]),
+    ("scaling", (), ["--data-dir", "{data}"]),
+    ("mixture", (), ["--data-dir", "{data}"]),
+    ("dataloader", ("torch",), ["--data-dir", "{data}"]),
+    ("check", (), ["--dir", "{data}"]),
+    ("gpu", ("torch",), []),
+    ("vision", ("torch",), ["--data-dir", "{data}"]),
 )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run the benchmark suite and write a report (Markdown, JSON, PNG)")
-    p.add_argument(
-        "--size", default="1GiB", help="size of the generated annotation files (default: %(default)s)"
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite and write a report (Markdown, JSON, PNG)",
+        description="Run fusion-fast's benchmark suite against the physical floor and the usual loaders. "
+        "Peers that are not installed are skipped and listed. Generated data is kept in the cache folder "
+        "between runs (its location is printed; --clean removes it).",
     )
-    p.add_argument("--quick", action="store_true", help="tiny sizes, one repetition: proves the suite runs")
     p.add_argument(
-        "--out", default="bench-out", help="folder for benchmarks.md, results.json, throughput.png"
+        "--size",
+        default=None,
+        metavar="SIZE",
+        help="scale every benchmark's generated data to about SIZE, e.g. 16MiB or 2GiB (default: each "
+        "benchmark's full size, up to 4 GiB files; with --quick, tiny)",
     )
-    p.add_argument("--data-dir", default=None, help="where generated data is kept between runs")
-    p.add_argument("--only", action="append", default=None, help="run only these scripts (e.g. bench_index)")
-    p.add_argument("--benches", default=None, help="the benches/ folder (default: found next to the package)")
+    p.add_argument(
+        "--quick", action="store_true", help="small data and one repetition: proves the suite runs (minutes)"
+    )
+    p.add_argument(
+        "--out",
+        default="bench-out",
+        metavar="DIR",
+        help="folder for benchmarks.md, results.json and throughput.png (default: %(default)s)",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where generated data is kept between runs (default: bench/ in the cache folder)",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(m for m, _, _ in SUITE)}",
+    )
+    p.add_argument("--clean", action="store_true", help="remove the generated data folder and exit")
     p.set_defaults(func=run_bench)
 
 
-def find_benches(explicit: str | None) -> Path:
-    candidates = [Path(explicit)] if explicit else []
-    candidates += [Path(__file__).resolve().parents[3] / "benches", Path.cwd() / "benches"]
-    for c in candidates:
-        if (c / "bench_index.py").is_file():
-            return c
-    raise FusionFastError(
-        "the benchmark suite lives in the repository's benches/ folder, which was not found; "
-        "run from a fusion-fast checkout or pass --benches DIR"
-    )
+def _data_dir(args: argparse.Namespace) -> Path:
+    from ..benchmarks.common import default_data_dir
+
+    return Path(args.data_dir).absolute() if args.data_dir else default_data_dir()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def clean(data: Path) -> int:
+    from .output import human_bytes
+
+    if not data.exists():
+        console().print(f"nothing to remove: {data} does not exist", markup=False)
+        return 0
+    size = _folder_bytes(data)
+    shutil.rmtree(data)
+    console().print(f"removed {data} ({human_bytes(size)})", markup=False)
+    return 0
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    benches = find_benches(args.benches)
+    from ..benchmarks.common import PEERS, peer_available
+
+    data = _data_dir(args)
+    if args.clean:
+        return clean(data)
+    names = [m for m, _, _ in SUITE]
+    wanted = [n.removeprefix("bench_").removesuffix(".py") for n in args.only or names]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        from . import UsageError
+
+        raise UsageError(f"--only {unknown[0]}: no such benchmark; choose from {', '.join(names)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data_dir or Path(os.environ.get("TMPDIR", "/tmp")) / "fusion-fast-bench")
-    sections, raw, failed = [], {}, []
-    for script, full, quick in SUITE:
-        name = script.removesuffix(".py")
-        if args.only and name not in args.only and script not in args.only:
+    data.mkdir(parents=True, exist_ok=True)
+    err = error_console()
+    err.print(
+        f"generated data: {data} (kept for the next run; fusion-fast bench --clean removes it)", markup=False
+    )
+    missing = [m for m in PEERS if not peer_available(m)]
+    if missing:
+        err.print(f"skipped peers (not installed): {', '.join(missing)}", markup=False)
+    sections, raw, failed, skipped = [], {}, [], []
+    for module, needs, argv in SUITE:
+        if module not in wanted:
             continue
-        if not (benches / script).is_file():
-            sections.append(f"### {name}\n\nnot run: {script} is missing from {benches}\n")
+        absent = [m for m in needs if m in missing]
+        if absent:
+            skipped.append(module)
+            sections.append(f"### {module}\n\nskipped: needs {', '.join(absent)}, which is not installed\n")
             continue
-        result_file = out / f"{name}.json"
-        argv = [a.format(size=args.size, data=data) for a in (quick if args.quick else full)]
-        cmd = [sys.executable, str(benches / script), *argv, "--out", str(result_file)]
-        error_console().print(f"running {' '.join(cmd[1:])}")
+        result_file = out / f"{module}.json"
+        cmd = [sys.executable, "-m", f"fusion_fast.benchmarks.{module}"]
+        cmd += [a.format(data=data) for a in argv]
+        cmd += ["--quick"] if args.quick else []
+        cmd += ["--size", args.size] if args.size and module != "gpu" else []
+        cmd += ["--out", str(result_file)]
+        err.print(f"running {' '.join(cmd[2:])}", markup=False)
         started = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
-            failed.append(script)
-            sections.append(f"### {name}\n\nFAILED (exit {proc.returncode}) after {seconds:.0f} s\n")
+            failed.append(module)
+            sections.append(f"### {module}\n\nFAILED (exit {proc.returncode}) after {seconds:.0f} s\n")
             continue
-        sections.append(proc.stdout.strip() + "\n")
+        sections.append(proc.stdout.strip() + f"\n\n({module}: {seconds:.0f} s)\n")
         if result_file.is_file():
-            raw[name] = json.loads(result_file.read_text())
-    report = "# fusion-fast benchmarks\n\n" + "\n".join(sections)
+            raw[module] = json.loads(result_file.read_text())
+    peers = (
+        f"Peers not installed, skipped: {', '.join(missing)}.\n" if missing else "Every peer was installed.\n"
+    )
+    report = "# fusion-fast benchmarks\n\n" + peers + "\n" + "\n".join(sections)
     (out / "benchmarks.md").write_text(report, encoding="utf-8")
-    (out / "results.json").write_text(json.dumps(raw, indent=1), encoding="utf-8")
-    chart = throughput_chart(raw.get("bench_index"), out / "throughput.png")
-    console().print(report)
+    (out / "results.json").write_text(
+        json.dumps({"skipped_peers": missing, "skipped": skipped, **raw}, indent=1), encoding="utf-8"
+    )
+    chart = throughput_chart(raw.get("index"), out / "throughput.png")
+    console().print(report, markup=False)
     console().print(
-        f"wrote {out / 'benchmarks.md'}, {out / 'results.json'}" + (f", {chart}" if chart else "")
+        f"wrote {out / 'benchmarks.md'}, {out / 'results.json'}" + (f", {chart}" if chart else ""),
+        markup=False,
     )
     if failed:
-        error_console().print(f"failed: {', '.join(failed)}")
+        err.print(f"failed: {', '.join(failed)}", markup=False)
         return 1
     return 0
 

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import check_writable, existing_folder, non_negative_int
+from .args import check_not_input, check_writable, existing_folder, non_negative_int
 
 if TYPE_CHECKING:
     from ..check import CheckReport, Problem
@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--image-folder",
+        type=existing_folder,
         default=None,
         metavar="DIR",
         help="where relative image paths start, for datasets without their own image_folder",
@@ -75,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
     # Output paths are checked before the work: a check of a large playground takes minutes.
     if args.json not in (None, "-"):
         check_writable(args.json, "--json")
+        check_not_input(args.json, "--json", [Path(args.target)])
     if args.write_exclude is not None:
         check_writable(args.write_exclude, "--write-exclude")
+        check_not_input(args.write_exclude, "--write-exclude", [Path(args.target)])
     with Progress() as progress:
         report = run_check(
             args.target, root=args.root, image_folder=args.image_folder, decode=args.decode, progress=progress

@@ -116,6 +116,14 @@ def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[lis
 
 
 def _index_files(paths: list[Path], args: argparse.Namespace) -> list[IndexReport]:
+    return index_with_progress(paths, force=args.force, index_dir=args.index_dir, threads=args.threads)
+
+
+def index_with_progress(
+    paths: list[Path], *, force: bool = False, index_dir: str | None = None, threads: int | None = None
+) -> list[IndexReport]:
+    """Open (building when needed) each file's index, showing the progress of builds: a bar on a
+    terminal for big files, a line every few seconds in a log."""
     from ..indexing import index_file
     from .output import Progress
 
@@ -131,9 +139,9 @@ def _index_files(paths: list[Path], args: argparse.Namespace) -> list[IndexRepor
             try:
                 _, report = index_file(
                     path,
-                    rebuild="always" if args.force else "auto",
-                    index_dir=args.index_dir,
-                    threads=args.threads,
+                    rebuild="always" if force else "auto",
+                    index_dir=index_dir,
+                    threads=threads,
                     on_progress=update,
                 )
             finally:

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import check_writable, seed
+from .args import check_not_input, check_writable, existing_folder, index_folder, seed
 
 #: (summary column, header, how to render a value).
 _COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -32,13 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mix", help="show what a stage YAML selects from each dataset; export it as JSONL")
     p.add_argument("stage", metavar="STAGE.yaml", help="a FUSION / LLaVA-OneVision stage YAML")
     p.add_argument(
-        "--root", default=None, metavar="DIR", help="folder that relative paths start from (default: cwd)"
+        "--root",
+        type=existing_folder,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths start from (default: cwd)",
     )
     p.add_argument(
         "--seed", type=seed, default=0, help="seed of the random: strategies and repeats (default: 0)"
     )
     p.add_argument(
         "--index-dir",
+        type=index_folder,
         default=None,
         metavar="DIR",
         help="where the indexes are kept (default: beside the data)",
@@ -73,13 +78,19 @@ def _stage_yaml(name: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
-    from ..stage import base_line
-    from .output import console, human_bytes, print_json, table
+    from ..stage import base_line, read_stage
+    from .index import index_with_progress
+    from .output import console, human_bytes, note, print_json, table
 
-    started = time.perf_counter()
     stage = _stage_yaml(args.stage)
     if args.export:
         check_writable(args.export, "--export")
+    # Missing indexes are built first, with progress: resolving a mixture opens every data file's index.
+    found = [spec.path for spec in read_stage(stage, root=args.root) if spec.path is not None]
+    if args.export:
+        check_not_input(args.export, "--export", [stage, *found])
+    index_with_progress(list(dict.fromkeys(found)), index_dir=args.index_dir)
+    started = time.perf_counter()
     mix = Mixture.from_yaml(stage, root=args.root, seed=args.seed, index_dir=args.index_dir)
     resolved = time.perf_counter() - started
     summary = mix.summary(total=True)
@@ -104,11 +115,20 @@ def run(args: argparse.Namespace) -> int:
         if (line := base_line([d.spec for d in mix.datasets])) is not None:
             out.print(line)
     if args.export:
+        from .output import Progress
+
         started = time.perf_counter()
-        size = mix.export_jsonl(args.export)
+        with Progress() as progress:
+            task = progress.task(f"exporting to {args.export}", len(mix), "records")
+            size = mix.export_jsonl(args.export, progress=lambda done, _total: progress.update(task, done))
+            progress.done(task)
         seconds = time.perf_counter() - started
         rate = f"{human_bytes(size / seconds)}/s" if seconds > 0 else "-"
-        out.print(
+        done = (
             f"wrote {len(mix):,} records ({human_bytes(size)}) to {args.export} in {seconds:.2f} s ({rate})"
         )
+        if args.json:
+            note(done)  # standard output holds the JSON document alone
+        else:
+            out.print(done)
     return 0

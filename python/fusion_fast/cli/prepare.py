@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .output import console, human_bytes
 
@@ -63,13 +63,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="GLOB",
         help="take only files whose path matches (repeatable; e.g. 'json/*' 'images/PixelProse*')",
     )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result (with --dry-run: the plan) as JSON instead of tables",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..archives import DEFAULT_LIMITS
     from ..prepare import plan_prepare, preview_units, resolve_source, run_prepare
-    from .output import Progress
+    from .output import Progress, print_json
 
     _check_source(args.source)
     source, name = resolve_source(args.source, revision=args.revision, include=args.include)
@@ -77,7 +82,11 @@ def run(args: argparse.Namespace) -> int:
         source, args.root, name=name, stage=args.stage, yaml_path=args.yaml, include=args.include
     )
     if args.dry_run:
-        print_plan(plan, preview_units(plan))
+        previews = preview_units(plan)
+        if args.json:
+            print_json(plan_json(plan, previews))
+        else:
+            print_plan(plan, previews)
         return 0
     work = sum(u.stamp.size for u in plan.units if u.todo)
     with Progress() as bar:
@@ -89,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
             size_limits=None if args.no_size_limits else DEFAULT_LIMITS,
         )
         bar.done(task)
-    print_result(result)
+    if args.json:
+        print_json(result_json(result))
+    else:
+        print_result(result)
     return 0 if result.ok else 1
 
 
@@ -107,6 +119,75 @@ def _check_source(source: str) -> None:
         "check the path",
         path=source,
     )
+
+
+def plan_json(plan: Plan, previews: dict[str, Preview]) -> dict[str, Any]:
+    """`prepare --dry-run --json`: what would be done, per annotation file and per archive or folder."""
+    from ..prepare import placed_at
+
+    units = []
+    for u in plan.units:
+        entry: dict[str, Any] = {"source": u.unit.key, "kind": u.unit.kind, "bytes": u.stamp.size}
+        if u.marker is not None:
+            entry |= {"action": "in place", "target": placed_at(u.marker.prefix, u.marker.entries)}
+        elif (pv := previews[u.unit.key]).placement is None:
+            entry |= {"action": "refuse", "error": pv.error}
+        else:
+            action = "link" if u.unit.kind == "folder" else "extract"
+            entry |= {"action": action, "target": pv.target, "placement": pv.placement.describe()}
+        units.append(entry)
+    return {
+        "source": str(plan.source),
+        "train": str(plan.train),
+        "yaml": str(plan.yaml_path),
+        "yaml_unchanged": plan.yaml_unchanged,
+        "annotations": [
+            {"action": j.action, "source": j.key, "target": str(j.target), "bytes": j.source.stat().st_size}
+            for j in plan.jsons
+        ],
+        "units": units,
+    }
+
+
+def result_json(result: PrepareResult) -> dict[str, Any]:
+    """`prepare --json`: what was done, and the check's report."""
+    plan = result.plan
+    return {
+        "source": str(plan.source),
+        "train": str(plan.train),
+        "yaml": str(plan.yaml_path),
+        "yaml_written": result.yaml_written,
+        "ok": result.ok,
+        "seconds": round(result.seconds, 3),
+        "annotations": [
+            {
+                "source": j.item.key,
+                "target": str(j.item.target),
+                "action": j.action,
+                "records": j.records,
+                "bytes": j.bytes,
+                "seconds": round(j.seconds, 3),
+                "error": j.error,
+            }
+            for j in result.jsons
+        ],
+        "units": [
+            {
+                "source": u.item.unit.key,
+                "kind": u.item.unit.kind,
+                "status": u.status,
+                "target": u.target,
+                "files": u.files,
+                "bytes": u.bytes,
+                "referenced": u.referenced,
+                "seconds": round(u.seconds, 3),
+                "error": u.error,
+            }
+            for u in result.units
+        ],
+        "check": result.check.to_json() if result.check is not None else None,
+        "check_error": result.check_error,
+    }
 
 
 def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:

@@ -16,7 +16,54 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+#: Peers a benchmark compares with, by import name: each is skipped, and reported so, when absent.
+PEERS = ("orjson", "msgspec", "simdjson", "polars", "datasets", "megatron.energon", "torch", "matplotlib")
+
+
+def peer_available(module: str) -> bool:
+    """Whether `module` (dotted names allowed) can be imported, without importing it. `find_spec` of a
+    submodule imports its parents and raises when one is missing (`megatron.energon` without
+    `megatron`); that counts as absent."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def default_data_dir() -> Path:
+    """Where generated benchmark data is kept between runs: `bench/` in fusion-fast's cache folder
+    ($FUSION_FAST_CACHE, else the XDG cache folder), never the working directory or the checkout."""
+    from .. import _core
+
+    return Path(_core.cache_dir()) / "bench"
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size such as 64MiB or 1.5GiB."""
+    from ..synth import parse_size as parse
+
+    return parse(text)
+
+
+def fusion_lengths(list_data_dict: list[Any]) -> list[int]:
+    """FUSION's `LazySupervisedDataset.lengths` (its code in substance): the baseline to beat."""
+    length_list = []
+    for sample in list_data_dict:
+        img_tokens = 128 if "image" in sample else 0
+        length_list.append(sum(len(conv["value"].split()) for conv in sample["conversations"]) + img_tokens)
+    return length_list
+
+
+def fusion_modality_lengths(list_data_dict: list[Any]) -> list[int]:
+    """FUSION's `LazySupervisedDataset.modality_lengths`: words, negative for records without `image`."""
+    length_list = []
+    for sample in list_data_dict:
+        cur_len = sum(len(conv["value"].split()) for conv in sample["conversations"])
+        cur_len = cur_len if "image" in sample else -cur_len
+        length_list.append(cur_len)
+    return length_list
 
 
 def machine() -> dict[str, Any]:
