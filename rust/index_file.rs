@@ -23,12 +23,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::columns::{DType, Records, COLUMNS};
 use crate::error::{Error, ErrorKind, Result};
-use crate::scan::Format;
+use crate::scan::{cancelled, is_cancelled, Format};
 
 pub const MAGIC: &[u8; 8] = b"FFINDEX\0";
 pub const FORMAT_VERSION: u32 = 2;
@@ -257,13 +258,41 @@ impl Drop for TempFile {
     }
 }
 
-/// Writes the index for `runs` (records in file order) to `dest`, atomically.
+/// The temporary file `write_index` writes before renaming it to `dest`: hidden, beside `dest` (a
+/// rename stays within one filesystem), and named after the process, so writers never share one.
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let file_name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{file_name}.tmp-{}", std::process::id()))
+}
+
+/// Whether `name` is the name `temp_path` gives a temporary index of `dest_name` in some process.
+pub fn is_temp_name(name: &str, dest_name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_prefix(dest_name))
+        .and_then(|n| n.strip_prefix(".tmp-"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Writes the index for `runs` (records in file order) to `dest`, atomically. When `cancel` is set
+/// (checked between columns and before the file is synced and renamed), the temporary file is
+/// removed, `dest` is left as it was, and the error is `scan::cancelled()`.
 pub fn write_index(
     dest: &Path,
     source: SourceStamp,
     format: Format,
     runs: &[Records],
+    cancel: Option<&AtomicBool>,
 ) -> Result<()> {
+    let check_cancel = || {
+        if is_cancelled(cancel) {
+            return Err(cancelled());
+        }
+        Ok(())
+    };
     let records: u64 = runs.iter().map(|r| r.len() as u64).sum();
     let mut columns = Vec::with_capacity(COLUMNS.len());
     let mut offset = align_up(Header::header_len(COLUMNS.len()) as u64);
@@ -284,13 +313,8 @@ pub fn write_index(
         columns,
     };
 
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let tmp = TempFile {
-        path: dir.join(format!(".{file_name}.tmp-{}", std::process::id())),
+        path: temp_path(dest),
         keep: false,
     };
     let werr = |e| Error::io(&tmp.path, "write the index", e);
@@ -300,6 +324,7 @@ pub fn write_index(
     out.write_all(&placeholder).map_err(werr)?;
     let mut written = placeholder.len() as u64;
     for (k, column) in header.columns.iter_mut().enumerate() {
+        check_cancel()?;
         let pad = column.offset - written;
         out.write_all(&vec![0u8; pad as usize]).map_err(werr)?;
         written += pad;
@@ -315,8 +340,10 @@ pub fn write_index(
     let mut file = out.into_inner().map_err(|e| werr(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(werr)?;
     file.write_all(&header.encode()).map_err(werr)?;
+    check_cancel()?;
     file.sync_all().map_err(werr)?;
     drop(file);
+    check_cancel()?;
     let mut tmp = tmp;
     std::fs::rename(&tmp.path, dest)
         .map_err(|e| Error::io(dest, "move the finished index into place", e))?;

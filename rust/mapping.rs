@@ -147,6 +147,20 @@ impl GuardedMap {
         let _ = self.map.advise(memmap2::Advice::PopulateRead);
     }
 
+    /// `populate` for `len` bytes from `start`; false where the kernel cannot (before Linux 5.14).
+    pub fn populate_range(&self, start: usize, len: usize) -> bool {
+        #[cfg(target_os = "linux")]
+        return self
+            .map
+            .advise_range(memmap2::Advice::PopulateRead, start, len)
+            .is_ok();
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (start, len);
+            false
+        }
+    }
+
     /// The mapped file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -559,7 +559,15 @@ fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
     s.parse().map_err(PyValueError::new_err)
 }
 
+/// How often a thread waiting for `open_index` checks for Ctrl-C and other signals.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Opens the index of `path`, building it (with the GIL released) when needed and allowed.
+///
+/// The build runs on a thread of its own while this one waits in short slices, checking for signals.
+/// When a handler raises (Ctrl-C's `KeyboardInterrupt`, a SIGTERM handler's `SystemExit`), the build is
+/// stopped: it removes its temporary file and leaves any previous index in place, and the handler's
+/// exception is raised here within milliseconds instead of when the build would have ended.
 #[pyfunction]
 #[pyo3(signature = (path, *, rebuild="auto", index_dir=None, threads=None, verify=None, chunk_size=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
@@ -574,19 +582,80 @@ fn open_index(
     progress: Option<&Progress>,
 ) -> PyResult<Index> {
     boundary("fusion_fast.open", || {
+        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+
+        let cancel = store::Cancel::new();
         let mut opts = OpenOptions {
             rebuild: parse_rebuild(rebuild)?,
             index_dir,
             threads,
             verify,
+            cancel: Some(cancel.clone()),
             ..Default::default()
         };
         if let Some(c) = chunk_size {
             opts.scan.chunk_size = c.max(1);
         }
         opts.scan.progress = progress.map(|p| p.counter.clone());
-        let inner = py.detach(|| store::open(&path, &opts))?;
-        Ok(Index { inner })
+        type Opened = crate::error::Result<JsonIndex>;
+        let (tx, rx) = channel::<Opened>();
+        let source = path.clone();
+        let worker = std::thread::Builder::new()
+            .name("fusion-fast open".into())
+            .spawn(move || {
+                let _ = tx.send(store::open(&source, &opts));
+            })
+            .map_err(|e| to_py_err(py, Error::io(&path, "start a thread to open", e)))?;
+        // The receiver is not Sync, so it moves into each GIL-free slice and back out.
+        let wait = |rx: Receiver<Opened>, slice| {
+            py.detach(move || {
+                let got = rx.recv_timeout(slice);
+                (rx, got)
+            })
+        };
+        let mut rx = rx;
+        loop {
+            let (back, got) = wait(rx, SIGNAL_POLL);
+            rx = back;
+            match got {
+                Ok(result) => {
+                    let _ = worker.join();
+                    return result
+                        .map(|inner| Index { inner })
+                        .map_err(|e| to_py_err(py, e));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let why = match worker.join() {
+                        Err(panic) => panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default(),
+                        Ok(()) => String::new(),
+                    };
+                    let msg = format!("internal error while opening the index: {why}");
+                    return Err(to_py_err(
+                        py,
+                        Error::new(ErrorKind::Io, msg).with_path(&path),
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Err(interrupt) = py.check_signals() {
+                cancel.request();
+                // Wait until the build has stopped and cleaned up, unless it is blocked on another
+                // process's build lock: then it holds nothing and gives up when it gets the lock.
+                loop {
+                    let (back, got) = wait(rx, std::time::Duration::from_millis(2));
+                    rx = back;
+                    match got {
+                        Err(RecvTimeoutError::Timeout) if !cancel.is_waiting_for_lock() => {}
+                        _ => break,
+                    }
+                }
+                return Err(interrupt);
+            }
+        }
     })
 }
 
@@ -609,7 +678,7 @@ fn scan_bytes<'py>(
         };
         let opts = ScanOptions {
             chunk_size: chunk_size.max(1),
-            progress: None,
+            ..ScanOptions::default()
         };
         let records = py
             .detach(|| {

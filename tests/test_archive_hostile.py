@@ -391,6 +391,19 @@ def test_an_archive_larger_than_the_free_space_is_refused_not_half_written(tmp_p
     assert not (images / "Big").exists() and markers(images) == [] and leftovers(images) == []
 
 
+def test_a_disk_that_fills_anyway_is_an_error_naming_the_member(tmp_path, tmpfs) -> None:
+    # Another program can take the space after the check: ENOSPC names the archive and the member.
+    rng = random.Random(6)
+    a = archive(
+        tmp_path / "f.tar",
+        tar_bytes([("F/a.jpg", rng.randbytes(8 << 20)), ("F/b.jpg", rng.randbytes(16 << 20))]),
+    )
+    lying = SizeLimits(free_space=lambda _folder: 1 << 40)
+    with pytest.raises(FusionFastError, match="the disk filled up while writing member 'F/b.jpg'") as e:
+        a.extract(tmpfs, limits=lying)
+    assert str(e.value).startswith("f.tar: ")
+
+
 # -- members that collide with prepare's own state ---------------------------------------------------
 
 

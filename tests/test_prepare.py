@@ -31,9 +31,6 @@ from fusion_fast.synth import tiny_png
 
 from .test_archives import MALICIOUS, split, tar_bytes, zip_bytes
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 # -- building download folders -----------------------------------------------------------------------
 
 

@@ -16,7 +16,7 @@ const PUNCT: &[u8] = b"[]{},\"\\: a0\n";
 fn parallel(data: &[u8], format: Format, chunk_size: usize) -> fusion_fast::Result<Records> {
     let opts = ScanOptions {
         chunk_size,
-        progress: None,
+        ..ScanOptions::default()
     };
     scan_with_stats(data, format, &opts).map(|(runs, stats)| {
         // On valid input the speculation must be right: no silent fall back to one thread.
