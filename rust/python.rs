@@ -15,7 +15,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PyString, PyType};
 
 use crate::columns::{Records, COLUMNS};
-use crate::compact::compact_lines;
+use crate::compact::{compact_lines, write_compact_lines};
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
 use crate::mapping::{ensure_handler, GuardedMap};
@@ -226,17 +226,16 @@ impl Index {
         built.map_err(|e| self.changed(py, i, e))
     }
 
-    /// The compacted JSON Lines of records `selection`, else `start..start + count` (see compact_lines).
-    fn compacted(
+    /// The int64 record numbers of `selection`, each checked against the index, or (without one)
+    /// `start..start + count` checked.
+    fn checked_selection<'b>(
         &self,
-        py: Python<'_>,
-        selection: Option<&PyBuffer<i64>>,
+        selection: Option<&'b PyBuffer<i64>>,
         start: usize,
         count: usize,
-    ) -> PyResult<Vec<Vec<u8>>> {
+    ) -> PyResult<Option<&'b [i64]>> {
         let sel = selection.map(|s| int64s(s, "selection")).transpose()?;
         let n = self.inner.len();
-        let total = sel.map_or(count, <[i64]>::len);
         if sel.is_none() && start.checked_add(count).is_none_or(|end| end > n) {
             return Err(PyIndexError::new_err(format!(
                 "records {start}..{start}+{count} out of range for {n} records"
@@ -247,6 +246,19 @@ impl Index {
                 "record number {bad} out of range for {n} records"
             )));
         }
+        Ok(sel)
+    }
+
+    /// The compacted JSON Lines of records `selection`, else `start..start + count` (see compact_lines).
+    fn compacted(
+        &self,
+        py: Python<'_>,
+        selection: Option<&PyBuffer<i64>>,
+        start: usize,
+        count: usize,
+    ) -> PyResult<Vec<Vec<u8>>> {
+        let sel = self.checked_selection(selection, start, count)?;
+        let total = sel.map_or(count, <[i64]>::len);
         ensure_handler();
         // A rewrite seen before any page is touched gives a clean error; one during the copy leaves
         // zeros that `check_source` afterwards refuses to hand out.
@@ -437,19 +449,33 @@ impl Index {
         use std::os::fd::FromRawFd;
 
         boundary("JsonIndex.write_compact_lines", || {
-            let parts = self.compacted(py, selection.as_ref(), start, count)?;
-            py.detach(|| {
-                // SAFETY: `fd` is an open file descriptor the caller owns and keeps open during this
-                // call; ManuallyDrop leaves it open when `file` goes out of scope.
+            let sel = self.checked_selection(selection.as_ref(), start, count)?;
+            let total = sel.map_or(count, <[i64]>::len);
+            ensure_handler();
+            self.inner.check_source()?;
+            let mut io_error = None;
+            let result = py.detach(|| {
+                // SAFETY: `fd` is an open file descriptor the caller owns and keeps open during this call;
+                // ManuallyDrop leaves it open when `file` goes out of scope.
                 let mut file =
                     std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-                let mut written = 0;
-                for p in &parts {
-                    file.write_all(p)?;
-                    written += p.len();
-                }
-                Ok(written)
-            })
+                write_compact_lines(
+                    total,
+                    |k| self.inner.raw(sel.map_or(start + k, |s| s[k] as usize)),
+                    |bytes: &[u8]| {
+                        file.write_all(bytes).map_err(|e| {
+                            io_error = Some(e);
+                            Error::new(ErrorKind::Io, "write failed".to_string())
+                        })
+                    },
+                )
+            });
+            // Lines written from a mapping that went stale hold zeros: the caller's file is refused.
+            self.inner.check_source()?;
+            match (result, io_error) {
+                (_, Some(e)) => Err(e.into()),
+                (result, None) => Ok(result?),
+            }
         })
     }
 

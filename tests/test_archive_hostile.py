@@ -9,6 +9,7 @@ import io
 import lzma
 import os
 import random
+import re
 import subprocess
 import tarfile
 import zipfile
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 
 from fusion_fast.archives import Archive, SizeLimits, group_archives
 from fusion_fast.errors import FusionFastError
-from fusion_fast.prepare import References, decide_placement
+from fusion_fast.prepare import References, decide_placement, plan_prepare, run_prepare
 
 from .conftest import is_root
 from .test_archives import link, split, tar_bytes, tree, zip_bytes
@@ -142,7 +143,7 @@ UNWRITABLE: dict[str, tuple[list, str, str]] = {
     "twice-as-link": ([("a.jpg", b"1"), link("a.jpg", "b.jpg")], "a.jpg", "two members with this path"),
     "file-over-folder": ([_dir("a"), ("a", b"x")], "a", "cannot extract member"),
     "file-under-file": ([("a", b"x"), ("a/b.jpg", b"y")], "a/b.jpg", "cannot extract member"),
-    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "cannot extract member"),
+    "through-dangling-link": ([link("l", "nothere"), ("l/f.jpg", b"z")], "l/f.jpg", "through the link 'l'"),
     "sparse": ([_sparse("s.jpg")], "s.jpg", "sparse file"),
     "name-too-long": (
         [("x/" + "n" * 300 + ".jpg", b"q")],
@@ -424,8 +425,11 @@ def test_a_member_named_like_a_temporary_folder_survives_the_next_run(tmp_path) 
         (".fusion-fast/images__Other.tar.done", b'{"key": "images/Other.tar"}'),
         (".fusion-fast/x.jpg", b"image"),
         link("state", ".fusion-fast"),
+        # The same folder on a case-insensitive filesystem (macOS, Windows by default).
+        (".Fusion-Fast/images__Other.tar.done", b'{"key": "images/Other.tar"}'),
+        link("State", ".FUSION-FAST"),
     ],
-    ids=["fake-marker", "file", "symlink"],
+    ids=["fake-marker", "file", "symlink", "other-case", "other-case-symlink"],
 )
 def test_members_in_prepares_state_folder_are_refused(tmp_path, capsys, member) -> None:
     src, pg = tmp_path / "src", tmp_path / "pg"
@@ -527,3 +531,307 @@ def test_placement_never_merges_members_and_is_the_best_one_to_one(
         # where the documented tie-break (smaller strip, then shorter prefix) prefers it.
         assert p.matched == len(members)
         assert (p.strip, len(p.prefix)) <= (strip, len(prefix))
+
+
+# -- zip entries zipfile cannot read, tiny zips, link chains -------------------------------------------
+
+
+def _zip_with_header_field(offset: int, value: int) -> bytes:
+    """A one-member zip with a 16-bit field patched in both its local header and its central directory
+    entry (`offset` is the field's offset in the local header; the central one is 2 further on)."""
+    data = bytearray(zip_bytes([("A/x.jpg", b"hello world")]))
+    data[offset : offset + 2] = value.to_bytes(2, "little")
+    central = data.find(b"PK\x01\x02")
+    data[central + offset + 2 : central + offset + 4] = value.to_bytes(2, "little")
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (_zip_with_header_field(6, 1), "encrypted"),  # general purpose flag bit 0
+        (_zip_with_header_field(8, 99), "compression method 99"),  # AES and other methods
+        (_zip_with_header_field(6, 0x40), "not supported"),  # strong encryption
+        (_zip_with_header_field(6, 0x20), "not supported"),  # compressed patched data
+        (_zip_with_header_field(4, 96), "not supported"),  # needs zip version 9.6 to extract
+        (b"PK", "not a zip file"),  # shorter than any end record
+        (b"", "not a zip file"),
+    ],
+)
+def test_zips_that_zipfile_cannot_read_are_clear_errors(tmp_path, data, message) -> None:
+    a = archive(tmp_path / "A.zip", data)
+    for attempt in (lambda: list(a.members()), lambda: a.extract(tmp_path / "out")):
+        (tmp_path / "out").mkdir(exist_ok=True)
+        with pytest.raises(FusionFastError, match=f"(?i){message}") as e:
+            attempt()
+        assert e.value.path == "A.zip"
+
+
+def test_an_empty_zip_has_no_members(tmp_path) -> None:
+    a = archive(tmp_path / "A.zip", zip_bytes([]))  # only the 22-byte end record
+    assert list(a.members()) == []
+    (tmp_path / "out").mkdir()
+    assert a.extract(tmp_path / "out").files == []
+
+
+@pytest.mark.parametrize(
+    "links",
+    [
+        # Each link alone stays inside, but through the other one `A/l1` leaves the archive; the order
+        # of the members must not matter.
+        [("A/b/l2", ".."), ("A/l1", "b/l2/../..")],
+        [("A/l1", "b/l2/../.."), ("A/b/l2", "..")],
+        [("A/l1", "b/c/l2/../../../x"), ("A/b/c/l2", "../..")],
+    ],
+)
+def test_a_link_whose_target_goes_through_another_link_is_refused(tmp_path, links) -> None:
+    folder = tarfile.TarInfo("A/b/c")
+    folder.type = tarfile.DIRTYPE
+    a = archive(tmp_path / "A.tar", tar_bytes([folder, *(link(name, target) for name, target in links)]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="through the link|outside the destination") as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "A.tar"
+
+
+def test_a_member_written_through_a_link_member_is_refused(tmp_path) -> None:
+    # The listed path `A/l/x.jpg` would not be where the bytes are (`A/x.jpg`).
+    a = archive(tmp_path / "A.tar", tar_bytes([link("A/l", "."), ("A/l/x.jpg", b"1")]))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="'A/l/x.jpg'.*through the link 'A/l'"):
+        a.extract(tmp_path / "out")
+
+
+def test_placed_links_are_checked_through_links_already_in_images(tmp_path) -> None:
+    # A link from an earlier archive, then a link in a later one whose target passes through it: each
+    # stays inside alone, together `images/A/out` would be `train/x`.
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/x.jpg", b"1"), link("A/up", "..")]))
+    (src / "B.tar").write_bytes(tar_bytes([("A/y.jpg", b"2"), link("A/out", "up/../x")]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"))
+    images = tmp_path / "pg" / "train" / "images"
+    [b] = [u for u in result.units if u.item.unit.key == "B.tar"]
+    assert b.status == "failed" and "through the link" in (b.error or "")
+    assert not os.path.lexists(images / "A" / "out")
+    assert markers(images) == ["A.tar.done"]
+
+
+def _zip_name_not_utf8() -> bytes:
+    """A zip whose entry is flagged UTF-8 (bit 11) but whose name is not."""
+    data = bytearray(zip_bytes([("A/\u00e9.jpg", b"1")]))
+    name = "A/\u00e9.jpg".encode()
+    for at in (data.find(name), data.rfind(name)):  # local header and central directory
+        data[at + 2] = 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_zip_name_not_utf8(), "utf-8"),
+        (zip_bytes([("A/x.jpg", b"1"), ("A/x.jpg/", b"")]), "'A/x.jpg/'"),  # a file, then a folder of it
+    ],
+)
+def test_zip_entries_that_cannot_be_read_or_written_are_clear_errors(tmp_path, data, expected) -> None:
+    a = archive(tmp_path / "A.zip", data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match=re.escape(expected)) as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "A.zip"
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_a_second_archive_after_the_end_of_the_first_is_an_error_not_dropped(tmp_path, mode) -> None:
+    # `cat a.tar b.tar > c.tar` (or of two .tar.gz): tarfile stops at the first end-of-archive marker, so
+    # b's members would be silently missing from a result reported complete.
+    first, second = tar_bytes([("A/a.jpg", b"1")]), tar_bytes([("A/b.jpg", b"2")])
+    data = first + second
+    if mode == "w:gz":
+        data = gzip.compress(first) + gzip.compress(second)
+    a = archive(tmp_path / ("c.tar" if mode == "w" else "c.tar.gz"), data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="after the end-of-archive marker"):
+        a.extract(tmp_path / "out")
+    with pytest.raises(FusionFastError, match="after the end-of-archive marker"):
+        list(a.members())
+
+
+def test_zero_padding_after_the_end_of_archive_is_accepted(tmp_path) -> None:
+    data = tar_bytes([("A/a.jpg", b"1")]) + bytes(20 * 512)
+    a = archive(tmp_path / "A.tar", data)
+    (tmp_path / "out").mkdir()
+    assert a.extract(tmp_path / "out").files == ["A/a.jpg"]
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_archives_whose_names_differ_only_in_unsafe_characters_keep_their_own_state(tmp_path, jobs) -> None:
+    # "a b.tar" and "a_b.tar", "x/y.tar" and "x__y.tar": one marker and one work folder for two archives
+    # would make one archive's completion stand for the other's.
+    src = tmp_path / "src"
+    (src / "x").mkdir(parents=True)
+    for name, top in [("a b.tar", "A"), ("a_b.tar", "B"), ("x/y.tar", "C"), ("x__y.tar", "D")]:
+        (src / name).write_bytes(tar_bytes([(f"{top}/1.jpg", top.encode())]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"), jobs=jobs)
+    assert [(u.item.unit.key, u.status, u.error) for u in result.units] == [
+        (k, "extracted", None) for k in ["a b.tar", "a_b.tar", "x/y.tar", "x__y.tar"]
+    ]
+    images = tmp_path / "pg" / "train" / "images"
+    assert len(markers(images)) == 4
+    again = plan_prepare(src, tmp_path / "pg")
+    assert [u.todo for u in again.units] == [False] * 4
+
+
+def test_an_archive_deep_in_the_download_gets_a_marker_the_filesystem_accepts(tmp_path) -> None:
+    folder = tmp_path / "src" / "/".join(["d" * 60] * 5)  # the key is ~310 characters long
+    folder.mkdir(parents=True)
+    (folder / "Deep.tar").write_bytes(tar_bytes([("Deep/1.jpg", b"1")]))
+    result = run_prepare(plan_prepare(tmp_path / "src", tmp_path / "pg"))
+    assert [(u.status, u.error) for u in result.units] == [("extracted", None)]
+    assert [u.todo for u in plan_prepare(tmp_path / "src", tmp_path / "pg").units] == [False]
+
+
+# -- header fields out of range ----------------------------------------------------------------------
+
+
+def _with_pax(info: tarfile.TarInfo | tuple[str, bytes], headers: dict[str, str]) -> bytes:
+    if isinstance(info, tuple):
+        name, data = info
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+    else:
+        data = b""
+    info.pax_headers = headers
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        tf.addfile(info, io.BytesIO(data))
+        tf.addfile(*_file("T/after.jpg", b"after"))
+    return buf.getvalue()
+
+
+def _file(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+@pytest.mark.parametrize("mtime", ["1e400", "nan", "-1e30", "99999999999999999999"])
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_modification_time_out_of_range_is_ignored_like_gnu_tar_does(tmp_path, mtime, kind) -> None:
+    # os.utime raised OverflowError / ValueError. GNU tar warns of an implausible time stamp and extracts.
+    folder = tarfile.TarInfo("T/sub")
+    folder.type = tarfile.DIRTYPE
+    member = ("T/x.jpg", b"xx") if kind == "file" else folder
+    a = archive(tmp_path / "t.tar", _with_pax(member, {"mtime": mtime}))
+    (tmp_path / "out").mkdir()
+    a.extract(tmp_path / "out")
+    assert (tmp_path / "out" / "T" / "after.jpg").read_bytes() == b"after"
+    if kind == "file":
+        assert (tmp_path / "out" / "T" / "x.jpg").read_bytes() == b"xx"
+
+
+def test_a_malformed_extended_header_is_a_clear_error(tmp_path) -> None:
+    # A PAX 1.0 sparse header whose map block is not there: tarfile raised ValueError while parsing.
+    data = _with_pax(("T/x.jpg", b"x"), {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"})
+    a = archive(tmp_path / "t.tar", data)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="corrupt") as e:
+        a.extract(tmp_path / "out")
+    assert e.value.path == "t.tar"
+    with pytest.raises(FusionFastError, match="corrupt"):
+        list(a.members())
+
+
+# -- two runs on one playground ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the playground lock uses flock")
+def test_a_second_run_on_the_same_playground_waits_for_nothing_and_touches_nothing(tmp_path) -> None:
+    # Another run (in another container or on another node: its pid means nothing here) is extracting;
+    # its work folder must not be taken for a dead run's, nor its archives placed twice at once.
+    import fcntl
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/1.jpg", b"1")]))
+    state = pg / "train" / "images" / ".fusion-fast"
+    busy = state / ".tmp-A.tar-999999999"  # no such pid here
+    (busy / "A").mkdir(parents=True)
+    plan = plan_prepare(src, pg)
+    with open(state / "lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(FusionFastError, match="another fusion-fast prepare") as e:
+            run_prepare(plan)
+    assert busy.is_dir() and markers(pg / "train" / "images") == []
+    assert str(pg / "train" / "images") in str(e.value)
+    assert [u.status for u in run_prepare(plan_prepare(src, pg)).units] == ["extracted"]
+
+
+def test_a_work_folder_emptied_under_the_run_is_never_marked_complete(tmp_path, monkeypatch) -> None:
+    # Whatever removed them (a second run without the lock, a clean-up job), files that were extracted
+    # but are no longer there to be placed must not be recorded as in place.
+    import shutil
+
+    from fusion_fast.archives import Archive as ArchiveUnit
+
+    extract = ArchiveUnit.extract
+
+    def extract_then_lose_files(self, dest, *args, **kwargs):
+        out = extract(self, dest, *args, **kwargs)
+        shutil.rmtree(dest / "A")
+        return out
+
+    monkeypatch.setattr(ArchiveUnit, "extract", extract_then_lose_files)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "A.tar").write_bytes(tar_bytes([("A/1.jpg", b"1"), ("A/2.jpg", b"2")]))
+    [unit] = run_prepare(plan_prepare(src, tmp_path / "pg")).units
+    assert unit.status == "failed" and "2 were extracted" in (unit.error or ""), unit.error
+    assert markers(tmp_path / "pg" / "train" / "images") == []
+
+
+def test_a_hard_link_whose_target_goes_through_a_link_is_refused(tmp_path) -> None:
+    # `h` names `l/../x.jpg`, i.e. `x.jpg` as text, but the system resolves it through `l` -> `b/c`
+    # to `b/x.jpg`: a different file than the one checked.
+    folder = tarfile.TarInfo("b/c")
+    folder.type = tarfile.DIRTYPE
+    members = [
+        folder,
+        ("x.jpg", b"top"),
+        ("b/x.jpg", b"other"),
+        link("l", "b/c"),
+        link("h", "l/../x.jpg", tarfile.LNKTYPE),
+    ]
+    a = archive(tmp_path / "t.tar", tar_bytes(members))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(FusionFastError, match="'h'.*through the link 'l'"):
+        a.extract(tmp_path / "out")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 are a POSIX thing")
+def test_file_names_that_are_not_utf8_are_placed_as_they_are(tmp_path) -> None:
+    # An unpacked folder (from a Latin-1 zip, say) and a tar member whose names are bytes that are not
+    # UTF-8: Python sees surrogates, which encode() refused while fingerprinting the folder.
+    src = tmp_path / "src"
+    (src / "Imgs").mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.jpg")
+    (src / "Imgs" / name).write_bytes(b"folder")
+    (src / "T.tar").write_bytes(tar_bytes([(f"T/{name}", b"tar")]))
+    result = run_prepare(plan_prepare(src, tmp_path / "pg"))
+    assert [(u.status, u.error) for u in result.units] == [("extracted", None)] * 2
+    images = tmp_path / "pg" / "train" / "images"
+    assert (images / "Imgs" / name).read_bytes() == b"folder"
+    assert (images / "T" / name).read_bytes() == b"tar"
+    assert [u.todo for u in plan_prepare(src, tmp_path / "pg").units] == [False, False]
+
+
+@pytest.mark.skipif(os.name != "posix", reason="file names that are not UTF-8 are a POSIX thing")
+def test_an_annotation_file_name_that_is_not_utf8_is_refused_before_anything_is_written(tmp_path) -> None:
+    # The stage YAML is UTF-8 text and cannot name it; the index failed with a misleading "no such file".
+    src = tmp_path / "src"
+    src.mkdir()
+    write_json(src / os.fsdecode(b"caf\xe9.json"), [record("r-0", "A/0.jpg")])
+    with pytest.raises(FusionFastError, match="not valid UTF-8") as e:
+        plan_prepare(src, tmp_path / "pg")
+    assert "caf" in str(e.value)
+    assert not (tmp_path / "pg").exists()

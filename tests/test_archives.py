@@ -152,6 +152,10 @@ def test_split_parts_sorted_by_number_not_text(tmp_path: Path) -> None:
         (["00", "02"], "missing part 1"),
         (["partaa", "partac"], "expected aa first and no gaps"),
         (["ab"], "aa"),
+        # Two files for one part (a re-download named differently): both would be read, one after the other.
+        (["1", "01", "2"], "part 1 twice"),
+        (["0", "00", "1"], "part 0 twice"),
+        (["aa", "AA", "ab"], "part aa twice"),
     ],
 )
 def test_incomplete_split_archive_is_an_error(tmp_path: Path, suffixes: list[str], message: str) -> None:

@@ -180,6 +180,18 @@ def test_unwritable_data_folder_uses_the_cache(read_only_dir, tmp_path, monkeypa
     assert not list(read_only_dir.glob("*.ffidx*"))
 
 
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_a_json_lines_record_split_over_two_lines_says_records_must_fit_on_one(tmp_path, chunk):
+    from fusion_fast import _core
+
+    data = b'{"id": 1}\n{"id": 2,\n "conversations": []}\n'
+    with pytest.raises(ValueError) as info:
+        _core.scan_bytes(data, "jsonl", **({"sequential": True} if chunk is None else {"chunk_size": chunk}))
+    assert "(a JSON Lines record must fit on one line)" in str(info.value)
+    err = malformed(tmp_path, "split.jsonl", data)
+    assert "record 1" in str(err) and "must fit on one line" in str(err)
+
+
 def run_bound_by_permissions(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Runs `script` in a Python child that file permissions bind. A normal user is bound already; root
     is bound once CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH leave its capability bounding set before the

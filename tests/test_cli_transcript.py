@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,6 +63,11 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.yaml").write_text("datasets: [json_path: a\n")
     (root / "nodata.yaml").write_text("foo: 1\n")
     (root / "notes.txt").write_text("not a folder")
+    (root / "typo.yaml").write_text(
+        f"datasets:\n  - json_path: data/{DATA}\n    sampling_stratgy: first:10\n"
+    )
+    (root / "typo_path.yaml").write_text(f"datasets:\n  - json_pth: data/{DATA}\n")
+    (root / "latin1.yaml").write_bytes(b"datasets:\n  - json_path: caf\xe9.json\n")
     return root
 
 
@@ -103,6 +110,14 @@ MISTAKES = [
     (["mix", "stage.yaml", "--export", f"data/{DATA}"], 2, "--export"),
     (["mix", "--index-dir", "notes.txt", "stage.yaml"], 2, "notes.txt"),
     (["index", "--root", "notes.txt", "stage.yaml"], 2, "notes.txt"),
+    (["mix", "typo.yaml"], 2, "sampling_stratgy"),
+    (["check", "typo.yaml"], 2, "sampling_stratgy"),
+    (["mix", "typo_path.yaml"], 2, "json_pth"),
+    (["mix", "latin1.yaml"], 2, "latin1.yaml"),
+    (["check", "latin1.yaml"], 2, "latin1.yaml"),
+    (["synth", "/no/such/dir/x.json"], 2, "/no/such/dir"),
+    (["mix", "stage.yaml", "--export", "-"], 2, "--export -"),
+    (["check", "--write-exclude", "-", "stage.yaml"], 2, "--write-exclude -"),
 ]
 
 
@@ -195,6 +210,25 @@ def test_info_says_why_it_rebuilt(ws: Path, tmp_path: Path) -> None:
     index.write_bytes(index.read_bytes()[:40])
     rc, _, err = ff("info", str(data), cwd=tmp_path)
     assert rc == 0 and "the index was damaged" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv", [["mix", "stage.yaml"], ["index", f"data/{DATA}"], ["check", "stage.yaml"]], ids=lambda a: a[0]
+)
+def test_closed_pipe_before_a_table_exits_141(ws: Path, argv: list[str]) -> None:
+    """A table printed into a pipe whose reader is gone (`| head -1` that already quit) ends with the
+    documented 141, as `show` does, not with the 1 of a failed command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ws,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader quits before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == EXIT_PIPE_CLOSED, err
+    assert "error:" not in err and "Traceback" not in err
 
 
 def test_closed_pipe_ends_quietly(ws: Path) -> None:
@@ -326,3 +360,138 @@ def test_terminal_bars_run_without_error(ws: Path, monkeypatch, capsys) -> None:
     assert main(["check", "stage.yaml"]) == 1  # the images are missing
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and "[v1.5]" in captured.out
+
+
+def _fifo_reader(path: Path) -> tuple[Any, list[bytes]]:
+    import threading
+
+    got: list[bytes] = []
+
+    def read() -> None:
+        with open(path, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t, got
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["mix", "stage.yaml", "--export", "{out}"],
+        ["check", "stage.yaml", "--write-exclude", "{out}"],
+        ["synth", "--records", "20", "--force", "{out}"],
+    ],
+    ids=lambda a: a[0],
+)
+def test_output_to_a_fifo_writes_into_it_and_keeps_it(ws: Path, tmp_path: Path, argv: list[str]) -> None:
+    """`--export /dev/stdout`, a named pipe or a device is written into, not replaced by a regular file
+    (as root, a rename over `/dev/null` would replace the device for the whole machine)."""
+    fifo = tmp_path / ("out.jsonl" if argv[0] == "synth" else "out")
+    os.mkfifo(fifo)
+    reader, got = _fifo_reader(fifo)
+    rc, _, err = ff(*[a.replace("{out}", str(fifo)) for a in argv], cwd=ws)
+    reader.join(timeout=30)
+    assert rc in (0, 1) and "error:" not in err, err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode), "the named pipe was replaced"
+    assert got and got[0].strip(), "nothing reached the reader"
+    assert [p.name for p in tmp_path.iterdir()] == [fifo.name]  # no temporary file left beside it
+
+
+def test_output_through_a_symlink_keeps_the_link(ws: Path, tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    real.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    rc, _, err = ff("mix", "stage.yaml", "--export", str(link), cwd=ws)
+    assert rc == 0, err
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 100
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["show", f"data/{DATA}", "0"], ["mix", "--json", "stage.yaml"]])
+def test_a_full_disk_on_standard_output_is_named(ws: Path, argv: list[str]) -> None:
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fusion_fast", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ws,
+        )
+    assert proc.returncode == 1, proc.stderr
+    assert_one_error(proc.stderr, "standard output")
+    assert "None" not in proc.stderr
+
+
+@pytest.mark.parametrize("delay", [0.05, 1.5], ids=["starting", "working"])
+@pytest.mark.parametrize(
+    "signum, status", [(signal.SIGINT, EXIT_INTERRUPTED), (signal.SIGTERM, EXIT_TERMINATED)]
+)
+def test_ctrl_c_during_bench_reaches_every_process_quietly(
+    tmp_path: Path, signum: int, status: int, delay: float
+) -> None:
+    """Ctrl-C reaches the whole process group: the benchmark child stops as quietly as the command."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "bench", "--quick", "--only", "index", "--out", "out"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")},
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the child has started
+        if line.startswith("running "):
+            break
+    time.sleep(delay)
+    assert proc.poll() is None, "the benchmark ended before the signal"
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == status, err
+    assert "Traceback" not in err, err
+
+
+def test_a_killed_build_s_temporary_index_is_removed_by_the_next_build(tmp_path: Path) -> None:
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"id": i} for i in range(10)]))
+    # Temporary indexes are written only under the build lock, which the next build holds: whatever
+    # matches the pattern then is a killed build's leftover, whichever process id it names.
+    leftovers = [tmp_path / f".a.json.ffidx.tmp-{pid}" for pid in (os.getpid(), 4_000_000)]
+    unrelated = [tmp_path / ".a.json.ffidx.tmp-x1", tmp_path / ".b.json.ffidx.tmp-1"]
+    for p in leftovers + unrelated:
+        p.write_bytes(b"\0" * 4096)
+    rc, _, err = ff("index", "a.json", cwd=tmp_path)
+    assert rc == 0, err
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in unrelated)
+    assert (tmp_path / "a.json.ffidx").is_file()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("flag", ["--json", "--write-exclude"])
+def test_a_full_disk_under_an_output_file_names_the_file(ws: Path, flag: str) -> None:
+    rc, _, err = ff("check", flag, "/dev/full", "stage.yaml", cwd=ws)
+    assert rc == 1, err
+    assert_one_error(err, "/dev/full")
+    assert "standard output" not in err and "wrote" not in err
+    assert stat.S_ISCHR(os.stat("/dev/full").st_mode)
+
+
+def test_an_interrupted_report_leaves_no_half_file(ws: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """The --json report appears whole or not at all."""
+    import fusion_fast.cli.check as cli_check
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_check.json, "dump", stop)
+    monkeypatch.setattr(cli_check.json, "dumps", stop)
+    monkeypatch.chdir(ws)
+    out = tmp_path / "report.json"
+    out.write_text('{"old": "report"}')
+    assert main(["check", "--json", str(out), "stage.yaml"]) == EXIT_INTERRUPTED
+    assert json.loads(out.read_text()) == {"old": "report"}
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]

@@ -8,8 +8,11 @@ import math
 import multiprocessing
 import os
 import pickle
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -300,6 +303,37 @@ def test_absurd_repeats_are_refused_at_once(files, repeat, message):
     with pytest.raises(MixtureError, match=message) as err:
         Mixture.from_yaml(stage, root=files)
     assert str(stage) in str(err.value) and "datasets[0]" in str(err.value)
+    said = repr(repeat)
+    assert (said if len(said) <= 60 else said[:40]) in str(err.value)  # the value the user wrote
+
+
+@pytest.mark.parametrize(
+    ("repeat", "accepted"),
+    [
+        ("0." + "0" * 99 + "1", True),  # 100 digits after the point
+        ("0." + "0" * 100 + "1", False),
+        ("1." + "1" * 99, True),  # 100 significant digits
+        ("1." + "1" * 100, False),
+        ("10000." + "0" * 95, True),
+    ],
+    ids=["100-decimals", "101-decimals", "100-significant", "101-significant", "10000-padded"],
+)
+def test_repeat_digits_bound_is_exact(tmp_path, repeat, accepted):
+    write(tmp_path / "one.json", json.dumps([{"n": 0}]))
+    entry = [{"json_path": "one.json", "repeat": repeat}]
+    if accepted:
+        assert len(Mixture(entry, root=tmp_path)) == math.ceil(Fraction(repeat))
+    else:
+        with pytest.raises(MixtureError, match="too many digits"):
+            Mixture(entry, root=tmp_path)
+
+
+@pytest.mark.parametrize(("repeat", "said"), [(-1, "-1"), ("twice", "'twice'"), (-0.5, "-0.5"), ([2], "[2]")])
+def test_a_bad_repeat_is_quoted_in_the_error(tmp_path, repeat, said):
+    write(tmp_path / "one.json", json.dumps([{"n": 0}]))
+    with pytest.raises(MixtureError, match="repeat must be") as err:
+        Mixture([{"json_path": "one.json", "repeat": repeat}], root=tmp_path)
+    assert str(err.value).endswith(f"not {said}")
 
 
 def test_the_largest_repeat_is_accepted(tmp_path):
@@ -317,6 +351,9 @@ def test_a_selection_too_large_to_hold_is_refused_before_allocating(files, monke
     with pytest.raises(MixtureError, match=r"datasets\[0\].*1,055 records.*at most 1,000") as err:
         Mixture([{**entry, "repeat": 5}], root=files)
     assert "repeat" in str(err.value)
+    assert len(Mixture([{**entry, "repeat": 4.735}], root=files)) == 1000  # 844 + 156: exactly the bound
+    with pytest.raises(MixtureError, match="1,003 records"):
+        Mixture([{**entry, "repeat": 4.75}], root=files)  # 844 + 159
 
 
 @pytest.mark.timeout(60)
@@ -329,6 +366,88 @@ def test_overlong_numbers_in_a_strategy_raise_mixture_error(files, strategy):
     with pytest.raises(MixtureError, match="sampling_strategy") as err:
         Mixture([{"json_path": "jsons/Lines-211.jsonl", "sampling_strategy": strategy}], root=files)
     assert "datasets[0]" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "message"),
+    [
+        (10, "sampling_strategy must be a string like 'first:1000', not 10"),
+        (
+            "top:5",
+            "unknown sampling_strategy 'top:5'; expected all, first:N, end:N or random:N "
+            "(N an integer or a percentage such as 10%)",
+        ),
+        ("first", "sampling_strategy 'first' needs a number, e.g. 'first:1000'"),
+        ("all:3", "sampling_strategy 'all' takes no number (got 'all:3')"),
+        (
+            "end:x",
+            "sampling_strategy 'end:x' needs a non-negative number after ':' "
+            "(an integer, or a percentage such as 10% or 2.5%)",
+        ),
+        ("first:100.5%", "sampling_strategy 'first:100.5%': a percentage cannot exceed 100%"),
+        ("end:100.0000001%", "sampling_strategy 'end:100.0000001%': a percentage cannot exceed 100%"),
+        ("first:2.5", "sampling_strategy 'first:2.5': a record count must be an integer"),
+        ("first:" + "0" * 101 + "5", "the number has too many digits (at most 100)"),
+    ],
+    ids=[
+        "not-a-string",
+        "unknown",
+        "no-number",
+        "all-with-number",
+        "not-a-number",
+        "100.5%",
+        "100.0000001%",
+        "fraction-count",
+        "102-digits",
+    ],
+)
+def test_strategy_errors_quote_the_strategy_and_say_what_is_expected(strategy, message):
+    with pytest.raises(MixtureError) as err:
+        parse_strategy(strategy, where="stage.yaml: datasets[0]")
+    assert str(err.value) == f"stage.yaml: datasets[0]: {message}" or (
+        message.startswith("the number")
+        and str(err.value).endswith(message)
+        and "'first:000" in str(err.value)
+    )
+
+
+def test_strategy_numbers_of_up_to_100_digits_are_read():
+    assert parse_strategy("first:" + "0" * 100 + "5", where="t").count == 5  # 101 characters, 100 digits
+    assert parse_strategy("end:" + "0" * 99 + ".5%", where="t").percent == Fraction(1, 2)
+    assert parse_strategy("first:100%", where="t").selected(7) == 7
+
+
+def test_a_folder_under_a_later_base_is_reported_too(tmp_path):
+    """The first place tried holds nothing, the second a folder named like the data file."""
+    (tmp_path / "stage" / "folder.json").mkdir(parents=True)
+    (tmp_path / "root").mkdir()
+    stage = make_stage(tmp_path / "stage", [{"json_path": "folder.json"}])
+    with pytest.raises(MixtureError, match=r"folder\.json is a directory"):
+        Mixture.from_yaml(stage, root=tmp_path / "root")
+
+
+def test_devices_and_sockets_as_data_file_say_what_they_are(tmp_path):
+    import socket
+
+    kinds = {"null.json": ("/dev/null", "a character device")}
+    block = next((str(d) for d in sorted(Path("/dev").glob("loop*")) if d.is_block_device()), None)
+    if block is not None:
+        kinds["disk.json"] = (block, "a block device")
+    for name, (target, _) in kinds.items():
+        os.symlink(target, tmp_path / name)
+    short = Path(tempfile.mkdtemp(prefix="ff-sock-"))  # a socket path must stay under 108 bytes
+    try:
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(short / "s.jsonl"))
+        os.symlink(short / "s.jsonl", tmp_path / "sock.jsonl")
+        kinds["sock.jsonl"] = (str(short / "s.jsonl"), "a socket")
+        for name, (_, what) in kinds.items():
+            with pytest.raises(MixtureError) as err:
+                Mixture([{"json_path": name}], root=tmp_path)
+            assert f"{tmp_path / name} is {what}, not a .json or .jsonl file" in str(err.value)
+    finally:
+        sock.close()
+        shutil.rmtree(short)
 
 
 def test_a_directory_or_fifo_as_data_file_says_what_it_is(tmp_path):
@@ -483,6 +602,13 @@ def test_smallest_keys_and_their_ties():
         k = int(rng.integers(0, 51))
         expected = sorted(sorted(range(50), key=lambda i: (keys[i], i))[:k])
         assert smallest_positions(keys, k).tolist() == expected
+    # Distinct keys: the k-th smallest must be found exactly, not a neighbour. numpy's partition often
+    # leaves the right value at k-1 even when partitioning around k-2; this case (257 keys) it does not.
+    cases = [(np.random.default_rng(0).permutation(257), 137)]
+    cases += [(rng.permutation(n), int(rng.integers(1, n))) for n in rng.integers(2, 600, 40)]
+    for keys, k in cases:
+        keys = keys.astype(np.uint64)
+        assert smallest_positions(keys, k).tolist() == sorted(np.argsort(keys, kind="stable")[:k].tolist())
 
 
 def test_random_subset_depends_only_on_seed_file_and_occurrence(files):
@@ -543,6 +669,32 @@ def test_exclude_applies_after_the_strategy(files, tmp_path):
     write_exclude(exclude, {data: [211]})
     with pytest.raises(MixtureError, match="record 211"):
         Mixture([{"json_path": str(data), "exclude": str(exclude)}])
+
+
+def test_repeat_of_an_end_selection(files):
+    data = files / "jsons" / "Lines-211.jsonl"
+    mix = Mixture([{"json_path": str(data), "sampling_strategy": "end:10", "repeat": 2.5}], seed=1)
+    sel = mix.datasets[0].selected.tolist()
+    assert sel[:20] == list(range(201, 211)) * 2 and len(sel) == 25 and set(sel[20:]) <= set(range(201, 211))
+
+
+def test_exclude_after_end_and_random_strategies(files, tmp_path):
+    data = files / "jsons" / "Lines-211.jsonl"
+    exclude = tmp_path / "bad.json"
+    plain = Mixture([{"json_path": str(data), "sampling_strategy": "random:30"}], seed=4)
+    chosen = plain.datasets[0].selected.tolist()
+    dropped = chosen[1:4] + [200]
+    write_exclude(exclude, {data: dropped + [205]})
+    mix = Mixture(
+        [
+            {"json_path": str(data), "sampling_strategy": "random:30", "exclude": str(exclude)},
+            {"json_path": str(data), "sampling_strategy": "end:20", "exclude": str(exclude)},
+        ],
+        seed=4,
+    )
+    rnd, end = mix.datasets
+    assert rnd.selected.tolist() == [i for i in chosen if i not in dropped + [205]]
+    assert end.selected.tolist() == [i for i in range(191, 211) if i not in (200, 205)] and end.excluded == 2
 
 
 # -- malformed stages --------------------------------------------------------------------------------------
@@ -682,10 +834,11 @@ def test_export_is_the_selection_in_order_one_line_each(files, tmp_path):
     lines = raw.split(b"\n")[:-1]
     assert len(lines) == len(mix) and all(b"\r" not in line for line in lines)
     assert [json.loads(line) for line in lines] == list(mix)
-    # raw byte copy: the pretty-printed record's bytes, newlines turned into spaces
+    # compact: the pretty-printed record's bytes without the whitespace outside its strings
     pretty = files / "jsons" / "Pretty-300.json"
     start, length = mix.datasets[0].index.span(0)
-    assert lines[0] == pretty.read_bytes()[start : start + length].replace(b"\n", b" ")
+    parts = re.split(rb'("(?:[^"\\]|\\.)*")', pretty.read_bytes()[start : start + length])
+    assert lines[0] == b"".join(p if k % 2 else p.translate(None, b" \t\r\n") for k, p in enumerate(parts))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 

@@ -229,7 +229,7 @@ def test_prepare_builds_fusions_layout_and_checks_clean(download, capsys) -> Non
     assert count_records(yaml_path) == sum(counts.values())
     assert snapshot(src.parent, exclude=pg) == outside  # nothing written outside the playground
     assert "no problems" in out and "ready" in out
-    markers = sorted(p.name for p in (images / ".fusion-fast").iterdir())
+    markers = sorted(p.name for p in (images / ".fusion-fast").glob("*.done"))
     assert markers == sorted(
         f"{k}.done"
         for k in (
@@ -389,7 +389,8 @@ def test_malicious_archives_are_refused_and_the_rest_completes(tmp_path, capsys)
     assert not Path("/tmp/fusion-fast-absolute-escape.jpg").exists()
     images = pg / "train" / "images"
     assert sorted(p.name for p in images.iterdir()) == [".fusion-fast", "Good"]
-    assert [p.name for p in (images / ".fusion-fast").iterdir()] == ["images__Good.tar.done"]
+    state = sorted(p.name for p in (images / ".fusion-fast").iterdir())
+    assert state == ["images__Good.tar.done", "lock"]  # no temporary folder left
     assert count_records(pg / "train" / "src.yaml") == 2
 
 

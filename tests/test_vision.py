@@ -288,3 +288,52 @@ def test_collate_stacks_processor_tensors(tmp_path: Path, workers: int) -> None:
         assert isinstance(b[PIXELS_KEY], torch.Tensor) and tuple(b[PIXELS_KEY].shape) == (2, 5, 3, 384, 384)
     assert torch.equal(batches[0][PIXELS_KEY][1], processor(folder / "1.png"))
     assert torch.equal(batches[1][PIXELS_KEY][1], processor(folder / "0.jpg"))
+
+
+# -- device="cuda" -------------------------------------------------------------------------------------------
+def test_cuda_without_a_device_degrades_to_the_cpu_path(images: dict[str, Path]) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available: the GPU test covers this")
+    path = images["jpeg-1024x768"]
+    got = FusionImageProcessor("static_hd", device="cuda")(path)
+    assert got.device.type == "cpu"
+    assert torch.equal(got, FusionImageProcessor("static_hd")(path))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_device_steps_within_tolerance_on_cpu(
+    images: dict[str, Path], mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The device path's resizing, padding and normalising, run on the CPU with Pillow standing in for
+    nvJPEG (torchvision's `decode_jpeg` contract: a (3, h, w) uint8 RGB tensor, no EXIF rotation)."""
+    import sys
+    import types
+
+    def decode_jpeg(raw: torch.Tensor, mode: object = None, device: str = "cpu") -> torch.Tensor:
+        img = Image.open(io.BytesIO(raw.numpy().tobytes())).convert("RGB")
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
+
+    fake = types.ModuleType("torchvision.io")
+    fake.ImageReadMode = types.SimpleNamespace(RGB="RGB")  # type: ignore[attr-defined]
+    fake.decode_jpeg = decode_jpeg  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.io", fake)
+    for name in ("jpeg-640x480", "jpeg-1024x768", "jpeg-800x1800", "gray-jpeg", "tiny-jpeg", "exif-rotated"):
+        got = FusionImageProcessor(mode)._gpu(images[name].read_bytes()).numpy()
+        expected = fusion_reference(images[name], mode)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).mean() <= DEFAULT_TOLERANCE, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_path_within_tolerance(images: dict[str, Path], mode: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    pytest.importorskip("torchvision")
+    p = FusionImageProcessor(mode, device="cuda")
+    for name in ALL:
+        got = p(images[name])
+        assert got.device.type == "cuda", name
+        expected = fusion_reference(images[name], mode)
+        assert np.abs(got.cpu().numpy() - expected).mean() <= DEFAULT_TOLERANCE, name

@@ -36,6 +36,7 @@ import io
 import itertools
 import json
 import lzma
+import math
 import os
 import posixpath
 import re
@@ -92,7 +93,15 @@ _SPLIT_PART = re.compile(
 _UNSAFE_MARKER_CHARS = re.compile(r"[^A-Za-z0-9._+-]")
 #: How damaged archives fail (tarfile maps decompression errors to ReadError; zip CRC errors are
 #: BadZipFile; a gzip stream cut short is EOFError).
-_DAMAGE = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+_DAMAGE = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    gzip.BadGzipFile,
+    UnicodeDecodeError,  # a zip entry flagged UTF-8 whose name is not
+)
 #: The command-line option (and API argument) that lifts `SizeLimits`, named in every refusal.
 NO_SIZE_LIMITS = "--no-size-limits (size_limits=None in the Python API)"
 
@@ -148,7 +157,8 @@ class ConcatFile(io.RawIOBase):
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         if base + offset < 0:
-            raise ValueError("negative seek position")
+            # As a real file does: zipfile probes for its end records so, and expects an OSError.
+            raise OSError(errno.EINVAL, "negative seek position")
         self._pos = base + offset
         return self._pos
 
@@ -207,10 +217,38 @@ def _check_link_target(unit: str, member: str, target: str, *, relative_to: str)
     resolved = posixpath.normpath(posixpath.join(relative_to, target))
     if resolved == ".." or resolved.startswith("../"):
         raise _refuse(unit, member, f"link target {target!r} is outside the archive")
-    if resolved.split("/", 1)[0] == MARKER_DIR:
+    if _is_state_folder(resolved.split("/", 1)[0]):
         raise _refuse(
             unit, member, f"link target {target!r} is in {MARKER_DIR}/, where prepare keeps its state"
         )
+
+
+def _link_on_the_way(start: str, target: str, is_link: Callable[[str], bool]) -> str | None:
+    """The first link that resolving `target` from the folder `start` passes through as a folder (a
+    component followed by more of the path), or None. Checked one link at a time, two links that each
+    stay inside could together lead out (`b/l2 -> ..` and `l1 -> b/l2/../..`); refusing links through
+    links keeps the lexical checks sound."""
+    here = [c for c in start.split("/") if c]
+    parts = [c for c in target.split("/") if c not in ("", ".")]
+    for i, part in enumerate(parts):
+        if part == "..":
+            if here:
+                here.pop()
+            continue
+        here.append(part)
+        if i < len(parts) - 1 and is_link("/".join(here)):
+            return "/".join(here)
+    return None
+
+
+def _check_link_chains(
+    unit: str, links: Sequence[tuple[str, str, str]], is_link: Callable[[str], bool]
+) -> None:
+    """Refuse a link (member, path, target) whose target passes through a link (`_link_on_the_way`)."""
+    for member, path, target in links:
+        via = _link_on_the_way(posixpath.dirname(path), target, is_link)
+        if via is not None:
+            raise _refuse(unit, member, f"link target {target!r} goes through the link {via!r}")
 
 
 def _member_error(unit: str, member: str, err: OSError) -> Exception:
@@ -222,10 +260,15 @@ def _member_error(unit: str, member: str, err: OSError) -> Exception:
     return FusionFastError(f"cannot extract member {member!r}: {err.strerror or err}", path=unit)
 
 
+def _is_state_folder(name: str) -> bool:
+    """`name` is prepare's state folder, also on a case-insensitive filesystem (macOS, Windows)."""
+    return name.casefold() == MARKER_DIR
+
+
 def _check_not_reserved(unit: str, member: str, path: str) -> None:
     """Refuse a member whose path (inside `images/`) starts with prepare's state folder: it could plant a
     fake completion marker there or be removed as a stale temporary file."""
-    if path.split("/", 1)[0] == MARKER_DIR:
+    if _is_state_folder(path.split("/", 1)[0]):
         raise _refuse(unit, member, f"{MARKER_DIR}/ is where prepare keeps its own state")
 
 
@@ -458,13 +501,14 @@ class Archive:
                 return
             with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
                 seen: set[str] = set()
+                links: set[str] = set()
                 while (m := tf.next()) is not None:
                     _forget_members(tf)
-                    path = self._check_tar_member(m, seen)
+                    path = self._check_tar_member(m, seen, links)
                     if path is not None and not m.isdir():
                         yield path
                 _raise_if_unterminated(tf, self.key)
-                _read_to_end(stream, raw)
+                _read_to_end(tf, self.key)
 
     def extract(
         self, dest: Path, progress: Progress | None = None, limits: SizeLimits | None = DEFAULT_LIMITS
@@ -479,10 +523,16 @@ class Archive:
             return self._extract_tar(dest, report, budget)
 
     # -- tar
-    def _check_tar_member(self, m: tarfile.TarInfo, seen: set[str]) -> str | None:
+    def _check_tar_member(self, m: tarfile.TarInfo, seen: set[str], links: set[str]) -> str | None:
+        """The member's checked path; `seen` collects the paths so far, `links` the symlinks'."""
         path = safe_member_path(self.key, m.name)
         if path is not None:
             _check_not_reserved(self.key, m.name, path)
+            folder = posixpath.dirname(path)
+            while folder:  # a member written through a link would not be at the path it is listed under
+                if folder in links:
+                    raise _refuse(self.key, m.name, f"its folder is reached through the link {folder!r}")
+                folder = posixpath.dirname(folder)
         if m.isdir():
             return path
         if path is None:
@@ -498,16 +548,19 @@ class Archive:
         if path in seen:
             raise _refuse(self.key, m.name, "the archive holds two members with this path")
         seen.add(path)
+        if m.issym():
+            links.add(path)
         return path
 
     def _extract_tar(self, dest: Path, report: _Reporter, budget: _Budget) -> Extracted:
         out = Extracted()
         seen: set[str] = set()
+        links: set[str] = set()
         regular: set[str] = set()  # files written so far: what a hard link may point at
         with self._open() as raw, _decompressed(raw, self.key) as stream, _open_tar_stream(stream) as tf:
             while (m := tf.next()) is not None:
                 _forget_members(tf)
-                path = self._check_tar_member(m, seen)
+                path = self._check_tar_member(m, seen, links)
                 if path is None:
                     continue
                 if m.islnk() and posixpath.normpath(m.linkname) not in regular:
@@ -516,6 +569,10 @@ class Archive:
                         m.name,
                         f"hard link to {m.linkname!r}, which is not a file earlier in the archive",
                     )
+                if m.islnk():  # the system resolves its target now, through the links already written
+                    _check_link_chains(self.key, [(m.name, "", m.linkname)], links.__contains__)
+                if not _plausible_mtime(m.mtime):
+                    m.mtime = None  # type: ignore[assignment]  # as GNU tar: extracted, time not set
                 try:
                     # Links and folders through tarfile; regular files are written here, in chunks,
                     # after the same filter has checked them.
@@ -537,7 +594,8 @@ class Archive:
                             )
                         if checked.mode is not None:
                             os.chmod(target, checked.mode)
-                        os.utime(target, (m.mtime, m.mtime))
+                        if m.mtime is not None:
+                            os.utime(target, (m.mtime, m.mtime))
                     else:
                         tf.extract(m, dest, **_FILTER_KW)
                 except tarfile.FilterError as e:
@@ -552,7 +610,9 @@ class Archive:
                     out.bytes += m.size
                 report.member_done(raw.tell())
             _raise_if_unterminated(tf, self.key)
-            _read_to_end(stream, raw)
+            _read_to_end(tf, self.key)
+        # Once every link is known: a link may come before the link its target passes through.
+        _check_link_chains(self.key, [(p, p, t) for p, t in out.symlinks], links.__contains__)
         report(self.size, force=True)
         return out
 
@@ -567,6 +627,16 @@ class Archive:
             raise _refuse(self.key, info.filename, f"{kind} (not supported in zip archives)")
         if path is None and not info.is_dir():
             raise _refuse(self.key, info.filename, "a file member with an empty name")
+        if info.flag_bits & 0x41:  # traditional or strong encryption
+            raise _refuse(self.key, info.filename, "encrypted (not supported)")
+        if info.flag_bits & 0x20:
+            raise _refuse(self.key, info.filename, "compressed patched data (not supported)")
+        if info.compress_type not in _ZIP_METHODS:
+            raise _refuse(
+                self.key,
+                info.filename,
+                f"compression method {info.compress_type} is not supported (stored, deflate, bzip2, lzma)",
+            )
         return path
 
     def _checked_zip_members(self, zf: zipfile.ZipFile) -> list[tuple[zipfile.ZipInfo, str | None]]:
@@ -592,11 +662,12 @@ class Archive:
                 if path is None:
                     continue
                 target = dest / path
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                budget.take(info.filename, info.file_size)
+                if not info.is_dir():
+                    budget.take(info.filename, info.file_size)
                 try:
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with zf.open(info) as src:  # zipfile checks the CRC when the member is read to its end
                         written = _copy_member(
@@ -635,7 +706,12 @@ class _ArchiveErrors:
         # bz2 and lzma report a damaged stream as an OSError without an errno (disk errors have one).
         if isinstance(err, _DAMAGE) or (type(err) is OSError and err.errno is None):
             raise FusionFastError(f"corrupt or truncated archive: {err}", path=self.key) from err
+        if isinstance(err, NotImplementedError):  # zipfile: a newer zip version, an unknown feature
+            raise FusionFastError(f"uses a zip feature that is not supported: {err}", path=self.key) from err
 
+
+#: Compression methods zipfile reads (others, e.g. AES's 99 or deflate64's 9, it cannot).
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 
 #: Header errors that `tarfile` treats as the end of the archive when they occur after the first member.
 _BAD_END: tuple[type[Exception], ...] = tuple(
@@ -654,6 +730,14 @@ class _EndCheckingTarInfo(tarfile.TarInfo):
         except _BAD_END as e:
             tf.unterminated = str(e)  # type: ignore[attr-defined]
             raise
+        except (ValueError, IndexError, KeyError, OverflowError) as e:
+            # A malformed extended header (e.g. a PAX sparse map) that tarfile's parser does not catch.
+            raise tarfile.ReadError(f"malformed header: {e}") from None
+
+
+def _plausible_mtime(mtime: object) -> bool:
+    """A modification time that the OS can set (a header can hold 1e400, NaN or 2**80)."""
+    return isinstance(mtime, (int, float)) and math.isfinite(mtime) and abs(mtime) < 2**40
 
 
 def _open_tar_stream(stream: IO[bytes]) -> tarfile.TarFile:
@@ -688,13 +772,20 @@ def _decompressed(raw: io.BufferedReader, key: str) -> IO[bytes]:
     return raw
 
 
-def _read_to_end(stream: IO[bytes], raw: io.BufferedReader) -> None:
-    """Read a compressed stream to its end, so that its trailer (CRC, length, end-of-stream marker, any
-    further concatenated members) is checked: a damaged or cut archive raises here."""
-    if stream is raw:
-        return
-    while stream.read(_COPY_BUFFER):
-        pass
+def _read_to_end(tf: tarfile.TarFile, key: str) -> None:
+    """Read the (decompressed) stream after the tar's end-of-archive block to its end, so that a
+    compressed stream's trailer (CRC, length, end-of-stream marker, any further concatenated members) is
+    checked: a damaged or cut archive raises here. What follows the end block must be zeros (padding):
+    anything else is a second archive (`cat a.tar b.tar`) whose members `tarfile` would silently skip."""
+    at = tf.offset  # type: ignore[attr-defined]
+    stream = tf.fileobj  # type: ignore[attr-defined]
+    while chunk := stream.read(_COPY_BUFFER):
+        if chunk.count(0) != len(chunk):
+            raise FusionFastError(
+                "corrupt or concatenated archive: data after the end-of-archive marker at byte "
+                f"{at} of the tar stream (two archives joined with cat? extract them separately)",
+                path=key,
+            )
 
 
 def _data_filter(m: tarfile.TarInfo, dest: Path) -> tarfile.TarInfo:
@@ -742,8 +833,8 @@ class FolderUnit:
 
     def stamp(self) -> Stamp:
         h = hashlib.blake2b(digest_size=16)
-        for path, size, mtime in sorted(self.files):
-            h.update(f"{path}\0{size}\0{mtime}\n".encode())
+        for path, size, mtime in sorted(self.files):  # names as the OS gave them, UTF-8 or not
+            h.update(f"{path}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))
         return Stamp(self.size, max((m for _, _, m in self.files), default=0), h.hexdigest())
 
     def members(self, limit: int | None = None) -> Iterator[str]:
@@ -801,7 +892,11 @@ def _part_order(part: str) -> tuple[int, str]:
 def _check_sequence(key: str, suffixes: list[str]) -> None:
     """Split parts (sorted) must be a gap-free sequence: 00 01 02, 001 002, aa ab ac, partaa partab."""
     bodies = [s.lower().removeprefix("part") for s in suffixes]
-    if all(b.isdigit() for b in bodies):
+    keys = [str(int(b)) if b.isdigit() else b for b in bodies]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        detail = f"part {', '.join(twice)} twice"
+    elif all(b.isdigit() for b in bodies):
         numbers = [int(b) for b in bodies]
         start = 0 if numbers[0] == 0 else 1
         missing = sorted(set(range(start, numbers[-1] + 1)) - set(numbers))
@@ -854,8 +949,19 @@ def tmp_dir(images: Path, key: str) -> Path:
     return images / MARKER_DIR / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
 
 
+#: Longest marker name kept readable (a file name must stay under 255 bytes with its suffixes).
+_MAX_MARKER_NAME = 160
+
+
 def marker_name(key: str) -> str:
-    return _UNSAFE_MARKER_CHARS.sub("_", key.replace("/", "__"))
+    """A file name for `key`'s marker and work folder: readable, and distinct for distinct keys. The
+    readable form alone is not (`a b.tar` and `a_b.tar`, `x/y.tar` and `x__y.tar`): when it does not
+    give the key back, or is too long, a hash of the key is added."""
+    name = _UNSAFE_MARKER_CHARS.sub("_", key.replace("/", "__"))
+    if name.replace("__", "/") != key or len(name) > _MAX_MARKER_NAME:
+        digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+        name = f"{name[:_MAX_MARKER_NAME]}~{digest}"
+    return name
 
 
 def _pid_alive(pid: int) -> bool:
@@ -892,12 +998,18 @@ def strip_components(path: str, k: int) -> str:
     return path.split("/", k)[k] if k else path
 
 
-def check_symlinks(key: str, symlinks: Sequence[tuple[str, str]], strip: int, prefix: str) -> None:
+def check_symlinks(
+    key: str, symlinks: Sequence[tuple[str, str]], strip: int, prefix: str, images: Path | None = None
+) -> None:
     """Symlinks must still point inside `images/`, and not into its state folder, once members are moved
-    to `prefix + stripped path`."""
-    for path, target in symlinks:
-        final = prefix + strip_components(path, strip)
+    to `prefix + stripped path`, and not through another link (of the unit, or one in `images/`)."""
+    finals = [(path, prefix + strip_components(path, strip), target) for path, target in symlinks]
+    for path, final, target in finals:
         _check_link_target(key, path, target, relative_to=posixpath.dirname(final))
+    ours = {final for _, final, _ in finals}
+    _check_link_chains(
+        key, finals, lambda p: p in ours or (images is not None and os.path.islink(images / p))
+    )
 
 
 def _same_file(src: Path, target: Path) -> bool:
@@ -915,9 +1027,12 @@ def _same_file(src: Path, target: Path) -> bool:
 _SHOWN_CONFLICTS = 5
 
 
-def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: str) -> None:
+def _placement_conflicts(
+    tmp: Path, images: Path, strip: int, prefix: str, key: str, expected: int | None = None
+) -> None:
     """Raise before anything moves when placing `tmp` would put two members on one path, a file where
-    a folder is (or the reverse), a member in prepare's state folder, or replace a different file."""
+    a folder is (or the reverse), a member in prepare's state folder, or replace a different file; or
+    when `tmp` does not hold the `expected` number of files and links."""
     claimed: dict[str, str] = {}  # target (relative to images/) -> member
     kind: dict[str, str] = {}  # what a folder path of images/ is: "dir", "missing" or "other"
     conflicts: list[str] = []
@@ -960,6 +1075,12 @@ def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: 
                     conflicts.append(f"member {member!r} -> images/{target}: a folder is there")
                 elif not _same_file(Path(top, name), images / target):
                     conflicts.append(f"member {member!r} -> images/{target}: exists and differs")
+    if expected is not None and len(claimed) != expected:
+        raise FusionFastError(
+            f"{expected} were extracted but {len(claimed)} are in its work folder {tmp} (changed by "
+            "something else?); nothing of it was placed",
+            path=key or None,
+        )
     for target in claimed:  # a member file where another member's folder goes
         folder = posixpath.dirname(target)
         while folder:
@@ -980,13 +1101,16 @@ def _placement_conflicts(tmp: Path, images: Path, strip: int, prefix: str, key: 
         )
 
 
-def place(tmp: Path, images: Path, strip: int, prefix: str, key: str = "") -> list[str]:
+def place(
+    tmp: Path, images: Path, strip: int, prefix: str, key: str = "", expected: int | None = None
+) -> list[str]:
     """Move the extracted tree `tmp` into `images/<prefix>`, dropping its first `strip` path components
     (every file is deeper than that). Folders that exist are merged into; a file that exists is left as
     it is when it is the same (a re-run after an interrupted move), and is otherwise a conflict: every
     conflict is found before anything moves (`FusionFastError` naming `key`, the members and targets).
-    Returns the top-level entries of `images/` that received files."""
-    _placement_conflicts(tmp, images, strip, prefix, key)
+    With `expected`, the number of files and links `tmp` must hold. Returns the top-level entries of
+    `images/` that received files."""
+    _placement_conflicts(tmp, images, strip, prefix, key, expected)
     roots = [tmp]
     for _ in range(strip):
         roots = [d for r in roots for d in sorted(r.iterdir()) if d.is_dir() and not d.is_symlink()]
@@ -1063,7 +1187,7 @@ def write_marker(images: Path, marker: Marker) -> None:
 def is_in_place(images: Path, unit: ImageUnit, stamp: Stamp) -> Marker | None:
     """The unit's marker when it matches `stamp` and every entry it lists still exists."""
     marker = read_marker(images, unit.key)
-    if marker is None or marker.stamp != stamp:
+    if marker is None or marker.key != unit.key or marker.stamp != stamp:
         return None
     if not all(os.path.lexists(images / e) for e in marker.entries):
         return None

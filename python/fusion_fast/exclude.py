@@ -7,6 +7,7 @@ A dataset is matched by its absolute path, else by its file name alone (so a pla
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -28,10 +29,22 @@ def write_exclude(
         FORMAT_KEY: FORMAT_VERSION,
         "datasets": {os.path.abspath(k): sorted({int(r) for r in v}) for k, v in records.items()},
     }
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    os.replace(tmp, path)
+    from ._outputs import rename_target
+
+    target = rename_target(path)
+    if target is None:  # a pipe or a device: written into, not replaced
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        return
+    tmp = f"{target}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def read_exclude(path: str | os.PathLike[str], data_file: str | os.PathLike[str]) -> np.ndarray:

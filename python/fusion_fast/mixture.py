@@ -370,8 +370,11 @@ class Mixture(RecordSequence):
         `json.loads` to the record. Compaction runs in Rust on every core with the GIL released.
         `progress(records_done, total)` is called after each batch. The file appears
         atomically (written beside `path`, then renamed). Returns the number of bytes written."""
+        from ._outputs import rename_target
+
         path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
+        target = rename_target(path)
+        tmp = f"{target}.tmp-{os.getpid()}" if target is not None else path
         written = done = 0
         try:
             # Unbuffered: Rust writes each batch to the file descriptor itself (no bytes object between).
@@ -389,12 +392,15 @@ class Mixture(RecordSequence):
                         done += hi - lo
                         if progress is not None:
                             progress(done, len(self))
-            os.replace(tmp, path)
+            if target is not None:
+                os.replace(tmp, target)
         except OSError as e:
-            _remove_quietly(tmp)
+            if target is not None:
+                _remove_quietly(tmp)
             raise FusionFastIOError(f"cannot write {path}: {e}", path=path) from None
         except BaseException:
-            _remove_quietly(tmp)
+            if target is not None:
+                _remove_quietly(tmp)
             raise
         return written
 

@@ -439,6 +439,12 @@ def plan_prepare(
     by_name: dict[str, str] = {}
     jsons = []
     for key, path in found.jsons:
+        if not _is_utf8(path.name):
+            raise FusionFastError(
+                f"the annotation file name {path.name!r} is not valid UTF-8, which the stage YAML (UTF-8 "
+                "text) cannot name; rename it",
+                path=key.encode("utf-8", "backslashreplace").decode(),
+            )
         if path.name in by_name:
             raise FusionFastError(
                 f"two annotation files are both named {path.name}: {by_name[path.name]} and {key}; "
@@ -462,6 +468,15 @@ def plan_prepare(
             path=str(yaml_out),
         )
     return Plan(source, root_path, yaml_out, jsons, units, text)
+
+
+def _is_utf8(name: str) -> bool:
+    """`name` came from UTF-8 bytes (the OS's bytes that are not show up as surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_action(source: Path, target: Path) -> str:
@@ -633,8 +648,30 @@ def run_prepare(
     not stop the others. Ctrl-C and SIGTERM stop the extractions within a fraction of a second, remove
     their temporary folders and raise `KeyboardInterrupt` (`Terminated` for SIGTERM); units already
     placed keep their markers."""
-    with _sigterm_interrupts():
+    with _sigterm_interrupts(), _playground_lock(plan.images_dir):
         return _run_prepare(plan, jobs, progress, size_limits)
+
+
+@contextmanager
+def _playground_lock(images: Path) -> Iterator[None]:
+    """Hold `images/.fusion-fast/lock` for the run: a second run on the same playground (from another
+    container or node, where the work folders' pids mean nothing) would take the first one's work
+    folders for a killed run's and remove them. The lock goes with the process, however it ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    state = images / MARKER_DIR
+    state.mkdir(parents=True, exist_ok=True)
+    with open(state / "lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FusionFastError(
+                f"another fusion-fast prepare is writing to {images}; wait for it to finish", path=str(images)
+            ) from None
+        yield
 
 
 def _run_prepare(
@@ -723,9 +760,9 @@ def _finish_unit(
             raise outcome
         members = outcome.files + [p for p, _ in outcome.symlinks]
         placement = decide_placement(members, refs, unit.fallback_prefix)
-        check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix)
+        check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix, images)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
-        entries = place(tmp, images, placement.strip, placement.prefix, unit.key)
+        entries = place(tmp, images, placement.strip, placement.prefix, unit.key, len(members))
         shutil.rmtree(tmp)
         s = item.stamp
         write_marker(

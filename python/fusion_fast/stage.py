@@ -262,6 +262,22 @@ def base_line(specs: list[DatasetSpec]) -> str | None:
     return f"relative paths resolved against {base.path} ({base.why})"
 
 
+#: The keys of a dataset entry that are read; FUSION ignores others, and so does this module, except
+#: near-misses of these: `sampling_stratgy: first:10%` would otherwise train on all of the data.
+ENTRY_KEYS = ("json_path", "sampling_strategy", "repeat", "exclude", *IMAGE_FOLDER_KEYS)
+
+
+def _refuse_misspelt_keys(item: dict[Any, Any], where: str) -> None:
+    import difflib
+
+    for key in item:
+        if not isinstance(key, str) or key in ENTRY_KEYS:
+            continue
+        close = difflib.get_close_matches(key, ENTRY_KEYS, n=1, cutoff=0.8)
+        if close:
+            raise MixtureError(f"{where}: unknown key {key!r}; did you mean {close[0]!r}?")
+
+
 def _refuse_non_files(tried: list[Path], where: str) -> None:
     """A tried path that exists but is no regular file (a folder named `x.json`, a FIFO) is reported as
     what it is: "not found" would send the user looking for a file that is there."""
@@ -338,6 +354,7 @@ def spec_from_entry(
         item = {"json_path": os.fspath(item)}
     if not isinstance(item, dict):
         raise MixtureError(f"{where}: each dataset must be a mapping with json_path, not {item!r}")
+    _refuse_misspelt_keys(item, where)
     json_path = item.get("json_path")
     if not isinstance(json_path, str) or not json_path.strip():
         raise MixtureError(f"{where}: json_path is missing or not a string")
@@ -406,6 +423,10 @@ def read_stage(
         raise MixtureError(f"stage YAML not found: {yaml_path}", path=str(yaml_path)) from None
     except yaml.YAMLError as e:
         raise MixtureError(f"{yaml_path}: not valid YAML: {e}", path=str(yaml_path)) from None
+    except UnicodeDecodeError as e:
+        raise MixtureError(
+            f"{yaml_path}: not UTF-8 text (byte {e.start}); save the YAML as UTF-8", path=str(yaml_path)
+        ) from None
     if not isinstance(doc, dict) or "datasets" not in doc:
         raise MixtureError(f"{yaml_path}: expected a mapping with a 'datasets' list", path=str(yaml_path))
     datasets = doc["datasets"]

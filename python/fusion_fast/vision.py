@@ -49,7 +49,11 @@ class FusionImageProcessor:
     `mode`: FUSION's `image_aspect_ratio` (`"static_hd"`, `"pad"` or `"square"`). `crop_size`, `mean`,
     `std`: the SigLIP processor's settings (FUSION's defaults). `exact=True` matches FUSION's Pillow +
     SigLIP computation to float precision; the default is faster and within `DEFAULT_TOLERANCE`.
-    `device="cuda"` is accepted and currently computes on the CPU (the result is the same tensor).
+    `device="cuda"` (default mode, a path or bytes): JPEGs are decoded with nvJPEG
+    (`torchvision.io.decode_jpeg`) and resized and normalised on that device, within the same tolerance,
+    and the result is on the device; images nvJPEG cannot decode (CMYK, not JPEG) take the CPU path and
+    the result is moved there. Without CUDA or without torchvision, the CPU path and a CPU result. Meant
+    for the main process: DataLoader workers should stay on `device="cpu"`.
     Instances pickle, so they can go into DataLoader workers with a `FusionDataset`.
     """
 
@@ -96,7 +100,25 @@ class FusionImageProcessor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return self._from_pil(image.convert("RGB"))
+            return self._on_device(self._from_pil(image.convert("RGB")))
+        if self.device != "cpu" and not self.exact and _gpu_decoder_available():
+            data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _read(image)
+            if data[:3] == b"\xff\xd8\xff":
+                try:
+                    return self._gpu(data)
+                except RuntimeError:  # nvJPEG cannot decode it (CMYK, for one): Pillow can
+                    pass
+            image = data
+        return self._on_device(self._cpu(image))
+
+    def _on_device(self, result: torch.Tensor) -> torch.Tensor:
+        if self.device != "cpu" and torch.cuda.is_available():
+            return result.to(self.device)
+        return result
+
+    def _cpu(self, image: ImageSource) -> torch.Tensor:
+        from PIL import Image
+
         if isinstance(image, (bytes, bytearray, memoryview)):
             fp: Any = io.BytesIO(bytes(image))
         else:
@@ -174,6 +196,56 @@ class FusionImageProcessor:
         torch.mul(stacked, scale, out=out)
         out.sub_(shift.to(torch.float32))
         return out if self.mode == "static_hd" else out[0]
+
+    # -- GPU: nvJPEG decode, then the fast path's steps in float on the device ------------------------
+    def _gpu(self, data: bytes) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)  # (3, h, w) uint8, no EXIF
+        x = decoded.unsqueeze(0).float()
+        c = self.crop_size
+        if self.mode == "pad":
+            h, w = x.shape[-2:]
+            side = max(h, w)
+            canvas = torch.tensor(self.background, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+            canvas = canvas.expand(1, 3, side, side).clone()
+            top, left = (side - h) // 2, (side - w) // 2
+            canvas[:, :, top : top + h, left : left + w] = x
+            x = canvas
+        if self.mode == "static_hd":
+            big = _resize_float(x, 2 * c)
+            views = [big[:, :, i : i + c, j : j + c] for i in (0, c) for j in (0, c)]
+            views.append(_resize_float(big, c))
+            stacked = torch.cat(views)
+        else:
+            stacked = _resize_float(x, c)
+        scale = torch.tensor([1 / (255 * s) for s in self.std], device=x.device).view(1, 3, 1, 1)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device)
+        out = stacked.mul_(scale).sub_(shift.view(1, 3, 1, 1))
+        return out if self.mode == "static_hd" else out[0]
+
+
+def _gpu_decoder_available() -> bool:
+    """CUDA and torchvision's nvJPEG decoder are both there."""
+    if not torch.cuda.is_available():
+        return False
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def _read(path: Any) -> bytes:
+    with open(os.fspath(path), "rb") as f:
+        return f.read()
+
+
+def _resize_float(x: torch.Tensor, side: int) -> torch.Tensor:
+    """`_resize` on float pixels (any device), rounded to whole levels as the uint8 path is."""
+    if x.shape[-2:] == (side, side):
+        return x
+    out = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
+    return out.round_().clamp_(0, 255)
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -115,6 +115,8 @@ def _fail(e: BaseException, debug: bool) -> int:
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     if debug:
         _traceback(e)
+    if isinstance(e, OSError) and e.filename is None:
+        _silence_stdout()  # the interpreter's last flush of what is left would fail again
     status, message = describe(e)
     _error_line(message, label="error:")
     return status
@@ -168,8 +170,10 @@ def os_error(e: OSError) -> tuple[int, str]:
         return EXIT_USAGE, f"{what}: a part of this path is a file, not a folder" if what else reason
     if isinstance(e, PermissionError):
         return EXIT_USAGE, f"{what}: permission denied; check who may read or write it" if what else reason
-    if e.errno == errno.ENOSPC:
-        return EXIT_FAILED, f"{what}: no space left on the device; free some or write elsewhere"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        # Every file the commands write is named in its error; one without a name is standard output.
+        where = what or "standard output"
+        return EXIT_FAILED, f"{where}: no space left on the device; free some or write elsewhere"
     return EXIT_FAILED, f"{what}: {reason}" if what else reason
 
 

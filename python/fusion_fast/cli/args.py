@@ -38,6 +38,10 @@ def check_writable(path: str, flag: str) -> None:
     or it is a folder itself."""
     from . import UsageError
 
+    if path == "-":
+        # `-` reads as standard output, where the command prints its own results: a file named `-`
+        # would be a surprise and mixing the two would be unreadable.
+        raise UsageError(f"{flag} -: standard output is not supported here; give a file name")
     p = Path(path)
     if p.is_dir():
         raise UsageError(f"{flag} {path}: is a folder; give a file name")

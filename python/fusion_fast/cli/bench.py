@@ -91,6 +91,18 @@ def clean(data: Path) -> int:
     return 0
 
 
+#: How each benchmark runs: as `python -m MODULE ARGS`, except that Ctrl-C (which reaches the whole
+#: process group, the benchmark included) ends it with 130 and no traceback, like the command itself.
+_CHILD = """\
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from ..benchmarks.common import PEERS, peer_available
 
@@ -124,12 +136,12 @@ def run_bench(args: argparse.Namespace) -> int:
             sections.append(f"### {module}\n\nskipped: needs {', '.join(absent)}, which is not installed\n")
             continue
         result_file = out / f"{module}.json"
-        cmd = [sys.executable, "-m", f"fusion_fast.benchmarks.{module}"]
+        cmd = [sys.executable, "-c", _CHILD, f"fusion_fast.benchmarks.{module}"]
         cmd += [a.format(data=data) for a in argv]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--size", args.size] if args.size and module != "gpu" else []
         cmd += ["--out", str(result_file)]
-        err.print(f"running {' '.join(cmd[2:])}", markup=False)
+        err.print(f"running {' '.join(cmd[3:])}", markup=False)
         started = time.perf_counter()
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - started

@@ -93,11 +93,17 @@ def run(args: argparse.Namespace) -> int:
         if is_stage_yaml(args.target) and (line := base_line(read_stage(args.target, root=args.root))):
             console().print(line)
     if args.json not in (None, "-"):
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_json(), f, ensure_ascii=False, indent=1)
+        from .._outputs import write_text
+
+        write_text(args.json, json.dumps(report.to_json(), ensure_ascii=False, indent=1))
         note(f"wrote the report to {os.path.normpath(args.json)}")
     if args.write_exclude is not None:
-        n = report.write_exclude(args.write_exclude)
+        try:
+            n = report.write_exclude(args.write_exclude)
+        except OSError as e:
+            if e.filename is None:  # a failed write() names no file: this one did
+                e.filename = args.write_exclude
+            raise
         note(f"wrote {n:,} bad record numbers to {os.path.normpath(args.write_exclude)}")
     return EXIT_CLEAN if report.clean else EXIT_PROBLEMS
 

@@ -8,6 +8,7 @@ dataset names, record text) is never read as console markup or emoji codes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -33,8 +34,14 @@ def is_terminal(stream: IO[str]) -> bool:
 def _console(stderr: bool) -> Console:
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits with status 1 here, the status of a failed command; raised instead, the
+            # reader going away ends the command with 141 like every other write to a closed pipe.
+            raise BrokenPipeError(errno.EPIPE, "the output pipe was closed by its reader")
+
     tty = is_terminal(sys.stderr if stderr else sys.stdout)
-    return Console(
+    return _Console(
         stderr=stderr,
         highlight=False,
         markup=False,

@@ -83,13 +83,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: is a folder; give the name of the file to write")
     if os.path.exists(out) and not args.force:
         raise UsageError(f"{out}: exists already; pass --force to overwrite it")
+    if not os.path.exists(out):
+        from .args import check_writable
+
+        check_writable(out, "OUT")
     size = args.size if args.size is not None or args.records is not None else 16 << 20
     started = time.perf_counter()
     # Written beside OUT under a temporary name (same suffix: it picks the format), then renamed: an
     # interrupted run leaves no half file behind.
-    folder, name = os.path.split(os.path.abspath(out))
-    stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.{os.getpid()}.part{ext}")
+    # A pipe or a device (`/dev/stdout`) is written into: renaming onto it would replace it.
+    from .._outputs import rename_target
+
+    target = rename_target(out)
+    if target is None:
+        tmp = out
+    else:
+        folder, name = os.path.split(target)
+        stem, ext = os.path.splitext(name)
+        tmp = os.path.join(folder, f".{stem}.{os.getpid()}.part{ext}")
     try:
         count = write_file(
             tmp,
@@ -99,15 +110,18 @@ def run(args: argparse.Namespace) -> int:
             indent=None if args.compact else args.indent,
             ensure_ascii=args.ascii,
         )
-        os.replace(tmp, out)
+        if target is not None:
+            os.replace(tmp, target)
     except OSError as e:
-        _remove(tmp)
+        if target is not None:
+            _remove(tmp)
         raise FusionFastError(f"cannot write: {e.strerror or e}", path=out) from None
     except BaseException:
-        _remove(tmp)
+        if target is not None:
+            _remove(tmp)
         raise
     seconds = time.perf_counter() - started
-    written = os.path.getsize(out)
+    written = os.path.getsize(target) if target is not None else 0
     console().print(
         f"wrote {count:,} records ({human_bytes(written)}, seed {args.seed}) to {out} in {seconds:.2f} s",
         markup=False,
