@@ -664,6 +664,17 @@ mod tests {
             r#""bad \u12""#,
             "[1]x",
             r#"{1: 2}"#,
+            // Numbers outside JSON's grammar, which Rust's parsers would take.
+            "012",
+            "00000000000000000000000000000000000000000000000000012297829382473034409",
+            "-01",
+            "+1",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "1.e5",
+            "[1-2]",
         ] {
             assert!(tape(bad).is_none(), "{bad:?}");
         }
