@@ -15,7 +15,7 @@ cd "$(dirname "$0")/../fuzz"
 target=${1:?usage: scripts/fuzz.sh TARGET [SECONDS] (TARGET: scan, tape, index_header or all)}
 seconds=${2:-60}
 
-if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+if ! rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null; then
     if ! rustup toolchain install nightly --profile minimal >/dev/null 2>&1; then
         echo "fuzz: skipped: no nightly toolchain (and it cannot be installed here)"
         exit 0
