@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fusion_fast as ff
 from fusion_fast import _core
@@ -153,3 +155,49 @@ def test_a_malformed_tape_leaves_no_wrong_string_in_the_cache(tmp_path):
         decode(record_tape(tape_str(6, "é".encode(), 2)))
     path = write(tmp_path / "e.json", json.dumps([{"k": "é"}], ensure_ascii=False))
     assert ff.open(path)[0]["k"] == "é"
+
+
+def walk_strings(value: object) -> None:
+    """Touches every string of a decoded value the ways that crash on an invalid `str`."""
+    if isinstance(value, str):
+        assert "".join(list(value)) == value and len(value.encode("utf-8", "surrogatepass")) >= len(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            walk_strings(k)
+            walk_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            walk_strings(v)
+
+
+VALID_TAPE = record_tape(
+    bytes([10])
+    + struct.pack("<I", 6)
+    + tape_str(7, b"\xe9t\xe9", 3)
+    + ucs2(0x65E5, 0xD800)
+    + ucs4(0x1F600)
+    + tape_str(5, b"123456789012345678901", 21)
+    + bytes([4])
+    + struct.pack("<d", 2.5)
+    + b"\x02"
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, len(VALID_TAPE) - 1), st.integers(0, 255)), max_size=4),
+    noise=st.binary(max_size=64),
+)
+def test_damaged_tapes_decode_to_valid_objects_or_a_value_error(edits, noise):
+    damaged = bytearray(VALID_TAPE)
+    for at, byte in edits:
+        damaged[at] = byte
+    for tape in (bytes(damaged), noise):
+        try:
+            decoded = decode(tape)
+        except ValueError:
+            continue
+        except TypeError as e:  # a well-formed tape of a value that is not a record (an object)
+            assert "is not an instance of 'dict'" in str(e)
+            continue
+        walk_strings(decoded)
