@@ -216,11 +216,9 @@ impl Index {
     }
 
     fn parse<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        let built = self
-            .inner
-            .raw(i)
-            .map_err(PyErr::from)
-            .and_then(|raw| shared_builder().build(py, raw));
+        // A span outside the data file is the index's fault: reported as it is, not as a change.
+        let raw = self.inner.raw(i)?;
+        let built = shared_builder().build(py, raw);
         // Whatever was built from a mapping that went stale during the read holds zeros: dropped.
         self.inner.check_mapped()?;
         built.map_err(|e| self.changed(py, i, e))
@@ -482,9 +480,12 @@ impl Index {
     /// (offset, length) of record `i` in the data file.
     fn span(&self, i: i64) -> PyResult<(u64, u64)> {
         boundary("JsonIndex.span", || {
-            let span = self.inner.span(self.position(i)?);
+            // Checked against the data file: an index whose spans leave it is corrupt, not a
+            // short read for the caller to trust.
+            let span = self.inner.checked_span(self.position(i)?);
             self.inner.check_mapped()?;
-            Ok(span)
+            let span = span?;
+            Ok((span.start as u64, span.len() as u64))
         })
     }
 

@@ -458,6 +458,15 @@ fn read_lines(
     first_record: u64,
     opts: &ScanOptions,
 ) -> Result<Records> {
+    // Checked here, in the one reader both scans share, so that they report it alike.
+    if start == 0 && data.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::malformed(
+            data,
+            0,
+            0,
+            "unexpected UTF-8 byte order mark at the start of the file",
+        ));
+    }
     let mut out = Records::default();
     let mut reader = Reader::new(data);
     let mut line_start = start;
@@ -500,14 +509,6 @@ fn read_lines(
 }
 
 fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, ScanStats)> {
-    if data.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::malformed(
-            data,
-            0,
-            0,
-            "unexpected UTF-8 byte order mark at the start of the file",
-        ));
-    }
     // Cut just after the first newline at or after each multiple of the chunk size.
     let mut cuts = vec![0usize];
     for (s, _) in chunk_bounds(data.len(), opts.chunk_size)
@@ -606,6 +607,29 @@ mod tests {
                     seq,
                     "chunk size {chunk}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn byte_order_marks_fail_as_the_sequential_scan_fails() {
+        for doc in [
+            &b"\xEF\xBB\xBF"[..],
+            b"\xEF\xBB\xBF\n",
+            b"\xEF\xBB\xBF{\"a\": 1}\n",
+            b"\xEF\xBB\xBF[1]",
+            b"\xEF\xBB",
+            b"{\"a\": 1}\n\xEF\xBB\xBF{\"a\": 1}\n",
+        ] {
+            for format in [Format::JsonArray, Format::JsonLines] {
+                let seq = scan_sequential(doc, format).unwrap_err();
+                for chunk in 1..doc.len() + 2 {
+                    assert_eq!(
+                        par(doc, format, chunk).unwrap_err(),
+                        seq,
+                        "{doc:?} as {format:?}, chunk size {chunk}"
+                    );
+                }
             }
         }
     }
