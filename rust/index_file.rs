@@ -23,12 +23,13 @@
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::columns::{DType, Records, COLUMNS};
 use crate::error::{Error, ErrorKind, Result};
-use crate::scan::Format;
+use crate::scan::{cancelled, is_cancelled, Format};
 
 pub const MAGIC: &[u8; 8] = b"FFINDEX\0";
 pub const FORMAT_VERSION: u32 = 2;
@@ -110,13 +111,12 @@ impl Header {
         FIXED_HEADER + COLUMN_ENTRY * n_columns + 8
     }
 
-    /// Bytes the index file must have at least.
-    pub fn expected_file_len(&self) -> u64 {
-        self.columns
-            .iter()
-            .map(|c| c.offset + self.records * c.dtype.size() as u64)
-            .max()
-            .unwrap_or(Header::header_len(0) as u64)
+    /// The byte range of column `c` in the index file, or `None` when it overflows. `decode` checked
+    /// every column of a decoded header this way.
+    fn column_range(&self, c: &ColumnEntry) -> Option<std::ops::Range<usize>> {
+        let len = self.records.checked_mul(c.dtype.size() as u64)?;
+        let end = c.offset.checked_add(len)?;
+        Some(usize::try_from(c.offset).ok()?..usize::try_from(end).ok()?)
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -204,35 +204,94 @@ impl Header {
             format,
             columns,
         };
-        for (name, dtype) in COLUMNS {
-            match header.column(name) {
-                Some(c) if c.dtype == dtype && c.offset % ALIGN == 0 => {}
-                _ => return Err(corrupt(&format!("column '{name}' is missing or malformed"))),
-            }
+        // Every field is checked with checked arithmetic before anything is sliced with it: the
+        // header checksum is not a secret, so a crafted index passes it.
+        if n_columns != COLUMNS.len() {
+            return Err(corrupt(&format!(
+                "the header lists {n_columns} columns, expected {}",
+                COLUMNS.len()
+            )));
         }
-        if (bytes.len() as u64) < header.expected_file_len() {
-            return Err(corrupt(
-                "file is truncated (columns end past the end of the file)",
-            ));
+        // Every record takes at least one byte of the data file.
+        if header.records > header.source.size {
+            return Err(corrupt(&format!(
+                "the header claims {} records in a data file of {} bytes",
+                header.records, header.source.size
+            )));
+        }
+        let mut ranges = Vec::with_capacity(n_columns);
+        for (c, (name, dtype)) in header.columns.iter().zip(COLUMNS) {
+            if c.name != name || c.dtype != dtype {
+                return Err(corrupt(&format!("column '{name}' is missing or malformed")));
+            }
+            if c.offset % ALIGN != 0 {
+                return Err(corrupt(&format!(
+                    "column '{name}' starts at {}, not a multiple of {ALIGN}",
+                    c.offset
+                )));
+            }
+            let range = header
+                .column_range(c)
+                .filter(|r| r.end <= bytes.len())
+                .ok_or_else(|| {
+                    corrupt(&format!(
+                        "column '{name}' ends past the end of the file (truncated or a bad length)"
+                    ))
+                })?;
+            if range.start < header_len {
+                return Err(corrupt(&format!("column '{name}' overlaps the header")));
+            }
+            ranges.push(range);
+        }
+        ranges.sort_by_key(|r| r.start);
+        if ranges.windows(2).any(|w| w[0].end > w[1].start) {
+            return Err(corrupt("columns overlap"));
         }
         Ok(header)
     }
 
     /// The bytes of column `c` in the whole-file buffer `bytes`.
+    /// The bytes of column `c` in the whole-file buffer `bytes`: empty when they do not lie in it, which
+    /// `decode` rules out for its own columns.
     pub fn column_bytes<'a>(&self, bytes: &'a [u8], c: &ColumnEntry) -> &'a [u8] {
-        let start = c.offset as usize;
-        &bytes[start..start + self.records as usize * c.dtype.size()]
+        self.column_range(c)
+            .and_then(|r| bytes.get(r))
+            .unwrap_or_default()
     }
 
-    /// Recomputes every column checksum: catches corruption inside the columns.
+    /// Recomputes every column checksum (catches corruption inside the columns) and checks that every
+    /// record's span lies inside the data file the header describes (catches an index whose checksums
+    /// were recomputed over wrong spans).
     pub fn verify_columns(&self, bytes: &[u8], path: &Path) -> Result<()> {
+        let corrupt = |what: String| {
+            Error::new(ErrorKind::CorruptIndex, format!("index is corrupt: {what}")).with_path(path)
+        };
         for c in &self.columns {
             if xxh3_64(self.column_bytes(bytes, c)) != c.checksum {
-                return Err(Error::new(
-                    ErrorKind::CorruptIndex,
-                    format!("index is corrupt: checksum mismatch in column '{}'", c.name),
-                )
-                .with_path(path));
+                return Err(corrupt(format!("checksum mismatch in column '{}'", c.name)));
+            }
+        }
+        let column = |name: &str| self.column(name).map(|c| self.column_bytes(bytes, c));
+        let (Some(offsets), Some(lengths)) = (column("offset"), column("length")) else {
+            return Err(corrupt(
+                "the offset or length column is missing".to_string(),
+            ));
+        };
+        let offsets = offsets
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()));
+        let lengths = lengths
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+        for (i, (offset, length)) in offsets.zip(lengths).enumerate() {
+            if offset
+                .checked_add(u64::from(length))
+                .is_none_or(|end| end > self.source.size)
+            {
+                return Err(corrupt(format!(
+                    "record {i} (bytes {offset}..+{length}) lies outside the data file of {} bytes",
+                    self.source.size
+                )));
             }
         }
         Ok(())
@@ -257,13 +316,41 @@ impl Drop for TempFile {
     }
 }
 
-/// Writes the index for `runs` (records in file order) to `dest`, atomically.
+/// The temporary file `write_index` writes before renaming it to `dest`: hidden, beside `dest` (a
+/// rename stays within one filesystem), and named after the process, so writers never share one.
+pub fn temp_path(dest: &Path) -> PathBuf {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let file_name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{file_name}.tmp-{}", std::process::id()))
+}
+
+/// Whether `name` is the name `temp_path` gives a temporary index of `dest_name` in some process.
+pub fn is_temp_name(name: &str, dest_name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_prefix(dest_name))
+        .and_then(|n| n.strip_prefix(".tmp-"))
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Writes the index for `runs` (records in file order) to `dest`, atomically. When `cancel` is set
+/// (checked between columns and before the file is synced and renamed), the temporary file is
+/// removed, `dest` is left as it was, and the error is `scan::cancelled()`.
 pub fn write_index(
     dest: &Path,
     source: SourceStamp,
     format: Format,
     runs: &[Records],
+    cancel: Option<&AtomicBool>,
 ) -> Result<()> {
+    let check_cancel = || {
+        if is_cancelled(cancel) {
+            return Err(cancelled());
+        }
+        Ok(())
+    };
     let records: u64 = runs.iter().map(|r| r.len() as u64).sum();
     let mut columns = Vec::with_capacity(COLUMNS.len());
     let mut offset = align_up(Header::header_len(COLUMNS.len()) as u64);
@@ -284,13 +371,8 @@ pub fn write_index(
         columns,
     };
 
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let file_name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     let tmp = TempFile {
-        path: dir.join(format!(".{file_name}.tmp-{}", std::process::id())),
+        path: temp_path(dest),
         keep: false,
     };
     let werr = |e| Error::io(&tmp.path, "write the index", e);
@@ -300,6 +382,7 @@ pub fn write_index(
     out.write_all(&placeholder).map_err(werr)?;
     let mut written = placeholder.len() as u64;
     for (k, column) in header.columns.iter_mut().enumerate() {
+        check_cancel()?;
         let pad = column.offset - written;
         out.write_all(&vec![0u8; pad as usize]).map_err(werr)?;
         written += pad;
@@ -315,11 +398,254 @@ pub fn write_index(
     let mut file = out.into_inner().map_err(|e| werr(e.into_error()))?;
     file.seek(SeekFrom::Start(0)).map_err(werr)?;
     file.write_all(&header.encode()).map_err(werr)?;
+    check_cancel()?;
     file.sync_all().map_err(werr)?;
     drop(file);
+    check_cancel()?;
     let mut tmp = tmp;
     std::fs::rename(&tmp.path, dest)
         .map_err(|e| Error::io(dest, "move the finished index into place", e))?;
     tmp.keep = true;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::scan_sequential;
+    use crate::store::{open, OpenOptions, Rebuild};
+
+    const DATA: &str = r#"[{"id": 1, "conversations": [{"from": "human", "value": "a b"}]}, {"id": 2}, [3], "four", 5]"#;
+
+    /// The data file and the index a normal open built for it.
+    fn built() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.json");
+        std::fs::write(&source, DATA).unwrap();
+        let index = open(&source, &OpenOptions::default()).unwrap();
+        assert_eq!(index.len(), 5);
+        let index_path = index.index_path.clone();
+        let bytes = std::fs::read(&index_path).unwrap();
+        (dir, source, index_path, bytes)
+    }
+
+    fn put_u64(bytes: &mut [u8], at: usize, v: u64) {
+        bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Recomputes the checksums as the writer does (they are not secret): the column checksums over
+    /// whatever bytes each column now names (where they lie in the file), then the header's.
+    fn reseal(bytes: &mut [u8]) {
+        let n = u32::from_le_bytes(bytes[56..60].try_into().unwrap()) as usize;
+        let header_len = u32::from_le_bytes(bytes[12..16].try_into().unwrap()) as usize;
+        let records = u64::from_le_bytes(bytes[40..48].try_into().unwrap());
+        if header_len < FIXED_HEADER + 8 || header_len > bytes.len() {
+            return;
+        }
+        for k in 0..n.min((header_len - FIXED_HEADER - 8) / COLUMN_ENTRY) {
+            let e = FIXED_HEADER + k * COLUMN_ENTRY;
+            let size = u64::from(bytes[e + 16]);
+            let offset = u64::from_le_bytes(bytes[e + 24..e + 32].try_into().unwrap());
+            let span = records
+                .checked_mul(size)
+                .and_then(|len| offset.checked_add(len))
+                .filter(|&end| end <= bytes.len() as u64);
+            if let Some(end) = span {
+                let sum = xxh3_64(&bytes[offset as usize..end as usize]);
+                put_u64(bytes, e + 32, sum);
+            }
+        }
+        let sum = xxh3_64(&bytes[..header_len - 8]);
+        put_u64(bytes, header_len - 8, sum);
+    }
+
+    /// Decodes and, when that passes, verifies: either may refuse, neither may panic.
+    fn check(bytes: &[u8]) -> Result<Header> {
+        let path = Path::new("x.ffidx");
+        let header = Header::decode(bytes, path)?;
+        header.verify_columns(bytes, path)?;
+        Ok(header)
+    }
+
+    fn refused(bytes: &[u8], what: &str) {
+        let err = check(bytes).expect_err(what);
+        assert_eq!(err.kind, ErrorKind::CorruptIndex, "{what}: {err:?}");
+    }
+
+    fn entry(k: usize) -> usize {
+        FIXED_HEADER + k * COLUMN_ENTRY
+    }
+
+    #[test]
+    fn a_resealed_index_reads_back() {
+        let (_dir, _, _, mut bytes) = built();
+        let header = check(&bytes).unwrap();
+        reseal(&mut bytes);
+        assert_eq!(check(&bytes).unwrap(), header);
+    }
+
+    #[test]
+    fn a_column_that_wraps_around_the_address_space_is_refused() {
+        let (_dir, _, _, bytes) = built();
+        // offset + records * size wraps to a small number inside the file.
+        for k in 0..COLUMNS.len() {
+            let mut b = bytes.clone();
+            put_u64(&mut b, entry(k) + 24, 0u64.wrapping_sub(ALIGN));
+            reseal(&mut b);
+            refused(&b, &format!("column {k} at 2^64 - 64"));
+        }
+        // records * size overflows.
+        for records in [u64::MAX, u64::MAX / 2 + 1, u64::MAX / 8 + 1, 1 << 61] {
+            let mut b = bytes.clone();
+            put_u64(&mut b, 40, records);
+            reseal(&mut b);
+            refused(&b, &format!("{records} records"));
+        }
+    }
+
+    #[test]
+    fn columns_outside_the_file_overlapping_or_misaligned_are_refused() {
+        let (_dir, _, _, bytes) = built();
+        let len = bytes.len() as u64;
+        let offset_of =
+            |k: usize| u64::from_le_bytes(bytes[entry(k) + 24..entry(k) + 32].try_into().unwrap());
+        let cases: Vec<(String, usize, u64)> = vec![
+            (
+                "past the end".into(),
+                entry(0) + 24,
+                len.next_multiple_of(ALIGN),
+            ),
+            ("far past the end".into(), entry(5) + 24, 1 << 40),
+            ("over the header".into(), entry(1) + 24, 0),
+            ("over another column".into(), entry(2) + 24, offset_of(1)),
+            ("misaligned".into(), entry(3) + 24, offset_of(3) + 8),
+            ("more records than fit".into(), 40, 60),
+            (
+                "more records than data bytes".into(),
+                40,
+                DATA.len() as u64 + 1,
+            ),
+            ("records that overlap the next column".into(), 40, 9),
+        ];
+        for (what, at, value) in cases {
+            let mut b = bytes.clone();
+            put_u64(&mut b, at, value);
+            reseal(&mut b);
+            refused(&b, &what);
+        }
+        for (what, at, value) in [
+            ("a wrong type", entry(0) + 16, 4u8),
+            ("an unknown type", entry(0) + 16, 3),
+            ("a renamed column", entry(4), b'x'),
+            ("a format code", 48, 7),
+        ] {
+            let mut b = bytes.clone();
+            b[at] = value;
+            reseal(&mut b);
+            refused(&b, what);
+        }
+        // Two columns swapped in the table, or one listed twice.
+        let mut b = bytes.clone();
+        let (first, second) = (
+            bytes[entry(1)..entry(2)].to_vec(),
+            bytes[entry(2)..entry(3)].to_vec(),
+        );
+        b[entry(1)..entry(2)].copy_from_slice(&second);
+        b[entry(2)..entry(3)].copy_from_slice(&first);
+        reseal(&mut b);
+        refused(&b, "columns out of order");
+        let mut b = bytes.clone();
+        b.copy_within(entry(1)..entry(2), entry(2));
+        reseal(&mut b);
+        refused(&b, "a column listed twice");
+    }
+
+    #[test]
+    fn spans_outside_the_data_file_are_refused_when_verified() {
+        let (_dir, _, _, bytes) = built();
+        let header = check(&bytes).unwrap();
+        let offsets = header.column("offset").unwrap().offset as usize;
+        let lengths = header.column("length").unwrap().offset as usize;
+        for (what, at, value) in [
+            ("an offset past the end", offsets + 8, DATA.len() as u64),
+            (
+                "an offset that wraps with its length",
+                offsets + 16,
+                u64::MAX - 1,
+            ),
+        ] {
+            let mut b = bytes.clone();
+            put_u64(&mut b, at, value);
+            reseal(&mut b);
+            refused(&b, what);
+        }
+        let mut b = bytes.clone();
+        b[lengths + 4..lengths + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        reseal(&mut b);
+        refused(&b, "a length past the end");
+    }
+
+    /// Every header byte flipped bit by bit, every u64 field set to edge values, each time with
+    /// the checksums recomputed: refused or read back, never a panic.
+    #[test]
+    fn no_resealed_header_damage_panics() {
+        let (_dir, _, _, bytes) = built();
+        let header_len = Header::header_len(COLUMNS.len());
+        let mut accepted = 0;
+        for at in 0..header_len - 8 {
+            for bit in 0..8 {
+                let mut b = bytes.clone();
+                b[at] ^= 1 << bit;
+                reseal(&mut b);
+                accepted += usize::from(check(&b).is_ok());
+            }
+        }
+        let edges = [
+            0,
+            1,
+            63,
+            64,
+            4096,
+            u64::from(u32::MAX),
+            1 << 32,
+            1 << 63,
+            u64::MAX - 63,
+            u64::MAX,
+        ];
+        for at in (16..header_len - 8).step_by(8) {
+            for v in edges {
+                let mut b = bytes.clone();
+                put_u64(&mut b, at, v);
+                reseal(&mut b);
+                accepted += usize::from(check(&b).is_ok());
+            }
+        }
+        // Only padding, the source stamp and checksummed column contents may change unnoticed here.
+        assert!(accepted > 0);
+    }
+
+    #[test]
+    fn a_crafted_index_is_refused_or_rebuilt_on_open() {
+        let (_dir, source, index_path, mut bytes) = built();
+        put_u64(&mut bytes, entry(0) + 24, 0u64.wrapping_sub(ALIGN));
+        reseal(&mut bytes);
+        std::fs::write(&index_path, &bytes).unwrap();
+        let never = OpenOptions {
+            rebuild: Rebuild::Never,
+            ..OpenOptions::default()
+        };
+        let err = open(&source, &never).err().expect("a crafted index opened");
+        assert_eq!(err.kind, ErrorKind::CorruptIndex);
+        assert!(
+            err.to_string().contains("ends past the end of the file"),
+            "{err}"
+        );
+        let index = open(&source, &OpenOptions::default()).unwrap();
+        assert!(index.built);
+        let expected = scan_sequential(DATA.as_bytes(), Format::JsonArray).unwrap();
+        for i in 0..index.len() {
+            let (o, l) = (expected.offset[i] as usize, expected.length[i] as usize);
+            assert_eq!(index.raw(i).unwrap(), &DATA.as_bytes()[o..o + l]);
+        }
+    }
 }

@@ -423,16 +423,33 @@ pub enum Number<'a> {
 /// The validated number that starts at `i`, and the offset after it; `None` when the bytes there are
 /// not one (they changed since validation).
 pub fn read_number(d: &[u8], i: usize) -> Option<(Number<'_>, usize)> {
-    let mut end = i;
-    let mut is_float = false;
-    while let Some(&b) = d.get(end) {
-        match b {
-            b'0'..=b'9' | b'-' | b'+' => {}
-            b'.' | b'e' | b'E' => is_float = true,
-            _ => break,
+    // JSON's grammar, checked as it is read (`-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`):
+    // Rust's parsers alone would also take `+1`, `01`, `1.` or `.5`.
+    let digits = |mut end: usize| {
+        let start = end;
+        while d.get(end).is_some_and(u8::is_ascii_digit) {
+            end += 1;
         }
-        end += 1;
+        (end > start).then_some(end)
+    };
+    let mut end = i + usize::from(d.get(i) == Some(&b'-'));
+    end = match d.get(end)? {
+        b'0' => end + 1,
+        b'1'..=b'9' => digits(end)?,
+        _ => return None,
+    };
+    let mut is_float = false;
+    if d.get(end) == Some(&b'.') {
+        is_float = true;
+        end = digits(end + 1)?;
     }
+    if matches!(d.get(end), Some(b'e' | b'E')) {
+        is_float = true;
+        end += 1;
+        end += usize::from(matches!(d.get(end), Some(b'+' | b'-')));
+        end = digits(end)?;
+    }
+    // Only ASCII digits and signs were taken.
     let text = std::str::from_utf8(&d[i..end]).ok()?;
     let number = if is_float {
         // Rust's parser rounds correctly, like Python's float(); huge exponents give inf, as in Python.
@@ -440,10 +457,6 @@ pub fn read_number(d: &[u8], i: usize) -> Option<(Number<'_>, usize)> {
     } else if let Ok(v) = text.parse::<i64>() {
         Number::Int(v)
     } else {
-        let digits = text.strip_prefix('-').unwrap_or(text);
-        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
         Number::Big(text.as_bytes())
     };
     Some((number, end))

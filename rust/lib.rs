@@ -9,6 +9,7 @@ pub mod error;
 pub mod grouping;
 pub mod json;
 pub mod lengths;
+pub mod mapping;
 pub mod paths;
 pub mod record;
 pub mod scan;

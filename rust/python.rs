@@ -1,19 +1,24 @@
 //! The one thin binding file: exposes the core to Python as `fusion_fast._core`.
 //! Errors map once, here, onto the Python hierarchy in `fusion_fast/errors.py`.
 
+use std::os::raw::{c_int, c_void};
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PyMemoryView, PyString, PyType};
 
 use crate::columns::{Records, COLUMNS};
 use crate::compact::{compact_lines, write_compact_lines};
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
+use crate::mapping::{ensure_handler, GuardedMap};
 use crate::py_items::{collate_json, BatchBuilder, ItemSource, SOURCE_KEY};
 use crate::scan::{scan, scan_sequential, Format, ScanOptions};
 use crate::shuffle::NumpyPcg64;
@@ -21,15 +26,42 @@ use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::tape::Encoder;
 use crate::to_python::Builder;
 
-/// Raises the `fusion_fast.errors` class that matches `err.kind`.
+/// The classes of `fusion_fast/errors.py` by `class_number`, looked up once.
+static ERROR_CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+const ERROR_CLASS_NAMES: [&str; 6] = [
+    "MalformedJSONError",
+    "IndexMissingError",
+    "StaleIndexError",
+    "CorruptIndexError",
+    "FusionFastIOError",
+    "FusionFastError",
+];
+/// `ERROR_CLASS_NAMES`' entry for the base class, raised for internal errors.
+const BASE_ERROR: usize = 5;
+
+fn class_number(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::MalformedJson => 0,
+        ErrorKind::IndexMissing => 1,
+        ErrorKind::StaleIndex => 2,
+        ErrorKind::CorruptIndex => 3,
+        ErrorKind::Io => 4,
+    }
+}
+
+fn error_class(py: Python<'_>, number: usize) -> PyResult<Bound<'_, PyType>> {
+    let classes = ERROR_CLASSES.get_or_try_init(py, || {
+        let module = py.import("fusion_fast.errors")?;
+        ERROR_CLASS_NAMES
+            .iter()
+            .map(|name| Ok(module.getattr(*name)?.cast_into::<PyType>()?.unbind()))
+            .collect::<PyResult<Vec<_>>>()
+    })?;
+    Ok(classes[number].bind(py).clone())
+}
+
+/// The `fusion_fast.errors` exception that matches `err.kind`, with its path and position.
 fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
-    let class = match err.kind {
-        ErrorKind::MalformedJson => "MalformedJSONError",
-        ErrorKind::IndexMissing => "IndexMissingError",
-        ErrorKind::StaleIndex => "StaleIndexError",
-        ErrorKind::CorruptIndex => "CorruptIndexError",
-        ErrorKind::Io => "FusionFastIOError",
-    };
     let build = || -> PyResult<PyErr> {
         let kwargs = PyDict::new(py);
         kwargs.set_item(
@@ -42,11 +74,40 @@ fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
             kwargs.set_item("column", p.column)?;
             kwargs.set_item("record", p.record)?;
         }
-        let cls = py.import("fusion_fast.errors")?.getattr(class)?;
+        let cls = error_class(py, class_number(err.kind))?;
         let exc = cls.call((err.message.clone(),), Some(&kwargs))?;
         Ok(PyErr::from_value(exc))
     };
     build().unwrap_or_else(|e| e)
+}
+
+/// Lets `?` turn a core error into its Python exception anywhere in this file.
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        Python::attach(|py| to_py_err(py, err))
+    }
+}
+
+/// Runs the body of a function called from Python and turns a Rust panic into a `FusionFastError`
+/// naming `operation`. Every entry point goes through it: pyo3 would otherwise raise
+/// `pyo3_runtime.PanicException`, a `BaseException` that `except Exception` does not catch. Costs
+/// nothing unless a panic happens.
+fn boundary<T>(operation: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(result) => result,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let message = format!("internal error in {operation}: {what}");
+            Err(Python::attach(|py| match error_class(py, BASE_ERROR) {
+                Ok(cls) => cls.call1((message,)).map_or_else(|e| e, PyErr::from_value),
+                Err(e) => e,
+            }))
+        }
+    }
 }
 
 /// Bytes read so far by a running build; poll `value` from another thread for a progress bar.
@@ -58,16 +119,83 @@ struct Progress {
 #[pymethods]
 impl Progress {
     #[new]
-    fn new() -> Self {
-        Progress {
-            counter: store::progress_counter(),
-        }
+    fn new() -> PyResult<Self> {
+        boundary("Progress()", || {
+            Ok(Progress {
+                counter: store::progress_counter(),
+            })
+        })
     }
     #[getter]
-    fn value(&self) -> u64 {
-        self.counter.load(Ordering::Relaxed)
+    fn value(&self) -> PyResult<u64> {
+        boundary("Progress.value", || {
+            Ok(self.counter.load(Ordering::Relaxed))
+        })
     }
 }
+
+/// Bytes of a mapped file (a whole file or one record of it), handed to Python through the buffer
+/// protocol without a copy: `memoryview`, `numpy.frombuffer` and `bytes` read the one mapping the
+/// index owns, and keep it alive while they do. Read-only.
+#[pyclass(module = "fusion_fast._core", frozen)]
+struct Mapped {
+    map: Option<Arc<GuardedMap>>,
+    start: usize,
+    len: usize,
+}
+
+impl Mapped {
+    fn whole(map: Option<&Arc<GuardedMap>>) -> Mapped {
+        Mapped {
+            map: map.cloned(),
+            start: 0,
+            len: map.map_or(0, |m| m.len()),
+        }
+    }
+}
+
+#[pymethods]
+impl Mapped {
+    /// # Safety
+    /// Called by Python with a valid `view` to fill.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        boundary("the buffer of a mapped file", || {
+            let this = slf.get();
+            let ptr = match &this.map {
+                Some(m) => m[this.start..this.start + this.len].as_ptr(),
+                None => [].as_ptr(),
+            };
+            // SAFETY: `ptr..ptr + len` lies in a mapping that `slf` keeps alive (through its `Arc`)
+            // for as long as the view holds `slf`, which `PyBuffer_FillInfo` makes it do (it takes a
+            // reference). Read-only: a request for a writable buffer fails with BufferError.
+            let filled = unsafe {
+                ffi::PyBuffer_FillInfo(
+                    view,
+                    slf.as_ptr(),
+                    ptr as *mut c_void,
+                    this.len as ffi::Py_ssize_t,
+                    1,
+                    flags,
+                )
+            };
+            if filled != 0 {
+                return Err(PyErr::fetch(slf.py()));
+            }
+            Ok(())
+        })
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        boundary("len() of a mapped file", || Ok(self.len))
+    }
+}
+
+/// Calls of `Index::get`, to re-check the SIGBUS handler now and then.
+static GETS: AtomicU64 = AtomicU64::new(0);
 
 /// An open index: the Rust side of `fusion_fast.JsonIndex`.
 #[pyclass(module = "fusion_fast._core", frozen)]
@@ -88,10 +216,12 @@ impl Index {
     }
 
     fn parse<'py>(&self, py: Python<'py>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-        let raw = self.inner.raw(i).map_err(|e| to_py_err(py, e))?;
-        shared_builder()
-            .build(py, raw)
-            .map_err(|e| self.changed(py, i, e))
+        // A span outside the data file is the index's fault: reported as it is, not as a change.
+        let raw = self.inner.raw(i)?;
+        let built = shared_builder().build(py, raw);
+        // Whatever was built from a mapping that went stale during the read holds zeros: dropped.
+        self.inner.check_mapped()?;
+        built.map_err(|e| self.changed(py, i, e))
     }
 
     /// The int64 record numbers of `selection`, each checked against the index, or (without one)
@@ -127,12 +257,17 @@ impl Index {
     ) -> PyResult<Vec<Vec<u8>>> {
         let sel = self.checked_selection(selection, start, count)?;
         let total = sel.map_or(count, <[i64]>::len);
+        ensure_handler();
+        // A rewrite seen before any page is touched gives a clean error; one during the copy leaves
+        // zeros that `check_source` afterwards refuses to hand out.
+        self.inner.check_source()?;
         let lines = py.detach(|| {
             compact_lines(total, |k| {
                 self.inner.raw(sel.map_or(start + k, |s| s[k] as usize))
             })
         });
-        lines.map_err(|e| to_py_err(py, e))
+        self.inner.check_source()?;
+        Ok(lines?)
     }
 
     /// The error for record `i` whose bytes can no longer be read or decoded.
@@ -148,24 +283,88 @@ impl Index {
 
 #[pymethods]
 impl Index {
-    fn __len__(&self) -> usize {
-        self.inner.len()
+    fn __len__(&self) -> PyResult<usize> {
+        boundary("len(JsonIndex)", || Ok(self.inner.len()))
     }
 
     /// Record `i` (negative counts from the end) as Python objects.
     fn get<'py>(&self, py: Python<'py>, i: i64) -> PyResult<Bound<'py, PyAny>> {
-        let j = self.position(i)?;
-        self.parse(py, j)
+        boundary("JsonIndex[i]", || {
+            // A SIGBUS handler installed after the index was opened (a late `faulthandler.enable()`)
+            // would take a fault before ours: ours is put back every few thousand calls. Not on every
+            // call: a `sigaction` costs about a tenth of an `idx[i]`.
+            if GETS.fetch_add(1, Ordering::Relaxed).is_multiple_of(4096) {
+                ensure_handler();
+            }
+            let j = self.position(i)?;
+            self.parse(py, j)
+        })
     }
 
     /// Records at `indices`, given as little-endian int64 bytes, in one call.
     fn get_many<'py>(&self, py: Python<'py>, indices: &[u8]) -> PyResult<Bound<'py, PyList>> {
-        let list = PyList::empty(py);
-        for chunk in indices.chunks_exact(8) {
-            let i = i64::from_le_bytes(chunk.try_into().unwrap());
-            list.append(self.parse(py, self.position(i)?)?)?;
-        }
-        Ok(list)
+        boundary("JsonIndex.get_many", || {
+            ensure_handler();
+            let list = PyList::empty(py);
+            for chunk in indices.chunks_exact(8) {
+                let i = i64::from_le_bytes(chunk.try_into().unwrap());
+                list.append(self.parse(py, self.position(i)?)?)?;
+            }
+            Ok(list)
+        })
+    }
+
+    /// The bytes of record `i` as a read-only `memoryview` of the mapped data file (no copy). Its
+    /// pages are touched and the file checked first, so a file that shrank or was rewritten since it
+    /// was opened raises `StaleIndexError` here; a view read after such a change reads zeros where
+    /// pages vanished, and never crashes.
+    fn raw<'py>(&self, py: Python<'py>, i: i64) -> PyResult<Bound<'py, PyMemoryView>> {
+        boundary("JsonIndex.raw", || {
+            ensure_handler();
+            let span = self.inner.checked_span(self.position(i)?)?;
+            self.inner.check_source()?;
+            if let Some(map) = self.inner.source_map() {
+                map.touch(span.clone());
+            }
+            self.inner.check_mapped()?;
+            let view = Mapped {
+                map: self.inner.source_map().cloned(),
+                start: span.start,
+                len: span.len(),
+            };
+            PyMemoryView::from(Bound::new(py, view)?.as_any())
+        })
+    }
+
+    /// The whole data file, for views of many records (exports); see `check`.
+    fn source_buffer(&self) -> PyResult<Mapped> {
+        boundary("JsonIndex.source_buffer", || {
+            ensure_handler();
+            Ok(Mapped::whole(self.inner.source_map()))
+        })
+    }
+
+    /// The whole index file, whose columns `column_table` places: both from this one open index, so
+    /// they always describe the same file.
+    fn index_buffer(&self) -> PyResult<Mapped> {
+        boundary("JsonIndex.index_buffer", || {
+            ensure_handler();
+            Ok(Mapped::whole(Some(self.inner.index_map())))
+        })
+    }
+
+    /// Raises `StaleIndexError` when either file shrank under its mapping, or the data file changed
+    /// since it was indexed: call it after reading views of the mappings.
+    fn check(&self) -> PyResult<()> {
+        boundary("JsonIndex.check", || Ok(self.inner.check_source()?))
+    }
+
+    /// Faults in the whole index file at once, before columns are read in full.
+    fn populate_index(&self, py: Python<'_>) -> PyResult<()> {
+        boundary("JsonIndex.populate_index", || {
+            py.detach(|| self.inner.populate_index());
+            Ok(())
+        })
     }
 
     /// Writes FUSION's `lengths` (or `modality_lengths` with `modality=True`) into the int64 array `out`:
@@ -179,28 +378,32 @@ impl Index {
         start: usize,
         modality: bool,
     ) -> PyResult<()> {
-        let out_slice = int64s_mut(&mut out, "out")?;
-        let sel_slice = selection
-            .as_ref()
-            .map(|s| int64s(s, "selection"))
-            .transpose()?;
-        if sel_slice.is_some_and(|s| s.len() != out_slice.len()) {
-            return Err(PyValueError::new_err(
-                "selection and out must have the same length",
-            ));
-        }
-        let kind = if modality {
-            LengthKind::Modality
-        } else {
-            LengthKind::Lengths
-        };
-        let words = self.inner.column_bytes("words").unwrap_or_default();
-        let flags = self.inner.column_bytes("flags").unwrap_or_default();
-        let result = py.detach(|| {
-            self.inner.populate_index();
-            lengths_into(words, flags, sel_slice, start, kind, out_slice)
-        });
-        result.map_err(|bad| PyIndexError::new_err(format!("record number {bad} out of range")))
+        boundary("JsonIndex.lengths_into", || {
+            ensure_handler();
+            let out_slice = int64s_mut(&mut out, "out")?;
+            let sel_slice = selection
+                .as_ref()
+                .map(|s| int64s(s, "selection"))
+                .transpose()?;
+            if sel_slice.is_some_and(|s| s.len() != out_slice.len()) {
+                return Err(PyValueError::new_err(
+                    "selection and out must have the same length",
+                ));
+            }
+            let kind = if modality {
+                LengthKind::Modality
+            } else {
+                LengthKind::Lengths
+            };
+            let words = self.inner.column_bytes("words").unwrap_or_default();
+            let flags = self.inner.column_bytes("flags").unwrap_or_default();
+            let result = py.detach(|| {
+                self.inner.populate_index();
+                lengths_into(words, flags, sel_slice, start, kind, out_slice)
+            });
+            self.inner.check_mapped()?;
+            result.map_err(|bad| PyIndexError::new_err(format!("record number {bad} out of range")))
+        })
     }
 
     /// Records `selection` (an int64 array of record numbers), else `start..start + count`, as JSON
@@ -214,15 +417,17 @@ impl Index {
         start: usize,
         count: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let parts = self.compacted(py, selection.as_ref(), start, count)?;
-        let total = parts.iter().map(Vec::len).sum();
-        PyBytes::new_with(py, total, |buf| {
-            let mut at = 0;
-            for p in &parts {
-                buf[at..at + p.len()].copy_from_slice(p);
-                at += p.len();
-            }
-            Ok(())
+        boundary("JsonIndex.compact_lines", || {
+            let parts = self.compacted(py, selection.as_ref(), start, count)?;
+            let total = parts.iter().map(Vec::len).sum();
+            PyBytes::new_with(py, total, |buf| {
+                let mut at = 0;
+                for p in &parts {
+                    buf[at..at + p.len()].copy_from_slice(p);
+                    at += p.len();
+                }
+                Ok(())
+            })
         })
     }
 
@@ -241,88 +446,112 @@ impl Index {
         use std::io::Write;
         use std::os::fd::FromRawFd;
 
-        let sel = self.checked_selection(selection.as_ref(), start, count)?;
-        let total = sel.map_or(count, <[i64]>::len);
-        let mut io_error = None;
-        let result = py.detach(|| {
-            // SAFETY: `fd` is an open file descriptor the caller owns and keeps open during this call;
-            // ManuallyDrop leaves it open when `file` goes out of scope.
-            let mut file = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
-            write_compact_lines(
-                total,
-                |k| self.inner.raw(sel.map_or(start + k, |s| s[k] as usize)),
-                |bytes: &[u8]| {
-                    file.write_all(bytes).map_err(|e| {
-                        io_error = Some(e);
-                        Error::new(ErrorKind::Io, "write failed".to_string())
-                    })
-                },
-            )
-        });
-        match (result, io_error) {
-            (_, Some(e)) => Err(e.into()),
-            (result, None) => result.map_err(|e| to_py_err(py, e)),
-        }
+        boundary("JsonIndex.write_compact_lines", || {
+            let sel = self.checked_selection(selection.as_ref(), start, count)?;
+            let total = sel.map_or(count, <[i64]>::len);
+            ensure_handler();
+            self.inner.check_source()?;
+            let mut io_error = None;
+            let result = py.detach(|| {
+                // SAFETY: `fd` is an open file descriptor the caller owns and keeps open during this call;
+                // ManuallyDrop leaves it open when `file` goes out of scope.
+                let mut file =
+                    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) });
+                write_compact_lines(
+                    total,
+                    |k| self.inner.raw(sel.map_or(start + k, |s| s[k] as usize)),
+                    |bytes: &[u8]| {
+                        file.write_all(bytes).map_err(|e| {
+                            io_error = Some(e);
+                            Error::new(ErrorKind::Io, "write failed".to_string())
+                        })
+                    },
+                )
+            });
+            // Lines written from a mapping that went stale hold zeros: the caller's file is refused.
+            self.inner.check_source()?;
+            match (result, io_error) {
+                (_, Some(e)) => Err(e.into()),
+                (result, None) => Ok(result?),
+            }
+        })
     }
 
     /// (offset, length) of record `i` in the data file.
     fn span(&self, i: i64) -> PyResult<(u64, u64)> {
-        Ok(self.inner.span(self.position(i)?))
+        boundary("JsonIndex.span", || {
+            // Checked against the data file: an index whose spans leave it is corrupt, not a
+            // short read for the caller to trust.
+            let span = self.inner.checked_span(self.position(i)?);
+            self.inner.check_mapped()?;
+            let span = span?;
+            Ok((span.start as u64, span.len() as u64))
+        })
     }
 
     #[getter]
-    fn source_path(&self) -> String {
-        self.inner.source_path.to_string_lossy().into_owned()
+    fn source_path(&self) -> PyResult<String> {
+        boundary("JsonIndex.path", || {
+            Ok(self.inner.source_path.to_string_lossy().into_owned())
+        })
     }
     #[getter]
-    fn index_path(&self) -> String {
-        self.inner.index_path.to_string_lossy().into_owned()
+    fn index_path(&self) -> PyResult<String> {
+        boundary("JsonIndex.index_path", || {
+            Ok(self.inner.index_path.to_string_lossy().into_owned())
+        })
     }
     #[getter]
-    fn built(&self) -> bool {
-        self.inner.built
+    fn built(&self) -> PyResult<bool> {
+        boundary("JsonIndex.built", || Ok(self.inner.built))
     }
     #[getter]
-    fn build_seconds(&self) -> f64 {
-        self.inner.build_seconds
+    fn build_seconds(&self) -> PyResult<f64> {
+        boundary("JsonIndex.build_seconds", || Ok(self.inner.build_seconds))
     }
 
     /// The header as a dict.
     fn header<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let h = &self.inner.header;
-        let d = PyDict::new(py);
-        d.set_item("format_version", h.version)?;
-        d.set_item("records", h.records)?;
-        d.set_item(
-            "format",
-            if h.format == Format::JsonArray {
-                "json"
-            } else {
-                "jsonl"
-            },
-        )?;
-        d.set_item("source_size", h.source.size)?;
-        d.set_item("source_mtime_ns", h.source.mtime_ns)?;
-        d.set_item(
-            "source_fingerprint",
-            format!("{:016x}", h.source.fingerprint),
-        )?;
-        Ok(d)
+        boundary("JsonIndex.header", || {
+            let h = &self.inner.header;
+            let d = PyDict::new(py);
+            d.set_item("format_version", h.version)?;
+            d.set_item("records", h.records)?;
+            d.set_item(
+                "format",
+                if h.format == Format::JsonArray {
+                    "json"
+                } else {
+                    "jsonl"
+                },
+            )?;
+            d.set_item("source_size", h.source.size)?;
+            d.set_item("source_mtime_ns", h.source.mtime_ns)?;
+            d.set_item(
+                "source_fingerprint",
+                format!("{:016x}", h.source.fingerprint),
+            )?;
+            Ok(d)
+        })
     }
 
     /// [(name, numpy dtype, byte offset, count)] of every column in the index file.
-    fn column_table(&self) -> Vec<(String, &'static str, u64, u64)> {
-        let h = &self.inner.header;
-        h.columns
-            .iter()
-            .map(|c| (c.name.clone(), c.dtype.numpy(), c.offset, h.records))
-            .collect()
+    fn column_table(&self) -> PyResult<Vec<(String, &'static str, u64, u64)>> {
+        boundary("JsonIndex.column_table", || {
+            let h = &self.inner.header;
+            Ok(h.columns
+                .iter()
+                .map(|c| (c.name.clone(), c.dtype.numpy(), c.offset, h.records))
+                .collect())
+        })
     }
 
     /// Recomputes every column checksum; raises `CorruptIndexError` on a mismatch.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.verify())
-            .map_err(|e| to_py_err(py, e))
+        boundary("JsonIndex.verify", || {
+            ensure_handler();
+            Ok(py.detach(|| self.inner.verify())?)
+        })
     }
 }
 
@@ -357,7 +586,15 @@ fn parse_rebuild(s: &str) -> PyResult<Rebuild> {
     s.parse().map_err(PyValueError::new_err)
 }
 
+/// How often a thread waiting for `open_index` checks for Ctrl-C and other signals.
+const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Opens the index of `path`, building it (with the GIL released) when needed and allowed.
+///
+/// The build runs on a thread of its own while this one waits in short slices, checking for signals.
+/// When a handler raises (Ctrl-C's `KeyboardInterrupt`, a SIGTERM handler's `SystemExit`), the build is
+/// stopped: it removes its temporary file and leaves any previous index in place, and the handler's
+/// exception is raised here within milliseconds instead of when the build would have ended.
 #[pyfunction]
 #[pyo3(signature = (path, *, rebuild="auto", index_dir=None, threads=None, verify=None, chunk_size=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
@@ -371,21 +608,82 @@ fn open_index(
     chunk_size: Option<usize>,
     progress: Option<&Progress>,
 ) -> PyResult<Index> {
-    let mut opts = OpenOptions {
-        rebuild: parse_rebuild(rebuild)?,
-        index_dir,
-        threads,
-        verify,
-        ..Default::default()
-    };
-    if let Some(c) = chunk_size {
-        opts.scan.chunk_size = c.max(1);
-    }
-    opts.scan.progress = progress.map(|p| p.counter.clone());
-    let inner = py
-        .detach(|| store::open(&path, &opts))
-        .map_err(|e| to_py_err(py, e))?;
-    Ok(Index { inner })
+    boundary("fusion_fast.open", || {
+        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+
+        let cancel = store::Cancel::new();
+        let mut opts = OpenOptions {
+            rebuild: parse_rebuild(rebuild)?,
+            index_dir,
+            threads,
+            verify,
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        if let Some(c) = chunk_size {
+            opts.scan.chunk_size = c.max(1);
+        }
+        opts.scan.progress = progress.map(|p| p.counter.clone());
+        type Opened = crate::error::Result<JsonIndex>;
+        let (tx, rx) = channel::<Opened>();
+        let source = path.clone();
+        let worker = std::thread::Builder::new()
+            .name("fusion-fast open".into())
+            .spawn(move || {
+                let _ = tx.send(store::open(&source, &opts));
+            })
+            .map_err(|e| to_py_err(py, Error::io(&path, "start a thread to open", e)))?;
+        // The receiver is not Sync, so it moves into each GIL-free slice and back out.
+        let wait = |rx: Receiver<Opened>, slice| {
+            py.detach(move || {
+                let got = rx.recv_timeout(slice);
+                (rx, got)
+            })
+        };
+        let mut rx = rx;
+        loop {
+            let (back, got) = wait(rx, SIGNAL_POLL);
+            rx = back;
+            match got {
+                Ok(result) => {
+                    let _ = worker.join();
+                    return result
+                        .map(|inner| Index { inner })
+                        .map_err(|e| to_py_err(py, e));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let why = match worker.join() {
+                        Err(panic) => panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default(),
+                        Ok(()) => String::new(),
+                    };
+                    let msg = format!("internal error while opening the index: {why}");
+                    return Err(to_py_err(
+                        py,
+                        Error::new(ErrorKind::Io, msg).with_path(&path),
+                    ));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Err(interrupt) = py.check_signals() {
+                cancel.request();
+                // Wait until the build has stopped and cleaned up, unless it is blocked on another
+                // process's build lock: then it holds nothing and gives up when it gets the lock.
+                loop {
+                    let (back, got) = wait(rx, std::time::Duration::from_millis(2));
+                    rx = back;
+                    match got {
+                        Err(RecvTimeoutError::Timeout) if !cancel.is_waiting_for_lock() => {}
+                        _ => break,
+                    }
+                }
+                return Err(interrupt);
+            }
+        }
+    })
 }
 
 /// Scans `data` without writing an index and returns each column as little-endian bytes.
@@ -399,29 +697,31 @@ fn scan_bytes<'py>(
     chunk_size: usize,
     sequential: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let format = match format {
-        "json" => Format::JsonArray,
-        "jsonl" => Format::JsonLines,
-        _ => return Err(PyValueError::new_err("format must be 'json' or 'jsonl'")),
-    };
-    let opts = ScanOptions {
-        chunk_size: chunk_size.max(1),
-        progress: None,
-    };
-    let records = py
-        .detach(|| {
-            if sequential {
-                scan_sequential(data, format)
-            } else {
-                scan(data, format, &opts).map(|runs| Records::concat(&runs))
-            }
-        })
-        .map_err(|e| to_py_err(py, e))?;
-    let d = PyDict::new(py);
-    for (k, (name, _)) in COLUMNS.iter().enumerate() {
-        d.set_item(*name, PyBytes::new(py, &records.column_bytes(k)))?;
-    }
-    Ok(d)
+    boundary("scan_bytes", || {
+        let format = match format {
+            "json" => Format::JsonArray,
+            "jsonl" => Format::JsonLines,
+            _ => return Err(PyValueError::new_err("format must be 'json' or 'jsonl'")),
+        };
+        let opts = ScanOptions {
+            chunk_size: chunk_size.max(1),
+            ..ScanOptions::default()
+        };
+        let records = py
+            .detach(|| {
+                if sequential {
+                    scan_sequential(data, format)
+                } else {
+                    scan(data, format, &opts).map(|runs| Records::concat(&runs))
+                }
+            })
+            .map_err(|e| to_py_err(py, e))?;
+        let d = PyDict::new(py);
+        for (k, (name, _)) in COLUMNS.iter().enumerate() {
+            d.set_item(*name, PyBytes::new(py, &records.column_bytes(k)))?;
+        }
+        Ok(d)
+    })
 }
 
 /// For each path (joined to `base` when relative): 1 if it is an existing file, else 0.
@@ -434,17 +734,20 @@ fn files_exist<'py>(
     base: Option<PathBuf>,
     threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let run = || crate::paths::files_exist(base.as_deref(), &paths);
-    let found = py.detach(|| match threads {
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build()
-            .map(|pool| pool.install(run)),
-        None => Ok(run()),
-    });
-    let found = found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;
-    let bytes: Vec<u8> = found.into_iter().map(u8::from).collect();
-    Ok(PyBytes::new(py, &bytes))
+    boundary("files_exist", || {
+        let run = || crate::paths::files_exist(base.as_deref(), &paths);
+        let found = py.detach(|| match threads {
+            Some(n) => rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build()
+                .map(|pool| pool.install(run)),
+            None => Ok(run()),
+        });
+        let found =
+            found.map_err(|e| PyValueError::new_err(format!("cannot start threads: {e}")))?;
+        let bytes: Vec<u8> = found.into_iter().map(u8::from).collect();
+        Ok(PyBytes::new(py, &bytes))
+    })
 }
 
 /// FUSION's length grouping of the permutation `perm` of the positions of `size` (see
@@ -459,17 +762,19 @@ fn length_grouped_into(
     chunks: usize,
     mut out: PyBuffer<i64>,
 ) -> PyResult<()> {
-    let (perm, size, out) = (
-        int64s(&perm, "perm")?,
-        int64s(&size, "size")?,
-        int64s_mut(&mut out, "out")?,
-    );
-    py.detach(|| crate::grouping::length_grouped(perm, size, megabatch, chunks, out))
-        .ok_or_else(|| {
-            PyValueError::new_err(
-                "perm holds a position outside size, or out is not as long as perm",
-            )
-        })
+    boundary("length_grouped_into", || {
+        let (perm, size, out) = (
+            int64s(&perm, "perm")?,
+            int64s(&size, "size")?,
+            int64s_mut(&mut out, "out")?,
+        );
+        py.detach(|| crate::grouping::length_grouped(perm, size, megabatch, chunks, out))
+            .ok_or_else(|| {
+                PyValueError::new_err(
+                    "perm holds a position outside size, or out is not as long as perm",
+                )
+            })
+    })
 }
 
 /// numpy's `Generator(PCG64).shuffle` of `data` (int64, C-contiguous), bit for bit (see `shuffle`):
@@ -484,15 +789,17 @@ fn numpy_shuffle_into(
     uinteger: u32,
     mut data: PyBuffer<i64>,
 ) -> PyResult<(u128, bool, u32)> {
-    let data = int64s_mut(&mut data, "data")?;
-    let mut rng = NumpyPcg64 {
-        state,
-        inc,
-        has_uint32,
-        uinteger,
-    };
-    py.detach(|| crate::shuffle::shuffle(&mut rng, data));
-    Ok((rng.state, rng.has_uint32, rng.uinteger))
+    boundary("numpy_shuffle_into", || {
+        let data = int64s_mut(&mut data, "data")?;
+        let mut rng = NumpyPcg64 {
+            state,
+            inc,
+            has_uint32,
+            uinteger,
+        };
+        py.detach(|| crate::shuffle::shuffle(&mut rng, data));
+        Ok((rng.state, rng.has_uint32, rng.uinteger))
+    })
 }
 
 /// The one record builder (its string cache of keys and short values stays warm across calls).
@@ -546,6 +853,15 @@ impl ItemSources {
             .collect()
     }
 
+    /// A stale-index error when a file of any dataset shrank under its mapping (see
+    /// `JsonIndex::check_mapped`): called after reading the index columns of a batch.
+    fn check_mapped(&self) -> PyResult<()> {
+        for index in &self.indexes {
+            index.get().inner.check_mapped()?;
+        }
+        Ok(())
+    }
+
     /// Sample (`d`, `i`): its dataset's index and the record's position in it.
     fn sample(&self, d: i64, i: i64) -> PyResult<(&Index, usize)> {
         let index = nth(&self.indexes, d)?.get();
@@ -561,28 +877,34 @@ impl ItemSources {
         names: Vec<Py<PyString>>,
         prefixes: Vec<Py<PyString>>,
     ) -> PyResult<Self> {
-        if indexes.len() != names.len() || names.len() != prefixes.len() {
-            return Err(PyValueError::new_err(
-                "indexes, names and prefixes must have the same length",
-            ));
-        }
-        Ok(ItemSources {
-            indexes,
-            names,
-            prefixes,
+        boundary("ItemSources()", || {
+            if indexes.len() != names.len() || names.len() != prefixes.len() {
+                return Err(PyValueError::new_err(
+                    "indexes, names and prefixes must have the same length",
+                ));
+            }
+            Ok(ItemSources {
+                indexes,
+                names,
+                prefixes,
+            })
         })
     }
 
     /// The datasets' names, by dataset number.
     #[getter]
-    fn names(&self, py: Python<'_>) -> Vec<Py<PyString>> {
-        self.names.iter().map(|n| n.clone_ref(py)).collect()
+    fn names(&self, py: Python<'_>) -> PyResult<Vec<Py<PyString>>> {
+        boundary("ItemSources.names", || {
+            Ok(self.names.iter().map(|n| n.clone_ref(py)).collect())
+        })
     }
 
     /// The datasets' image prefixes, by dataset number.
     #[getter]
-    fn prefixes(&self, py: Python<'_>) -> Vec<Py<PyString>> {
-        self.prefixes.iter().map(|p| p.clone_ref(py)).collect()
+    fn prefixes(&self, py: Python<'_>) -> PyResult<Vec<Py<PyString>>> {
+        boundary("ItemSources.prefixes", || {
+            Ok(self.prefixes.iter().map(|p| p.clone_ref(py)).collect())
+        })
     }
 
     /// Each sample's index flags (one byte each).
@@ -592,13 +914,17 @@ impl ItemSources {
         datasets: &[u8],
         numbers: &[u8],
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let columns = self.flag_columns();
-        let mut out = Vec::with_capacity(datasets.len() / 8);
-        for (d, i) in samples(datasets, numbers)? {
-            let (_, i) = self.sample(d, i)?;
-            out.push(nth(&columns, d)?[i]);
-        }
-        Ok(PyBytes::new(py, &out))
+        boundary("ItemSources.flags", || {
+            ensure_handler();
+            let columns = self.flag_columns();
+            let mut out = Vec::with_capacity(datasets.len() / 8);
+            for (d, i) in samples(datasets, numbers)? {
+                let (_, i) = self.sample(d, i)?;
+                out.push(nth(&columns, d)?[i]);
+            }
+            self.check_mapped()?;
+            Ok(PyBytes::new(py, &out))
+        })
     }
 
     /// The samples as items (none may be flagged bad): each record with its image paths resolved
@@ -609,15 +935,18 @@ impl ItemSources {
         datasets: &[u8],
         numbers: &[u8],
     ) -> PyResult<Bound<'py, PyList>> {
-        let sources = item_sources(py, &self.names, &self.prefixes)?;
-        let list = PyList::empty(py);
-        for (d, i) in samples(datasets, numbers)? {
-            let (index, i) = self.sample(d, i)?;
-            let record = index.parse(py, i)?;
-            nth(&sources, d)?.finish(&record, i as i64)?;
-            list.append(record)?;
-        }
-        Ok(list)
+        boundary("ItemSources.items", || {
+            ensure_handler();
+            let sources = item_sources(py, &self.names, &self.prefixes)?;
+            let list = PyList::empty(py);
+            for (d, i) in samples(datasets, numbers)? {
+                let (index, i) = self.sample(d, i)?;
+                let record = index.parse(py, i)?;
+                nth(&sources, d)?.finish(&record, i as i64)?;
+                list.append(record)?;
+            }
+            Ok(list)
+        })
     }
 
     /// The samples' bytes concatenated, and each one's length as little-endian uint32: a batch as a
@@ -630,13 +959,16 @@ impl ItemSources {
         numbers: &[u8],
         tape: bool,
     ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        let mut spans = Vec::with_capacity(datasets.len() / 8);
-        for (d, i) in samples(datasets, numbers)? {
-            let (index, i) = self.sample(d, i)?;
-            let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
-            spans.push((index, i, span));
-        }
-        packed(py, &spans, tape)
+        boundary("ItemSources.pack", || {
+            ensure_handler();
+            let mut spans = Vec::with_capacity(datasets.len() / 8);
+            for (d, i) in samples(datasets, numbers)? {
+                let (index, i) = self.sample(d, i)?;
+                spans.push((index, i, index.inner.checked_span(i)?));
+            }
+            self.check_mapped()?;
+            packed(py, &spans, tape)
+        })
     }
 
     /// A worker's batch from mixture positions in one call: what `pack` makes of `Mixture.locate`'s
@@ -662,35 +994,39 @@ impl ItemSources {
             Bound<'py, PyBytes>,
         )>,
     > {
-        let (offsets, records) = (int64s(&offsets, "offsets")?, int64s(&records, "records")?);
-        let flags = self.flag_columns();
-        let n = records.len() as i64;
-        let (mut datasets, mut numbers) = (Vec::new(), Vec::new());
-        let mut spans = Vec::with_capacity(positions.len());
-        for pos in positions {
-            let pos = if pos < 0 { pos + n } else { pos };
-            if !(0..n).contains(&pos) {
-                return Ok(None);
+        boundary("ItemSources.pack_positions", || {
+            ensure_handler();
+            let (offsets, records) = (int64s(&offsets, "offsets")?, int64s(&records, "records")?);
+            let flags = self.flag_columns();
+            let n = records.len() as i64;
+            let (mut datasets, mut numbers) = (Vec::new(), Vec::new());
+            let mut spans = Vec::with_capacity(positions.len());
+            for pos in positions {
+                let pos = if pos < 0 { pos + n } else { pos };
+                if !(0..n).contains(&pos) {
+                    return Ok(None);
+                }
+                // The dataset whose range holds `pos`: the last offset at or below it.
+                let d = offsets.partition_point(|&start| start <= pos) as i64 - 1;
+                let number = records[pos as usize];
+                let (index, i) = self.sample(d, number)?;
+                if nth(&flags, d)?.get(i).is_none_or(|&f| f & bad_flags != 0) {
+                    return Ok(None);
+                }
+                spans.push((index, i, index.inner.checked_span(i)?));
+                datasets.extend_from_slice(&d.to_le_bytes());
+                numbers.extend_from_slice(&(i as i64).to_le_bytes());
             }
-            // The dataset whose range holds `pos`: the last offset at or below it.
-            let d = offsets.partition_point(|&start| start <= pos) as i64 - 1;
-            let number = records[pos as usize];
-            let (index, i) = self.sample(d, number)?;
-            if nth(&flags, d)?.get(i).is_none_or(|&f| f & bad_flags != 0) {
-                return Ok(None);
-            }
-            let span = index.inner.checked_span(i).map_err(|e| to_py_err(py, e))?;
-            spans.push((index, i, span));
-            datasets.extend_from_slice(&d.to_le_bytes());
-            numbers.extend_from_slice(&(i as i64).to_le_bytes());
-        }
-        let (data, lengths) = packed(py, &spans, tape)?;
-        Ok(Some((
-            data,
-            lengths,
-            PyBytes::new(py, &datasets),
-            PyBytes::new(py, &numbers),
-        )))
+            // The flags and spans came from the index mappings; the records come by positional reads.
+            self.check_mapped()?;
+            let (data, lengths) = packed(py, &spans, tape)?;
+            Ok(Some((
+                data,
+                lengths,
+                PyBytes::new(py, &datasets),
+                PyBytes::new(py, &numbers),
+            )))
+        })
     }
 }
 
@@ -839,40 +1175,42 @@ fn decode_shipped<'py>(
     tape: bool,
     collated: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let sources = item_sources(py, &names, &prefixes)?;
-    let records = shipped(data, lengths, datasets, numbers)?;
-    let mut builder = shared_builder();
-    // A tape was parsed in the worker, which checked the record then; JSON bytes are checked here.
-    let error = |e: PyErr, source: &ItemSource<'_>, i: i64| {
-        if tape {
-            e
-        } else {
-            shipped_error(py, e, source, i)
+    boundary("decode_shipped", || {
+        let sources = item_sources(py, &names, &prefixes)?;
+        let records = shipped(data, lengths, datasets, numbers)?;
+        let mut builder = shared_builder();
+        // A tape was parsed in the worker, which checked the record then; JSON bytes are checked here.
+        let error = |e: PyErr, source: &ItemSource<'_>, i: i64| {
+            if tape {
+                e
+            } else {
+                shipped_error(py, e, source, i)
+            }
+        };
+        if collated {
+            let mut batch = BatchBuilder::new(py);
+            for (d, i, bytes) in records {
+                let source = nth(&sources, d)?;
+                batch
+                    .add(&mut builder, bytes, tape, source, i)
+                    .map_err(|e| error(e, source, i))?;
+            }
+            return batch.finish();
         }
-    };
-    if collated {
-        let mut batch = BatchBuilder::new(py);
+        let list = PyList::empty(py);
         for (d, i, bytes) in records {
             let source = nth(&sources, d)?;
-            batch
-                .add(&mut builder, bytes, tape, source, i)
-                .map_err(|e| error(e, source, i))?;
+            let built = if tape {
+                builder.build_tape(py, bytes)
+            } else {
+                builder.build(py, bytes)
+            };
+            let record = built.map_err(|e| error(e, source, i))?;
+            source.finish(&record, i)?;
+            list.append(record)?;
         }
-        return batch.finish();
-    }
-    let list = PyList::empty(py);
-    for (d, i, bytes) in records {
-        let source = nth(&sources, d)?;
-        let built = if tape {
-            builder.build_tape(py, bytes)
-        } else {
-            builder.build(py, bytes)
-        };
-        let record = built.map_err(|e| error(e, source, i))?;
-        source.finish(&record, i)?;
-        list.append(record)?;
-    }
-    Ok(list.into_any())
+        Ok(list.into_any())
+    })
 }
 
 /// A shipped record that does not decode: its bytes are not the JSON that was indexed, because the
@@ -897,23 +1235,33 @@ fn shipped_error(py: Python<'_>, e: PyErr, source: &ItemSource<'_>, record: i64)
 /// `fusion_fast.torch.collate` of JSON-like items, or None where Python must decide (see `py_items`).
 #[pyfunction]
 fn collate_records<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyAny>>> {
-    collate_json(items)
+    boundary("collate_records", || collate_json(items))
+}
+
+/// Panics, for tests of the panic boundary: the error must come out as a `FusionFastError`.
+#[pyfunction]
+fn _panic_for_tests() -> PyResult<()> {
+    boundary("_panic_for_tests", || panic!("a deliberate panic"))
 }
 
 /// Where indexes of read-only data go.
 #[pyfunction]
-fn cache_dir() -> String {
-    store::cache_dir().to_string_lossy().into_owned()
+fn cache_dir() -> PyResult<String> {
+    boundary("cache_dir", || {
+        Ok(store::cache_dir().to_string_lossy().into_owned())
+    })
 }
 
 /// Candidate index paths for `path`, in the order they are tried.
 #[pyfunction]
 #[pyo3(signature = (path, index_dir=None))]
-fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> Vec<String> {
-    store::index_candidates(&path, index_dir.as_deref())
-        .iter()
-        .map(|p| p.to_string_lossy().into_owned())
-        .collect()
+fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> PyResult<Vec<String>> {
+    boundary("index_candidates", || {
+        Ok(store::index_candidates(&path, index_dir.as_deref())
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect())
+    })
 }
 
 #[pymodule]
@@ -921,6 +1269,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", crate::index_file::FORMAT_VERSION)?;
     m.add_class::<Index>()?;
+    m.add_class::<Mapped>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
     m.add_class::<Progress>()?;
     m.add_class::<ItemSources>()?;
     m.add_function(wrap_pyfunction!(open_index, m)?)?;

@@ -15,13 +15,14 @@
 //! JSON Lines needs no speculation: a raw newline cannot occur inside a JSON string, so chunks are cut
 //! just after newlines and are independent.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::chunk_shape::{chunk_shape, ChunkShape};
 use crate::columns::Records;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::json::{skip_whitespace, Reader, SyntaxError};
 use crate::record::read_record;
 
@@ -68,7 +69,10 @@ pub struct ScanOptions {
     /// Bytes per parallel chunk (at least 1).
     pub chunk_size: usize,
     /// Counts bytes of the file read so far, for progress bars.
-    pub progress: Option<std::sync::Arc<AtomicU64>>,
+    pub progress: Option<Arc<AtomicU64>>,
+    /// Set from another thread to stop the scan: it is checked before each chunk and after each MiB
+    /// read, and the scan then returns [`cancelled`]'s error.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ScanOptions {
@@ -76,6 +80,7 @@ impl Default for ScanOptions {
         ScanOptions {
             chunk_size: 1 << 20,
             progress: None,
+            cancel: None,
         }
     }
 }
@@ -113,7 +118,7 @@ pub fn scan_with_stats(
 pub fn scan_sequential(data: &[u8], format: Format) -> Result<Records> {
     let opts = ScanOptions {
         chunk_size: usize::MAX,
-        progress: None,
+        ..ScanOptions::default()
     };
     match format {
         Format::JsonArray => {
@@ -125,10 +130,29 @@ pub fn scan_sequential(data: &[u8], format: Format) -> Result<Records> {
     }
 }
 
-fn report(opts: &ScanOptions, bytes: usize) {
+/// The error of a scan or build stopped through [`ScanOptions::cancel`].
+pub fn cancelled() -> Error {
+    Error::new(ErrorKind::Io, "interrupted: the index was not built")
+}
+
+/// Whether `flag` asks to stop.
+pub fn is_cancelled(flag: Option<&AtomicBool>) -> bool {
+    flag.is_some_and(|c| c.load(Ordering::Relaxed))
+}
+
+fn check_cancel(opts: &ScanOptions) -> Result<()> {
+    if is_cancelled(opts.cancel.as_deref()) {
+        return Err(cancelled());
+    }
+    Ok(())
+}
+
+/// Counts `bytes` as read, and stops the scan when asked to.
+fn report(opts: &ScanOptions, bytes: usize) -> Result<()> {
     if let Some(p) = &opts.progress {
         p.fetch_add(bytes as u64, Ordering::Relaxed);
     }
+    check_cancel(opts)
 }
 
 fn syntax_error(data: &[u8], start: usize, record: u64, e: SyntaxError) -> Error {
@@ -221,21 +245,21 @@ fn read_array_run(
         }
         let end = read_one(data, start, record_no(out), out, &mut reader)?;
         if end - reported > 1 << 20 {
-            report(opts, end - reported);
+            report(opts, end - reported)?;
             reported = end;
         }
         let q = skip_whitespace(data, end);
         match data.get(q) {
             Some(b',') => match stop {
                 Some(s) if q == s => {
-                    report(opts, q - reported);
+                    report(opts, q - reported)?;
                     return Ok(RunEnd::AtSeparator);
                 }
                 Some(s) if q > s => return Ok(RunEnd::Mismatch),
                 _ => pos = q + 1,
             },
             Some(b']') => {
-                report(opts, q + 1 - reported);
+                report(opts, q + 1 - reported)?;
                 return Ok(if stop.is_some() {
                     RunEnd::Mismatch
                 } else {
@@ -341,8 +365,8 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, S
     // state of each chunk and find its first top-level separator.
     let shapes: Vec<ChunkShape> = bounds
         .par_iter()
-        .map(|&(s, e)| chunk_shape(data, s, e))
-        .collect();
+        .map(|&(s, e)| check_cancel(opts).map(|()| chunk_shape(data, s, e)))
+        .collect::<Result<_>>()?;
     let mut run_starts: Vec<usize> = vec![array_start];
     let (mut in_string, mut depth) = (false, 0i64);
     for (k, shape) in shapes.iter().enumerate() {
@@ -367,6 +391,7 @@ fn scan_array_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, S
                 (run_starts[r] + 1, false)
             };
             let stop = run_starts.get(r + 1).copied();
+            check_cancel(opts)?;
             let end = read_array_run(data, pos, after_open, stop, 0, &mut out, opts)?;
             out.shrink_to_fit();
             Ok((out, end))
@@ -433,6 +458,15 @@ fn read_lines(
     first_record: u64,
     opts: &ScanOptions,
 ) -> Result<Records> {
+    // Checked here, in the one reader both scans share, so that they report it alike.
+    if start == 0 && data.starts_with(b"\xEF\xBB\xBF") {
+        return Err(Error::malformed(
+            data,
+            0,
+            0,
+            "unexpected UTF-8 byte order mark at the start of the file",
+        ));
+    }
     let mut out = Records::default();
     let mut reader = Reader::new(data);
     let mut line_start = start;
@@ -465,24 +499,16 @@ fn read_lines(
         }
         line_start = line_end + 1;
         if line_start - reported > 1 << 20 {
-            report(opts, line_start.min(end) - reported);
+            report(opts, line_start.min(end) - reported)?;
             reported = line_start.min(end);
         }
     }
-    report(opts, end.saturating_sub(reported));
+    report(opts, end.saturating_sub(reported))?;
     out.shrink_to_fit();
     Ok(out)
 }
 
 fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, ScanStats)> {
-    if data.starts_with(b"\xEF\xBB\xBF") {
-        return Err(Error::malformed(
-            data,
-            0,
-            0,
-            "unexpected UTF-8 byte order mark at the start of the file",
-        ));
-    }
     // Cut just after the first newline at or after each multiple of the chunk size.
     let mut cuts = vec![0usize];
     for (s, _) in chunk_bounds(data.len(), opts.chunk_size)
@@ -502,7 +528,10 @@ fn scan_lines_parallel(data: &[u8], opts: &ScanOptions) -> Result<(RecordRuns, S
     cuts.push(data.len());
     let parts: Vec<Result<Records>> = cuts
         .par_windows(2)
-        .map(|w| read_lines(data, w[0], w[1], 0, opts))
+        .map(|w| {
+            check_cancel(opts)?;
+            read_lines(data, w[0], w[1], 0, opts)
+        })
         .collect();
     let mut runs = Vec::with_capacity(parts.len());
     let mut before = 0u64;
@@ -538,7 +567,7 @@ mod tests {
     fn par(data: &[u8], format: Format, chunk: usize) -> Result<Records> {
         let opts = ScanOptions {
             chunk_size: chunk,
-            progress: None,
+            ..ScanOptions::default()
         };
         scan(data, format, &opts).map(|runs| Records::concat(&runs))
     }
@@ -578,6 +607,29 @@ mod tests {
                     seq,
                     "chunk size {chunk}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn byte_order_marks_fail_as_the_sequential_scan_fails() {
+        for doc in [
+            &b"\xEF\xBB\xBF"[..],
+            b"\xEF\xBB\xBF\n",
+            b"\xEF\xBB\xBF{\"a\": 1}\n",
+            b"\xEF\xBB\xBF[1]",
+            b"\xEF\xBB",
+            b"{\"a\": 1}\n\xEF\xBB\xBF{\"a\": 1}\n",
+        ] {
+            for format in [Format::JsonArray, Format::JsonLines] {
+                let seq = scan_sequential(doc, format).unwrap_err();
+                for chunk in 1..doc.len() + 2 {
+                    assert_eq!(
+                        par(doc, format, chunk).unwrap_err(),
+                        seq,
+                        "{doc:?} as {format:?}, chunk size {chunk}"
+                    );
+                }
             }
         }
     }

@@ -3,17 +3,17 @@
 
 use std::fs::{File, OpenOptions as FsOpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use fs2::FileExt;
-use memmap2::Mmap;
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::index_file::{write_index, Header, SourceStamp};
-use crate::scan::{scan, Format, ScanOptions};
+use crate::index_file::{is_temp_name, write_index, Header, SourceStamp};
+use crate::mapping::{stale_error, GuardedMap};
+use crate::scan::{cancelled, scan, Format, ScanOptions};
 
 /// When to (re)build an index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +51,42 @@ pub struct OpenOptions {
     pub scan: ScanOptions,
     /// Recompute column checksums on open. `None`: only for small indexes (see `AUTO_VERIFY_BYTES`).
     pub verify: Option<bool>,
+    /// Lets another thread stop a build (see `Cancel`).
+    pub cancel: Option<Arc<Cancel>>,
+}
+
+/// Stops an `open` that builds, from another thread (Ctrl-C in Python). The scan and the writer check
+/// the request often, so a build stops within milliseconds, removes its temporary file and leaves any
+/// previous index in place. A wait for the build lock held by another process cannot be interrupted;
+/// while it lasts the opening thread holds nothing that needs cleaning up, says so through
+/// `is_waiting_for_lock`, and gives up without building as soon as it gets the lock, so the thread that
+/// asked need not wait for it.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    requested: Arc<AtomicBool>,
+    waiting_for_lock: AtomicBool,
+}
+
+impl Cancel {
+    pub fn new() -> Arc<Cancel> {
+        Arc::new(Cancel::default())
+    }
+
+    /// Asks the build to stop; `open` then fails with `scan::cancelled()`'s error.
+    pub fn request(&self) {
+        // SeqCst pairs with `wait_for_lock`: either the waiter sees the request when it gets the
+        // lock, or the requester sees it still waiting.
+        self.requested.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the opening thread is blocked on another process's build lock (see the type's comment).
+    pub fn is_waiting_for_lock(&self) -> bool {
+        self.waiting_for_lock.load(Ordering::SeqCst)
+    }
 }
 
 impl Default for OpenOptions {
@@ -61,6 +97,7 @@ impl Default for OpenOptions {
             threads: None,
             scan: ScanOptions::default(),
             verify: None,
+            cancel: None,
         }
     }
 }
@@ -120,8 +157,10 @@ pub struct JsonIndex {
     pub built: bool,
     /// Seconds spent building (0 when the index was reused).
     pub build_seconds: f64,
-    index: Mmap,
-    source: Option<Mmap>,
+    /// The one mapping of each file in this process: Python's views (columns, `raw`, exports) are
+    /// views of these, so a file that shrinks under them is caught in one place (`mapping`).
+    index: Arc<GuardedMap>,
+    source: Option<Arc<GuardedMap>>,
     /// The data file, for positional reads (`read_span`) that leave the mapping untouched.
     #[cfg_attr(not(unix), allow(dead_code))]
     source_file: File,
@@ -130,20 +169,9 @@ pub struct JsonIndex {
     length_column: usize,
 }
 
-// SAFETY (for both maps below): the files are mapped read-only. fusion-fast never writes a file that
-// is mapped: indexes are replaced by rename, which leaves existing maps on the old inode. If another
-// program truncates the data file while it is mapped, reads past the new end raise SIGBUS; a
-// changed source is detected by its stamp on every open, which is the best a reader can do.
-fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
-    let len = file
-        .metadata()
-        .map_err(|e| Error::io(path, "stat", e))?
-        .len();
-    if len == 0 {
-        return Ok(None); // mmap of an empty file fails on Linux; nothing to map
-    }
-    let m = unsafe { Mmap::map(file) }.map_err(|e| Error::io(path, "memory-map", e))?;
-    Ok(Some(m))
+/// Maps `file` whole under the SIGBUS guard (see `mapping`); `None` for an empty file.
+fn map(file: &File, path: &Path) -> Result<Option<GuardedMap>> {
+    GuardedMap::new(file, path, false)
 }
 
 /// Files up to this size are pre-faulted when mapped for a build: one sequential read-ahead instead of
@@ -151,17 +179,32 @@ fn map(file: &File, path: &Path) -> Result<Option<Mmap>> {
 /// memory and are faulted in as the scan goes.
 const POPULATE_MAX_BYTES: u64 = 8 << 30;
 
-fn map_for_scan(file: &File, path: &Path, size: u64) -> Result<Option<Mmap>> {
-    if size == 0 || size > POPULATE_MAX_BYTES {
-        return map(file, path);
+/// Pre-faulting goes this many bytes at a time, checking for a stop request in between: from a slow
+/// disk, faulting in gigabytes in one call could not be interrupted for seconds.
+const POPULATE_STEP_BYTES: usize = 64 << 20;
+
+fn map_for_scan(
+    file: &File,
+    path: &Path,
+    size: u64,
+    cancel: Option<&AtomicBool>,
+) -> Result<Option<GuardedMap>> {
+    let m = GuardedMap::new(file, path, false)?;
+    if let Some(m) = m.as_ref().filter(|_| size <= POPULATE_MAX_BYTES) {
+        for start in (0..m.len()).step_by(POPULATE_STEP_BYTES) {
+            if crate::scan::is_cancelled(cancel) {
+                return Err(cancelled());
+            }
+            // Where the kernel cannot, pages are faulted in as the scan reads them.
+            if !m.populate_range(start, POPULATE_STEP_BYTES.min(m.len() - start)) {
+                break;
+            }
+        }
     }
-    // SAFETY: as for `map`.
-    let m = unsafe { memmap2::MmapOptions::new().populate().map(file) }
-        .map_err(|e| Error::io(path, "memory-map", e))?;
-    Ok(Some(m))
+    Ok(m)
 }
 
-fn map_required(file: &File, path: &Path) -> Result<Mmap> {
+fn map_required(file: &File, path: &Path) -> Result<GuardedMap> {
     map(file, path)?.ok_or_else(|| {
         Error::new(ErrorKind::CorruptIndex, "index is corrupt: file is empty").with_path(path)
     })
@@ -183,7 +226,7 @@ impl JsonIndex {
 
     /// The whole data file.
     pub fn source_bytes(&self) -> &[u8] {
-        self.source.as_deref().unwrap_or(&[])
+        self.source.as_deref().map_or(&[], |m| m)
     }
 
     /// Byte span (offset, length) of record `i`; `i` must be below `len()`.
@@ -199,8 +242,57 @@ impl JsonIndex {
     /// Maps every page of the index file in one call (Linux 5.14+; elsewhere a no-op): before a pass
     /// over whole columns, this is several times cheaper than a page fault per 4 KiB.
     pub fn populate_index(&self) {
-        #[cfg(target_os = "linux")]
-        let _ = self.index.advise(memmap2::Advice::PopulateRead);
+        self.index.populate();
+    }
+
+    /// The index file's mapping, shared with Python's views of it.
+    pub fn index_map(&self) -> &Arc<GuardedMap> {
+        &self.index
+    }
+
+    /// The data file's mapping (`None` for an empty file), shared with Python's views of it.
+    pub fn source_map(&self) -> Option<&Arc<GuardedMap>> {
+        self.source.as_ref()
+    }
+
+    /// A stale-index error when a page of either mapping vanished (the file shrank) since it was
+    /// mapped: what was read from it may hold zeros in place of the data. One atomic load per file;
+    /// call it after reading, before anything read is returned.
+    #[inline]
+    pub fn check_mapped(&self) -> Result<()> {
+        if self.index.is_stale() {
+            return Err(stale_error(&self.index_path, "the index file"));
+        }
+        if self.source.as_ref().is_some_and(|s| s.is_stale()) {
+            return Err(stale_error(&self.source_path, "the data file"));
+        }
+        Ok(())
+    }
+
+    /// `check_mapped`, and a stale-index error when the open data file is now shorter than its
+    /// mapping or was modified since it was indexed (one `fstat`): catches a rewrite before its
+    /// pages are touched, and one that left a partly filled last page, which reads as zeros without
+    /// a fault.
+    pub fn check_source(&self) -> Result<()> {
+        self.check_mapped()?;
+        let meta = self
+            .source_file
+            .metadata()
+            .map_err(|e| Error::io(&self.source_path, "stat the data file", e))?;
+        let mtime_ns = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as i64);
+        if meta.len() < self.source_bytes().len() as u64 || mtime_ns != self.header.source.mtime_ns
+        {
+            return Err(Error::new(
+                ErrorKind::StaleIndex,
+                "the data file changed after it was opened; reopen it",
+            )
+            .with_path(&self.source_path));
+        }
+        Ok(())
     }
 
     /// The little-endian bytes of column `name` (see `columns::COLUMNS`).
@@ -251,7 +343,9 @@ impl JsonIndex {
 
     /// Recomputes every column checksum.
     pub fn verify(&self) -> Result<()> {
-        self.header.verify_columns(&self.index, &self.index_path)
+        let verified = self.header.verify_columns(&self.index, &self.index_path);
+        self.check_mapped()?;
+        verified
     }
 
     /// Maps a valid index at `index_path` for `source`, or says why it cannot be used.
@@ -285,6 +379,10 @@ impl JsonIndex {
         if verify.unwrap_or(column_bytes <= AUTO_VERIFY_BYTES) {
             header.verify_columns(&index, index_path)?;
         }
+        if index.is_stale() {
+            // Cut short while its header was read: what was read may be zeros.
+            return Err(stale_error(index_path, "the index file"));
+        }
         let src = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
         let source_map = map(&src, source)?;
         let column_at = |name: &str| header.column(name).map_or(0, |c| c.offset as usize);
@@ -297,8 +395,8 @@ impl JsonIndex {
             header,
             built: false,
             build_seconds: 0.0,
-            index,
-            source: source_map,
+            index: Arc::new(index),
+            source: source_map.map(Arc::new),
             source_file: src,
         })
     }
@@ -306,31 +404,39 @@ impl JsonIndex {
 
 /// Builds the index of `source` into `dest` (atomically) and returns the source's stamp as scanned.
 /// It is taken here, not reused from `open`, because the file may change while a builder waits on the lock.
+/// `opts.scan.cancel` stops it (see `Cancel`).
 pub fn build(source: &Path, dest: &Path, opts: &OpenOptions) -> Result<SourceStamp> {
+    let cancel = opts.scan.cancel.as_deref();
     let stamp = SourceStamp::of(source)?;
     let file = File::open(source).map_err(|e| Error::io(source, "open the data file", e))?;
-    let data = map_for_scan(&file, source, stamp.size)?;
-    let data: &[u8] = data.as_deref().unwrap_or(&[]);
+    let mapped = map_for_scan(&file, source, stamp.size, cancel)?;
+    let data: &[u8] = mapped.as_deref().unwrap_or(&[]);
     let format = Format::from_path(source);
     let run_scan = || scan(data, format, &opts.scan);
-    let runs = match opts.threads {
+    let scanned = match opts.threads {
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
             .build()
             .map_err(|e| Error::new(ErrorKind::Io, format!("cannot start {n} threads: {e}")))?
             .install(run_scan),
         None => run_scan(),
-    }
-    .map_err(|e| e.with_path(source))?;
-    // The file must not have changed while it was read.
-    if SourceStamp::of(source)? != stamp {
+    };
+    // The file must not have changed while it was read. A file cut short under the scan read as
+    // zeros, so any parse error that came of it is reported as the change it is.
+    let shrunk = mapped.as_ref().is_some_and(|m| m.is_stale());
+    let runs = match scanned {
+        Err(e) if !shrunk => return Err(e.with_path(source)),
+        other => other,
+    };
+    if shrunk || SourceStamp::of(source)? != stamp {
         return Err(Error::new(
             ErrorKind::Io,
             "the data file changed while it was being indexed",
         )
         .with_path(source));
     }
-    write_index(dest, stamp, format, &runs)?;
+    let runs = runs.map_err(|e| e.with_path(source))?;
+    write_index(dest, stamp, format, &runs, cancel)?;
     Ok(stamp)
 }
 
@@ -370,9 +476,13 @@ pub fn open(source: &Path, opts: &OpenOptions) -> Result<JsonIndex> {
             }));
         }
     }
+    let mut opts = opts.clone();
+    if let Some(c) = &opts.cancel {
+        opts.scan.cancel = Some(c.requested.clone());
+    }
     let mut last_err = None;
     for dest in &candidates {
-        match build_locked(source, dest, &stamp, opts) {
+        match build_locked(source, dest, &stamp, &opts) {
             Ok(idx) => return Ok(idx),
             Err(BuildError::Unwritable(e)) => last_err = Some(e),
             Err(BuildError::Failed(e)) => return Err(e),
@@ -389,7 +499,144 @@ enum BuildError {
     Failed(Error),
 }
 
-/// Builds at `dest` under an exclusive lock, so concurrent openers build once and the rest map it.
+/// The lock that lets one process at a time build `dest`: an exclusive `flock` on `.NAME.lock` beside
+/// it. Nothing but the index may stay beside the user's data, so its holder removes the lock file
+/// before unlocking; a process that then gets the lock on the removed file sees (by comparing the
+/// inode it holds with the one the path names now) that it holds nothing and tries again. The lock
+/// file lives beside the index rather than in a folder of our own because that is the one place every
+/// process that may build this index can write, whatever its home folder or cache settings, and the
+/// data file itself is no alternative: on NFS `flock` is emulated with byte-range locks, which need a
+/// file open for writing, and data is often read-only. (On NFS, a lock file removed while a waiter
+/// holds it open briefly becomes a `.nfsXXXX` file, which goes when the waiter closes it.) A process
+/// killed while holding the lock leaves the file behind; the kernel releases the lock, and the next
+/// builder takes and then removes it.
+struct BuildLock {
+    path: PathBuf,
+    /// Held open, and so locked, until dropped, after the file is removed.
+    _file: File,
+}
+
+impl Drop for BuildLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn lock_path(dest: &Path) -> PathBuf {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dest.with_file_name(format!(".{name}.lock"))
+}
+
+/// Whether `file` (open) and `path` are the same file: false once `path` was removed or replaced.
+fn names_same_file(file: &File, path: &Path) -> std::io::Result<bool> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let held = file.metadata()?;
+        match std::fs::metadata(path) {
+            Ok(now) => Ok(held.dev() == now.dev() && held.ino() == now.ino()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (file, path);
+        Ok(true)
+    }
+}
+
+/// Takes the build lock of `dest`, waiting for another builder to finish.
+fn acquire_build_lock(
+    dest: &Path,
+    cancel: Option<&Cancel>,
+) -> std::result::Result<BuildLock, BuildError> {
+    let path = lock_path(dest);
+    let failed = |what: &str, e: std::io::Error| BuildError::Failed(Error::io(&path, what, e));
+    loop {
+        let file = match FsOpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if is_unwritable(&e) => {
+                return Err(BuildError::Unwritable(Error::io(
+                    &path,
+                    "create the lock file",
+                    e,
+                )))
+            }
+            Err(e) => return Err(failed("create the lock file", e)),
+        };
+        if let Some(c) = cancel {
+            c.waiting_for_lock.store(true, Ordering::SeqCst);
+        }
+        let locked = loop {
+            match file.lock_exclusive() {
+                // A signal meant for another thread can interrupt the wait.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        if let Some(c) = cancel {
+            c.waiting_for_lock.store(false, Ordering::SeqCst);
+        }
+        locked.map_err(|e| failed("lock", e))?;
+        if names_same_file(&file, &path).map_err(|e| failed("stat the lock file", e))? {
+            let lock = BuildLock { path, _file: file };
+            if cancel.is_some_and(|c| c.is_requested()) {
+                return Err(BuildError::Failed(cancelled()));
+            }
+            return Ok(lock);
+        }
+        // The holder removed this lock file before releasing it: take the current one.
+    }
+}
+
+/// Removes what builds of `dest` killed while writing left behind: temporary indexes of any process.
+/// Only the holder of the build lock writes one, so with the lock held none of them is in use.
+fn remove_stale_temp_files(dest: &Path, _lock: &BuildLock) {
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| is_temp_name(n, name));
+        if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Removes `DEST.lock`, which versions that kept their build lock file for good left beside every
+/// index, unless a process of such a version holds it now.
+fn remove_legacy_lock_file(dest: &Path, _lock: &BuildLock) {
+    let mut legacy = dest.as_os_str().to_owned();
+    legacy.push(".lock");
+    let legacy = PathBuf::from(legacy);
+    if let Ok(file) = FsOpenOptions::new().write(true).open(&legacy) {
+        if file.try_lock_exclusive().is_ok() && names_same_file(&file, &legacy).unwrap_or(false) {
+            let _ = std::fs::remove_file(&legacy);
+        }
+    }
+}
+
+/// Builds at `dest` under the build lock, so concurrent openers build once and the rest map it.
 fn build_locked(
     source: &Path,
     dest: &Path,
@@ -404,39 +651,15 @@ fn build_locked(
             e,
         )));
     }
-    let mut lock_path = dest.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let lock = match FsOpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-    {
-        Ok(f) => f,
-        Err(e) if is_unwritable(&e) => {
-            return Err(BuildError::Unwritable(Error::io(
-                &lock_path,
-                "create the lock file",
-                e,
-            )))
-        }
-        Err(e) => {
-            return Err(BuildError::Failed(Error::io(
-                &lock_path,
-                "create the lock file",
-                e,
-            )))
-        }
-    };
-    lock.lock_exclusive()
-        .map_err(|e| BuildError::Failed(Error::io(&lock_path, "lock", e)))?;
+    let lock = acquire_build_lock(dest, opts.cancel.as_deref())?;
     // Another process may have built it while we waited.
     if opts.rebuild != Rebuild::Always {
         if let Ok(idx) = JsonIndex::try_map(source, dest, stamp, opts.verify) {
             return Ok(idx);
         }
     }
+    remove_stale_temp_files(dest, &lock);
+    remove_legacy_lock_file(dest, &lock);
     let started = Instant::now();
     // The lock file was created beside `dest`, so this folder is writable: any failure now is real.
     let built_stamp = build(source, dest, opts).map_err(BuildError::Failed)?;
@@ -475,5 +698,120 @@ mod tests {
         let mut past_end = vec![0; 4];
         let end = text.len();
         assert!(index.read_span(end - 2..end + 2, &mut past_end).is_err());
+    }
+
+    #[test]
+    fn a_data_file_cut_short_while_open_reads_as_stale_not_as_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.jsonl");
+        let line = format!("{{\"text\": \"{}\"}}\n", "x".repeat(100));
+        std::fs::write(&source, line.repeat(1000)).unwrap();
+        let index = open(&source, &OpenOptions::default()).unwrap();
+        assert!(index.check_source().is_ok());
+        std::fs::File::options()
+            .write(true)
+            .open(&source)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let raw = index.raw(999).unwrap();
+        // SAFETY: a read of a vanished page, which the guard turns into zeros.
+        let first = unsafe { std::ptr::read_volatile(raw.as_ptr()) };
+        assert_eq!(first, 0);
+        let err = index.check_mapped().unwrap_err();
+        assert_eq!(err.kind, ErrorKind::StaleIndex);
+        assert_eq!(err.path.as_deref(), Some(source.as_path()));
+        assert_eq!(
+            index.check_source().unwrap_err().kind,
+            ErrorKind::StaleIndex
+        );
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn builds_leave_only_the_index_beside_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("g.jsonl");
+        std::fs::write(&good, "{\"a\": 1}\n[2]\n").unwrap();
+        assert!(open(&good, &OpenOptions::default()).unwrap().built);
+        let bad = dir.path().join("b.json");
+        std::fs::write(&bad, "[1, ]").unwrap();
+        assert!(open(&bad, &OpenOptions::default()).is_err());
+        assert_eq!(names(dir.path()), ["b.json", "g.jsonl", "g.jsonl.ffidx"]);
+    }
+
+    #[test]
+    fn a_requested_stop_builds_nothing_and_keeps_the_previous_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("d.jsonl");
+        std::fs::write(&source, "{}\n".repeat(1000)).unwrap();
+        let first = open(&source, &OpenOptions::default()).unwrap();
+        let before = std::fs::read(&first.index_path).unwrap();
+        let cancel = Cancel::new();
+        cancel.request();
+        let opts = OpenOptions {
+            rebuild: Rebuild::Always,
+            cancel: Some(cancel),
+            ..OpenOptions::default()
+        };
+        let err = open(&source, &opts).err().expect("a stopped build fails");
+        assert_eq!(err, cancelled());
+        assert_eq!(std::fs::read(&first.index_path).unwrap(), before);
+        assert_eq!(names(dir.path()), ["d.jsonl", "d.jsonl.ffidx"]);
+    }
+
+    #[test]
+    fn each_stage_of_a_build_stops_when_asked() {
+        let data = format!("[{}1]", "{\"a\": [1, 2]}, ".repeat(200_000));
+        let flag = Arc::new(AtomicBool::new(true));
+        for format in [Format::JsonArray, Format::JsonLines] {
+            let opts = ScanOptions {
+                chunk_size: 4096,
+                cancel: Some(flag.clone()),
+                ..ScanOptions::default()
+            };
+            assert_eq!(
+                scan(data.as_bytes(), format, &opts).err(),
+                Some(cancelled())
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("x.ffidx");
+        let stamp = SourceStamp::of(&{
+            let p = dir.path().join("x.json");
+            std::fs::write(&p, &data).unwrap();
+            p
+        })
+        .unwrap();
+        let runs = scan(data.as_bytes(), Format::JsonArray, &ScanOptions::default()).unwrap();
+        let err = write_index(&dest, stamp, Format::JsonArray, &runs, Some(&flag));
+        assert_eq!(err.err(), Some(cancelled()));
+        assert_eq!(names(dir.path()), ["x.json"]);
+    }
+
+    #[test]
+    fn only_temporary_indexes_of_the_destination_count_as_stale() {
+        for name in [".d.json.ffidx.tmp-1", ".d.json.ffidx.tmp-4242"] {
+            assert!(is_temp_name(name, "d.json.ffidx"), "{name}");
+        }
+        for name in [
+            ".d.json.ffidx.tmp-",
+            ".d.json.ffidx.tmp-1.keep",
+            ".d.json.ffidx.tmp-x1",
+            "d.json.ffidx.tmp-1",
+            ".xd.json.ffidx.tmp-1",
+            ".d.json.ffidx.lock",
+            ".d.json.ffidx",
+        ] {
+            assert!(!is_temp_name(name, "d.json.ffidx"), "{name}");
+        }
     }
 }

@@ -306,6 +306,65 @@ fn put_wtf8_code_points(out: &mut Vec<u8>, s: &[u8], tag: u8) -> Option<usize> {
     Some(count)
 }
 
+/// Whether `payload` is a string of kind `tag` exactly as CPython makes it, which the builder copies
+/// straight into a `str` of that kind: ASCII bytes for `STR_ASCII`; otherwise a largest code point that
+/// needs the kind (so equal strings have equal kinds, as CPython's comparison and hashing assume) and
+/// none above U+10FFFF. Lone surrogates are allowed, as in any Python `str`.
+fn is_canonical_string(tag: u8, payload: &[u8]) -> bool {
+    match tag {
+        STR_ASCII => payload.is_ascii(),
+        STR_LATIN1 => !payload.is_ascii(),
+        STR_UCS2 => {
+            let max = payload
+                .chunks_exact(2)
+                .map(|c| u16::from_le_bytes([c[0], c[1]]))
+                .fold(0, u16::max);
+            max >= 0x100
+        }
+        STR_UCS4 => {
+            let max = payload
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .fold(0, u32::max);
+            (0x10000..=0x10FFFF).contains(&max)
+        }
+        _ => false,
+    }
+}
+
+/// Whether `digits` is a JSON integer (an optional `-`, then digits without a leading zero), as the
+/// encoder writes one: Python's `int()` would also accept spaces, underscores and more.
+fn is_big_int(digits: &[u8]) -> bool {
+    let digits = digits.strip_prefix(b"-").unwrap_or(digits);
+    match digits {
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        [b'0'] => true,
+        _ => false,
+    }
+}
+
+/// Reads one whole tape as the Python builder (`to_python`) does: one value, nested at most
+/// [`MAX_DEPTH`] deep, object keys that are strings, nothing after it. `None` for a tape that is not one
+/// `Encoder` could have written, in any of the ways the builder relies on.
+pub fn check(tape: &[u8]) -> Option<()> {
+    fn value(r: &mut Reader<'_>, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match r.next()? {
+            Item::Array(n) => (0..n).try_for_each(|_| value(r, depth + 1)),
+            Item::Object(n) => (0..n).try_for_each(|_| {
+                matches!(r.next()?, Item::Str(..)).then_some(())?;
+                value(r, depth + 1)
+            }),
+            _ => Some(()),
+        }
+    }
+    let mut r = Reader::new(tape);
+    value(&mut r, 1)?;
+    r.done().then_some(())
+}
+
 /// One item of a tape, as `Reader::next` returns it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Item<'a> {
@@ -323,8 +382,10 @@ pub enum Item<'a> {
     Object(usize),
 }
 
-/// Reads a tape item by item. Every read is bounds-checked: a tape that is not one `Encoder` wrote
-/// gives `None`, never a read outside it.
+/// Reads a tape item by item. Every read is bounds-checked and every string and big integer checked to
+/// be as the encoder writes it (see `is_canonical_string`): a tape that is not one `Encoder` wrote
+/// gives `None`, never a read outside it nor an item the Python builder could turn into an invalid
+/// object.
 pub struct Reader<'a> {
     tape: &'a [u8],
     at: usize,
@@ -371,7 +432,8 @@ impl<'a> Iterator for Reader<'a> {
             FLOAT => Item::Float(f64::from_le_bytes(self.eight()?)),
             BIG_INT => {
                 let n = self.u32()?;
-                Item::BigInt(self.take(n)?)
+                let digits = self.take(n)?;
+                is_big_int(digits).then_some(Item::BigInt(digits))?
             }
             STR_ASCII..=STR_UCS4 => {
                 let n = self.u32()?;
@@ -380,7 +442,8 @@ impl<'a> Iterator for Reader<'a> {
                     STR_UCS4 => 4,
                     _ => 1,
                 };
-                Item::Str(tag, n, self.take(n.checked_mul(width)?)?)
+                let payload = self.take(n.checked_mul(width)?)?;
+                is_canonical_string(tag, payload).then_some(Item::Str(tag, n, payload))?
             }
             ARRAY | OBJECT => {
                 let n = self.u32()?;
@@ -601,6 +664,17 @@ mod tests {
             r#""bad \u12""#,
             "[1]x",
             r#"{1: 2}"#,
+            // Numbers outside JSON's grammar, which Rust's parsers would take.
+            "012",
+            "00000000000000000000000000000000000000000000000000012297829382473034409",
+            "-01",
+            "+1",
+            "1.",
+            ".5",
+            "1e",
+            "1e+",
+            "1.e5",
+            "[1-2]",
         ] {
             assert!(tape(bad).is_none(), "{bad:?}");
         }
@@ -626,6 +700,91 @@ mod tests {
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(Reader::new(&huge).next(), None);
         assert_eq!(Reader::new(&[42]).next(), None);
+    }
+
+    fn string_tape(tag: u8, count: u32, payload: &[u8]) -> Vec<u8> {
+        let mut t = vec![tag];
+        t.extend_from_slice(&count.to_le_bytes());
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn wide(tag: u8, cps: &[u32]) -> Vec<u8> {
+        let payload: Vec<u8> = if tag == STR_UCS2 {
+            cps.iter().flat_map(|&c| (c as u16).to_le_bytes()).collect()
+        } else {
+            cps.iter().flat_map(|&c| c.to_le_bytes()).collect()
+        };
+        string_tape(tag, cps.len() as u32, &payload)
+    }
+
+    #[test]
+    fn strings_of_a_wrong_kind_or_range_are_refused() {
+        for (what, bad) in [
+            (
+                "ASCII tag, UTF-8 bytes",
+                string_tape(STR_ASCII, 2, "é".as_bytes()),
+            ),
+            ("ASCII tag, 0xFF", string_tape(STR_ASCII, 1, b"\xff")),
+            ("Latin-1 tag, ASCII", string_tape(STR_LATIN1, 2, b"ab")),
+            ("Latin-1 tag, empty", string_tape(STR_LATIN1, 0, b"")),
+            ("UCS-2 tag, Latin-1", wide(STR_UCS2, &[0xE9])),
+            ("UCS-2 tag, empty", wide(STR_UCS2, &[])),
+            ("UCS-4 tag, BMP", wide(STR_UCS4, &[0xFFFF, 0x41])),
+            ("UCS-4 tag, 0x110000", wide(STR_UCS4, &[0x1F600, 0x110000])),
+            ("UCS-4 tag, 0x7FFFFFFF", wide(STR_UCS4, &[0x7FFF_FFFF])),
+            ("UCS-4 tag, u32::MAX", wide(STR_UCS4, &[u32::MAX])),
+            ("big integer, letters", string_tape(BIG_INT, 3, b"12a")),
+            ("big integer, underscore", string_tape(BIG_INT, 5, b"1_000")),
+            ("big integer, space", string_tape(BIG_INT, 3, b" 12")),
+            ("big integer, leading zero", string_tape(BIG_INT, 3, b"012")),
+            ("big integer, empty", string_tape(BIG_INT, 0, b"")),
+            ("big integer, minus", string_tape(BIG_INT, 1, b"-")),
+            ("big integer, NUL", string_tape(BIG_INT, 2, b"1\0")),
+        ] {
+            assert_eq!(Reader::new(&bad).next(), None, "{what}");
+            assert_eq!(check(&bad), None, "{what}");
+        }
+        for good in [
+            wide(STR_UCS2, &[0xD800]),
+            wide(STR_UCS2, &[0x41, 0xDFFF, 0x100]),
+            wide(STR_UCS4, &[0x10FFFF]),
+            wide(STR_UCS4, &[0x41, 0xD800, 0x10000]),
+            string_tape(STR_LATIN1, 1, b"\x80"),
+            string_tape(STR_ASCII, 0, b""),
+            string_tape(BIG_INT, 20, b"-9223372036854775809"),
+        ] {
+            assert!(matches!(
+                Reader::new(&good).next(),
+                Some(Item::Str(..) | Item::BigInt(_))
+            ));
+            assert_eq!(check(&good), Some(()), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn whole_tapes_are_checked_as_the_builder_reads_them() {
+        let nested = |depth: usize| {
+            let mut t = Vec::new();
+            for _ in 0..depth - 1 {
+                t.extend_from_slice(&[ARRAY, 1, 0, 0, 0]);
+            }
+            t.push(NULL);
+            t
+        };
+        assert_eq!(check(&nested(MAX_DEPTH)), Some(()));
+        assert_eq!(check(&nested(MAX_DEPTH + 1)), None);
+        let good = tape(r#"{"k": ["v", {"é": 1}]}"#).unwrap();
+        assert_eq!(check(&good), Some(()));
+        let mut extra = good.clone();
+        extra.push(NULL);
+        assert_eq!(check(&extra), None, "bytes after the value");
+        // An object whose key is not a string.
+        assert_eq!(
+            check(&[OBJECT, 1, 0, 0, 0, INT, 0, 0, 0, 0, 0, 0, 0, 0, NULL]),
+            None
+        );
+        assert_eq!(check(&[]), None);
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
@@ -676,6 +835,31 @@ mod tests {
             let compact = serde_json::to_string(&v).unwrap();
             for text in [compact.clone(), serde_json::to_string_pretty(&v).unwrap(), ascii_escaped(&compact)] {
                 prop_assert_eq!(&decoded(&text), &v);
+                prop_assert_eq!(check(&tape(&text).unwrap()), Some(()));
+            }
+        }
+
+        /// Arbitrary bytes, and damaged copies of real tapes, are checked without a panic; whatever is
+        /// accepted holds only strings of their exact kind.
+        #[test]
+        fn any_bytes_are_checked_without_panic(
+            v in json_value(),
+            edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+            noise in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut t = tape(&serde_json::to_string(&v).unwrap()).unwrap();
+            for (at, byte) in &edits {
+                let i = at.index(t.len());
+                t[i] = *byte;
+            }
+            for bytes in [&t, &noise] {
+                if check(bytes).is_some() {
+                    for item in Reader::new(bytes) {
+                        if let Item::Str(tag, n, payload) = item {
+                            code_points(tag, n, payload);
+                        }
+                    }
+                }
             }
         }
     }

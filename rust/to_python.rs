@@ -83,26 +83,29 @@ impl Default for Builder {
 
 /// A short string (at most 16 bytes) packed exactly: its first and last eight bytes (four when shorter
 /// than eight; the first, middle and last byte when shorter than four) cover every byte, and with the
-/// length they tell strings apart without comparing bytes.
+/// length they tell strings apart without comparing bytes. The last field also holds how the bytes
+/// were made into a `str` (copied as ASCII or decoded as UTF-8), so that one string's bytes can never
+/// fetch a `str` made another way.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct ShortKey(u64, u64, usize);
 
 impl ShortKey {
     #[inline]
-    fn new(s: &[u8]) -> ShortKey {
+    fn new(s: &[u8], ascii: bool) -> ShortKey {
         debug_assert!(s.len() <= CACHED_MAX_LEN);
         let n = s.len();
+        let tail = n << 1 | usize::from(ascii);
         let word = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap());
         let half = |b: &[u8]| u64::from(u32::from_le_bytes(b.try_into().unwrap()));
         match n {
-            8.. => ShortKey(word(&s[..8]), word(&s[n - 8..]), n),
-            4..=7 => ShortKey(half(&s[..4]), half(&s[n - 4..]), n),
+            8.. => ShortKey(word(&s[..8]), word(&s[n - 8..]), tail),
+            4..=7 => ShortKey(half(&s[..4]), half(&s[n - 4..]), tail),
             1..=3 => ShortKey(
                 u64::from(s[0]) | u64::from(s[n / 2]) << 8 | u64::from(s[n - 1]) << 16,
                 0,
-                n,
+                tail,
             ),
-            0 => ShortKey(0, 0, 0),
+            0 => ShortKey(0, 0, tail),
         }
     }
 
@@ -253,6 +256,7 @@ impl Builder {
         payload: &[u8],
     ) -> BuildResult<Owned> {
         if tag == tape::STR_ASCII {
+            // The reader checked that the bytes are ASCII.
             return self.plain_string(py, payload, true);
         }
         let max_char: u32 = match tag {
@@ -264,8 +268,9 @@ impl Builder {
         // SAFETY: GIL held. `PyUnicode_New(n, max_char)` allocates a string of the kind `max_char`
         // selects (1, 2 or 4 bytes per code point) with room for n of them; the reader checked that
         // `payload` holds exactly n code points of that width, little-endian like this machine, which
-        // we copy. The encoder chose the tag from the largest code point, so the string's kind is the
-        // canonical one CPython expects.
+        // we copy, and that the largest needs that kind and is at most U+10FFFF
+        // (`tape::is_canonical_string`), so the string is a valid one of the canonical kind CPython
+        // expects.
         unsafe {
             let obj = Owned::new(ffi::PyUnicode_New(
                 n as ffi::Py_ssize_t,
@@ -451,11 +456,13 @@ impl Builder {
         result
     }
 
+    /// A `str` of `s`, valid UTF-8 that is all ASCII exactly when `ascii` (the callers check both).
     fn plain_string(&mut self, py: Python<'_>, s: &[u8], ascii: bool) -> BuildResult<Owned> {
+        debug_assert_eq!(ascii, s.is_ascii());
         if s.len() > CACHED_MAX_LEN {
             return new_str(s, ascii);
         }
-        let key = ShortKey::new(s);
+        let key = ShortKey::new(s, ascii);
         let k = key.slot();
         if let Some((cached_key, obj)) = &self.cache[k] {
             if *cached_key == key {

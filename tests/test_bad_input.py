@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 import fusion_fast as ff
-from fusion_fast import synth
 
 from .conftest import is_root, write
 
@@ -263,22 +262,3 @@ def test_the_shared_data_guard_notices_every_kind_of_change(tmp_path):
         "changed: a",
         "changed: y.jsonl",
     ]
-
-
-def test_eight_processes_open_one_file_and_exactly_one_builds(tmp_path):
-    path = tmp_path / "many.jsonl"
-    synth.write_file(path, records=20000, seed=1)
-    script = textwrap.dedent(
-        f"""
-        import fusion_fast as ff
-        idx = ff.open({str(path)!r})
-        print(int(idx.built), len(idx))
-        """
-    )
-    procs = [
-        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(8)
-    ]
-    outs = [p.communicate(timeout=120)[0].split() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
-    assert sum(int(o[0]) for o in outs) == 1
-    assert {int(o[1]) for o in outs} == {20000}

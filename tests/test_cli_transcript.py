@@ -454,27 +454,19 @@ def test_ctrl_c_during_bench_reaches_every_process_quietly(
     assert "Traceback" not in err, err
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid  # reaped: no process has this id (until the system reuses it)
-
-
 def test_a_killed_build_s_temporary_index_is_removed_by_the_next_build(tmp_path: Path) -> None:
     data = tmp_path / "a.json"
     data.write_text(json.dumps([{"id": i} for i in range(10)]))
-    dead = tmp_path / f".a.json.ffidx.tmp-{_dead_pid()}"
-    alive = tmp_path / f".a.json.ffidx.tmp-{os.getpid()}"  # a build still running: kept
-    recent = tmp_path / f".a.json.ffidx.tmp-{_dead_pid()}"  # written seconds ago (another host?): kept
-    for p in (dead, alive, recent):
+    # Temporary indexes are written only under the build lock, which the next build holds: whatever
+    # matches the pattern then is a killed build's leftover, whichever process id it names.
+    leftovers = [tmp_path / f".a.json.ffidx.tmp-{pid}" for pid in (os.getpid(), 4_000_000)]
+    unrelated = [tmp_path / ".a.json.ffidx.tmp-x1", tmp_path / ".b.json.ffidx.tmp-1"]
+    for p in leftovers + unrelated:
         p.write_bytes(b"\0" * 4096)
-    old = time.time() - 3600
-    os.utime(dead, (old, old))
-    os.utime(alive, (old, old))
     rc, _, err = ff("index", "a.json", cwd=tmp_path)
     assert rc == 0, err
-    assert not dead.exists()
-    assert alive.exists() and recent.exists()
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in unrelated)
     assert (tmp_path / "a.json.ffidx").is_file()
 
 

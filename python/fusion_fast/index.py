@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import builtins
 import gc
-import mmap
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -45,28 +43,6 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def _map_file(path: str) -> mmap.mmap | bytes:
-    with builtins.open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-
-
-#: Linux's MADV_POPULATE_READ (5.14+): map every page of a file-backed mapping in one call.
-_MADV_POPULATE_READ = 22
-
-
-def _populate(mapped: mmap.mmap | bytes) -> None:
-    """Fault in the whole index file at once when its columns are first used: the columns are read in
-    full (lengths, samplers, summaries), and one call is several times cheaper than a fault per 4 KiB
-    page. Opening stays O(1); older kernels simply fault pages as they are touched."""
-    if isinstance(mapped, mmap.mmap):
-        try:
-            mapped.madvise(_MADV_POPULATE_READ)
-        except (OSError, ValueError):
-            pass
 
 
 def open(  # noqa: A001 - the public name mirrors builtins.open on purpose
@@ -120,12 +96,15 @@ class RecordSequence(Sequence[Any]):
 
 
 class JsonIndex(RecordSequence):
-    """The records of one data file, memory-mapped. `idx[i]` parses record i in Rust (jiter)."""
+    """The records of one data file, memory-mapped. `idx[i]` parses record i in Rust (jiter).
+
+    Both files are mapped once, by the Rust core; `raw`, `columns` and exports are views of those
+    mappings. A data file that shrinks or is rewritten in place while open makes reads raise
+    `StaleIndexError` naming it, never crash the process (see `rust/mapping.rs`)."""
 
     def __init__(self, core: _core.Index, *, index_dir: str | None = None) -> None:
         self._core = core
         self._index_dir = index_dir
-        self._source_map: mmap.mmap | bytes | None = None
         self._columns: dict[str, np.ndarray] | None = None
         self._lengths: np.ndarray | None = None
         self._modality_lengths: np.ndarray | None = None
@@ -185,11 +164,10 @@ class JsonIndex(RecordSequence):
             return self._core.get_many(arr.tobytes())
 
     def raw(self, i: int) -> memoryview:
-        """The record's bytes, zero-copy, as a view into the mapped data file."""
-        offset, length = self._core.span(i)
-        if self._source_map is None:
-            self._source_map = _map_file(self.path)
-        return memoryview(self._source_map)[offset : offset + length]
+        """The record's bytes, zero-copy, as a read-only view into the mapped data file. Raises
+        `StaleIndexError` when the file changed since it was opened; a view kept while the file
+        shrinks reads zeros where its pages vanished (the process never crashes)."""
+        return self._core.raw(i)
 
     def span(self, i: int) -> tuple[int, int]:
         """(byte offset, byte length) of record i in the data file."""
@@ -204,12 +182,16 @@ class JsonIndex(RecordSequence):
     def columns(self) -> dict[str, np.ndarray]:
         """Every stored column as a read-only numpy array mapped from the index file (zero-copy)."""
         if self._columns is None:
-            index_map = _map_file(self.index_path)
-            _populate(index_map)
-            self._columns = {
+            # The buffer and the column table come from one open index, so they describe the same
+            # file even after the index is rebuilt and replaced on disk.
+            self._core.populate_index()
+            index_map = memoryview(self._core.index_buffer())
+            columns = {
                 name: np.frombuffer(index_map, dtype=np.dtype(dtype), count=count, offset=offset)
                 for name, dtype, offset, count in self._core.column_table()
             }
+            self._core.check()
+            self._columns = columns
         return self._columns
 
     @property

@@ -101,53 +101,11 @@ def index_file(
         except CorruptIndexError as e:
             reason, detail = ("other version" if "format version" in e.message else "corrupt"), e.message
     if idx is None:
-        remove_stale_temporaries(p, index_dir)
         idx = _build(p, size, rebuild, index_dir, threads, on_progress, poll_seconds)
     seconds = idx.build_seconds if idx.built else time.perf_counter() - started
     return idx, IndexReport(
         p, len(idx), size, seconds, idx.built, idx.index_path, reason if idx.built else None, detail
     )
-
-
-#: A temporary index untouched for this long, whose process is gone, is a killed build's leftover.
-STALE_TEMP_SECONDS = 600.0
-
-
-def remove_stale_temporaries(path: Path, index_dir: str | None) -> list[Path]:
-    """Remove the temporary indexes (`.NAME.ffidx.tmp-PID`) that builds of `path` killed before they
-    could clean up left beside its index; returns those removed. One is kept while its process still
-    exists here, or while it was written to recently (a build on another machine sharing the folder)."""
-    removed = []
-    for candidate in _core.index_candidates(str(path), index_dir):
-        folder, name = os.path.split(candidate)
-        prefix = f".{name}.tmp-"
-        try:
-            entries = os.listdir(folder or ".")
-        except OSError:
-            continue
-        for entry in entries:
-            pid_text = entry[len(prefix) :] if entry.startswith(prefix) else ""
-            if not pid_text.isdigit() or _process_exists(int(pid_text)):
-                continue
-            leftover = Path(folder or ".", entry)
-            try:
-                if time.time() - leftover.lstat().st_mtime < STALE_TEMP_SECONDS:
-                    continue
-                leftover.unlink()
-            except OSError:
-                continue
-            removed.append(leftover)
-    return removed
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # someone else's process, or not a process id: not ours to judge
-    return True
 
 
 def _build(

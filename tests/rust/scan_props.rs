@@ -16,7 +16,7 @@ const PUNCT: &[u8] = b"[]{},\"\\: a0\n";
 fn parallel(data: &[u8], format: Format, chunk_size: usize) -> fusion_fast::Result<Records> {
     let opts = ScanOptions {
         chunk_size,
-        progress: None,
+        ..ScanOptions::default()
     };
     scan_with_stats(data, format, &opts).map(|(runs, stats)| {
         // On valid input the speculation must be right: no silent fall back to one thread.
@@ -295,9 +295,31 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
         cut in prop::option::of(any::<prop::sample::Index>()),
         chunk in 1usize..40,
+        bom in prop::bool::weighted(0.1),
     ) {
         let mut data = render_array(&records, pretty);
         damage(&mut data, &edits, cut);
+        if bom {
+            data.splice(0..0, *b"\xEF\xBB\xBF");
+        }
+        for format in [Format::JsonArray, Format::JsonLines] {
+            let seq = scan_sequential(&data, format);
+            prop_assert_eq!(parallel(&data, format, chunk), seq);
+        }
+    }
+
+    /// Documents that start with a UTF-8 byte order mark (alone or before records) fail alike in both
+    /// scans, message included.
+    #[test]
+    fn byte_order_marks_fail_the_same_way(
+        (records, crlf) in document(),
+        lines in prop::bool::ANY,
+        keep in 0usize..4,
+        chunk in 1usize..40,
+    ) {
+        let body = if lines { render_lines(&records, crlf) } else { render_array(&records, crlf) };
+        let mut data = b"\xEF\xBB\xBF"[..keep.min(3)].to_vec();
+        data.extend_from_slice(&body);
         for format in [Format::JsonArray, Format::JsonLines] {
             let seq = scan_sequential(&data, format);
             prop_assert_eq!(parallel(&data, format, chunk), seq);
