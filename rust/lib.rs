@@ -7,6 +7,7 @@ pub mod columns;
 pub mod compact;
 pub mod error;
 pub mod grouping;
+pub mod image_store;
 pub mod json;
 pub mod lengths;
 pub mod paths;

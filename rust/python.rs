@@ -22,13 +22,14 @@ use crate::tape::Encoder;
 use crate::to_python::Builder;
 
 /// Raises the `fusion_fast.errors` class that matches `err.kind`.
-fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
+pub(crate) fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let class = match err.kind {
         ErrorKind::MalformedJson => "MalformedJSONError",
         ErrorKind::IndexMissing => "IndexMissingError",
         ErrorKind::StaleIndex => "StaleIndexError",
         ErrorKind::CorruptIndex => "CorruptIndexError",
         ErrorKind::Io => "FusionFastIOError",
+        ErrorKind::CorruptArchive => "CorruptArchiveError",
     };
     let build = || -> PyResult<PyErr> {
         let kwargs = PyDict::new(py);
