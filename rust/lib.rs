@@ -26,6 +26,8 @@ pub mod store;
 pub use store::{open, JsonIndex, OpenOptions, Rebuild};
 
 #[cfg(feature = "python")]
+mod py_image_store;
+#[cfg(feature = "python")]
 mod py_items;
 #[cfg(feature = "python")]
 mod python;

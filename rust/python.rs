@@ -922,6 +922,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", crate::index_file::FORMAT_VERSION)?;
     m.add_class::<Index>()?;
+    crate::py_image_store::register(m)?;
     m.add_class::<Progress>()?;
     m.add_class::<ItemSources>()?;
     m.add_function(wrap_pyfunction!(open_index, m)?)?;
