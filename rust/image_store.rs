@@ -398,6 +398,29 @@ fn bytes_at(d: &[u8], o: u64, n: u64) -> Option<&[u8]> {
     d.get(o..o.checked_add(n)?)
 }
 
+/// Code page 437, bytes 128..=255: zip's name encoding when the UTF-8 flag (bit 11) is clear.
+const CP437_HIGH: &str = "ÇüéâäàåçêëèïîìÄÅÉæÆôöòûùÿÖÜ¢£¥₧ƒáíóúñÑªº¿⌐¬½¼¡«»░▒▓│┤╡╢╖╕╣║╗╝╜╛┐└┴┬├─┼╞╟╚╔╩╦╠═╬╧╨╤╥╙╘╒╓╫╪┘┌█▄▌▐▀αßΓπΣσµτΦΘΩδ∞φε∩≡±≥≤⌠⌡÷≈°∙·√ⁿ²■\u{a0}";
+
+/// A zip member name as UTF-8: as stored when flagged UTF-8 or plain ASCII, else decoded as CP437
+/// (what Python's `zipfile` and the zip specification do).
+fn zip_name(raw: &[u8], flags: u16) -> Cow<'_, [u8]> {
+    if flags & 0x800 != 0 || raw.is_ascii() {
+        return Cow::Borrowed(raw);
+    }
+    let high: Vec<char> = CP437_HIGH.chars().collect();
+    let s: String = raw
+        .iter()
+        .map(|&b| {
+            if b < 128 {
+                b as char
+            } else {
+                high[usize::from(b - 128)]
+            }
+        })
+        .collect();
+    Cow::Owned(s.into_bytes())
+}
+
 fn walk_zip(data: &[u8], path: &Path) -> Result<Walk> {
     let len = data.len() as u64;
     let trunc = |at: u64, what: &str| corrupt(path, at, what);
@@ -448,7 +471,7 @@ fn walk_zip(data: &[u8], path: &Path) -> Result<Walk> {
         let comment_len = u64::from(u16_at(data, p + 32).ok_or_else(bad)?);
         let ext_attr = u32_at(data, p + 38).ok_or_else(bad)?;
         let mut local = u64::from(u32_at(data, p + 42).ok_or_else(bad)?);
-        let name = bytes_at(data, p + 46, name_len).ok_or_else(bad)?;
+        let raw_name = bytes_at(data, p + 46, name_len).ok_or_else(bad)?;
         let extra = bytes_at(data, p + 46 + name_len, extra_len).ok_or_else(bad)?;
         // zip64 extended information: the 0xFFFFFFFF fields, in this order.
         let mut e = 0usize;
@@ -467,6 +490,8 @@ fn walk_zip(data: &[u8], path: &Path) -> Result<Walk> {
             }
             e += 4 + n;
         }
+        let name = zip_name(raw_name, flags);
+        let name = name.as_ref();
         let shown = lossy(name);
         let entry_start = p;
         p = p + 46 + name_len + extra_len + comment_len;

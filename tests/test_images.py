@@ -95,6 +95,18 @@ def test_zip_stored_and_deflated_members_equal_what_zipfile_extracts(tmp_path: P
     assert store.location("GQA/images/1.jpg")[4] == 0
 
 
+def test_zip_names_without_the_utf8_flag_are_cp437_like_zipfile_reads_them(tmp_path: Path) -> None:
+    raw = _zip(tmp_path / "a.zip", {"caf?.jpg": (b"coffee", 0)}).read_bytes()
+    # Same length, no UTF-8 flag: 0x82 is "é" in code page 437.
+    (tmp_path / "cp.zip").write_bytes(raw.replace(b"caf?.jpg", b"caf\x82.jpg"))
+    with zipfile.ZipFile(tmp_path / "cp.zip") as zf:
+        assert zf.namelist() == ["café.jpg"]
+        expected = zf.read("café.jpg")
+    store = ImageStore.build([tmp_path / "cp.zip"], tmp_path / "s.ffimg")
+    assert store.members() == ["café.jpg"]
+    assert store.read("café.jpg") == expected == b"coffee"
+
+
 def test_views_of_stored_members_are_read_only_and_copy_nothing(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "a.tar", {"a.jpg": b"abc" * 1000}, tarfile.GNU_FORMAT)
     store = ImageStore.build([archive], tmp_path / "s.ffimg")
