@@ -782,6 +782,89 @@ fn write_store(
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Compressed and split tars: converted once into a plain tar shard.
+//
+// gzip has no random access: reading one member at random would mean inflating from a seek point
+// (indexed_gzip, rapidgzip keep a 32 KiB window every 1-4 MiB of output), so every image read would
+// cost inflating on average half a spacing plus the image, and the seek points themselves hold 32 KiB
+// per spacing. Images do not compress, so a plain tar costs about the same disk as the .tar.gz it
+// replaces, and once converted every read is a slice of a mapping. Conversion is one streaming pass.
+
+/// Converts a tar given as `parts` (one file, or split parts in order, concatenated) that is either
+/// plain or gzip-compressed (one or more gzip members) into the plain tar `dest`, atomically. Every
+/// gzip member's CRC-32 and length are checked, the stream must be read to its very end, and the
+/// result must be a complete tar; otherwise nothing is left at `dest`. Returns the bytes written.
+pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
+    let first = parts
+        .first()
+        .ok_or_else(|| Error::new(ErrorKind::Io, "no archive parts given"))?;
+    let mut reader: Box<dyn Read> = Box::new(std::io::empty());
+    for p in parts {
+        let f = File::open(p).map_err(|e| Error::io(p, "open the archive", e))?;
+        reader = Box::new(reader.chain(f));
+    }
+    let mut magic = [0u8; 2];
+    let is_gzip = File::open(first)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b];
+    let reader = std::io::BufReader::with_capacity(1 << 20, reader);
+    let mut source: Box<dyn Read> = if is_gzip {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else {
+        Box::new(reader)
+    };
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<u64> {
+        let werr = |e| Error::io(&tmp, "write the converted tar", e);
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(werr)?;
+        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let n = std::io::copy(&mut source, &mut out).map_err(|e| {
+            Error::new(
+                ErrorKind::CorruptArchive,
+                format!("archive is corrupt or truncated: the compressed stream does not read to its end ({e})"),
+            )
+            .with_path(first)
+        })?;
+        let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+        file.sync_all().map_err(werr)?;
+        // The result must be a whole tar (the end-of-archive blocks come before the gzip trailer, so
+        // a tar cut short inside a valid gzip stream is caught only here).
+        let map = map_file(&file, &tmp)?;
+        walk_tar(map.as_deref().unwrap_or(&[]), first)?;
+        std::fs::rename(&tmp, dest)
+            .map_err(|e| Error::io(dest, "move the converted tar into place", e))?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// `convert_to_tar` for many archives at once, in parallel: `jobs` pairs each archive's parts with
+/// its destination. Fails with the first error (by position in `jobs`); finished shards are kept.
+pub fn convert_all(jobs: &[(Vec<PathBuf>, PathBuf)]) -> Result<Vec<u64>> {
+    jobs.par_iter()
+        .map(|(parts, dest)| convert_to_tar(parts, dest))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Reading
 
 /// One archive of an open store; mapped on first read.

@@ -418,3 +418,82 @@ fn a_changed_archive_is_a_stale_error() {
     let err = ImageStore::open(&sp).unwrap().read(b"a").unwrap_err();
     assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn gzip_tars_and_split_parts_convert_to_plain_tars() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = vec![("a.jpg", payload(20, 50_000)), ("b/c.jpg", payload(21, 3))];
+    let plain = tar_bytes(&entries);
+    // Two gzip members back to back, the file then split in three parts.
+    let (h1, h2) = plain.split_at(7000);
+    let gz = [gzip(h1), gzip(h2)].concat();
+    let cuts = [0, 100, 20_000, gz.len()];
+    let parts: Vec<PathBuf> = (0..3)
+        .map(|k| {
+            write(
+                dir.path(),
+                &format!("x.tar.gz.{k:02}"),
+                &gz[cuts[k]..cuts[k + 1]],
+            )
+        })
+        .collect();
+    let shard = dir.path().join("x.tar");
+    assert_eq!(convert_to_tar(&parts, &shard).unwrap(), plain.len() as u64);
+    assert_eq!(std::fs::read(&shard).unwrap(), plain);
+    // Split plain tar parts are concatenated.
+    let tparts = vec![
+        write(dir.path(), "y.tar.00", &plain[..1000]),
+        write(dir.path(), "y.tar.01", &plain[1000..]),
+    ];
+    let shard2 = dir.path().join("y.tar");
+    convert_all(&[(tparts, shard2.clone())]).unwrap();
+    assert_eq!(std::fs::read(&shard2).unwrap(), plain);
+    let sp = dir.path().join("s");
+    build(&[shard], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    for (name, data) in &entries {
+        assert_eq!(&read_all(&store, name), data);
+    }
+}
+
+#[test]
+fn corrupt_or_truncated_gzip_tars_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = tar_bytes(&[("a.jpg", payload(22, 30_000))]);
+    let gz = gzip(&plain);
+    let shard = dir.path().join("out.tar");
+    let mut bad_crc = gz.clone();
+    let l = bad_crc.len();
+    bad_crc[l - 8] ^= 1; // the trailer's CRC-32
+    let mut bad_len = gz.clone();
+    bad_len[l - 1] ^= 1; // the trailer's length
+    let tar_cut_inside_valid_gzip = gzip(&plain[..plain.len() - 1024]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", gz[..gz.len() / 2].to_vec()),
+        ("no trailer", gz[..gz.len() - 8].to_vec()),
+        ("bad crc", bad_crc),
+        ("bad length", bad_len),
+        (
+            "trailing garbage",
+            [gz.clone(), b"garbage".to_vec()].concat(),
+        ),
+        ("tar cut short", tar_cut_inside_valid_gzip),
+    ];
+    for (what, bytes) in cases {
+        let p = write(dir.path(), "in.tar.gz", &bytes);
+        let err = convert_to_tar(&[p], &shard).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptArchive, "{what}: {err}");
+        assert!(!shard.exists(), "{what}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["in.tar.gz".to_string()], "{what}");
+    }
+}

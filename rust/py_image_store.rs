@@ -10,7 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::image_store::{build, ImageStore};
+use crate::image_store::{build, convert_all, ImageStore};
 use crate::python::to_py_err;
 
 /// An open image store, shared (read-only) by every view it hands out.
@@ -220,7 +220,16 @@ impl PyImageStore {
     }
 }
 
+/// Converts each `(parts, dest)`: a plain or gzip-compressed tar, whole or split in parts, into the
+/// plain tar `dest` (in parallel, atomically, every gzip CRC and length checked). Returns the sizes.
+#[pyfunction]
+fn convert_to_tars(py: Python<'_>, jobs: Vec<(Vec<PathBuf>, PathBuf)>) -> PyResult<Vec<u64>> {
+    py.detach(|| convert_all(&jobs))
+        .map_err(|e| to_py_err(py, e))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(convert_to_tars, m)?)?;
     m.add_class::<PyImageStore>()?;
     m.add_class::<MemberView>()?;
     Ok(())

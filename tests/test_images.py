@@ -179,12 +179,48 @@ def test_truncated_or_corrupt_archives_are_clear_errors_and_write_no_store(tmp_p
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
 
 
-def test_a_gzip_tar_is_refused_with_a_hint(tmp_path: Path) -> None:
+def test_gzip_and_split_tars_are_converted_once_into_shards(tmp_path: Path) -> None:
+    members = _members(5)
+    plain = _tar(tmp_path / "plain.tar", members, tarfile.PAX_FORMAT)
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo("gz/" + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = (tmp_path / "a.tar.gz").read_bytes()
+    parts = []
+    for k, (lo, hi) in enumerate([(0, 1000), (1000, len(raw))]):
+        (tmp_path / f"b.tar.gz.0{k}").write_bytes(raw[lo:hi])
+        parts.append(tmp_path / f"b.tar.gz.0{k}")
+    store = ImageStore.build([tmp_path / "a.tar.gz", plain], tmp_path / "s.ffimg")
+    shards = sorted((tmp_path / "s.ffimg.shards").iterdir())
+    assert [p.suffix for p in shards] == [".tar"]
+    with tarfile.open(tmp_path / "a.tar.gz") as tf:
+        for m in tf.getmembers():
+            f = tf.extractfile(m)
+            assert f is not None
+            assert store.read(m.name) == f.read()
+    for name, data in members.items():
+        assert store.read(name) == data
+    mtime = shards[0].stat().st_mtime_ns
+    again = ImageStore.build([tmp_path / "a.tar.gz", plain], tmp_path / "s.ffimg")
+    assert shards[0].stat().st_mtime_ns == mtime, "a finished shard is reused"
+    assert len(again) == 2 * len(members)
+    split = ImageStore.build([parts], tmp_path / "t.ffimg")
+    assert sorted(split.members()) == sorted("gz/" + n for n in members)
+
+
+def test_a_truncated_gzip_tar_is_an_error_and_leaves_no_shard(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tf:
         info = tarfile.TarInfo("a.jpg")
-        tf.addfile(info, io.BytesIO(b""))
-    with pytest.raises(CorruptArchiveError, match="plain .tar"):
-        ImageStore.build([tmp_path / "a.tar.gz"], tmp_path / "s.ffimg")
+        info.size = 100_000
+        tf.addfile(info, io.BytesIO(_payload(1, 100_000)))
+    raw = (tmp_path / "a.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(raw[:-4])
+    with pytest.raises(CorruptArchiveError, match="cut.tar.gz"):
+        ImageStore.build([tmp_path / "cut.tar.gz"], tmp_path / "s.ffimg")
+    assert list((tmp_path / "s.ffimg.shards").iterdir()) == []
+    assert not (tmp_path / "s.ffimg").exists()
 
 
 def test_a_corrupt_store_file_is_refused(tmp_path: Path) -> None:

@@ -22,8 +22,10 @@ mapped; archives are mapped on first read) instead of copying anything.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +52,53 @@ class BuildReport:
     duplicates: list[tuple[str, str, str]] = field(default_factory=list)
 
 
+def _needs_conversion(parts: list[str]) -> bool:
+    if len(parts) > 1:
+        return True
+    with open(parts[0], "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _shard_name(parts: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+    base = os.path.basename(parts[0])
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if suffix in base:
+            base = base[: base.index(suffix)]
+            break
+    return f"{base}.{h.hexdigest()}.tar"
+
+
+def convert_to_shards(archives: Sequence[PathLike | Sequence[PathLike]], shard_dir: PathLike) -> list[Path]:
+    """Each archive as a plain tar (or zip) that the store can read in place: plain tars and zips as they
+    are, gzip-compressed or split tars converted (in parallel) into `shard_dir`, reusing shards converted
+    before from the same source (path, size, mtime)."""
+    out: list[Path] = []
+    jobs: list[tuple[list[str], str]] = []
+    for a in archives:
+        parts = (
+            [os.path.abspath(os.fspath(a))]
+            if isinstance(a, (str, os.PathLike))
+            else [os.path.abspath(os.fspath(p)) for p in a]
+        )
+        if not parts:
+            raise ValueError("an archive given as parts needs at least one part")
+        if not _needs_conversion(parts):
+            out.append(Path(parts[0]))
+            continue
+        shard = Path(os.path.abspath(os.fspath(shard_dir))) / _shard_name(parts)
+        if not shard.exists():
+            jobs.append((parts, str(shard)))
+        out.append(shard)
+    if jobs:
+        Path(shard_dir).mkdir(parents=True, exist_ok=True)
+        _core.convert_to_tars(jobs)
+    return out
+
+
 def _key(member: str | bytes | os.PathLike[str]) -> bytes:
     return member if isinstance(member, bytes) else os.fsencode(member)
 
@@ -65,12 +114,22 @@ class ImageStore:
         self.report = report
 
     @classmethod
-    def build(cls, archives: list[PathLike], path: PathLike) -> ImageStore:
-        """Indexes `archives` (in priority order) into the store file `path`, written atomically, and
-        opens it. Archive paths are recorded as absolute paths. A truncated or corrupt archive raises
-        `CorruptArchiveError` naming it and the byte where it goes wrong; no store is written then."""
-        absolute = [os.path.abspath(os.fspath(a)) for a in archives]
-        raw = _core.ImageStore.build(absolute, os.fspath(path))
+    def build(
+        cls,
+        archives: Sequence[PathLike | Sequence[PathLike]],
+        path: PathLike,
+        *,
+        shard_dir: PathLike | None = None,
+    ) -> ImageStore:
+        """Indexes `archives` (in priority order; an archive split in parts is a list of its parts) into
+        the store file `path`, written atomically, and opens it. Compressed or split tars are first
+        converted into plain tar shards in `shard_dir` (default: `<path>.shards/`). Archive paths are
+        recorded as absolute paths. A truncated or corrupt archive raises `CorruptArchiveError` naming it
+        and the byte where it goes wrong; no store is written then."""
+        shards = convert_to_shards(
+            archives, shard_dir if shard_dir is not None else f"{os.fspath(path)}.shards"
+        )
+        raw = _core.ImageStore.build([str(s) for s in shards], os.fspath(path))
         report = BuildReport(
             members=raw["members"],
             refused=[tuple(r) for r in raw["refused"]],
@@ -135,4 +194,4 @@ class ImageStore:
         return f"ImageStore({str(self.path)!r}, {len(self)} members)"
 
 
-__all__ = ["ImageStore", "BuildReport", "STORE_SUFFIX"]
+__all__ = ["ImageStore", "BuildReport", "STORE_SUFFIX", "convert_to_shards"]
