@@ -619,16 +619,79 @@ fn align_up(x: u64) -> u64 {
     x.div_ceil(ALIGN) * ALIGN
 }
 
+/// Where an archive's members appear in the store: member `m` is found under `prefix` followed by `m`
+/// without its first `strip` components (prepare's nesting decision), so record paths look up as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub strip: usize,
+    /// A relative folder (`"COCO"` or `"COCO/"`), or empty.
+    pub prefix: String,
+}
+
+impl Placement {
+    fn apply(&self, walk: &mut Walk, archive: &Path) -> Result<()> {
+        let prefix = if self.prefix.is_empty() {
+            Vec::new()
+        } else {
+            let mut p = normalize(self.prefix.as_bytes()).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "placement prefix {:?} must be a relative path without '..'",
+                        self.prefix
+                    ),
+                )
+                .with_path(archive)
+            })?;
+            p.push(b'/');
+            p
+        };
+        if self.strip == 0 && prefix.is_empty() {
+            return Ok(());
+        }
+        let strip = self.strip;
+        let mut kept = Vec::with_capacity(walk.members.len());
+        for mut m in std::mem::take(&mut walk.members) {
+            let tail = m.path.splitn(strip + 1, |&b| b == b'/').nth(strip);
+            match tail {
+                Some(t) => {
+                    m.path = [prefix.as_slice(), t].concat();
+                    kept.push(m);
+                }
+                None => walk.refused.push((
+                    lossy(&m.path),
+                    format!("has fewer than {} folders to strip", strip),
+                )),
+            }
+        }
+        walk.members = kept;
+        Ok(())
+    }
+}
+
 /// Builds the store of `archives` (in priority order: the first holding a path wins) into `dest`,
 /// atomically. Archive paths are stored as given; pass absolute paths for a store that is opened
 /// from another working folder.
 pub fn build(archives: &[PathBuf], dest: &Path) -> Result<BuildReport> {
+    let placed: Vec<(PathBuf, Placement)> = archives
+        .iter()
+        .map(|a| (a.clone(), Placement::default()))
+        .collect();
+    build_placed(&placed, dest)
+}
+
+/// `build` with each archive's members placed (see `Placement`).
+pub fn build_placed(archives: &[(PathBuf, Placement)], dest: &Path) -> Result<BuildReport> {
     if archives.len() > u32::MAX as usize {
         return Err(Error::new(ErrorKind::Io, "too many archives"));
     }
     let walked: Vec<(ArchiveInfo, Walk)> = archives
         .par_iter()
-        .map(|a| index_archive(a))
+        .map(|(a, placement)| {
+            let (info, mut walk) = index_archive(a)?;
+            placement.apply(&mut walk, a)?;
+            Ok((info, walk))
+        })
         .collect::<Result<_>>()?;
 
     let mut report = BuildReport::default();

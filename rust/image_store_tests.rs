@@ -497,3 +497,35 @@ fn corrupt_or_truncated_gzip_tars_leave_nothing_behind() {
         assert_eq!(names, vec!["in.tar.gz".to_string()], "{what}");
     }
 }
+
+#[test]
+fn placements_strip_folders_and_add_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(
+        dir.path(),
+        "x.tar",
+        &tar_bytes(&[
+            ("top/train/a.jpg", b"a".to_vec()),
+            ("top/b.jpg", b"b".to_vec()),
+            ("shallow.jpg", b"s".to_vec()),
+        ]),
+    );
+    let sp = dir.path().join("s");
+    let placement = Placement {
+        strip: 1,
+        prefix: "COCO".into(),
+    };
+    let report = build_placed(&[(t.clone(), placement)], &sp).unwrap();
+    assert_eq!(report.members, 2);
+    assert_eq!(report.refused.len(), 1);
+    assert_eq!(report.refused[0].member, "shallow.jpg");
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "COCO/train/a.jpg"), b"a");
+    assert_eq!(read_all(&store, "COCO/b.jpg"), b"b");
+    assert!(store.read(b"top/b.jpg").unwrap().is_none());
+    let escaping = Placement {
+        strip: 0,
+        prefix: "../up".into(),
+    };
+    assert!(build_placed(&[(t, escaping)], &sp).is_err());
+}

@@ -10,7 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::image_store::{build, convert_all, ImageStore};
+use crate::image_store::{build_placed, convert_all, ImageStore, Placement};
 use crate::python::to_py_err;
 
 /// An open image store, shared (read-only) by every view it hands out.
@@ -78,17 +78,41 @@ impl PyImageStore {
 
 #[pymethods]
 impl PyImageStore {
-    /// Builds the store of `archives` (first archive wins for a path held twice) into `path`.
-    /// Returns `{"members": n, "refused": [(archive, member, reason)], "duplicates": [(member,
+    /// Builds the store of `archives` (first archive wins for a path held twice) into `path`, each
+    /// archive's members placed by `(strip, prefix)` from `placements` when given. Returns `{"members": n, "refused": [(archive, member, reason)], "duplicates": [(member,
     /// kept archive, ignored archive)]}`.
     #[staticmethod]
+    #[pyo3(signature = (archives, path, placements=None))]
     fn build<'py>(
         py: Python<'py>,
         archives: Vec<PathBuf>,
         path: PathBuf,
+        placements: Option<Vec<(usize, String)>>,
     ) -> PyResult<Bound<'py, PyDict>> {
+        let placements = placements.unwrap_or_default();
+        if !placements.is_empty() && placements.len() != archives.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "{} placements for {} archives",
+                placements.len(),
+                archives.len()
+            )));
+        }
+        let placed: Vec<(PathBuf, Placement)> = archives
+            .into_iter()
+            .enumerate()
+            .map(|(k, a)| {
+                let placement = placements
+                    .get(k)
+                    .map(|(strip, prefix)| Placement {
+                        strip: *strip,
+                        prefix: prefix.clone(),
+                    })
+                    .unwrap_or_default();
+                (a, placement)
+            })
+            .collect();
         let report = py
-            .detach(|| build(&archives, &path))
+            .detach(|| build_placed(&placed, &path))
             .map_err(|e| to_py_err(py, e))?;
         let d = PyDict::new(py);
         d.set_item("members", report.members)?;

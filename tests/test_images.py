@@ -132,6 +132,21 @@ def test_open_image_decodes_with_pillow(tmp_path: Path) -> None:
     assert out.convert("RGB").getpixel((3, 2)) == (10, 200, 30)
 
 
+def test_placements_map_record_paths_to_members(tmp_path: Path) -> None:
+    from fusion_fast.archives import strip_components
+
+    members = {"data/train/a.jpg": b"a", "data/val/b.jpg": b"b"}
+    first = _tar(tmp_path / "a.tar", members, tarfile.GNU_FORMAT)
+    second = _zip(tmp_path / "b.zip", {"c.jpg": (b"c", 0)})
+    store = ImageStore.build([first, second], tmp_path / "s.ffimg", placements=[(1, "COCO/"), (0, "Extra")])
+    for name, data in members.items():
+        assert store.read("COCO/" + strip_components(name, 1)) == data
+    assert store.read("Extra/c.jpg") == b"c"
+    assert "data/train/a.jpg" not in store
+    with pytest.raises(ValueError, match="1 placements for 2 archives"):
+        ImageStore.build([first, second], tmp_path / "t.ffimg", placements=[(0, "")])
+
+
 def test_missing_member_is_a_key_error_naming_it(tmp_path: Path) -> None:
     archive = _tar(tmp_path / "a.tar", {"a.jpg": b"1"}, tarfile.GNU_FORMAT)
     store = ImageStore.build([archive], tmp_path / "s.ffimg")

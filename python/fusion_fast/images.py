@@ -120,16 +120,23 @@ class ImageStore:
         path: PathLike,
         *,
         shard_dir: PathLike | None = None,
+        placements: Sequence[tuple[int, str]] | None = None,
     ) -> ImageStore:
         """Indexes `archives` (in priority order; an archive split in parts is a list of its parts) into
         the store file `path`, written atomically, and opens it. Compressed or split tars are first
-        converted into plain tar shards in `shard_dir` (default: `<path>.shards/`). Archive paths are
+        converted into plain tar shards in `shard_dir` (default: `<path>.shards/`). `placements`, one
+        `(strip, prefix)` per archive (prepare's nesting decision), makes member `m` readable as `prefix` +
+        `m` without its first `strip` folders; members too shallow to strip are refused. Archive paths are
         recorded as absolute paths. A truncated or corrupt archive raises `CorruptArchiveError` naming it
         and the byte where it goes wrong; no store is written then."""
         shards = convert_to_shards(
             archives, shard_dir if shard_dir is not None else f"{os.fspath(path)}.shards"
         )
-        raw = _core.ImageStore.build([str(s) for s in shards], os.fspath(path))
+        raw = _core.ImageStore.build(
+            [str(s) for s in shards],
+            os.fspath(path),
+            None if placements is None else [(int(k), str(p)) for k, p in placements],
+        )
         report = BuildReport(
             members=raw["members"],
             refused=[tuple(r) for r in raw["refused"]],
