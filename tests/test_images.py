@@ -302,3 +302,63 @@ def test_dataloader_workers_read_through_the_store(tmp_path: Path, method: str) 
     assert list(loader) == [members[n] for n in names]
     assert os.getpid()  # the parent's store is untouched
     assert store.read(names[0]) == members[names[0]]
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _folder_with_store(tmp_path: Path) -> tuple[Path, Path]:
+    """`images/` whose COCO images live only in an archive indexed into `images/.fusion-fast/`, plus a
+    JSON data file referencing them, one member that no archive holds and one corrupt image."""
+    import json
+
+    images = tmp_path / "images"
+    archive = _tar(
+        tmp_path / "coco.tar",
+        {"top/a.png": _png((255, 0, 0)), "top/b.png": _png((0, 255, 0)), "top/bad.png": b"not a png"},
+        tarfile.GNU_FORMAT,
+    )
+    (images / ".fusion-fast").mkdir(parents=True)
+    ImageStore.build([archive], images / ".fusion-fast" / "images.ffimg", placements=[(1, "COCO")])
+    conv = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]
+    records = [
+        {"id": name, "image": f"COCO/{name}.png", "conversations": conv}
+        for name in ("a", "b", "missing", "bad")
+    ]
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records))
+    return data, images
+
+
+def test_fusion_dataset_loads_images_through_the_folder_store(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from fusion_fast.errors import RecordError
+    from fusion_fast.torch import IMAGE_KEY, FusionDataset
+
+    data, images = _folder_with_store(tmp_path)
+    assert not (images / "COCO").exists()
+    ds = FusionDataset(data, image_folder=images, load_images=True)
+    assert ds[0][IMAGE_KEY].getpixel((1, 1)) == (255, 0, 0)
+    assert ds[1][IMAGE_KEY].getpixel((1, 1)) == (0, 255, 0)
+    with pytest.raises(RecordError, match="not found"):
+        ds[2]
+    with pytest.raises(RecordError, match="cannot decode"):
+        ds[3]
+    # A file on disk wins over the store's member.
+    (images / "COCO").mkdir()
+    (images / "COCO" / "a.png").write_bytes(_png((0, 0, 255)))
+    assert ds[0][IMAGE_KEY].getpixel((1, 1)) == (0, 0, 255)
+
+
+def test_check_resolves_images_through_the_folder_store(tmp_path: Path) -> None:
+    from fusion_fast.check import run_check
+
+    data, images = _folder_with_store(tmp_path)
+    report = run_check(data, image_folder=images, decode=True)
+    found = sorted((p.kind, p.record) for p in report.problems)
+    assert found == [("missing_image", 2), ("unreadable_image", 3)]

@@ -16,6 +16,11 @@ one archive (or twice in one) resolves to its first occurrence, archives taken i
 `build`; `BuildReport.duplicates` lists the others. Links, devices, fifos, sparse and encrypted members,
 absolute paths and paths with `..` are never indexed (`BuildReport.refused`).
 
+An image folder whose images live in archives holds its store at `<folder>/.fusion-fast/images.ffimg`, keyed
+by paths relative to the folder (use `placements` to apply a nesting). `FusionDataset(load_images=True)`
+and `check` then resolve an image path that is not a file through the store of the nearest folder above
+it (`read_path`, `open_path`, `store_for`): a file on disk wins over a store member.
+
 A store pickles as its path: a DataLoader worker reopens it (cheaply: the header is checked and the file
 mapped; archives are mapped on first read) instead of copying anything.
 """
@@ -201,4 +206,82 @@ class ImageStore:
         return f"ImageStore({str(self.path)!r}, {len(self)} members)"
 
 
-__all__ = ["ImageStore", "BuildReport", "STORE_SUFFIX", "convert_to_shards"]
+#: Where an image folder keeps the store of its archived images (in prepare's state folder).
+FOLDER_STORE = os.path.join(".fusion-fast", "images" + STORE_SUFFIX)
+
+#: Per process: folder -> its store (None: it has none). A store appearing later in a folder already
+#: looked at is seen by new processes (DataLoader workers, the next run).
+_folder_stores: dict[str, ImageStore | None] = {}
+
+
+def _store_of_folder(folder: str) -> ImageStore | None:
+    if folder not in _folder_stores:
+        candidate = os.path.join(folder, FOLDER_STORE)
+        _folder_stores[folder] = ImageStore.open(candidate) if os.path.isfile(candidate) else None
+    return _folder_stores[folder]
+
+
+def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
+    """`(store, member)`: the store of the nearest folder above `path` that has one, and the member
+    `path` names in it (which the store may not hold); None when no folder above has a store."""
+    full = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(full)
+    while True:
+        store = _store_of_folder(folder)
+        if store is not None:
+            return store, os.path.relpath(full, folder).replace(os.sep, "/")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def store_for(path: PathLike) -> tuple[ImageStore, str] | None:
+    """`(store, member)` when a folder above `path` has a store that holds it as `member`, else None."""
+    found = nearest_store(path)
+    return found if found is not None and found[1] in found[0] else None
+
+
+def exists(path: PathLike) -> bool:
+    """Whether `path` is a file or a member of the store of a folder above it."""
+    return os.path.isfile(path) or store_for(path) is not None
+
+
+def read_path(path: PathLike) -> bytes:
+    """The bytes of the file `path`, else of the store member it names; `FileNotFoundError` when neither."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        found = store_for(path)
+        if found is None:
+            raise
+        return found[0].read(found[1])
+
+
+def open_path(path: PathLike) -> Image.Image:
+    """`PIL.Image.open` of the file `path`, else of the store member it names (lazy, like `Image.open`);
+    `FileNotFoundError` when neither."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        found = store_for(path)
+        if found is None:
+            raise
+        return Image.open(io.BytesIO(found[0].view(found[1])))
+
+
+__all__ = [
+    "ImageStore",
+    "BuildReport",
+    "STORE_SUFFIX",
+    "FOLDER_STORE",
+    "convert_to_shards",
+    "store_for",
+    "nearest_store",
+    "exists",
+    "read_path",
+    "open_path",
+]
