@@ -529,3 +529,53 @@ fn placements_strip_folders_and_add_a_prefix() {
     };
     assert!(build_placed(&[(t, escaping)], &sp).is_err());
 }
+
+#[test]
+fn zip64_members_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let data = payload(30, 5000);
+    for (name, method) in [
+        ("big/stored.jpg", zip::CompressionMethod::Stored),
+        ("big/deflated.jpg", zip::CompressionMethod::Deflated),
+    ] {
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(method)
+            .large_file(true);
+        z.start_file(name, opts).unwrap();
+        z.write_all(&data).unwrap();
+    }
+    let raw = z.finish().unwrap().into_inner();
+    // The writer marks the members zip64 (extra field id 1): the walker must read their sizes there.
+    assert!(raw
+        .windows(4)
+        .any(|w| w == [1, 0, 16, 0] || w == [1, 0, 8, 0] || w == [1, 0, 24, 0]));
+    let p = write(dir.path(), "z64.zip", &raw);
+    let sp = dir.path().join("s");
+    build(&[p], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "big/stored.jpg"), data);
+    assert_eq!(read_all(&store, "big/deflated.jpg"), data);
+}
+
+#[test]
+fn zip64_end_of_central_directory_with_more_than_65535_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let n = 70_000u32;
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..n {
+        z.start_file(format!("m/{i}"), opts).unwrap();
+        z.write_all(&i.to_le_bytes()).unwrap();
+    }
+    let raw = z.finish().unwrap().into_inner();
+    assert!(raw.windows(4).any(|w| w == 0x0606_4b50u32.to_le_bytes()));
+    let p = write(dir.path(), "many.zip", &raw);
+    let sp = dir.path().join("s");
+    assert_eq!(build(&[p], &sp).unwrap().members, u64::from(n));
+    let store = ImageStore::open(&sp).unwrap();
+    for i in [0u32, 65_535, 65_536, n - 1] {
+        assert_eq!(read_all(&store, &format!("m/{i}")), i.to_le_bytes());
+    }
+}
