@@ -1031,11 +1031,13 @@ impl ImageStore {
             let p = bytes_at(t, 5, plen).ok_or_else(tbad)?;
             let size = u64_at(t, 5 + plen).ok_or_else(tbad)?;
             let mtime = u64_at(t, 13 + plen).ok_or_else(tbad)? as i64;
-            // SAFETY: the bytes were written from an `OsStr` by this same platform's build.
-            let p = unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(p) };
+            #[cfg(unix)]
+            let p = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
+            #[cfg(not(unix))]
+            let p = PathBuf::from(String::from_utf8_lossy(p).into_owned());
             archives.push(Archive {
                 kind,
-                path: PathBuf::from(p),
+                path: p,
                 size,
                 mtime_ns: mtime,
                 map: OnceLock::new(),
@@ -1191,7 +1193,9 @@ impl ImageStore {
         let bytes: Cow<[u8]> = match loc.method {
             STORED => Cow::Borrowed(raw),
             DEFLATED => {
-                let cap = usize::try_from(loc.size.min(1 << 30)).unwrap_or(0);
+                // Deflate expands at most about 1032:1: a larger declared size is not trusted up front.
+                let most = loc.stored_size.saturating_mul(1032).saturating_add(64);
+                let cap = usize::try_from(loc.size.min(most).min(256 << 20)).unwrap_or(0);
                 let mut out = Vec::with_capacity(cap);
                 let mut dec = flate2::read::DeflateDecoder::new(raw);
                 (&mut dec)
