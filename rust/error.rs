@@ -17,6 +17,8 @@ pub enum ErrorKind {
     CorruptIndex,
     /// Reading or writing a file failed.
     Io,
+    /// An image archive is truncated or corrupt (or not an archive the image store reads).
+    CorruptArchive,
 }
 
 /// Where in a data file a malformed-JSON error sits.

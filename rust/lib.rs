@@ -7,6 +7,7 @@ pub mod columns;
 pub mod compact;
 pub mod error;
 pub mod grouping;
+pub mod image_store;
 pub mod json;
 pub mod lengths;
 pub mod mapping;
@@ -25,6 +26,8 @@ pub mod store;
 
 pub use store::{open, JsonIndex, OpenOptions, Rebuild};
 
+#[cfg(feature = "python")]
+mod py_image_store;
 #[cfg(feature = "python")]
 mod py_items;
 #[cfg(feature = "python")]

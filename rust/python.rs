@@ -28,16 +28,17 @@ use crate::to_python::Builder;
 
 /// The classes of `fusion_fast/errors.py` by `class_number`, looked up once.
 static ERROR_CLASSES: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
-const ERROR_CLASS_NAMES: [&str; 6] = [
+const ERROR_CLASS_NAMES: [&str; 7] = [
     "MalformedJSONError",
     "IndexMissingError",
     "StaleIndexError",
     "CorruptIndexError",
     "FusionFastIOError",
+    "CorruptArchiveError",
     "FusionFastError",
 ];
 /// `ERROR_CLASS_NAMES`' entry for the base class, raised for internal errors.
-const BASE_ERROR: usize = 5;
+const BASE_ERROR: usize = 6;
 
 fn class_number(kind: ErrorKind) -> usize {
     match kind {
@@ -46,6 +47,7 @@ fn class_number(kind: ErrorKind) -> usize {
         ErrorKind::StaleIndex => 2,
         ErrorKind::CorruptIndex => 3,
         ErrorKind::Io => 4,
+        ErrorKind::CorruptArchive => 5,
     }
 }
 
@@ -61,7 +63,7 @@ fn error_class(py: Python<'_>, number: usize) -> PyResult<Bound<'_, PyType>> {
 }
 
 /// The `fusion_fast.errors` exception that matches `err.kind`, with its path and position.
-fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
+pub(crate) fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let kwargs = PyDict::new(py);
         kwargs.set_item(
@@ -92,7 +94,7 @@ impl From<Error> for PyErr {
 /// naming `operation`. Every entry point goes through it: pyo3 would otherwise raise
 /// `pyo3_runtime.PanicException`, a `BaseException` that `except Exception` does not catch. Costs
 /// nothing unless a panic happens.
-fn boundary<T>(operation: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+pub(crate) fn boundary<T>(operation: &str, body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     match std::panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
         Err(payload) => {
@@ -1271,6 +1273,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Index>()?;
     m.add_class::<Mapped>()?;
     m.add_function(wrap_pyfunction!(_panic_for_tests, m)?)?;
+    crate::py_image_store::register(m)?;
     m.add_class::<Progress>()?;
     m.add_class::<ItemSources>()?;
     m.add_function(wrap_pyfunction!(open_index, m)?)?;

@@ -514,10 +514,12 @@ class _FileCheck:
         present: list[int] = []
         for k, ok in enumerate(_core.files_exist(refs.paths, self.base)):
             path, record = refs.paths[k], refs.records[k]
-            if ok:
+            if ok or _in_image_store(os.path.join(self.base, path)):
                 if k not in refs.videos:
                     present.append(k)
-            elif (folder := self.folders.folder_of(path)) is not None:
+            elif (folder := self.folders.folder_of(path)) is not None and not _has_image_store(
+                os.path.join(self.base, path)
+            ):
                 self.folders.add(folder, record, path)
                 self.stats.bad_records.add(record)
             else:
@@ -584,12 +586,25 @@ class _Checker:
             self._pool.shutdown()
 
 
+def _in_image_store(path: str) -> bool:
+    from .images import store_for
+
+    return store_for(path) is not None
+
+
+def _has_image_store(path: str) -> bool:
+    """Whether a folder above `path` has an image store (then a missing folder is not the problem)."""
+    from .images import nearest_store
+
+    return nearest_store(path) is not None
+
+
 def _decode_error(path: str) -> str | None:
     """None when Pillow opens and fully decodes `path`, else why not."""
-    from PIL import Image
+    from .images import open_path  # a file, else a member of its folder's image store
 
     try:
-        with Image.open(path) as img:
+        with open_path(path) as img:
             img.load()
     except Exception as e:  # any failure means training would fail on this image too
         return f"{type(e).__name__}: {e}"

@@ -63,6 +63,10 @@ class CorruptIndexError(FusionFastError):
     """The index file is truncated, corrupt or of another format version."""
 
 
+class CorruptArchiveError(FusionFastError, ValueError):
+    """An image archive is truncated or corrupt, or not one the image store can read in place."""
+
+
 class FusionFastIOError(FusionFastError, OSError):
     """A file could not be read or written."""
 
@@ -81,6 +85,7 @@ __all__ = [
     "IndexMissingError",
     "StaleIndexError",
     "CorruptIndexError",
+    "CorruptArchiveError",
     "FusionFastIOError",
     "MixtureError",
     "RecordError",

@@ -332,6 +332,15 @@ class FusionDataset(Dataset[Any]):
                 out.append(bad)
         return out
 
+    def _process(self, path: str) -> Any:
+        """`image_processor` of the file `path`, else of the bytes of the image store member it names
+        (`fusion_fast.vision.ImageProcessor` takes either)."""
+        from .images import read_path
+
+        process: Callable[[Any], Any] | None = self.image_processor
+        assert process is not None
+        return process(path if os.path.isfile(path) else read_path(path))
+
     def _complete(self, item: dict[str, Any], ds: _DatasetInfo, number: int) -> Any:
         """`load_images`, `image_processor` and `transform` applied to an item."""
         if (self.load_images or self.image_processor is not None) and "image" in item:
@@ -343,7 +352,7 @@ class FusionDataset(Dataset[Any]):
                 opened = [_load_image(_open_rgb, p, ds, number, item) for p in paths]
                 item[IMAGE_KEY] = opened[0] if isinstance(image, str) else opened
             if self.image_processor is not None:
-                done = [_load_image(self.image_processor, p, ds, number, item) for p in paths]
+                done = [_load_image(self._process, p, ds, number, item) for p in paths]
                 item[PIXELS_KEY] = done[0] if isinstance(image, str) else done
         if self.transform is None:
             return item
@@ -568,9 +577,9 @@ class _SkipCounts:
 
 
 def _open_rgb(path: str) -> Any:
-    from PIL import Image
+    from .images import open_path  # a file, else a member of its folder's image store
 
-    with Image.open(path) as img:
+    with open_path(path) as img:
         return img.convert("RGB")
 
 

@@ -25,6 +25,7 @@ SUITE: tuple[tuple[str, tuple[str, ...], list[str]], ...] = (
     ("check", (), ["--dir", "{data}"]),
     ("gpu", ("torch",), []),
     ("vision", ("torch",), ["--data-dir", "{data}"]),
+    ("images", ("torch",), ["--dir", "{data}"]),
 )
 
 

@@ -1,0 +1,287 @@
+"""Images read straight out of their archives: `ImageStore`, an offset index over tar and zip members.
+
+    store = ImageStore.build(["images/COCO.tar", "images/extra.zip"], "images.ffimg")
+    store = ImageStore.open("images.ffimg")
+    data = store.read("COCO/train2017/000000000009.jpg")     # bytes
+    img = store.open_image("COCO/train2017/000000000009.jpg")  # PIL image
+
+The store file maps each member path to (archive, offset, size, method, CRC); a lookup is a binary search
+in the memory-mapped file, so it costs no Python object per member and every process that opens the same
+store shares its pages. Plain tar members and stored zip members are read straight from the mapped
+archive (`view` copies nothing); deflated zip members are inflated on read. Every zip member's CRC-32 is
+checked on read. Compressed tars (`.tar.gz`) are refused: convert them to a plain `.tar` first.
+
+Paths are normalised (`./a//b` -> `a/b`) both in the archives and in lookups. A path held by more than
+one archive (or twice in one) resolves to its first occurrence, archives taken in the order given to
+`build`; `BuildReport.duplicates` lists the others. Links, devices, fifos, sparse and encrypted members,
+absolute paths and paths with `..` are never indexed (`BuildReport.refused`).
+
+An image folder whose images live in archives holds its store at `<folder>/.fusion-fast/images.ffimg`, keyed
+by paths relative to the folder (use `placements` to apply a nesting). `FusionDataset(load_images=True)`
+and `check` then resolve an image path that is not a file through the store of the nearest folder above
+it (`read_path`, `open_path`, `store_for`): a file on disk wins over a store member.
+
+A store pickles as its path: a DataLoader worker reopens it (cheaply: the header is checked and the file
+mapped; archives are mapped on first read) instead of copying anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+PathLike = str | os.PathLike[str]
+
+#: File name suffix of an image store.
+STORE_SUFFIX = ".ffimg"
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What `ImageStore.build` indexed and what it left out."""
+
+    members: int
+    #: `(archive, member, reason)` for each member that is never read through the store.
+    refused: list[tuple[str, str, str]] = field(default_factory=list)
+    #: `(member, archive kept, archive ignored)` for each later occurrence of a path.
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def _needs_conversion(parts: list[str]) -> bool:
+    if len(parts) > 1:
+        return True
+    with open(parts[0], "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _shard_name(parts: list[str]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "surrogateescape"))
+    base = os.path.basename(parts[0])
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if suffix in base:
+            base = base[: base.index(suffix)]
+            break
+    return f"{base}.{h.hexdigest()}.tar"
+
+
+def convert_to_shards(archives: Sequence[PathLike | Sequence[PathLike]], shard_dir: PathLike) -> list[Path]:
+    """Each archive as a plain tar (or zip) that the store can read in place: plain tars and zips as they
+    are, gzip-compressed or split tars converted (in parallel) into `shard_dir`, reusing shards converted
+    before from the same source (path, size, mtime)."""
+    out: list[Path] = []
+    jobs: list[tuple[list[str], str]] = []
+    for a in archives:
+        parts = (
+            [os.path.abspath(os.fspath(a))]
+            if isinstance(a, (str, os.PathLike))
+            else [os.path.abspath(os.fspath(p)) for p in a]
+        )
+        if not parts:
+            raise ValueError("an archive given as parts needs at least one part")
+        if not _needs_conversion(parts):
+            out.append(Path(parts[0]))
+            continue
+        shard = Path(os.path.abspath(os.fspath(shard_dir))) / _shard_name(parts)
+        if not shard.exists():
+            jobs.append((parts, str(shard)))
+        out.append(shard)
+    if jobs:
+        Path(shard_dir).mkdir(parents=True, exist_ok=True)
+        _core.convert_to_tars(jobs)
+    return out
+
+
+def _key(member: str | bytes | os.PathLike[str]) -> bytes:
+    return member if isinstance(member, bytes) else os.fsencode(member)
+
+
+class ImageStore:
+    """An open image store (see the module documentation)."""
+
+    __slots__ = ("_inner", "report")
+
+    def __init__(self, inner: Any, report: BuildReport | None = None) -> None:
+        self._inner = inner
+        #: The build's report when this object was returned by `build`, else None.
+        self.report = report
+
+    @classmethod
+    def build(
+        cls,
+        archives: Sequence[PathLike | Sequence[PathLike]],
+        path: PathLike,
+        *,
+        shard_dir: PathLike | None = None,
+        placements: Sequence[tuple[int, str]] | None = None,
+    ) -> ImageStore:
+        """Indexes `archives` (in priority order; an archive split in parts is a list of its parts) into
+        the store file `path`, written atomically, and opens it. Compressed or split tars are first
+        converted into plain tar shards in `shard_dir` (default: `<path>.shards/`). `placements`, one
+        `(strip, prefix)` per archive (prepare's nesting decision), makes member `m` readable as `prefix` +
+        `m` without its first `strip` folders; members too shallow to strip are refused. Archive paths are
+        recorded as absolute paths. A truncated or corrupt archive raises `CorruptArchiveError` naming it
+        and the byte where it goes wrong; no store is written then."""
+        shards = convert_to_shards(
+            archives, shard_dir if shard_dir is not None else f"{os.fspath(path)}.shards"
+        )
+        raw = _core.ImageStore.build(
+            [str(s) for s in shards],
+            os.fspath(path),
+            None if placements is None else [(int(k), str(p)) for k, p in placements],
+        )
+        report = BuildReport(
+            members=raw["members"],
+            refused=[tuple(r) for r in raw["refused"]],
+            duplicates=[tuple(d) for d in raw["duplicates"]],
+        )
+        return cls(_core.ImageStore.open(os.fspath(path)), report)
+
+    @classmethod
+    def open(cls, path: PathLike) -> ImageStore:
+        """Opens the store file `path`; a corrupt or truncated one raises `CorruptIndexError`."""
+        return cls(_core.ImageStore.open(os.fspath(path)))
+
+    @property
+    def path(self) -> Path:
+        return Path(self._inner.path)
+
+    @property
+    def archives(self) -> list[Path]:
+        """The archives, in priority order."""
+        return [Path(a) for a in self._inner.archives()]
+
+    def __len__(self) -> int:
+        return int(self._inner.__len__())
+
+    def __contains__(self, member: object) -> bool:
+        if not isinstance(member, (str, bytes, os.PathLike)):
+            return False
+        return bool(self._inner.__contains__(_key(member)))
+
+    def read(self, member: str | bytes | os.PathLike[str]) -> bytes:
+        """The member's bytes; `KeyError` naming it when no archive holds it."""
+        return bytes(self._inner.read(_key(member)))
+
+    def view(self, member: str | bytes | os.PathLike[str]) -> memoryview:
+        """The member's bytes as a read-only memoryview; no copy for tar and stored zip members."""
+        return memoryview(self._inner.view(_key(member)))
+
+    def open_image(self, member: str | bytes | os.PathLike[str]) -> Image.Image:
+        """The member decoded by Pillow (loaded, so nothing refers back to the store)."""
+        from PIL import Image
+
+        img = Image.open(io.BytesIO(self.view(member)))
+        img.load()
+        return img
+
+    def members(self) -> list[str]:
+        """Every member path (in the store's internal order)."""
+        return [os.fsdecode(m) for m in self._inner.members()]
+
+    def location(self, member: str | bytes | os.PathLike[str]) -> tuple[str, int, int, int, int, int]:
+        """`(archive, data offset, stored size, size, method, crc)`; method 0 is stored, 8 deflated."""
+        return tuple(self._inner.location(_key(member)))  # type: ignore[return-value]
+
+    def verify(self) -> None:
+        """Recomputes the checksum of the whole store file (`CorruptIndexError` on a mismatch)."""
+        self._inner.verify()
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (ImageStore.open, (str(self.path),))
+
+    def __repr__(self) -> str:
+        return f"ImageStore({str(self.path)!r}, {len(self)} members)"
+
+
+#: Where an image folder keeps the store of its archived images (in prepare's state folder).
+FOLDER_STORE = os.path.join(".fusion-fast", "images" + STORE_SUFFIX)
+
+#: Per process: folder -> its store (None: it has none). A store appearing later in a folder already
+#: looked at is seen by new processes (DataLoader workers, the next run).
+_folder_stores: dict[str, ImageStore | None] = {}
+
+
+def _store_of_folder(folder: str) -> ImageStore | None:
+    if folder not in _folder_stores:
+        candidate = os.path.join(folder, FOLDER_STORE)
+        _folder_stores[folder] = ImageStore.open(candidate) if os.path.isfile(candidate) else None
+    return _folder_stores[folder]
+
+
+def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
+    """`(store, member)`: the store of the nearest folder above `path` that has one, and the member
+    `path` names in it (which the store may not hold); None when no folder above has a store."""
+    full = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(full)
+    while True:
+        store = _store_of_folder(folder)
+        if store is not None:
+            return store, os.path.relpath(full, folder).replace(os.sep, "/")
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def store_for(path: PathLike) -> tuple[ImageStore, str] | None:
+    """`(store, member)` when a folder above `path` has a store that holds it as `member`, else None."""
+    found = nearest_store(path)
+    return found if found is not None and found[1] in found[0] else None
+
+
+def exists(path: PathLike) -> bool:
+    """Whether `path` is a file or a member of the store of a folder above it."""
+    return os.path.isfile(path) or store_for(path) is not None
+
+
+def read_path(path: PathLike) -> bytes:
+    """The bytes of the file `path`, else of the store member it names; `FileNotFoundError` when neither."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        found = store_for(path)
+        if found is None:
+            raise
+        return found[0].read(found[1])
+
+
+def open_path(path: PathLike) -> Image.Image:
+    """`PIL.Image.open` of the file `path`, else of the store member it names (lazy, like `Image.open`);
+    `FileNotFoundError` when neither."""
+    from PIL import Image
+
+    try:
+        return Image.open(path)
+    except FileNotFoundError:
+        found = store_for(path)
+        if found is None:
+            raise
+        return Image.open(io.BytesIO(found[0].view(found[1])))
+
+
+__all__ = [
+    "ImageStore",
+    "BuildReport",
+    "STORE_SUFFIX",
+    "FOLDER_STORE",
+    "convert_to_shards",
+    "store_for",
+    "nearest_store",
+    "exists",
+    "read_path",
+    "open_path",
+]

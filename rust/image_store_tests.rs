@@ -1,0 +1,581 @@
+//! Archives are built here with the `tar` and `zip` crates (independent writers), then read back
+//! through the store and compared byte for byte with what was written.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::test_support::xorshift;
+
+fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut next = xorshift(seed.wrapping_mul(0x9e37_79b9) | 1);
+    (0..len).map(|_| next() as u8).collect()
+}
+
+fn tar_bytes(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, name, data.as_slice()).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn zip_bytes(entries: &[(&str, Vec<u8>, bool)]) -> Vec<u8> {
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data, deflate) in entries {
+        let method = if *deflate {
+            zip::CompressionMethod::Deflated
+        } else {
+            zip::CompressionMethod::Stored
+        };
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        z.start_file(*name, opts).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap().into_inner()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+fn read_all(store: &ImageStore, name: &str) -> Vec<u8> {
+    store
+        .read(name.as_bytes())
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .into_owned()
+}
+
+#[test]
+fn tar_members_read_back_exactly_with_long_gnu_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("deep/{}/img.jpg", "d".repeat(150));
+    let entries = vec![
+        ("a.jpg", payload(1, 1000)),
+        ("sub/b.png", payload(2, 512)),
+        ("empty.bin", Vec::new()),
+        (long.as_str(), payload(3, 70_000)),
+    ];
+    let t = write(dir.path(), "x.tar", &tar_bytes(&entries));
+    let store_path = dir.path().join("s.ffimg");
+    let report = build(&[t], &store_path).unwrap();
+    assert_eq!(report.members, 4);
+    let store = ImageStore::open(&store_path).unwrap();
+    assert_eq!(store.len(), 4);
+    for (name, data) in &entries {
+        assert_eq!(&read_all(&store, name), data, "{name}");
+    }
+    // Stored bytes are borrowed from the archive mapping, not copied.
+    assert!(matches!(
+        store.read(b"a.jpg").unwrap().unwrap(),
+        Cow::Borrowed(_)
+    ));
+    assert!(store.read(b"nope.jpg").unwrap().is_none());
+    // Lookups are normalised like the archive's paths.
+    assert_eq!(read_all(&store, "./sub//b.png"), entries[1].1);
+}
+
+#[test]
+fn tar_ustar_prefix_and_pax_path_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let prefixed = format!("{}/{}.jpg", "p".repeat(120), "n".repeat(60));
+    let data1 = payload(4, 3000);
+    let mut h = tar::Header::new_ustar();
+    h.set_path(&prefixed).unwrap();
+    h.set_size(data1.len() as u64);
+    h.set_cksum();
+    b.append(&h, data1.as_slice()).unwrap();
+    // A PAX header whose path overrides the (short, different) header name.
+    let pax_name = format!("pax/{}/ü.jpg", "q".repeat(300));
+    let data2 = payload(5, 777);
+    b.append_pax_extensions([("path", pax_name.as_bytes())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short-name.jpg").unwrap();
+    h.set_size(data2.len() as u64);
+    h.set_cksum();
+    b.append(&h, data2.as_slice()).unwrap();
+    // A global PAX header is skipped.
+    let mut g = tar::Header::new_ustar();
+    let gdata = b"20 comment=ignored\n";
+    g.set_entry_type(tar::EntryType::XGlobalHeader);
+    g.set_size(gdata.len() as u64);
+    g.set_cksum();
+    b.append(&g, &gdata[..]).unwrap();
+    // PAX size overrides the header's size field.
+    let data3 = payload(6, 1500);
+    b.append_pax_extensions([("size", b"1500".as_slice())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("sized.jpg").unwrap();
+    h.set_size(0);
+    h.set_cksum();
+    let mut raw = b.into_inner().unwrap();
+    raw.truncate(raw.len() - 1024); // the end-of-archive blocks `tar` wrote
+    raw.extend_from_slice(h.as_bytes());
+    raw.extend_from_slice(&data3);
+    raw.resize(raw.len().div_ceil(512) * 512 + 1024, 0);
+    let t = write(dir.path(), "y.tar", &raw);
+    let sp = dir.path().join("s");
+    let report = build(&[t], &sp).unwrap();
+    assert_eq!(report.members, 3, "{report:?}");
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, &prefixed), data1);
+    assert_eq!(read_all(&store, &pax_name), data2);
+    assert!(store.read(b"short-name.jpg").unwrap().is_none());
+    assert_eq!(read_all(&store, "sized.jpg"), data3);
+}
+
+#[test]
+fn zip_stored_and_deflated_members_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = b"compressible ".repeat(5000);
+    let entries = vec![
+        ("s/stored.jpg", payload(7, 4000), false),
+        ("d/deflated.txt", text.clone(), true),
+        ("d/random.bin", payload(8, 9000), true),
+        ("empty", Vec::new(), true),
+    ];
+    let z = write(dir.path(), "a.zip", &zip_bytes(&entries));
+    let sp = dir.path().join("s");
+    build(&[z], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(store.len(), 4);
+    for (name, data, _) in &entries {
+        assert_eq!(&read_all(&store, name), data, "{name}");
+    }
+    let i = store.find(b"d/deflated.txt").unwrap().unwrap();
+    assert_eq!(store.location(i).method, DEFLATED);
+    assert!(store.location(i).stored_size < text.len() as u64 / 10);
+}
+
+#[test]
+fn corrupted_deflated_data_is_a_crc_or_inflate_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = b"abcdefgh".repeat(10_000);
+    let mut raw = zip_bytes(&[("m.txt", data, true)]);
+    let sp = dir.path().join("s");
+    let z = write(dir.path(), "a.zip", &raw);
+    build(std::slice::from_ref(&z), &sp).unwrap();
+    let loc = ImageStore::open(&sp).unwrap().location(0);
+    let at = loc.data_offset as usize + loc.stored_size as usize / 2;
+    raw[at] ^= 0x55;
+    // Same size; keep the mtime the store recorded so only the content differs.
+    let mtime = std::fs::metadata(&z).unwrap().modified().unwrap();
+    std::fs::write(&z, &raw).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&z)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    let err = store.read(b"m.txt").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CorruptArchive, "{err}");
+    assert!(err.to_string().contains("m.txt"), "{err}");
+}
+
+#[test]
+fn first_archive_wins_for_duplicate_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = write(
+        dir.path(),
+        "1.tar",
+        &tar_bytes(&[("dup.jpg", b"first".to_vec()), ("only1.jpg", b"1".to_vec())]),
+    );
+    let second = write(
+        dir.path(),
+        "2.zip",
+        &zip_bytes(&[
+            ("dup.jpg", b"second".to_vec(), false),
+            ("only2.jpg", b"2".to_vec(), true),
+        ]),
+    );
+    let sp = dir.path().join("s");
+    let report = build(&[first.clone(), second.clone()], &sp).unwrap();
+    assert_eq!(report.members, 3);
+    assert_eq!(
+        report.duplicates,
+        vec![Duplicate {
+            member: "dup.jpg".into(),
+            kept: first.clone(),
+            ignored: second.clone(),
+        }]
+    );
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "dup.jpg"), b"first");
+    build(&[second, first], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "dup.jpg"), b"second");
+    assert_eq!(read_all(&store, "only1.jpg"), b"1");
+}
+
+#[test]
+fn links_devices_and_escaping_paths_are_refused_not_indexed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, "link.jpg", "/etc/passwd").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Char);
+    h.set_size(0);
+    h.set_path("dev").unwrap();
+    h.set_cksum();
+    b.append(&h, &[][..]).unwrap();
+    let mut raw = b.into_inner().unwrap();
+    raw.truncate(raw.len() - 1024);
+    // `tar` refuses to write `..`; patch a header by hand.
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.as_old_mut().name[..13].copy_from_slice(b"../escape.jpg");
+    h.set_cksum();
+    raw.extend_from_slice(h.as_bytes());
+    raw.extend_from_slice(&[b'x'; 512]);
+    raw.extend_from_slice(&[0; 1024]);
+    let t = write(dir.path(), "h.tar", &raw);
+    let sp = dir.path().join("s");
+    let report = build(&[t], &sp).unwrap();
+    assert_eq!(report.members, 0);
+    let reasons: Vec<_> = report
+        .refused
+        .iter()
+        .map(|r| (r.member.as_str(), r.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("link.jpg", "a link"),
+            ("dev", "a device or fifo"),
+            ("../escape.jpg", "absolute path or '..' component")
+        ]
+    );
+    let store = ImageStore::open(&sp).unwrap();
+    assert!(store.read(b"link.jpg").unwrap().is_none());
+    assert!(store.read(b"../escape.jpg").unwrap().is_none());
+}
+
+#[test]
+fn truncated_archives_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_raw = tar_bytes(&[("a.jpg", payload(9, 5000)), ("b.jpg", payload(10, 5000))]);
+    let zip_raw = zip_bytes(&[("a.jpg", payload(9, 5000), false)]);
+    let sp = dir.path().join("s");
+    for cut in [100, 512, 3000, 6000, tar_raw.len() - 1024] {
+        let t = write(dir.path(), "t.tar", &tar_raw[..cut]);
+        let err = build(std::slice::from_ref(&t), &sp).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptArchive, "cut {cut}: {err}");
+        assert_eq!(err.path.as_deref(), Some(t.as_path()));
+    }
+    for cut in [10, 2000, zip_raw.len() - 10] {
+        let z = write(dir.path(), "z.zip", &zip_raw[..cut]);
+        let err = build(&[z], &sp).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptArchive, "cut {cut}: {err}");
+    }
+    assert!(!sp.exists(), "a failed build must leave no store");
+    let g = write(dir.path(), "g.tar.gz", &[0x1f, 0x8b, 8, 0, 0, 0]);
+    let err = build(&[g], &sp).unwrap_err();
+    assert!(err.message.contains("gzip"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn hostile_archives_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_raw = tar_bytes(&[("a.jpg", payload(11, 700)), ("b/c.jpg", payload(12, 1300))]);
+    let zip_raw = zip_bytes(&[
+        ("a.jpg", payload(11, 700), false),
+        ("b/c.txt", b"zz".repeat(900), true),
+    ]);
+    let sp = dir.path().join("s");
+    let mut next = xorshift(42);
+    for round in 0..400 {
+        let mut raw = if round % 2 == 0 {
+            tar_raw.clone()
+        } else {
+            zip_raw.clone()
+        };
+        for _ in 0..1 + next() % 8 {
+            let at = (next() % raw.len() as u64) as usize;
+            raw[at] = next() as u8;
+        }
+        let p = write(dir.path(), &format!("f{}", round % 2), &raw);
+        if build(&[p], &sp).is_ok() {
+            let store = ImageStore::open(&sp).unwrap();
+            for i in 0..store.len() {
+                let _ = store.read_at(i);
+            }
+        }
+    }
+}
+
+#[test]
+fn corrupt_store_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&[("a", b"1".to_vec())]));
+    let sp = dir.path().join("s");
+    build(&[t], &sp).unwrap();
+    let good = std::fs::read(&sp).unwrap();
+    let bad = dir.path().join("bad");
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (Vec::new(), "empty"),
+        (good[..100].to_vec(), "shorter than its header"),
+        (good[..good.len() - 1].to_vec(), "truncated"),
+        (
+            {
+                let mut g = good.clone();
+                g[0] = b'X';
+                g
+            },
+            "bad magic",
+        ),
+        (
+            {
+                let mut g = good.clone();
+                g[20] ^= 1;
+                g
+            },
+            "header checksum",
+        ),
+        (
+            {
+                let mut g = good.clone();
+                let l = g.len();
+                g[l - 70] ^= 1;
+                g
+            },
+            "checksum mismatch",
+        ),
+    ];
+    for (bytes, expected) in cases {
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = ImageStore::open(&bad).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptIndex, "{expected}: {err}");
+        assert!(err.message.contains(expected), "{expected}: {err}");
+    }
+}
+
+#[test]
+fn many_archives_build_in_parallel_and_every_member_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut archives = Vec::new();
+    let mut expected = Vec::new();
+    for a in 0..8 {
+        let entries: Vec<(String, Vec<u8>)> = (0..200)
+            .map(|m| {
+                (
+                    format!("arch{a}/img{m:04}.jpg"),
+                    payload(a * 1000 + m, (m % 37) as usize * 13),
+                )
+            })
+            .collect();
+        let refs: Vec<(&str, Vec<u8>)> = entries
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.clone()))
+            .collect();
+        archives.push(write(dir.path(), &format!("{a}.tar"), &tar_bytes(&refs)));
+        expected.extend(entries);
+    }
+    let sp = dir.path().join("s");
+    assert_eq!(build(&archives, &sp).unwrap().members, 1600);
+    let store = ImageStore::open(&sp).unwrap();
+    store.verify().unwrap();
+    for (name, data) in &expected {
+        assert_eq!(&read_all(&store, name), data);
+    }
+    let mut names: Vec<_> = (0..store.len())
+        .map(|i| store.name(i).unwrap().to_vec())
+        .collect();
+    names.sort();
+    let mut want: Vec<_> = expected
+        .iter()
+        .map(|(n, _)| n.as_bytes().to_vec())
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn a_changed_archive_is_a_stale_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&[("a", b"1".to_vec())]));
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    std::fs::write(&t, tar_bytes(&[("a", b"12".to_vec())])).unwrap();
+    let err = ImageStore::open(&sp).unwrap().read(b"a").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn gzip_tars_and_split_parts_convert_to_plain_tars() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries = vec![("a.jpg", payload(20, 50_000)), ("b/c.jpg", payload(21, 3))];
+    let plain = tar_bytes(&entries);
+    // Two gzip members back to back, the file then split in three parts.
+    let (h1, h2) = plain.split_at(7000);
+    let gz = [gzip(h1), gzip(h2)].concat();
+    let cuts = [0, 100, 20_000, gz.len()];
+    let parts: Vec<PathBuf> = (0..3)
+        .map(|k| {
+            write(
+                dir.path(),
+                &format!("x.tar.gz.{k:02}"),
+                &gz[cuts[k]..cuts[k + 1]],
+            )
+        })
+        .collect();
+    let shard = dir.path().join("x.tar");
+    assert_eq!(convert_to_tar(&parts, &shard).unwrap(), plain.len() as u64);
+    assert_eq!(std::fs::read(&shard).unwrap(), plain);
+    // Split plain tar parts are concatenated.
+    let tparts = vec![
+        write(dir.path(), "y.tar.00", &plain[..1000]),
+        write(dir.path(), "y.tar.01", &plain[1000..]),
+    ];
+    let shard2 = dir.path().join("y.tar");
+    convert_all(&[(tparts, shard2.clone())]).unwrap();
+    assert_eq!(std::fs::read(&shard2).unwrap(), plain);
+    let sp = dir.path().join("s");
+    build(&[shard], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    for (name, data) in &entries {
+        assert_eq!(&read_all(&store, name), data);
+    }
+}
+
+#[test]
+fn corrupt_or_truncated_gzip_tars_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = tar_bytes(&[("a.jpg", payload(22, 30_000))]);
+    let gz = gzip(&plain);
+    let shard = dir.path().join("out.tar");
+    let mut bad_crc = gz.clone();
+    let l = bad_crc.len();
+    bad_crc[l - 8] ^= 1; // the trailer's CRC-32
+    let mut bad_len = gz.clone();
+    bad_len[l - 1] ^= 1; // the trailer's length
+    let tar_cut_inside_valid_gzip = gzip(&plain[..plain.len() - 1024]);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", gz[..gz.len() / 2].to_vec()),
+        ("no trailer", gz[..gz.len() - 8].to_vec()),
+        ("bad crc", bad_crc),
+        ("bad length", bad_len),
+        (
+            "trailing garbage",
+            [gz.clone(), b"garbage".to_vec()].concat(),
+        ),
+        ("tar cut short", tar_cut_inside_valid_gzip),
+    ];
+    for (what, bytes) in cases {
+        let p = write(dir.path(), "in.tar.gz", &bytes);
+        let err = convert_to_tar(&[p], &shard).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptArchive, "{what}: {err}");
+        assert!(!shard.exists(), "{what}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["in.tar.gz".to_string()], "{what}");
+    }
+}
+
+#[test]
+fn placements_strip_folders_and_add_a_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(
+        dir.path(),
+        "x.tar",
+        &tar_bytes(&[
+            ("top/train/a.jpg", b"a".to_vec()),
+            ("top/b.jpg", b"b".to_vec()),
+            ("shallow.jpg", b"s".to_vec()),
+        ]),
+    );
+    let sp = dir.path().join("s");
+    let placement = Placement {
+        strip: 1,
+        prefix: "COCO".into(),
+    };
+    let report = build_placed(&[(t.clone(), placement)], &sp).unwrap();
+    assert_eq!(report.members, 2);
+    assert_eq!(report.refused.len(), 1);
+    assert_eq!(report.refused[0].member, "shallow.jpg");
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "COCO/train/a.jpg"), b"a");
+    assert_eq!(read_all(&store, "COCO/b.jpg"), b"b");
+    assert!(store.read(b"top/b.jpg").unwrap().is_none());
+    let escaping = Placement {
+        strip: 0,
+        prefix: "../up".into(),
+    };
+    assert!(build_placed(&[(t, escaping)], &sp).is_err());
+}
+
+#[test]
+fn zip64_members_read_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let data = payload(30, 5000);
+    for (name, method) in [
+        ("big/stored.jpg", zip::CompressionMethod::Stored),
+        ("big/deflated.jpg", zip::CompressionMethod::Deflated),
+    ] {
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(method)
+            .large_file(true);
+        z.start_file(name, opts).unwrap();
+        z.write_all(&data).unwrap();
+    }
+    let raw = z.finish().unwrap().into_inner();
+    // The writer marks the members zip64 (extra field id 1): the walker must read their sizes there.
+    assert!(raw
+        .windows(4)
+        .any(|w| w == [1, 0, 16, 0] || w == [1, 0, 8, 0] || w == [1, 0, 24, 0]));
+    let p = write(dir.path(), "z64.zip", &raw);
+    let sp = dir.path().join("s");
+    build(&[p], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "big/stored.jpg"), data);
+    assert_eq!(read_all(&store, "big/deflated.jpg"), data);
+}
+
+#[test]
+fn zip64_end_of_central_directory_with_more_than_65535_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let n = 70_000u32;
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    for i in 0..n {
+        z.start_file(format!("m/{i}"), opts).unwrap();
+        z.write_all(&i.to_le_bytes()).unwrap();
+    }
+    let raw = z.finish().unwrap().into_inner();
+    assert!(raw.windows(4).any(|w| w == 0x0606_4b50u32.to_le_bytes()));
+    let p = write(dir.path(), "many.zip", &raw);
+    let sp = dir.path().join("s");
+    assert_eq!(build(&[p], &sp).unwrap().members, u64::from(n));
+    let store = ImageStore::open(&sp).unwrap();
+    for i in [0u32, 65_535, 65_536, n - 1] {
+        assert_eq!(read_all(&store, &format!("m/{i}")), i.to_le_bytes());
+    }
+}

@@ -1,0 +1,281 @@
+//! The Python side of the image store (`fusion_fast.images` wraps it).
+
+use std::borrow::Cow;
+use std::os::raw::{c_int, c_void};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::exceptions::{PyBufferError, PyKeyError};
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+
+use crate::image_store::{build_placed, convert_all, ImageStore, Placement};
+use crate::python::to_py_err;
+
+/// An open image store, shared (read-only) by every view it hands out.
+#[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
+pub struct PyImageStore {
+    inner: Arc<ImageStore>,
+}
+
+/// The bytes of one stored member, exported through the buffer protocol straight from the mapped
+/// archive: `memoryview(view)` copies nothing, and the mapping lives while any view does.
+#[pyclass(module = "fusion_fast._core", frozen)]
+pub struct MemberView {
+    _store: Arc<ImageStore>,
+    ptr: usize,
+    len: usize,
+}
+
+#[pymethods]
+impl MemberView {
+    /// # Safety
+    /// Called by Python with a valid `view`; the exported memory belongs to a mapping that `_store`
+    /// keeps alive, and `PyBuffer_FillInfo` makes the view hold a reference to this object.
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut ffi::Py_buffer,
+        flags: c_int,
+    ) -> PyResult<()> {
+        if flags & ffi::PyBUF_WRITABLE != 0 {
+            return Err(PyBufferError::new_err("image store members are read-only"));
+        }
+        let this = slf.get();
+        let rc = unsafe {
+            ffi::PyBuffer_FillInfo(
+                view,
+                slf.as_ptr(),
+                this.ptr as *mut c_void,
+                this.len as ffi::Py_ssize_t,
+                1,
+                flags,
+            )
+        };
+        if rc == -1 {
+            return Err(PyErr::fetch(slf.py()));
+        }
+        Ok(())
+    }
+
+    fn __len__(&self) -> usize {
+        self.len
+    }
+}
+
+impl PyImageStore {
+    fn lookup(&self, py: Python<'_>, member: &[u8]) -> PyResult<usize> {
+        match self.inner.find(member).map_err(|e| to_py_err(py, e))? {
+            Some(i) => Ok(i),
+            None => Err(PyKeyError::new_err(format!(
+                "{} is in no archive of the image store {}",
+                String::from_utf8_lossy(member),
+                self.inner.path().display()
+            ))),
+        }
+    }
+}
+
+#[pymethods]
+impl PyImageStore {
+    /// Builds the store of `archives` (first archive wins for a path held twice) into `path`, each
+    /// archive's members placed by `(strip, prefix)` from `placements` when given. Returns `{"members": n, "refused": [(archive, member, reason)], "duplicates": [(member,
+    /// kept archive, ignored archive)]}`.
+    #[staticmethod]
+    #[pyo3(signature = (archives, path, placements=None))]
+    fn build<'py>(
+        py: Python<'py>,
+        archives: Vec<PathBuf>,
+        path: PathBuf,
+        placements: Option<Vec<(usize, String)>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        crate::python::boundary("ImageStore.build", || {
+            let placements = placements.unwrap_or_default();
+            if !placements.is_empty() && placements.len() != archives.len() {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "{} placements for {} archives",
+                    placements.len(),
+                    archives.len()
+                )));
+            }
+            let placed: Vec<(PathBuf, Placement)> = archives
+                .into_iter()
+                .enumerate()
+                .map(|(k, a)| {
+                    let placement = placements
+                        .get(k)
+                        .map(|(strip, prefix)| Placement {
+                            strip: *strip,
+                            prefix: prefix.clone(),
+                        })
+                        .unwrap_or_default();
+                    (a, placement)
+                })
+                .collect();
+            let report = py
+                .detach(|| build_placed(&placed, &path))
+                .map_err(|e| to_py_err(py, e))?;
+            let d = PyDict::new(py);
+            d.set_item("members", report.members)?;
+            let refused = PyList::empty(py);
+            for r in &report.refused {
+                refused.append((
+                    r.archive.to_string_lossy().into_owned(),
+                    &r.member,
+                    &r.reason,
+                ))?;
+            }
+            d.set_item("refused", refused)?;
+            let dups = PyList::empty(py);
+            for r in &report.duplicates {
+                dups.append((
+                    &r.member,
+                    r.kept.to_string_lossy().into_owned(),
+                    r.ignored.to_string_lossy().into_owned(),
+                ))?;
+            }
+            d.set_item("duplicates", dups)?;
+            Ok(d)
+        })
+    }
+
+    #[staticmethod]
+    fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyImageStore> {
+        crate::python::boundary("ImageStore.open", || {
+            let inner = py
+                .detach(|| ImageStore::open(&path))
+                .map_err(|e| to_py_err(py, e))?;
+            Ok(PyImageStore {
+                inner: Arc::new(inner),
+            })
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> String {
+        self.inner.path().to_string_lossy().into_owned()
+    }
+
+    fn archives(&self) -> Vec<String> {
+        self.inner
+            .archives()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn __contains__(&self, py: Python<'_>, member: &[u8]) -> PyResult<bool> {
+        crate::python::boundary("ImageStore.__contains__", || {
+            Ok(self
+                .inner
+                .find(member)
+                .map_err(|e| to_py_err(py, e))?
+                .is_some())
+        })
+    }
+
+    /// The member's bytes (a copy); `KeyError` when no archive holds it.
+    fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        crate::python::boundary("ImageStore.read", || {
+            let i = self.lookup(py, member)?;
+            let store = &self.inner;
+            let bytes = py
+                .detach(|| store.read_at(i))
+                .map_err(|e| to_py_err(py, e))?;
+            let copy = PyBytes::new(py, &bytes);
+            // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
+            store.check_mapped(i).map_err(|e| to_py_err(py, e))?;
+            Ok(copy)
+        })
+    }
+
+    /// The member's bytes without a copy where it is stored uncompressed (a `MemberView`, to wrap in
+    /// `memoryview`), else inflated `bytes`.
+    fn view<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        crate::python::boundary("ImageStore.view", || {
+            let i = self.lookup(py, member)?;
+            let store = &self.inner;
+            let bytes = py
+                .detach(|| store.read_at(i))
+                .map_err(|e| to_py_err(py, e))?;
+            match bytes {
+                Cow::Borrowed(b) => Ok(Bound::new(
+                    py,
+                    MemberView {
+                        _store: Arc::clone(&self.inner),
+                        ptr: b.as_ptr() as usize,
+                        len: b.len(),
+                    },
+                )?
+                .into_any()),
+                Cow::Owned(v) => Ok(PyBytes::new(py, &v).into_any()),
+            }
+        })
+    }
+
+    /// Every member path, in the store's (hash) order.
+    fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        crate::python::boundary("ImageStore.members", || {
+            (0..self.inner.len())
+                .map(|i| {
+                    let name = self.inner.name(i).map_err(|e| to_py_err(py, e))?;
+                    Ok(PyBytes::new(py, name))
+                })
+                .collect()
+        })
+    }
+
+    /// `(archive, data offset, stored size, size, method, crc)` of a member.
+    fn location(
+        &self,
+        py: Python<'_>,
+        member: &[u8],
+    ) -> PyResult<(String, u64, u64, u64, u8, u32)> {
+        crate::python::boundary("ImageStore.location", || {
+            let i = self.lookup(py, member)?;
+            let loc = self.inner.location(i);
+            let archive = self
+                .inner
+                .archives()
+                .nth(loc.archive as usize)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((
+                archive,
+                loc.data_offset,
+                loc.stored_size,
+                loc.size,
+                loc.method,
+                loc.crc,
+            ))
+        })
+    }
+
+    /// Recomputes the checksum of the whole store file.
+    fn verify(&self, py: Python<'_>) -> PyResult<()> {
+        crate::python::boundary("ImageStore.verify", || {
+            let store = &self.inner;
+            py.detach(|| store.verify()).map_err(|e| to_py_err(py, e))
+        })
+    }
+}
+
+/// Converts each `(parts, dest)`: a plain or gzip-compressed tar, whole or split in parts, into the
+/// plain tar `dest` (in parallel, atomically, every gzip CRC and length checked). Returns the sizes.
+#[pyfunction]
+fn convert_to_tars(py: Python<'_>, jobs: Vec<(Vec<PathBuf>, PathBuf)>) -> PyResult<Vec<u64>> {
+    crate::python::boundary("ImageStore.convert_to_tars", || {
+        py.detach(|| convert_all(&jobs))
+            .map_err(|e| to_py_err(py, e))
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(convert_to_tars, m)?)?;
+    m.add_class::<PyImageStore>()?;
+    m.add_class::<MemberView>()?;
+    Ok(())
+}

@@ -1,0 +1,364 @@
+"""The image store against Python's own tarfile / zipfile (the oracle): every member read through the
+store equals the bytes those modules extract."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import random
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from fusion_fast.errors import CorruptArchiveError, CorruptIndexError
+from fusion_fast.images import ImageStore
+
+
+def _payload(seed: int, n: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _tar(path: Path, members: dict[str, bytes], fmt: int) -> Path:
+    with tarfile.open(path, "w", format=fmt) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _zip(path: Path, members: dict[str, tuple[bytes, int]]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, (data, method) in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return path
+
+
+def _members(seed: int) -> dict[str, bytes]:
+    return {
+        "COCO/train2017/000000000009.jpg": _payload(seed, 1234),
+        "COCO/train2017/empty.jpg": b"",
+        f"COCO/{'long' * 40}/{'x' * 120}.jpg": _payload(seed + 1, 5000),
+        "COCO/ünïcode/名前.png": _payload(seed + 2, 513),
+        "top.jpg": _payload(seed + 3, 512),
+    }
+
+
+def _oracle_tar(path: Path, out: Path) -> dict[str, bytes]:
+    """Every regular member as tarfile extracts it to disk."""
+    with tarfile.open(path) as tf:
+        tf.extractall(out, filter="data")
+        names = [m.name for m in tf.getmembers() if m.isfile()]
+    return {n: (out / n).read_bytes() for n in names}
+
+
+@pytest.mark.parametrize(
+    "fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT], ids=["gnu", "pax", "ustar"]
+)
+def test_tar_members_equal_what_tarfile_extracts(tmp_path: Path, fmt: int) -> None:
+    members = _members(1)
+    if fmt == tarfile.USTAR_FORMAT:  # ustar cannot hold names over 255 bytes nor non-ASCII ones portably
+        members = {k: v for k, v in members.items() if len(k) < 200 and k.isascii()}
+        members["a" * 90 + "/" + "b" * 90 + ".jpg"] = _payload(9, 100)  # needs the ustar prefix field
+    archive = _tar(tmp_path / "images.tar", members, fmt)
+    expected = _oracle_tar(archive, tmp_path / "extracted")
+    assert expected.keys() == members.keys()
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    assert store.report is not None and store.report.members == len(members)
+    assert len(store) == len(members)
+    assert sorted(store.members()) == sorted(members)
+    for name, data in expected.items():
+        assert name in store
+        assert store.read(name) == data, name
+        assert bytes(store.view(name)) == data, name
+
+
+def test_zip_stored_and_deflated_members_equal_what_zipfile_extracts(tmp_path: Path) -> None:
+    members = {
+        "GQA/images/1.jpg": (_payload(3, 20_000), zipfile.ZIP_STORED),
+        "GQA/images/text.txt": (b"deflate me " * 3000, zipfile.ZIP_DEFLATED),
+        "GQA/images/rnd.bin": (_payload(4, 7000), zipfile.ZIP_DEFLATED),
+        "GQA/ünï.jpg": (_payload(5, 10), zipfile.ZIP_STORED),
+    }
+    archive = _zip(tmp_path / "gqa.zip", members)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(tmp_path / "x")
+        for info in zf.infolist():
+            expected = (tmp_path / "x" / info.filename).read_bytes()
+            assert store.read(info.filename) == expected
+            assert bytes(store.view(info.filename)) == expected
+    assert store.location("GQA/images/text.txt")[4] == 8
+    assert store.location("GQA/images/1.jpg")[4] == 0
+
+
+def test_zip_names_without_the_utf8_flag_are_cp437_like_zipfile_reads_them(tmp_path: Path) -> None:
+    raw = _zip(tmp_path / "a.zip", {"caf?.jpg": (b"coffee", 0)}).read_bytes()
+    # Same length, no UTF-8 flag: 0x82 is "é" in code page 437.
+    (tmp_path / "cp.zip").write_bytes(raw.replace(b"caf?.jpg", b"caf\x82.jpg"))
+    with zipfile.ZipFile(tmp_path / "cp.zip") as zf:
+        assert zf.namelist() == ["café.jpg"]
+        expected = zf.read("café.jpg")
+    store = ImageStore.build([tmp_path / "cp.zip"], tmp_path / "s.ffimg")
+    assert store.members() == ["café.jpg"]
+    assert store.read("café.jpg") == expected == b"coffee"
+
+
+def test_views_of_stored_members_are_read_only_and_copy_nothing(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", {"a.jpg": b"abc" * 1000}, tarfile.GNU_FORMAT)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    view = store.view("a.jpg")
+    assert view.readonly
+    assert view.nbytes == 3000
+    with pytest.raises(TypeError):
+        view[0] = 1  # type: ignore[index]
+    del store  # the view keeps the mapping alive
+    assert bytes(view[:3]) == b"abc"
+
+
+def test_open_image_decodes_with_pillow(tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = Image.new("RGB", (7, 5), (10, 200, 30))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    archive = _zip(tmp_path / "i.zip", {"p/x.png": (buf.getvalue(), zipfile.ZIP_DEFLATED)})
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    out = store.open_image("p/x.png")
+    assert out.size == (7, 5)
+    assert out.convert("RGB").getpixel((3, 2)) == (10, 200, 30)
+
+
+def test_placements_map_record_paths_to_members(tmp_path: Path) -> None:
+    from fusion_fast.archives import strip_components
+
+    members = {"data/train/a.jpg": b"a", "data/val/b.jpg": b"b"}
+    first = _tar(tmp_path / "a.tar", members, tarfile.GNU_FORMAT)
+    second = _zip(tmp_path / "b.zip", {"c.jpg": (b"c", 0)})
+    store = ImageStore.build([first, second], tmp_path / "s.ffimg", placements=[(1, "COCO/"), (0, "Extra")])
+    for name, data in members.items():
+        assert store.read("COCO/" + strip_components(name, 1)) == data
+    assert store.read("Extra/c.jpg") == b"c"
+    assert "data/train/a.jpg" not in store
+    with pytest.raises(ValueError, match="1 placements for 2 archives"):
+        ImageStore.build([first, second], tmp_path / "t.ffimg", placements=[(0, "")])
+
+
+def test_missing_member_is_a_key_error_naming_it(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", {"a.jpg": b"1"}, tarfile.GNU_FORMAT)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    with pytest.raises(KeyError, match="nowhere/b.jpg"):
+        store.read("nowhere/b.jpg")
+    assert "nowhere/b.jpg" not in store
+    assert 3 not in store
+
+
+def test_first_archive_wins_for_duplicates_and_the_build_reports_them(tmp_path: Path) -> None:
+    first = _tar(tmp_path / "1.tar", {"d/x.jpg": b"from tar", "t.jpg": b"t"}, tarfile.GNU_FORMAT)
+    second = _zip(tmp_path / "2.zip", {"d/x.jpg": (b"from zip", 0), "z.jpg": (b"z", 8)})
+    store = ImageStore.build([first, second], tmp_path / "s.ffimg")
+    assert store.read("d/x.jpg") == b"from tar"
+    assert store.report is not None
+    assert store.report.duplicates == [("d/x.jpg", str(first), str(second))]
+    assert len(store) == 3
+    store = ImageStore.build([second, first], tmp_path / "s.ffimg")
+    assert store.read("d/x.jpg") == b"from zip"
+
+
+def test_truncated_or_corrupt_archives_are_clear_errors_and_write_no_store(tmp_path: Path) -> None:
+    good = _tar(tmp_path / "good.tar", _members(2), tarfile.PAX_FORMAT).read_bytes()
+    dest = tmp_path / "s.ffimg"
+    with tarfile.open(tmp_path / "good.tar") as tf:
+        last = tf.getmembers()[-1]
+    end_of_data = -(-(last.offset_data + last.size) // 512) * 512  # the end-of-archive blocks are cut off
+    for cut in (700, len(good) // 2, end_of_data):
+        bad = tmp_path / "cut.tar"
+        bad.write_bytes(good[:cut])
+        with pytest.raises(CorruptArchiveError, match="cut.tar") as err:
+            ImageStore.build([bad], dest)
+        assert "byte" in str(err.value)
+        assert not dest.exists()
+    flipped = bytearray(good)
+    flipped[100] ^= 0xFF  # inside the first header: its checksum no longer matches
+    (tmp_path / "flip.tar").write_bytes(bytes(flipped))
+    with pytest.raises(CorruptArchiveError, match="checksum"):
+        ImageStore.build([tmp_path / "flip.tar"], dest)
+    zgood = _zip(tmp_path / "good.zip", {"a": (b"x" * 100, 0)}).read_bytes()
+    (tmp_path / "cut.zip").write_bytes(zgood[: len(zgood) - 30])
+    with pytest.raises(CorruptArchiveError, match="cut.zip"):
+        ImageStore.build([tmp_path / "cut.zip"], dest)
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_gzip_and_split_tars_are_converted_once_into_shards(tmp_path: Path) -> None:
+    members = _members(5)
+    plain = _tar(tmp_path / "plain.tar", members, tarfile.PAX_FORMAT)
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo("gz/" + name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    raw = (tmp_path / "a.tar.gz").read_bytes()
+    parts = []
+    for k, (lo, hi) in enumerate([(0, 1000), (1000, len(raw))]):
+        (tmp_path / f"b.tar.gz.0{k}").write_bytes(raw[lo:hi])
+        parts.append(tmp_path / f"b.tar.gz.0{k}")
+    store = ImageStore.build([tmp_path / "a.tar.gz", plain], tmp_path / "s.ffimg")
+    shards = sorted((tmp_path / "s.ffimg.shards").iterdir())
+    assert [p.suffix for p in shards] == [".tar"]
+    with tarfile.open(tmp_path / "a.tar.gz") as tf:
+        for m in tf.getmembers():
+            f = tf.extractfile(m)
+            assert f is not None
+            assert store.read(m.name) == f.read()
+    for name, data in members.items():
+        assert store.read(name) == data
+    mtime = shards[0].stat().st_mtime_ns
+    again = ImageStore.build([tmp_path / "a.tar.gz", plain], tmp_path / "s.ffimg")
+    assert shards[0].stat().st_mtime_ns == mtime, "a finished shard is reused"
+    assert len(again) == 2 * len(members)
+    split = ImageStore.build([parts], tmp_path / "t.ffimg")
+    assert sorted(split.members()) == sorted("gz/" + n for n in members)
+
+
+def test_a_truncated_gzip_tar_is_an_error_and_leaves_no_shard(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "a.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("a.jpg")
+        info.size = 100_000
+        tf.addfile(info, io.BytesIO(_payload(1, 100_000)))
+    raw = (tmp_path / "a.tar.gz").read_bytes()
+    (tmp_path / "cut.tar.gz").write_bytes(raw[:-4])
+    with pytest.raises(CorruptArchiveError, match="cut.tar.gz"):
+        ImageStore.build([tmp_path / "cut.tar.gz"], tmp_path / "s.ffimg")
+    assert list((tmp_path / "s.ffimg.shards").iterdir()) == []
+    assert not (tmp_path / "s.ffimg").exists()
+
+
+def test_a_corrupt_store_file_is_refused(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", {"a.jpg": b"1"}, tarfile.GNU_FORMAT)
+    ImageStore.build([archive], tmp_path / "s.ffimg")
+    raw = (tmp_path / "s.ffimg").read_bytes()
+    (tmp_path / "s.ffimg").write_bytes(raw[:-8])
+    with pytest.raises(CorruptIndexError, match="truncated"):
+        ImageStore.open(tmp_path / "s.ffimg")
+
+
+def test_links_and_escaping_members_are_never_readable(tmp_path: Path) -> None:
+    path = tmp_path / "h.tar"
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        link = tarfile.TarInfo("link.jpg")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        tf.addfile(link)
+        evil = tarfile.TarInfo("../evil.jpg")
+        evil.size = 1
+        tf.addfile(evil, io.BytesIO(b"e"))
+        ok = tarfile.TarInfo("./ok.jpg")
+        ok.size = 2
+        tf.addfile(ok, io.BytesIO(b"ok"))
+    store = ImageStore.build([path], tmp_path / "s.ffimg")
+    assert store.members() == ["ok.jpg"]
+    assert store.read("ok.jpg") == b"ok"
+    assert "link.jpg" not in store and "../evil.jpg" not in store
+    assert store.report is not None
+    assert sorted(r[1] for r in store.report.refused) == ["../evil.jpg", "link.jpg"]
+
+
+def test_a_store_pickles_as_its_path(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", _members(3), tarfile.PAX_FORMAT)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    blob = pickle.dumps(store)
+    assert len(blob) < 300
+    again = pickle.loads(blob)
+    assert again.path == store.path and again.report is None
+    for name in store.members():
+        assert again.read(name) == store.read(name)
+
+
+def _read_in_worker(args: tuple[ImageStore, str]) -> bytes:
+    store, name = args
+    return store.read(name)
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_dataloader_workers_read_through_the_store(tmp_path: Path, method: str) -> None:
+    torch = pytest.importorskip("torch")
+    members = {f"imgs/{i}.jpg": _payload(i, 100 + i) for i in range(20)}
+    archive = _tar(tmp_path / "a.tar", members, tarfile.GNU_FORMAT)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    names = sorted(members)
+
+    loader = torch.utils.data.DataLoader(
+        [(store, n) for n in names],
+        batch_size=None,
+        num_workers=2,
+        multiprocessing_context=method,
+        collate_fn=_read_in_worker,
+    )
+    assert list(loader) == [members[n] for n in names]
+    assert os.getpid()  # the parent's store is untouched
+    assert store.read(names[0]) == members[names[0]]
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4, 3), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _folder_with_store(tmp_path: Path) -> tuple[Path, Path]:
+    """`images/` whose COCO images live only in an archive indexed into `images/.fusion-fast/`, plus a
+    JSON data file referencing them, one member that no archive holds and one corrupt image."""
+    import json
+
+    images = tmp_path / "images"
+    archive = _tar(
+        tmp_path / "coco.tar",
+        {"top/a.png": _png((255, 0, 0)), "top/b.png": _png((0, 255, 0)), "top/bad.png": b"not a png"},
+        tarfile.GNU_FORMAT,
+    )
+    (images / ".fusion-fast").mkdir(parents=True)
+    ImageStore.build([archive], images / ".fusion-fast" / "images.ffimg", placements=[(1, "COCO")])
+    conv = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "yo"}]
+    records = [
+        {"id": name, "image": f"COCO/{name}.png", "conversations": conv}
+        for name in ("a", "b", "missing", "bad")
+    ]
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps(records))
+    return data, images
+
+
+def test_fusion_dataset_loads_images_through_the_folder_store(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    from fusion_fast.errors import RecordError
+    from fusion_fast.torch import IMAGE_KEY, FusionDataset
+
+    data, images = _folder_with_store(tmp_path)
+    assert not (images / "COCO").exists()
+    ds = FusionDataset(data, image_folder=images, load_images=True)
+    assert ds[0][IMAGE_KEY].getpixel((1, 1)) == (255, 0, 0)
+    assert ds[1][IMAGE_KEY].getpixel((1, 1)) == (0, 255, 0)
+    with pytest.raises(RecordError, match="not found"):
+        ds[2]
+    with pytest.raises(RecordError, match="cannot decode"):
+        ds[3]
+    # A file on disk wins over the store's member.
+    (images / "COCO").mkdir()
+    (images / "COCO" / "a.png").write_bytes(_png((0, 0, 255)))
+    assert ds[0][IMAGE_KEY].getpixel((1, 1)) == (0, 0, 255)
+
+
+def test_check_resolves_images_through_the_folder_store(tmp_path: Path) -> None:
+    from fusion_fast.check import run_check
+
+    data, images = _folder_with_store(tmp_path)
+    report = run_check(data, image_folder=images, decode=True)
+    found = sorted((p.kind, p.record) for p in report.problems)
+    assert found == [("missing_image", 2), ("unreadable_image", 3)]
