@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -495,3 +496,35 @@ def test_an_interrupted_report_leaves_no_half_file(ws: Path, tmp_path: Path, mon
     assert main(["check", "--json", str(out), "stage.yaml"]) == EXIT_INTERRUPTED
     assert json.loads(out.read_text()) == {"old": "report"}
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+@pytest.mark.parametrize(
+    "signum, status", [(signal.SIGTERM, EXIT_TERMINATED), (signal.SIGINT, EXIT_INTERRUPTED)]
+)
+def test_index_waiting_for_ranks_that_never_come_says_so_and_stops(
+    tmp_path: Path, signum: int, status: int
+) -> None:
+    """torchrun's variables left in a shell: `index` waits for a rank that never comes. It says what it
+    waits for, and a signal stops it (the wait happens inside torch's C++ store)."""
+    pytest.importorskip("torch")
+    data = tmp_path / "a.json"
+    data.write_text(json.dumps([{"id": 1}]))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fusion_fast", "index", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stderr is not None
+    line = proc.stderr.readline()
+    assert "meeting the other ranks at 127.0.0.1:" in line, line
+    time.sleep(1.0)  # inside the rendezvous by now, or about to be: either way the signal must stop it
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)  # generous: a loaded machine; without the fix it waits minutes
+    assert proc.returncode == status, err
+    assert "Traceback" not in err, err

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from datetime import timedelta
@@ -811,6 +812,38 @@ def _record_stream(obj: Any, stream: torch.cuda.Stream) -> None:
 #: How long ranks wait for each other while others build indexes (big files take minutes each).
 DISTRIBUTED_TIMEOUT = timedelta(hours=2)
 
+#: How long a rank waits for the others to join the job's TCP store before giving up: ranks start within
+#: seconds to minutes of each other, while torchrun variables left in a shell mean no other rank comes.
+RENDEZVOUS_TIMEOUT = timedelta(minutes=10)
+
+
+def _meet_the_other_ranks() -> tuple[Any, int, int]:
+    """torch's env:// rendezvous, run on a helper thread so that the calling thread still sees Ctrl-C
+    and SIGTERM (a wait inside torch's C++ store does not return to Python for signals); a rendezvous
+    that does not complete within `RENDEZVOUS_TIMEOUT` is an error naming the variables it came from."""
+    outcome: dict[str, Any] = {}
+
+    def meet() -> None:
+        try:
+            outcome["ranks"] = next(dist.rendezvous("env://", timeout=RENDEZVOUS_TIMEOUT))
+        except BaseException as e:  # handed to the calling thread
+            outcome["error"] = e
+
+    helper = threading.Thread(target=meet, name="fusion-fast rendezvous", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(0.2)
+    if "error" in outcome:
+        env = {k: os.environ.get(k, "") for k in _TORCHRUN_ENV}
+        raise FusionFastError(
+            "the other ranks of this torchrun job did not join at "
+            f"{env['MASTER_ADDR']}:{env['MASTER_PORT']} (RANK={env['RANK']}, WORLD_SIZE={env['WORLD_SIZE']} "
+            f"from the environment): {type(outcome['error']).__name__}: {outcome['error']}; if this is not "
+            "a torchrun job, unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT"
+        ) from outcome["error"]
+    return outcome["ranks"]
+
+
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -857,7 +890,7 @@ class _StoreCoordinator(_Coordinator):
     _calls = itertools.count()
 
     def __init__(self) -> None:
-        store, self.rank, self.world_size = next(dist.rendezvous("env://", timeout=DISTRIBUTED_TIMEOUT))
+        store, self.rank, self.world_size = _meet_the_other_ranks()
         self.store = dist.PrefixStore(f"fusion-fast/index/{next(self._calls)}/", store)
 
     def broadcast(self, value: dict[str, Any]) -> dict[str, Any]:

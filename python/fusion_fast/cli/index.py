@@ -112,6 +112,14 @@ def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[lis
             f"through torch.distributed, but torch cannot be imported ({type(e).__name__}: {e}); "
             "repair torch, or run `fusion-fast index` once outside torchrun"
         ) from e
+    job = launch()
+    print(
+        f"index: rank {job.rank} of {job.world_size} under torchrun: meeting the other ranks at "
+        f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} to share out the builds "
+        "(Ctrl-C stops)",
+        file=sys.stderr,
+        flush=True,
+    )
     return distributed_share(paths, index_dir=args.index_dir, only_missing=not args.force)
 
 
