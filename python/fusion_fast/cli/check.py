@@ -114,16 +114,17 @@ def render(report: CheckReport, console: Any, *, examples: int = 3) -> None:
     from rich.text import Text
 
     from ..check import KINDS
+    from .output import cell
 
     counts = report.counts()
     kinds = [k for k in KINDS if k in counts]
-    table = Table(title=f"fusion-fast check: {Path(report.target).name}", title_justify="left")
+    table = Table(title=f"fusion-fast check: {cell(Path(report.target).name)}", title_justify="left")
     table.add_column("dataset", overflow="fold")
     for col in ("records", "images", "problems"):
         table.add_column(col, justify="right", no_wrap=True)
     table.add_column("by kind", no_wrap=True)
     for d in report.datasets.values():
-        table.add_row(d.name, f"{d.records:,}", f"{d.images:,}", *_problem_cells(d.problems))
+        table.add_row(cell(d.name), f"{d.records:,}", f"{d.images:,}", *_problem_cells(d.problems))
     layout = Counter(p.kind for p in report.problems if p.dataset not in report.datasets)
     if layout:
         table.add_row("(layout)", "", "", *_problem_cells(layout))
@@ -134,7 +135,7 @@ def render(report: CheckReport, console: Any, *, examples: int = 3) -> None:
     for k in kinds:
         console.print(Text(f"{k}: {len(by_kind[k]):,}", style="bold"))
         for p in by_kind[k][:examples]:
-            console.print(Text("  " + describe(p)), soft_wrap=True)
+            console.print(Text("  " + cell(describe(p))), soft_wrap=True)
     summary = (
         f"{report.records:,} records in {len(report.datasets)} files"
         + (f", {report.decoded:,} images decoded" if report.decoded else "")

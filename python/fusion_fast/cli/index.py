@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .args import existing_folder, index_folder, positive_int
+from .output import cell
 
 if TYPE_CHECKING:
     from ..indexing import IndexReport
@@ -58,9 +59,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "info",
         help="show an index's header and a summary of its metadata",
         description="Open (building or rebuilding when needed, and saying why) the index of one data "
-        "file and summarise its records.",
+        "file and summarise its records. Given a stage YAML: each data file it names, resolved, with "
+        "its record count and whether its index was built or reused, and the folder its relative "
+        "paths resolved against.",
     )
-    p.add_argument("path", metavar="FILE", help="a .json / .jsonl data file")
+    p.add_argument("path", metavar="FILE", help="a .json / .jsonl data file, or a stage YAML")
+    p.add_argument(
+        "--root",
+        type=existing_folder,
+        default=None,
+        metavar="DIR",
+        help="folder that relative paths in a stage YAML start from",
+    )
     p.add_argument(
         "--index-dir",
         type=index_folder,
@@ -158,17 +168,19 @@ def index_with_progress(
     return reports
 
 
-def one_data_file(name: str, command: str) -> Path:
-    """The one data file `info` and `show` take; `TargetError` naming it otherwise."""
+def one_data_file(name: str, command: str, *, yaml: bool = False) -> Path:
+    """The one data file `info` and `show` take (or a stage YAML, with `yaml`); `TargetError` naming
+    it otherwise."""
     from ..indexing import TargetError
     from ..stage import is_stage_yaml
 
     path = Path(name)
+    what = "one .json / .jsonl data file" + (" or a stage YAML" if yaml else "")
     if path.is_dir():
-        raise TargetError(f"is a folder; `{command}` takes one .json / .jsonl data file", path=name)
+        raise TargetError(f"is a folder; `{command}` takes {what}", path=name)
     if not path.exists():
         raise TargetError("no such file; check the path", path=name)
-    if is_stage_yaml(path):
+    if is_stage_yaml(path) and not yaml:
         raise TargetError(
             f"is a stage YAML; `{command}` takes one .json / .jsonl data file (`mix` summarises a YAML)",
             path=name,
@@ -199,13 +211,13 @@ def run_index(args: argparse.Namespace) -> int:
         )
     for r in reports:
         t.add_row(
-            r.path.name,
+            cell(r.path.name),
             f"{r.records:,}",
             human_bytes(r.size),
             f"{r.seconds:.2f} s" if r.built else "cached",
             f"{r.gbps:.2f}" if r.built else "-",
             r.reason or "-",
-            r.index_path,
+            cell(r.index_path),
         )
     console().print(t)
     return 0
@@ -230,8 +242,12 @@ def run_info(args: argparse.Namespace) -> int:
     from ..index import open as open_index
     from .output import console, human_bytes, note, print_json, table
 
-    path = one_data_file(args.path, "info")
+    path = one_data_file(args.path, "info", yaml=True)
     args.force, args.threads = False, None
+    from ..stage import is_stage_yaml
+
+    if is_stage_yaml(path):
+        return _info_stage(path, args)
     [report] = _index_files([path], args)
     idx = open_index(path, rebuild="never", index_dir=args.index_dir)
     if args.verify:
@@ -269,7 +285,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json:
         print_json({k.replace(" ", "_").replace("/", "_or_"): v for k, v in summary.items()})
         return 0
-    t = table(Path(idx.path).name, show_header=False)
+    t = table(cell(Path(idx.path).name), show_header=False)
     t.add_column("key")
     t.add_column("value", overflow="fold")
     for k, v in summary.items():
@@ -284,8 +300,66 @@ def run_info(args: argparse.Namespace) -> int:
             v = human_bytes(v)
         elif isinstance(v, int):
             v = f"{v:,}"
-        t.add_row(k, str(v))
+        t.add_row(k, cell(str(v)))
     console().print(t)
+    return 0
+
+
+def _info_stage(stage: Path, args: argparse.Namespace) -> int:
+    """`info` on a stage YAML: per dataset, the file its json_path resolved to, its record count and
+    whether its index was built (and why) or reused; then the base the relative paths resolved against."""
+    from ..errors import MixtureError
+    from ..stage import base_line, missing_message, read_stage
+    from .output import console, print_json, table
+
+    specs = read_stage(stage, root=args.root)
+    if any(s.path is None for s in specs):
+        raise MixtureError(missing_message(specs), path=str(stage))
+    files = [s.path for s in specs if s.path is not None]
+    unique = list(dict.fromkeys(files))
+    reports = dict(zip(unique, _index_files(unique, args), strict=True))
+    base = next((s.base for s in specs if s.base is not None), None)
+    rows: list[dict[str, Any]] = []
+    for s in specs:
+        assert s.path is not None
+        r = reports[s.path]
+        rows.append(
+            {
+                "dataset": s.name,
+                "json_path": s.json_path,
+                "path": str(s.path),
+                "records": r.records,
+                "bytes": r.size,
+                "built": r.built,
+                "reason": r.reason,
+                "index": r.index_path,
+            }
+        )
+    if args.json:
+        print_json(
+            {
+                "stage": os.path.normpath(os.path.abspath(stage)),
+                "base": str(base.path) if base is not None else None,
+                "base_why": base.why if base is not None else None,
+                "datasets": rows,
+            }
+        )
+        return 0
+    t = table(f"{stage.name}: {len(rows)} dataset{'' if len(rows) == 1 else 's'}")
+    for col in ("dataset", "records", "index", "file"):
+        t.add_column(col, justify="right" if col == "records" else "left", overflow="fold")
+    for row in rows:
+        why = REASONS.get(row["reason"] or "", row["reason"] or "")
+        t.add_row(
+            cell(row["dataset"]),
+            f"{row['records']:,}",
+            f"built: {why}" if row["built"] else "reused",
+            cell(row["path"]),
+        )
+    out = console()
+    out.print(t)
+    if (line := base_line(specs)) is not None:
+        out.print(cell(line))
     return 0
 
 

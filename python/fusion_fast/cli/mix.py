@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
     from ..stage import base_line, read_stage
     from .index import index_with_progress
-    from .output import console, human_bytes, note, print_json, table
+    from .output import cell, console, human_bytes, note, print_json, table
 
     stage = _stage_yaml(args.stage)
     if args.export:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"stage": str(stage), "seed": mix.seed, "records": len(mix), "datasets": rows})
     else:
-        t = table(f"{stage.name}: {len(mix):,} records (seed {mix.seed})")
+        t = table(f"{cell(stage.name)}: {len(mix):,} records (seed {mix.seed})")
         for _, header, _ in _COLUMNS:
             t.add_column(
                 header,
@@ -109,11 +109,11 @@ def run(args: argparse.Namespace) -> int:
         for k, row in enumerate(rows):
             if k == len(rows) - 1:
                 t.add_section()
-            t.add_row(*("-" if row[key] is None else render(row[key]) for key, _, render in _COLUMNS))
+            t.add_row(*("-" if row[key] is None else cell(render(row[key])) for key, _, render in _COLUMNS))
         out.print(t)
         out.print(f"resolved in {resolved * 1e3:.0f} ms")
         if (line := base_line([d.spec for d in mix.datasets])) is not None:
-            out.print(line)
+            out.print(cell(line))
     if args.export:
         from .output import Progress
 

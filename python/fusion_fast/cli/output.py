@@ -68,6 +68,28 @@ def table(title: str | None = None, **kwargs: Any) -> Any:
     return Table(title=title, **kwargs)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def cell(text: str) -> str:
+    """`text` for one table cell or one output line: characters that would break the line or be
+    invisible (newline, tab, other control characters, bytes of a file name that is not UTF-8) are shown
+    escaped as Python writes them (`\\n`, `\\x1b`; such a byte as `\\xe9`), so one name stays on one row."""
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c.isprintable():
+            out.append(c)
+        elif c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif "\udc80" <= c <= "\udcff":  # a byte of a file name that is not UTF-8: shown as that byte
+            out.append(f"\\x{ord(c) - 0xDC00:02x}")
+        else:
+            out.append(ascii(c)[1:-1])
+    return "".join(out)
+
+
 def print_json(value: Any) -> None:
     """`--json` output: one JSON document on standard output."""
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=1) + "\n")
