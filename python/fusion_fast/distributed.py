@@ -52,7 +52,10 @@ class Launch:
         world_size = _number(env, "WORLD_SIZE", 1, minimum=1)
         rank = _number(env, "RANK", 0, minimum=0)
         local_world_size = _number(env, "LOCAL_WORLD_SIZE", 1, minimum=1)
-        local_rank = _number(env, "LOCAL_RANK", 0, minimum=0)
+        # Launch scripts often export LOCAL_RANK=-1 to mean "not distributed" (the convention of
+        # argparse defaults in many training scripts): alone, that is the single-process value.
+        alone = world_size == 1
+        local_rank = _number(env, "LOCAL_RANK", 0, minimum=0, negative_means_unset=alone)
         if rank >= world_size:
             raise FusionFastError(
                 f"RANK={rank} is not below WORLD_SIZE={world_size} in the environment: "
@@ -68,7 +71,9 @@ class Launch:
         )
 
 
-def _number(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _number(
+    env: Mapping[str, str], name: str, default: int, *, minimum: int, negative_means_unset: bool = False
+) -> int:
     text = env.get(name)
     if text is None or text.strip() == "":
         return default
@@ -76,6 +81,9 @@ def _number(env: Mapping[str, str], name: str, default: int, *, minimum: int) ->
         value = int(text)
     except ValueError:
         value = minimum - 1
+    else:
+        if value < 0 and negative_means_unset:
+            return default
     if value < minimum:
         raise FusionFastError(
             f"{name}={text!r} in the environment is not a whole number >= {minimum}: "
