@@ -447,7 +447,8 @@ class _FileCheck:
         for folder, entry in self.folders.found.items():
             self.add_file_level(
                 "missing_image_folder",
-                f"folder does not exist; {entry.files:,} files in {entry.records:,} records are under it "
+                f"folder does not exist; {entry.files:,} file{_s(entry.files)} in {entry.records:,} "
+                f"record{_s(entry.records)} {'is' if entry.files == 1 else 'are'} under it "
                 f"(first: record {entry.first_record}, {entry.first_path})",
                 str(folder),
             )
@@ -703,9 +704,19 @@ def _record_problems(rec: dict[str, Any], i: int, rid: Any, refs: _Refs) -> list
         if videos and "image" not in rec and video_tokens == 0 and image_tokens == videos:
             return found
         if image_tokens != images:
-            found.append(("image_token_mismatch", f"{image_tokens} {IMAGE_TOKEN} tokens for {images} images"))
+            found.append(
+                (
+                    "image_token_mismatch",
+                    f"{image_tokens} {IMAGE_TOKEN} token{_s(image_tokens)} for {images} image{_s(images)}",
+                )
+            )
         if video_tokens != videos:
-            found.append(("image_token_mismatch", f"{video_tokens} {VIDEO_TOKEN} tokens for {videos} videos"))
+            found.append(
+                (
+                    "image_token_mismatch",
+                    f"{video_tokens} {VIDEO_TOKEN} token{_s(video_tokens)} for {videos} video{_s(videos)}",
+                )
+            )
     return found
 
 
@@ -815,6 +826,11 @@ def _missing_json(spec: DatasetSpec, *, root_given: bool) -> Problem:
     expected = spec.expected
     detail = f"{spec.where}: data file not found (tried {tried})"
     return Problem("missing_json", None, None, None, detail, None, str(expected))
+
+
+def _s(n: int) -> str:
+    """The plural ending for a count: "" for one, "s" otherwise."""
+    return "" if n == 1 else "s"
 
 
 __all__ = [

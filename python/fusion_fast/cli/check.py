@@ -114,7 +114,7 @@ def render(report: CheckReport, console: Any, *, examples: int = 3) -> None:
     from rich.text import Text
 
     from ..check import KINDS
-    from .output import cell
+    from .output import cell, count
 
     counts = report.counts()
     kinds = [k for k in KINDS if k in counts]
@@ -137,14 +137,14 @@ def render(report: CheckReport, console: Any, *, examples: int = 3) -> None:
         for p in by_kind[k][:examples]:
             console.print(Text("  " + cell(describe(p))), soft_wrap=True)
     summary = (
-        f"{report.records:,} records in {len(report.datasets)} files"
-        + (f", {report.decoded:,} images decoded" if report.decoded else "")
+        f"{count(report.records, 'record')} in {count(len(report.datasets), 'file')}"
+        + (f", {count(report.decoded, 'image')} decoded" if report.decoded else "")
         + f" in {report.seconds:.2f} s: "
     )
     if report.clean:
         console.print(Text(summary + "no problems", style="green"))
     else:
-        console.print(Text(summary + f"{len(report.problems):,} problems", style="red"))
+        console.print(Text(summary + count(len(report.problems), "problem"), style="red"))
 
 
 def _problem_cells(counts: Counter[str]) -> tuple[str, str]:

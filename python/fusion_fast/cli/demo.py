@@ -21,12 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from ..demo import STAGE_YAML, write_playground
     from ..indexing import index_file
-    from .output import console, human_bytes, note, print_json
+    from .output import console, count, human_bytes, note, print_json
     from .output import table as new_table
 
     out = console()
     pg = write_playground(args.dir, seed=args.seed)
-    note(f"wrote {len(pg.jsons)} annotation files and {pg.images:,} images under {pg.root}/train")
+    files, images = count(len(pg.jsons), "annotation file"), count(pg.images, "image")
+    note(f"wrote {files} and {images} under {pg.root}/train")
     table = new_table("indexed")
     rows = []
     for col in ("file", "records", "size", "time", "with image", "video", "mean words"):
@@ -56,7 +57,7 @@ def run_demo(args: argparse.Namespace) -> int:
     idx = open_index(first)
     out.print(f"record 0 of {first.name}: {idx[0]}")
     out.print(f"lengths[:8] = {idx.lengths[:8].tolist()}")
-    out.print(f"stage YAML: {pg.yaml}  ({Path(pg.yaml).read_text().count('json_path')} datasets)")
+    out.print(f"stage YAML: {pg.yaml}  ({count(Path(pg.yaml).read_text().count('json_path'), 'dataset')})")
     # The README's quickstart runs in the demo folder, laid out like FUSION's repository.
     out.print(f"next: cd {pg.base} && fusion-fast mix {STAGE_YAML}  (the README's quickstart)")
     return 0

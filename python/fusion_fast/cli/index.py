@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .args import existing_folder, index_folder, positive_int
-from .output import cell
+from .output import cell, count
 
 if TYPE_CHECKING:
     from ..indexing import IndexReport
@@ -375,7 +375,9 @@ def run_show(args: argparse.Namespace) -> int:
     wrong = [i for i in args.records if not -n <= i < n]
     if wrong:
         valid = f"0 to {n - 1} (or -{n} to -1 from the end)" if n else "none: the file holds no records"
-        raise UsageError(f"{path.name} has {n:,} records: no record {wrong[0]}; valid numbers: {valid}")
+        raise UsageError(
+            f"{cell(path.name)} has {count(n, 'record')}: no record {wrong[0]}; valid numbers: {valid}"
+        )
     out = sys.stdout
     for i in args.records:
         out.write(json.dumps(idx[i], ensure_ascii=False, indent=2) + "\n")

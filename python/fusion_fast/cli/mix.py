@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from ..mixture import Mixture
     from ..stage import base_line, read_stage
     from .index import index_with_progress
-    from .output import cell, console, human_bytes, note, print_json, table
+    from .output import cell, console, count, human_bytes, note, print_json, table
 
     stage = _stage_yaml(args.stage)
     if args.export:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"stage": str(stage), "seed": mix.seed, "records": len(mix), "datasets": rows})
     else:
-        t = table(f"{cell(stage.name)}: {len(mix):,} records (seed {mix.seed})")
+        t = table(f"{cell(stage.name)}: {count(len(mix), 'record')} (seed {mix.seed})")
         for _, header, _ in _COLUMNS:
             t.add_column(
                 header,
@@ -124,9 +124,8 @@ def run(args: argparse.Namespace) -> int:
             progress.done(task)
         seconds = time.perf_counter() - started
         rate = f"{human_bytes(size / seconds)}/s" if seconds > 0 else "-"
-        done = (
-            f"wrote {len(mix):,} records ({human_bytes(size)}) to {args.export} in {seconds:.2f} s ({rate})"
-        )
+        records = count(len(mix), "record")
+        done = f"wrote {records} ({human_bytes(size)}) to {args.export} in {seconds:.2f} s ({rate})"
         if args.json:
             note(done)  # standard output holds the JSON document alone
         else:

@@ -71,6 +71,12 @@ def table(title: str | None = None, **kwargs: Any) -> Any:
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
+def count(n: int, word: str, plural: str | None = None) -> str:
+    """`n word` with the word in the singular for one and the plural otherwise: `1 problem`,
+    `2 problems`, `0 files`; `plural` for words not made plural by adding an s."""
+    return f"{n:,} {word if n == 1 else plural or word + 's'}"
+
+
 def cell(text: str) -> str:
     """`text` for one table cell or one output line: characters that would break the line or be
     invisible (newline, tab, other control characters, bytes of a file name that is not UTF-8) are shown
@@ -204,7 +210,9 @@ class _Task:
         self.rich_id: Any = None
 
     def _amount(self, n: float) -> str:
-        return human_bytes(n) if self.unit == "bytes" else f"{int(n):,} {self.unit}"
+        if self.unit == "bytes":
+            return human_bytes(n)
+        return count(int(n), self.unit[:-1]) if self.unit.endswith("s") else f"{int(n):,} {self.unit}"
 
     def amounts(self) -> str:
         return f"{self._amount(self.done)} of {self._amount(self.total)}"

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
-from .output import console, human_bytes
+from .output import console, count, human_bytes
 
 if TYPE_CHECKING:
     from ..prepare import Plan, PrepareResult, Preview
@@ -209,18 +209,20 @@ def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
         what = f"{unit.kind}, {human_bytes(u.stamp.size)}"
         if u.marker is not None:
             where = placed_at(u.marker.prefix, u.marker.entries)
-            table.add_row("in place", unit.key, where, f"{what}, {u.marker.files:,} files")
+            table.add_row("in place", unit.key, where, f"{what}, {count(u.marker.files, 'file')}")
             continue
         pv = previews[unit.key]
         if pv.placement is None:
             table.add_row(Text("refuse", style="red"), unit.key, "", pv.error or "")
             continue
-        listed = f"{pv.listed:,} files" if pv.complete else f"decided from the first {pv.listed:,} files"
+        listed = (
+            count(pv.listed, "file") if pv.complete else f"decided from the first {count(pv.listed, 'file')}"
+        )
         verb = "link" if unit.kind == "folder" else "extract"
         table.add_row(verb, unit.key, pv.target, f"{what}, {listed}; {pv.placement.describe()}")
     out.print(table)
     yaml_action = "unchanged" if plan.yaml_unchanged else "write"
-    out.print(f"stage YAML: {yaml_action} {plan.yaml_path} ({len(plan.jsons)} datasets)")
+    out.print(f"stage YAML: {yaml_action} {plan.yaml_path} ({count(len(plan.jsons), 'dataset')})")
     out.print("dry run: nothing was written")
 
 
@@ -270,5 +272,5 @@ def print_result(result: PrepareResult) -> None:
     else:
         why = [f"{failed} source(s) failed"] if failed else []
         if result.check is not None and not result.check.clean:
-            why.append(f"check found {len(result.check.problems):,} problems")
+            why.append(f"check found {count(len(result.check.problems), 'problem')}")
         out.print(Text.assemble(("not ready", "red"), f": {'; '.join(why) or result.check_error}"))

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from ..synth import write_file
     from . import UsageError
     from .output import console, human_bytes
+    from .output import count as plural
 
     out = os.fspath(args.out)
     if not out.endswith((".json", ".jsonl")):
@@ -123,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     written = os.path.getsize(target) if target is not None else 0
     console().print(
-        f"wrote {count:,} records ({human_bytes(written)}, seed {args.seed}) to {out} in {seconds:.2f} s",
+        f"wrote {plural(count, 'record')} ({human_bytes(written)}, seed {args.seed}) to {out} "
+        f"in {seconds:.2f} s",
         markup=False,
     )
     return 0
