@@ -15,7 +15,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ..errors import FusionFastError
@@ -85,21 +85,81 @@ def _add_debug(parser: argparse.ArgumentParser, *, default: object) -> None:
     )
 
 
+#: How the `error:` line names standard output when writing to it fails (a full disk, an I/O error).
+STDOUT = "standard output"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit status (see EPILOG)."""
     debug = os.environ.get("FUSION_FAST_DEBUG", "") not in ("", "0")
+    stdout = sys.stdout
+    named = _NamedStdout(stdout)
+    sys.stdout = cast(IO[str], named)
     try:
         with _sigterm_unwinds():
             parser = build_parser()
-            args = parser.parse_args(argv)
+            try:
+                args = parser.parse_args(argv)
+            except SystemExit:
+                # --help, --version and usage errors end here. argparse ignores a failed write to
+                # standard output, and what it wrote may still be buffered: either failure is an
+                # error like any other.
+                named.flush()
+                named.raise_failure()
+                raise
             debug = debug or bool(getattr(args, "debug", False))
             status = int(args.func(args) or 0)
-            sys.stdout.flush()
+            named.flush()
+            named.raise_failure()
             return status
     except SystemExit:
         raise
     except BaseException as e:
         return _fail(e, debug)
+    finally:
+        sys.stdout = stdout
+
+
+class _NamedStdout:
+    """Standard output whose write errors name it: an `OSError` from writing or flushing (other than
+    the reader closing a pipe) gets `filename` "standard output", so the `error:` line says where the
+    write failed instead of a bare "No space left on device" that could be any file."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+        #: The first write failure, kept in case the writer ignored it (argparse's --help does).
+        self.failure: OSError | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            raise self._failed(e) from None
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    def _failed(self, e: OSError) -> OSError:
+        named = _named(e)
+        if self.failure is None:
+            self.failure = named
+        return named
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _named(e: OSError) -> OSError:
+    if e.filename is not None or isinstance(e, BrokenPipeError) or e.errno == errno.EPIPE:
+        return e
+    return OSError(e.errno, e.strerror or str(e), STDOUT)
 
 
 def _fail(e: BaseException, debug: bool) -> int:
@@ -115,7 +175,7 @@ def _fail(e: BaseException, debug: bool) -> int:
         return EXIT_TERMINATED if isinstance(e, Terminated) else EXIT_INTERRUPTED
     if debug:
         _traceback(e)
-    if isinstance(e, OSError) and e.filename is None:
+    if isinstance(e, OSError) and (e.filename is None or e.filename == STDOUT):
         _silence_stdout()  # the interpreter's last flush of what is left would fail again
     status, message = describe(e)
     _error_line(message, label="error:")
