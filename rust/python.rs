@@ -1,6 +1,7 @@
 //! The one thin binding file: exposes the core to Python as `fusion_fast._core`.
 //! Errors map once, here, onto the Python hierarchy in `fusion_fast/errors.py`.
 
+use std::ffi::OsString;
 use std::os::raw::{c_int, c_void};
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
@@ -66,10 +67,7 @@ fn error_class(py: Python<'_>, number: usize) -> PyResult<Bound<'_, PyType>> {
 pub(crate) fn to_py_err(py: Python<'_>, err: Error) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let kwargs = PyDict::new(py);
-        kwargs.set_item(
-            "path",
-            err.path.as_ref().map(|p| p.to_string_lossy().into_owned()),
-        )?;
+        kwargs.set_item("path", err.path.as_ref().map(|p| p.as_os_str()))?;
         if let Some(p) = &err.position {
             kwargs.set_item("offset", p.offset)?;
             kwargs.set_item("line", p.line)?;
@@ -492,15 +490,17 @@ impl Index {
     }
 
     #[getter]
-    fn source_path(&self) -> PyResult<String> {
+    fn source_path(&self) -> PyResult<OsString> {
+        // As the OS spells it (a name that is not UTF-8 comes back as `os.fsdecode` gives it), so
+        // the path opens the same file again.
         boundary("JsonIndex.path", || {
-            Ok(self.inner.source_path.to_string_lossy().into_owned())
+            Ok(self.inner.source_path.clone().into_os_string())
         })
     }
     #[getter]
-    fn index_path(&self) -> PyResult<String> {
+    fn index_path(&self) -> PyResult<OsString> {
         boundary("JsonIndex.index_path", || {
-            Ok(self.inner.index_path.to_string_lossy().into_owned())
+            Ok(self.inner.index_path.clone().into_os_string())
         })
     }
     #[getter]
@@ -1248,20 +1248,18 @@ fn _panic_for_tests() -> PyResult<()> {
 
 /// Where indexes of read-only data go.
 #[pyfunction]
-fn cache_dir() -> PyResult<String> {
-    boundary("cache_dir", || {
-        Ok(store::cache_dir().to_string_lossy().into_owned())
-    })
+fn cache_dir() -> PyResult<OsString> {
+    boundary("cache_dir", || Ok(store::cache_dir().into_os_string()))
 }
 
 /// Candidate index paths for `path`, in the order they are tried.
 #[pyfunction]
 #[pyo3(signature = (path, index_dir=None))]
-fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> PyResult<Vec<String>> {
+fn index_candidates(path: PathBuf, index_dir: Option<PathBuf>) -> PyResult<Vec<OsString>> {
     boundary("index_candidates", || {
         Ok(store::index_candidates(&path, index_dir.as_deref())
-            .iter()
-            .map(|p| p.to_string_lossy().into_owned())
+            .into_iter()
+            .map(PathBuf::into_os_string)
             .collect())
     })
 }

@@ -528,3 +528,19 @@ def test_index_waiting_for_ranks_that_never_come_says_so_and_stops(
     _, err = proc.communicate(timeout=60)  # generous: a loaded machine; without the fix it waits minutes
     assert proc.returncode == status, err
     assert "Traceback" not in err, err
+
+
+def test_a_file_name_that_is_not_utf8_works_in_every_command(tmp_path: Path) -> None:
+    """Linux file names are bytes: one that is not UTF-8 must be indexed, described and checked under
+    its own name, not under a lossy copy that names no file."""
+    name = os.fsdecode(b"caf\xe9.json")  # Latin-1, as older archives and tools write names
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]
+    (tmp_path / name).write_text(json.dumps([{"id": 1, "conversations": turns}]))
+    for argv in (["index", name], ["info", name], ["check", name], ["show", name, "0"]):
+        rc, out, err = ff(*argv, cwd=tmp_path)
+        assert rc == 0, (argv, err)
+        assert "Traceback" not in err and "no such file" not in (out + err).lower(), (argv, out, err)
+    import fusion_fast as ff_api
+
+    idx = ff_api.open(tmp_path / name)
+    assert os.path.exists(idx.path) and os.path.exists(idx.index_path)
