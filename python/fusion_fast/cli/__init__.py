@@ -194,7 +194,9 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, FusionFastIOError):
         return EXIT_FAILED, _once(e)
     if isinstance(e, FusionFastError):
-        return EXIT_FAILED, _once(e)
+        from .output import jsonl_hint
+
+        return EXIT_FAILED, jsonl_hint(_once(e), e.path)
     if isinstance(e, OSError):
         return os_error(e)
     if isinstance(e, MemoryError):

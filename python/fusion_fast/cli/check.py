@@ -166,5 +166,8 @@ def describe(p: Problem) -> str:
         where.append(f"id {p.id!r}")
     if p.offset is not None:
         where.append(f"byte {p.offset}")
-    text = " ".join(where) + ": " + p.detail if where else p.detail
+    from .output import jsonl_hint
+
+    detail = jsonl_hint(p.detail, p.dataset) if p.kind == "malformed_record" else p.detail
+    text = " ".join(where) + ": " + detail if where else detail
     return text + (f" [{p.path}]" if p.path else "")

@@ -96,6 +96,66 @@ def cell(text: str) -> str:
     return "".join(out)
 
 
+#: The hint the index builder gives for a .json file whose top-level value is not an array.
+JSONL_HINT = "A file with one JSON record per line is JSON Lines: name it .jsonl"
+#: How common non-JSON files start, to say what was found instead.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+    (b"BZh", "bzip2-compressed data"),
+    (b"\xfd7zXZ", "xz-compressed data"),
+    (b"PAR1", "a Parquet file"),
+)
+
+
+def jsonl_hint(message: str, path: str | os.PathLike[str] | None) -> str:
+    """`message` with the "name it .jsonl" hint kept only when the file looks like JSON Lines (its first
+    line parses as a JSON value); otherwise the hint says what the file starts with instead."""
+    if JSONL_HINT not in message or path is None:
+        return message
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return message
+    first = head.lstrip().split(b"\n", 1)[0].strip()
+    try:
+        json.loads(first)
+        return message
+    except ValueError:
+        pass
+    return message.replace(JSONL_HINT, _found(head))
+
+
+def _found(head: bytes) -> str:
+    text = head.lstrip()
+    for magic, what in _MAGIC:
+        if text.startswith(magic):
+            return f"This is not JSON: the file holds {what}"
+    if text[:1] in (b"{", b'"') or text[:1].isdigit() or text[:1] in (b"-", b"t", b"f", b"n"):
+        try:
+            kind = type(json.loads(head)).__name__ if len(head) < (1 << 16) else None
+        except ValueError:
+            kind = None
+        names = {"dict": "an object", "str": "a string", "int": "a number", "float": "a number"}
+        if kind is not None:
+            return f"It is a single JSON value ({names.get(kind, kind)}); the records must be in an array"
+    try:
+        head.decode("utf-8")
+        binary = False
+    except UnicodeDecodeError as e:
+        binary = e.start < len(head) - 3  # not just a character cut at the end of what was read
+    if binary or b"\x00" in head:
+        return "This is not JSON: the file is binary (it starts with bytes " + text[:8].hex(" ") + ")"
+    line = text.split(b"\n", 1)[0][:40].decode("utf-8", "replace")
+    return f"This is not JSON: its first line starts with {line!r}"
+
+
 def print_json(value: Any) -> None:
     """`--json` output: one JSON document on standard output."""
     sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=1) + "\n")
