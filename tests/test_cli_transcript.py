@@ -90,7 +90,7 @@ MISTAKES = [
     (["mix", "missing.yaml"], 2, "missing.yaml"),
     (["prepare", "/no/such/download"], 2, "/no/such/download"),
     (["info", "data"], 2, "data"),
-    (["info", "stage.yaml"], 2, "stage.yaml"),
+    (["info", "bad.yaml"], 2, "bad.yaml"),
     (["mix", f"data/{DATA}"], 2, DATA),
     (["mix", "bad.yaml"], 2, "bad.yaml"),
     (["check", "bad.yaml"], 2, "bad.yaml"),
