@@ -1,5 +1,5 @@
 """Shared fixtures. Data from ../shared (beside the repo root) is read in place and skipped when absent;
-no test may write there (the session fails if a file under it appears, vanishes or changes)."""
+no test may write there (the test run fails if a file under it appears, vanishes or changes)."""
 
 from __future__ import annotations
 
