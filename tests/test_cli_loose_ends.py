@@ -12,21 +12,7 @@ from pathlib import Path
 
 import pytest
 
-
-def ff(*args: str, cwd: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `fusion-fast ARGS` with standard output redirected to a file, as in a batch job's log."""
-    out_file = cwd / "stdout.txt"
-    with open(out_file, "w") as out:
-        proc = subprocess.run(
-            [sys.executable, "-m", "fusion_fast", *args],
-            stdout=out,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=cwd,
-            env={**os.environ, **(env or {})},
-            timeout=300,
-        )
-    return proc.returncode, out_file.read_text(), proc.stderr
+from .test_cli_transcript import ff
 
 
 def records(n: int, prefix: str = "r") -> list[dict[str, object]]:
