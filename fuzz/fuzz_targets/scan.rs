@@ -23,7 +23,7 @@ fuzz_target!(|input: &[u8]| {
     };
     let opts = ScanOptions {
         chunk_size,
-        progress: None,
+        ..ScanOptions::default()
     };
     let sequential = scan_sequential(data, format);
     let parallel = scan_with_stats(data, format, &opts).map(|(runs, _)| Records::concat(&runs));
