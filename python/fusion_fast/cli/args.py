@@ -84,3 +84,13 @@ def check_not_input(path: str, flag: str, inputs: list[Path]) -> None:
     for p in inputs:
         if p.exists() and os.path.samefile(out, p):
             raise UsageError(f"{flag} {path}: is an input of this command ({p}); choose another file")
+
+
+def add_root_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--root DIR`: the folder relative paths in a stage YAML start from (an existing folder)."""
+    parser.add_argument("--root", type=existing_folder, default=None, metavar="DIR", help=help)
+
+
+def add_index_dir_option(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--index-dir DIR`: where indexes are kept instead of beside the data."""
+    parser.add_argument("--index-dir", type=index_folder, default=None, metavar="DIR", help=help)

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import check_not_input, check_writable, existing_folder, non_negative_int
+from .args import add_root_option, check_not_input, check_writable, existing_folder, non_negative_int
 
 if TYPE_CHECKING:
     from ..check import CheckReport, Problem
@@ -31,13 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "target", metavar="TARGET", help="a stage YAML, a .json/.jsonl file or a folder (playground)"
     )
-    p.add_argument(
-        "--root",
-        type=existing_folder,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in a YAML start from (default: cwd)",
-    )
+    add_root_option(p, "folder that relative paths in a YAML start from (default: cwd)")
     p.add_argument(
         "--image-folder",
         type=existing_folder,

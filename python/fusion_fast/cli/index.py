@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .args import existing_folder, index_folder, positive_int
+from .args import add_index_dir_option, add_root_option, positive_int
 from .output import cell, count
 
 if TYPE_CHECKING:
@@ -38,20 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="a .json/.jsonl file, a folder or a stage YAML")
     p.add_argument("--threads", type=positive_int, default=None, help="threads per file (default: all cores)")
     p.add_argument("--force", action="store_true", help="rebuild even when a valid index exists")
-    p.add_argument(
-        "--index-dir",
-        type=index_folder,
-        default=None,
-        metavar="DIR",
-        help="keep indexes here instead of next to the data",
-    )
-    p.add_argument(
-        "--root",
-        type=existing_folder,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in a YAML start from",
-    )
+    add_index_dir_option(p, "keep indexes here instead of next to the data")
+    add_root_option(p, "folder that relative paths in a YAML start from")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     p.set_defaults(func=run_index)
 
@@ -64,20 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "paths resolved against.",
     )
     p.add_argument("path", metavar="FILE", help="a .json / .jsonl data file, or a stage YAML")
-    p.add_argument(
-        "--root",
-        type=existing_folder,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths in a stage YAML start from",
-    )
-    p.add_argument(
-        "--index-dir",
-        type=index_folder,
-        default=None,
-        metavar="DIR",
-        help="where the index is kept (default: beside the data)",
-    )
+    add_root_option(p, "folder that relative paths in a stage YAML start from")
+    add_index_dir_option(p, "where the index is kept (default: beside the data)")
     p.add_argument("--verify", action="store_true", help="recompute every column checksum")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.set_defaults(func=run_info)
@@ -95,13 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="N",
         help="record numbers (negative count from the end: -1 is the last)",
     )
-    p.add_argument(
-        "--index-dir",
-        type=index_folder,
-        default=None,
-        metavar="DIR",
-        help="where the index is kept (default: beside the data)",
-    )
+    add_index_dir_option(p, "where the index is kept (default: beside the data)")
     p.set_defaults(func=run_show)
 
 

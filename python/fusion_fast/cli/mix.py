@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .args import check_not_input, check_writable, existing_folder, index_folder, seed
+from .args import add_index_dir_option, add_root_option, check_not_input, check_writable, seed
 
 #: (summary column, header, how to render a value).
 _COLUMNS: tuple[tuple[str, str, Any], ...] = (
@@ -31,23 +31,11 @@ _COLUMNS: tuple[tuple[str, str, Any], ...] = (
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mix", help="show what a stage YAML selects from each dataset; export it as JSONL")
     p.add_argument("stage", metavar="STAGE.yaml", help="a FUSION / LLaVA-OneVision stage YAML")
-    p.add_argument(
-        "--root",
-        type=existing_folder,
-        default=None,
-        metavar="DIR",
-        help="folder that relative paths start from (default: cwd)",
-    )
+    add_root_option(p, "folder that relative paths start from (default: cwd)")
     p.add_argument(
         "--seed", type=seed, default=0, help="seed of the random: strategies and repeats (default: 0)"
     )
-    p.add_argument(
-        "--index-dir",
-        type=index_folder,
-        default=None,
-        metavar="DIR",
-        help="where the indexes are kept (default: beside the data)",
-    )
+    add_index_dir_option(p, "where the indexes are kept (default: beside the data)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.add_argument("--export", metavar="OUT.jsonl", default=None, help="write the selected records here")
     p.set_defaults(func=run)
