@@ -74,6 +74,20 @@ fn map_file(file: &File, path: &Path) -> Result<Option<Map>> {
     GuardedMap::new(file, path, false)
 }
 
+/// Where a file written atomically to `dest` is written first: beside it (same filesystem, so the
+/// final rename is atomic), hidden, and named after this process.
+fn temp_path(dest: &Path) -> PathBuf {
+    let dir = dest
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(".{name}.tmp-{}", std::process::id()))
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Members as found by the archive walkers.
 
@@ -809,15 +823,7 @@ fn write_store(
     h.extend_from_slice(&sum.to_le_bytes());
     debug_assert_eq!(h.len(), HEADER_LEN);
 
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(dest);
     let result = (|| -> Result<()> {
         let werr = |e| Error::io(&tmp, "write the image store", e);
         let file = File::create(&tmp).map_err(werr)?;
@@ -868,15 +874,7 @@ pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
     } else {
         Box::new(reader)
     };
-    let dir = dest
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = temp_path(dest);
     let result = (|| -> Result<u64> {
         let werr = |e| Error::io(&tmp, "write the converted tar", e);
         let file = File::options()
