@@ -52,6 +52,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, cast
 
 from .errors import FusionFastError
+from .playground import STATE_DIR, state_folder
 
 #: Suffixes of the archive formats read here (tar ones autodetect their compression).
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
@@ -77,7 +78,7 @@ IMAGE_SUFFIXES = (
 )
 #: Prepare's own state under `images/`: completion markers and temporary extraction folders. No member
 #: may land there (refused by name).
-MARKER_DIR = ".fusion-fast"
+MARKER_DIR = STATE_DIR
 TMP_PREFIX = ".tmp-"
 #: Seconds to sleep after each member: a testing aid that makes "killed mid-extraction" deterministic.
 DELAY_ENV = "FUSION_FAST_EXTRACT_DELAY"
@@ -962,7 +963,7 @@ def group_archives(files: Sequence[tuple[str, Path]]) -> list[Archive]:
 def tmp_dir(images: Path, key: str) -> Path:
     """The work folder for `key`: in `images/.fusion-fast/` (same filesystem as `images/`, where no
     member may land), tagged with our pid."""
-    return images / MARKER_DIR / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
+    return state_folder(images) / f"{TMP_PREFIX}{marker_name(key)}-{os.getpid()}"
 
 
 #: Longest marker name kept readable (a file name must stay under 255 bytes with its suffixes).
@@ -1179,7 +1180,7 @@ class Marker:
 
 
 def marker_path(images: Path, key: str) -> Path:
-    return images / MARKER_DIR / f"{marker_name(key)}.done"
+    return state_folder(images) / f"{marker_name(key)}.done"
 
 
 def read_marker(images: Path, key: str) -> Marker | None:

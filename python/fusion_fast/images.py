@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .playground import IMAGE_STORE, STATE_DIR
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -207,7 +208,7 @@ class ImageStore:
 
 
 #: Where an image folder keeps the store of its archived images (in prepare's state folder).
-FOLDER_STORE = os.path.join(".fusion-fast", "images" + STORE_SUFFIX)
+FOLDER_STORE = os.path.join(STATE_DIR, IMAGE_STORE)
 
 #: Per process: folder -> its store (None: it has none). A store appearing later in a folder already
 #: looked at is seen by new processes (DataLoader workers, the next run).

@@ -47,7 +47,6 @@ import numpy as np
 from .archives import (
     DEFAULT_LIMITS,
     IMAGE_SUFFIXES,
-    MARKER_DIR,
     TMP_PREFIX,
     Extracted,
     FolderUnit,
@@ -69,6 +68,7 @@ from .errors import FusionFastError
 from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex
 from .index import open as open_index
 from .indexing import index_file
+from .playground import Playground, state_folder
 from .stage import DATA_SUFFIXES
 
 if TYPE_CHECKING:
@@ -400,16 +400,20 @@ class Plan:
     yaml_text: str
 
     @property
+    def playground(self) -> Playground:
+        return Playground.at(self.root)
+
+    @property
     def train(self) -> Path:
-        return self.root / "train"
+        return self.playground.train
 
     @property
     def jsons_dir(self) -> Path:
-        return self.train / "jsons"
+        return self.playground.jsons
 
     @property
     def images_dir(self) -> Path:
-        return self.train / "images"
+        return self.playground.images
 
     @property
     def yaml_unchanged(self) -> bool:
@@ -435,7 +439,7 @@ def plan_prepare(
     found = scan_source(source, skip=root_path, include=include)
     if not found.jsons and not found.units:
         raise FusionFastError(f"no annotation files, archives or image folders found under {source}")
-    train = root_path / "train"
+    playground = Playground.at(root_path)
     by_name: dict[str, str] = {}
     jsons = []
     for key, path in found.jsons:
@@ -451,15 +455,15 @@ def plan_prepare(
                 "FUSION's jsons/ folder can hold only one (use --include to pick)"
             )
         by_name[path.name] = key
-        target = train / "jsons" / path.name
+        target = playground.json_file(path.name)
         jsons.append(JsonItem(key, path, target, _json_action(path, target)))
-    images = train / "images"
+    images = playground.images
     units = []
     for unit in found.units:
         stamp = unit.stamp()
         units.append(UnitItem(unit, stamp, is_in_place(images, unit, stamp)))
     yaml_out = (
-        Path(os.path.abspath(yaml_path)) if yaml_path else train / f"{stage or name or source.name}.yaml"
+        Path(os.path.abspath(yaml_path)) if yaml_path else playground.stage_yaml(stage or name or source.name)
     )
     text = stage_yaml_text(yaml_out, [j.target for j in jsons], source)
     if yaml_out.exists() and not yaml_out.read_text(encoding="utf-8").startswith(YAML_HEADER):
@@ -511,7 +515,7 @@ def stage_yaml_text(yaml_path: Path, json_files: Sequence[Path], source: Path) -
     YAML's folder (images resolve through the playground layout, `train/images/`)."""
     lines = [f"{YAML_HEADER} from {source}", "datasets:" if json_files else "datasets: []"]
     for path in sorted(json_files, key=lambda p: p.name):
-        rel = os.path.relpath(path, yaml_path.parent).replace(os.sep, "/")
+        rel = Playground.json_path_entry(path, yaml_path.parent)
         lines += [f"  - json_path: {json.dumps(rel, ensure_ascii=False)}", '    sampling_strategy: "all"']
     return "\n".join(lines) + "\n"
 
@@ -662,7 +666,7 @@ def _playground_lock(images: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: no lock
         yield
         return
-    state = images / MARKER_DIR
+    state = state_folder(images)
     state.mkdir(parents=True, exist_ok=True)
     with open(state / "lock", "a") as f:
         try:
@@ -680,10 +684,10 @@ def _run_prepare(
     started = time.perf_counter()
     result = PrepareResult(plan)
     images = plan.images_dir
-    for folder in (plan.jsons_dir, images / MARKER_DIR):
+    for folder in (plan.jsons_dir, state_folder(images)):
         folder.mkdir(parents=True, exist_ok=True)
     # Only prepare's own folders: a member of an archive may be called `.tmp-x` (images/ is theirs).
-    for folder in (plan.jsons_dir, images / MARKER_DIR):
+    for folder in (plan.jsons_dir, state_folder(images)):
         clean_stale_tmp(folder)
     indexes = []
     for item in plan.jsons:
