@@ -1173,6 +1173,10 @@ class Marker:
     entries: list[str]
     files: int
     bytes: int
+    #: "extract" (files placed in `images/`) or "shards" (read through the folder's image store)
+    mode: str = "extract"
+    #: shards: the plain tar or zip the store reads (absolute path)
+    archive: str = ""
 
     @property
     def stamp(self) -> Stamp:
@@ -1192,6 +1196,18 @@ def read_marker(images: Path, key: str) -> Marker | None:
         return None
 
 
+def read_markers(images: Path) -> list[Marker]:
+    """Every readable marker in the state folder of `images`."""
+    out = []
+    folder = state_folder(images)
+    for path in sorted(folder.glob("*.done")) if folder.is_dir() else []:
+        try:
+            out.append(Marker(**json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError, TypeError):
+            continue
+    return out
+
+
 def write_marker(images: Path, marker: Marker) -> None:
     """Write the marker atomically (a temporary file renamed into place)."""
     path = marker_path(images, marker.key)
@@ -1206,6 +1222,11 @@ def is_in_place(images: Path, unit: ImageUnit, stamp: Stamp) -> Marker | None:
     marker = read_marker(images, unit.key)
     if marker is None or marker.key != unit.key or marker.stamp != stamp:
         return None
+    if marker.mode == "shards":
+        from .prepare_shards import store_archives
+
+        readable = os.path.isfile(marker.archive) and marker.archive in (store_archives(images) or ())
+        return marker if readable else None
     if not all(os.path.lexists(images / e) for e in marker.entries):
         return None
     return marker

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -48,6 +48,7 @@ from .archives import (
     DEFAULT_LIMITS,
     IMAGE_SUFFIXES,
     TMP_PREFIX,
+    Archive,
     Extracted,
     FolderUnit,
     ImageUnit,
@@ -60,6 +61,7 @@ from .archives import (
     group_archives,
     is_in_place,
     place,
+    read_markers,
     strip_components,
     tmp_dir,
     write_marker,
@@ -69,6 +71,17 @@ from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex
 from .index import open as open_index
 from .indexing import index_file
 from .playground import Playground, state_folder
+from .prepare_shards import (
+    DEFAULT_IMAGES,
+    IMAGES_MODES,
+    StoreEntry,
+    build_store,
+    check_targets,
+    clean_stale_files,
+    how_readable,
+    list_members,
+    make_readable,
+)
 from .stage import DATA_SUFFIXES
 
 if TYPE_CHECKING:
@@ -398,6 +411,8 @@ class Plan:
     jsons: list[JsonItem]
     units: list[UnitItem]
     yaml_text: str
+    #: How archives are made available: "extract" (files in `images/`) or "shards" (the image store).
+    images: str = DEFAULT_IMAGES
 
     @property
     def playground(self) -> Playground:
@@ -428,10 +443,13 @@ def plan_prepare(
     stage: str | None = None,
     yaml_path: str | os.PathLike[str] | None = None,
     include: Sequence[str] = (),
+    images: str = DEFAULT_IMAGES,
 ) -> Plan:
     """Look at the download folder `source` and the playground `root` and decide what to do. Raises
     `FusionFastError` (before anything is written) on conflicts: two annotation files with the same
     name, a different file already at `jsons/<name>`, a YAML not written by `prepare` in the way."""
+    if images not in IMAGES_MODES:
+        raise FusionFastError(f"images mode must be one of {', '.join(IMAGES_MODES)}, not {images!r}")
     source = Path(source).resolve()
     root_path = Path(os.path.abspath(root))
     if not source.is_dir():
@@ -457,11 +475,10 @@ def plan_prepare(
         by_name[path.name] = key
         target = playground.json_file(path.name)
         jsons.append(JsonItem(key, path, target, _json_action(path, target)))
-    images = playground.images
     units = []
     for unit in found.units:
         stamp = unit.stamp()
-        units.append(UnitItem(unit, stamp, is_in_place(images, unit, stamp)))
+        units.append(UnitItem(unit, stamp, is_in_place(playground.images, unit, stamp)))
     yaml_out = (
         Path(os.path.abspath(yaml_path)) if yaml_path else playground.stage_yaml(stage or name or source.name)
     )
@@ -471,7 +488,7 @@ def plan_prepare(
             f"{yaml_out} exists and was not written by fusion-fast prepare; pass another --yaml or remove it",
             path=str(yaml_out),
         )
-    return Plan(source, root_path, yaml_out, jsons, units, text)
+    return Plan(source, root_path, yaml_out, jsons, units, text, images)
 
 
 def _is_utf8(name: str) -> bool:
@@ -580,7 +597,9 @@ class UnitResult:
     """How one archive or unpacked folder went; `target` says where its files are (`placed_at`)."""
 
     item: UnitItem
-    status: str  #: "extracted", "in place" or "failed"
+    #: "extracted", "indexed" (read in place through the image store), "converted" (into a plain tar
+    #: shard, then indexed), "in place" or "failed"
+    status: str
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -601,6 +620,10 @@ class PrepareResult:
     check: CheckReport | None = None
     check_error: str | None = None
     seconds: float = 0.0
+    #: Image paths held by more than one archive read through the image store: (path, key of the
+    #: archive it is read from, key of an archive whose copy is ignored). Empty when the store was not
+    #: rebuilt by this run.
+    duplicates: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -689,6 +712,7 @@ def _run_prepare(
     # Only prepare's own folders: a member of an archive may be called `.tmp-x` (images/ is theirs).
     for folder in (plan.jsons_dir, state_folder(images)):
         clean_stale_tmp(folder)
+    clean_stale_files(images)
     indexes = []
     for item in plan.jsons:
         json_result, idx = _place_and_index(item)
@@ -698,8 +722,20 @@ def _run_prepare(
     todo = [u for u in plan.units if u.todo]
     refs = References.from_indexes(indexes) if todo else None
     done = {u.unit.key: _in_place_result(u) for u in plan.units if not u.todo}
-    for unit_item, outcome, seconds in _extract_all(todo, images, jobs, progress, size_limits):
+    as_shards = [u for u in todo if plan.images == "shards" and isinstance(u.unit, Archive)]
+    to_extract = [u for u in todo if u not in as_shards]
+    shard_bytes = sum(u.stamp.size for u in as_shards)
+    extract_bytes = sum(u.stamp.size for u in to_extract)
+    extract_progress = shard_progress = None
+    if progress is not None:
+        report = progress
+        extract_progress = lambda n, _t: report(n, extract_bytes + shard_bytes)  # noqa: E731
+        shard_progress = lambda n, _t: report(extract_bytes + n, extract_bytes + shard_bytes)  # noqa: E731
+    for unit_item, outcome, seconds in _extract_all(to_extract, images, jobs, extract_progress, size_limits):
         done[unit_item.unit.key] = _finish_unit(unit_item, outcome, seconds, images, refs)
+    if as_shards:
+        shard_results, result.duplicates = _prepare_shards(as_shards, images, refs, jobs, shard_progress)
+        done.update(shard_results)
     result.units = [done[u.unit.key] for u in plan.units]
     if not plan.yaml_unchanged:
         plan.yaml_path.parent.mkdir(parents=True, exist_ok=True)
@@ -746,7 +782,80 @@ def _link_or_copy(source: Path, target: Path) -> str:
 def _in_place_result(item: UnitItem) -> UnitResult:
     m = item.marker
     assert m is not None
-    return UnitResult(item, "in place", m.files, m.bytes, target=placed_at(m.prefix, m.entries))
+    where = placed_at(m.prefix, m.entries) + (" (image store)" if m.mode == "shards" else "")
+    return UnitResult(item, "in place", m.files, m.bytes, target=where)
+
+
+def _prepare_shards(
+    items: list[UnitItem],
+    images: Path,
+    refs: References | None,
+    jobs: int,
+    progress: BytesProgress | None,
+) -> tuple[dict[str, UnitResult], list[tuple[str, str, str]]]:
+    """Make each archive readable in place (`prepare_shards.make_readable`), list and check its members,
+    decide its nesting as extraction would, then build the folder's image store over these archives and
+    every archive already prepared this way, and write their markers last. Returns the results by key
+    and the duplicate paths the store found."""
+    results: dict[str, UnitResult] = {}
+    ready: list[tuple[UnitItem, Path, list[str], int, Placement, int | None, float]] = []
+    ready_bytes: dict[str, int] = {}
+    work = tmp_dir(images, "image store")
+    work.mkdir()
+    try:
+        units = [(cast(Archive, u.unit), u.stamp.fingerprint) for u in items]
+        for k, outcome, seconds in make_readable(units, images, jobs, progress):
+            item = items[k]
+            unit = item.unit
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                archive, ours = outcome
+                try:
+                    listing = list_members(unit.key, archive, work)
+                except FusionFastError:
+                    if ours:  # a damaged shard is never reused
+                        archive.unlink(missing_ok=True)
+                    raise
+                placement = decide_placement(listing.members, refs, unit.fallback_prefix)
+                entries = check_targets(unit.key, listing, placement.strip, placement.prefix, images)
+                referenced = (
+                    int(refs.contains([placement.target(m) for m in listing.members]).sum()) if refs else None
+                )
+                ready.append((item, archive, entries, len(listing.members), placement, referenced, seconds))
+                ready_bytes[unit.key] = listing.bytes
+            except (FusionFastError, OSError) as e:
+                results[unit.key] = UnitResult(item, "failed", seconds=seconds, error=str(e))
+        if not ready:
+            return results, []
+        todo_keys = {u.unit.key for u in items}
+        entries_in_store = [
+            StoreEntry(m.key, Path(m.archive), m.strip, m.prefix)
+            for m in read_markers(images)
+            if m.mode == "shards" and m.key not in todo_keys and os.path.isfile(m.archive)
+        ]
+        entries_in_store += [StoreEntry(i.unit.key, a, p.strip, p.prefix) for i, a, _, _, p, _, _ in ready]
+        try:
+            built = build_store(images, entries_in_store)
+        except (FusionFastError, OSError) as e:
+            for item, *_ in ready:
+                results[item.unit.key] = UnitResult(item, "failed", error=f"building the image store: {e}")
+            return results, []
+        for item, archive, entries, files, placement, referenced, seconds in ready:
+            unit, s = item.unit, item.stamp
+            marker = Marker(
+                unit.key, unit.kind, s.size, s.mtime_ns, s.fingerprint, placement.strip, placement.prefix,
+                entries, files, ready_bytes[unit.key], mode="shards", archive=os.path.abspath(archive),
+            )  # fmt: skip
+            write_marker(images, marker)
+            status = "indexed" if how_readable(cast(Archive, unit)) == "index" else "converted"
+            target = placed_at(placement.prefix, entries) + " (image store)"
+            results[unit.key] = UnitResult(
+                item, status, files, ready_bytes[unit.key], seconds, placement, referenced, target
+            )
+        return results, built.duplicates
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _finish_unit(
