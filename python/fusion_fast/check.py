@@ -28,6 +28,7 @@ from .exclude import write_exclude
 from .index import JsonIndex
 from .index import open as open_index
 from .indexing import TargetError, expand_targets, index_file
+from .playground import Playground
 from .stage import DATA_SUFFIXES, DatasetSpec, is_stage_yaml, read_stage
 
 if TYPE_CHECKING:
@@ -181,41 +182,6 @@ class CheckReport:
 # -- targets and the FUSION layout ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Layout:
-    """A FUSION playground: `train/jsons/<Name>-<N>k.json` next to `train/images/<Source>/...`."""
-
-    train: Path
-    jsons: Path
-    images: Path
-
-    @classmethod
-    def at(cls, train: Path) -> Layout:
-        return cls(train, train / "jsons", train / "images")
-
-    @classmethod
-    def of_folder(cls, folder: Path) -> Layout | None:
-        """The playground `folder` is (its root, its `train/` or its `train/jsons/`), if any."""
-        if (folder / "train" / "jsons").is_dir():
-            return cls.at(folder / "train")
-        if (folder / "jsons").is_dir() and (folder / "images").is_dir():
-            return cls.at(folder)
-        if folder.name == "jsons" and (folder.parent / "images").is_dir():
-            return cls.at(folder.parent)
-        return None
-
-    @classmethod
-    def of_file(cls, path: Path) -> Layout | None:
-        """The playground whose `jsons/` folder holds `path` (at any depth), if any."""
-        for parent in path.parents:
-            if parent.name == "jsons" and (parent.parent / "images").is_dir():
-                return cls.at(parent.parent)
-        return None
-
-    def data_files(self) -> list[Path]:
-        return _data_files(self.jsons)
-
-
 def _absolute(path: str | os.PathLike[str]) -> Path:
     """Absolute but not resolved: a data file linked into `jsons/` stays in the playground, and paths
     compare equal to those `read_stage` returns."""
@@ -259,7 +225,7 @@ class _Plan:
 
     files: list[_DataFile] = field(default_factory=list)
     missing: list[DatasetSpec] = field(default_factory=list)
-    layouts: list[Layout] = field(default_factory=list)
+    layouts: list[Playground] = field(default_factory=list)
     used: set[Path] = field(default_factory=set)
 
     def add_specs(self, specs: Iterable[DatasetSpec], *, check: bool) -> None:
@@ -295,13 +261,13 @@ def _plan(target: Path, kind: TargetKind, root: str | None) -> _Plan:
     elif kind == "yaml":
         yaml_path = _absolute(target)
         plan.add_specs(read_stage(yaml_path, root=root), check=True)
-        plan.layouts = sorted({lay for f in plan.files if (lay := Layout.of_file(f.path))}, key=str)
+        plan.layouts = sorted({lay for f in plan.files if (lay := Playground.of_file(f.path))}, key=str)
         # Other stages of the same run use the rest of jsons/: their YAMLs sit beside this one or in train/.
         others = {*_yamls_in(yaml_path.parent), *(y for lay in plan.layouts for y in _yamls_in(lay.train))}
         others.discard(yaml_path)
         plan.add_specs(_stage_specs(sorted(others), root), check=False)
     else:
-        layout = Layout.of_folder(_absolute(target))
+        layout = Playground.of_folder(_absolute(target))
         if layout is None:
             plan.files = [_DataFile(p, None) for p in expand_targets([target])]
         else:
@@ -309,19 +275,19 @@ def _plan(target: Path, kind: TargetKind, root: str | None) -> _Plan:
             yamls = _yamls_in(layout.train)
             plan.add_specs(_stage_specs(yamls, root), check=True)
             from_yaml = {f.path: f for f in plan.files}
-            plan.files = [from_yaml.get(p, _DataFile(p, None)) for p in layout.data_files()]
+            plan.files = [from_yaml.get(p, _DataFile(p, None)) for p in _data_files(layout.jsons)]
             if yamls:
                 plan.layouts = [layout]
     return plan
 
 
-def _image_root(data: _DataFile, image_folder: str | None, layout: Layout | None) -> Path:
+def _image_root(data: _DataFile, image_folder: str | None, layout: Playground | None) -> Path:
     """Where relative image paths of `data` start, in FUSION's order of precedence."""
     if data.image_folder is not None:
         return data.image_folder
     if image_folder is not None:
         return Path(image_folder)
-    layout = layout or Layout.of_file(data.path)
+    layout = layout or Playground.of_file(data.path)
     return layout.images if layout is not None else data.path.parent
 
 
@@ -800,7 +766,7 @@ def run_check(
     plan = _plan(target_path, kind, root_str)
     if not plan.files and not plan.missing:
         raise TargetError("no .json / .jsonl data files to check", path=str(target_path))
-    folder_layout = Layout.of_folder(_absolute(target_path)) if kind == "folder" else None
+    folder_layout = Playground.of_folder(_absolute(target_path)) if kind == "folder" else None
     report = CheckReport(os.fspath(target))
     report.problems += [_missing_json(spec, root_given=root is not None) for spec in plan.missing]
     with _progress_bar(progress) as bar:
@@ -811,7 +777,7 @@ def run_check(
         finally:
             checker.close()
     for layout in plan.layouts:
-        for unused in (p for p in layout.data_files() if p not in plan.used):
+        for unused in (p for p in _data_files(layout.jsons) if p not in plan.used):
             detail = f"in {layout.jsons} but used by no stage YAML"
             report.problems.append(Problem("unused_json", str(unused), None, None, detail, None, str(unused)))
             if (stats := report.datasets.get(str(unused))) is not None:  # a folder target checked it too
@@ -837,7 +803,6 @@ __all__ = [
     "KINDS",
     "CheckReport",
     "DatasetStats",
-    "Layout",
     "Problem",
     "TargetError",
     "run_check",

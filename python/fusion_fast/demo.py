@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from .playground import FusionRepo, Playground
 from .synth import make_record, tiny_png
 
 #: (file name, source folder, records, format)
@@ -24,11 +25,11 @@ DEMO_DATASETS = (
 )
 
 #: The stage YAML, relative to the demo folder (FUSION's repository root).
-STAGE_YAML = "scripts/train/yaml/stage1.yaml"
+STAGE_YAML = f"{FusionRepo.YAML_DIR}/stage1.yaml"
 #: The folder FUSION's launch scripts run from: the YAML's relative paths start there.
-LAUNCH_DIR = "scripts/train"
+LAUNCH_DIR = FusionRepo.LAUNCH_DIR
 #: How FUSION's YAMLs name an annotation file: relative to LAUNCH_DIR.
-JSON_PATH_PREFIX = "../../playground/train/jsons/"
+JSON_PATH_PREFIX = FusionRepo(Path()).json_path_prefix
 
 
 @dataclass
@@ -40,18 +41,27 @@ class DemoPlayground:
     yaml: Path  #: base/scripts/train/yaml/stage1.yaml
 
     @property
+    def repo(self) -> FusionRepo:
+        return FusionRepo(self.base)
+
+    @property
+    def playground(self) -> Playground:
+        return Playground.at(self.root)
+
+    @property
     def launch_dir(self) -> Path:
         """base/scripts/train: where the YAML's `../../playground/...` paths start."""
-        return self.base / LAUNCH_DIR
+        return self.repo.launch_dir
 
 
 def write_playground(base: str | os.PathLike[str], *, seed: int = 0) -> DemoPlayground:
     """Write, under `base`, `playground/train/jsons/*.json[l]`, `playground/train/images/<Source>/...`
     (tiny real PNGs) and `scripts/train/yaml/stage1.yaml` in FUSION's format. Same seed, same bytes."""
     base = Path(base)
-    root = base / "playground"
-    jsons_dir = root / "train" / "jsons"
-    images_dir = root / "train" / "images"
+    repo = FusionRepo(base)
+    root = base / FusionRepo.PLAYGROUND
+    playground = Playground.at(root)
+    jsons_dir, images_dir = playground.jsons, playground.images
     jsons_dir.mkdir(parents=True, exist_ok=True)
     jsons, n_images = [], 0
     png = tiny_png()
@@ -73,18 +83,18 @@ def write_playground(base: str | os.PathLike[str], *, seed: int = 0) -> DemoPlay
                         f.write_bytes(png)
                         n_images += 1
             records.append(rec)
-        path = jsons_dir / name
+        path = playground.json_file(name)
         with open(path, "w", encoding="utf-8") as f:
             if fmt == "jsonl":
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
             else:
                 json.dump(records, f, ensure_ascii=False, indent=4)
         jsons.append(path)
-    yaml_path = base / STAGE_YAML
+    yaml_path = repo.stage_yaml("stage1")
     yaml_path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["datasets:"]
     strategies = ["all", "random:50%", "first:500"]
     for path, strategy in zip(jsons, strategies, strict=True):
-        lines += [f"  - json_path: {JSON_PATH_PREFIX}{path.name}", f'    sampling_strategy: "{strategy}"']
+        lines += [f"  - json_path: {repo.json_path_entry(path)}", f'    sampling_strategy: "{strategy}"']
     yaml_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return DemoPlayground(base, root, jsons, n_images, yaml_path)

@@ -137,5 +137,10 @@ class FusionRepo:
         """`../../playground/train/jsons/X.json` for a file in the playground's `jsons/`."""
         return Playground.json_path_entry(data_file, self.launch_dir)
 
+    @property
+    def json_path_prefix(self) -> str:
+        """`../../playground/train/jsons/`: how the YAMLs begin the path of an annotation file."""
+        return self.json_path_entry(self.playground.jsons) + "/"
+
 
 __all__ = ["IMAGE_STORE", "STATE_DIR", "FusionRepo", "Playground", "image_store_path", "state_folder"]

@@ -27,7 +27,7 @@ def run_demo(args: argparse.Namespace) -> int:
     out = console()
     pg = write_playground(args.dir, seed=args.seed)
     files, images = count(len(pg.jsons), "annotation file"), count(pg.images, "image")
-    note(f"wrote {files} and {images} under {pg.root}/train")
+    note(f"wrote {files} and {images} under {pg.playground.train}")
     table = new_table("indexed")
     rows = []
     for col in ("file", "records", "size", "time", "with image", "video", "mean words"):
