@@ -3,11 +3,18 @@ compare with as skipped, keeps its generated data in the folder it prints, honou
 
 from __future__ import annotations
 
+import io
 import json
+import mmap
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
+
+import pytest
+
+from fusion_fast.benchmarks.common import peer_available
 
 #: Makes `orjson` and `torch` look uninstalled in every Python process that has this folder on its path:
 #: importing them, or asking `importlib.util.find_spec` about them, fails as for a missing module.
@@ -102,3 +109,102 @@ def test_default_data_folder_is_in_the_cache_and_unknown_names_are_usage_errors(
         timeout=120,
     )
     assert proc.returncode == 0 and str(env_cache / "bench") in proc.stdout
+
+
+# -- the images benchmark ----------------------------------------------------------------------------
+
+
+def _on_tmpfs(path: Path) -> bool:
+    """Whether `path` lies on a tmpfs, where the page cache is the file and cannot be dropped."""
+    best, kind = "", ""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        _, mount, fstype, *_ = line.split()
+        if str(path.resolve()).startswith(mount.rstrip("/") + "/") and len(mount) > len(best):
+            best, kind = mount, fstype
+    return kind in ("tmpfs", "ramfs")
+
+
+def test_images_bench_jpeg_pool_is_distinct_and_decodes():
+    from PIL import Image
+
+    from fusion_fast.benchmarks.images import jpeg_pool
+
+    pool = jpeg_pool(64, seed=3)
+    assert len(pool) == 64 and len(set(pool)) == 64
+    for data in pool:
+        with Image.open(io.BytesIO(data)) as img:
+            assert img.format == "JPEG" and img.size == (64, 48)
+            img.load()  # the whole stream decodes, not just the header
+    assert jpeg_pool(8, seed=3) == pool[:8]  # seeded: the same pool on every run
+
+
+def test_images_bench_source_tars_and_records_agree(tmp_path):
+    from fusion_fast.benchmarks.images import ANNOTATIONS, jpeg_pool, make_source
+
+    pool = jpeg_pool(5)
+    tars = make_source(tmp_path, 23, pool, per_archive=10)
+    assert [t.name for t in tars] == ["Src000.tar", "Src001.tar", "Src002.tar"]
+    members = {}
+    for tar in tars:
+        with tarfile.open(tar) as tf:
+            for info in tf:
+                members[info.name] = tf.extractfile(info).read()
+    records = [json.loads(line) for line in (tmp_path / ANNOTATIONS).read_text().splitlines()]
+    assert len(members) == len(records) == 23
+    for i, record in enumerate(records):
+        assert members[record["image"]] == pool[i % 5]
+        assert record["image"].startswith(f"Src{i // 10:03d}/")
+
+
+def test_images_bench_page_cache_residency_and_eviction(tmp_path):
+    from fusion_fast.benchmarks.images import evict, resident_pages, warm
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    os.sync()  # dirty pages are never dropped
+    warm([path])
+    resident, pages = resident_pages(path)
+    assert pages == (1 << 20) // mmap.PAGESIZE and resident == pages
+    if _on_tmpfs(tmp_path):
+        pytest.skip("a tmpfs file lives in the page cache: it cannot be evicted")
+    evict([path])
+    assert resident_pages(path)[0] < pages // 4
+
+
+@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
+def test_images_bench_runs_at_small_size(tmp_path):
+    out = tmp_path / "images.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion_fast.benchmarks.images",
+            *("--images-count", "300", "--per-archive", "120", "--pool", "40"),
+            *("--reads", "256", "--rounds", "2", "--read-rounds", "1"),
+            *("--dir", str(tmp_path / "data"), "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["images"] == 300 and res["archives"] == 3
+    extract, shards = res["prepare"]["extract"], res["prepare"]["shards"]
+    assert len(extract) == len(shards) == len(res["prepare"]["store"]) == 2
+    # extracting makes a file per image (and its folders); the store is a few files whatever the count
+    assert all(t["inodes"] >= 300 for t in extract)
+    assert all(0 < t["inodes"] < 20 for t in shards)
+    assert 0 < res["store_bytes_per_member"] < 1000
+    for reader in ("decode", "bytes"):
+        for mode in ("extract", "shards"):
+            for state in ("warm", "cold"):
+                (run,) = res["reads_per_s"][reader][mode][state]
+                assert run["reads_per_s"] > 0
+                if state == "warm":
+                    assert run["resident_before"] == 1.0
+                elif not _on_tmpfs(tmp_path):
+                    assert run["resident_before"] < 0.25
+    assert "### Random reads through a DataLoader with 2 workers" in proc.stdout
+    # the work folders are gone; the generated download folder is kept for the next run
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["images-src-300-40-120"]
