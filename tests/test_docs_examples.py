@@ -198,9 +198,15 @@ def test_readme_module_map_matches_the_tree() -> None:
     tree = text.split("## Module map", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
     named = set(re.findall(r"[\w.]+\.(?:rs|py)\b", tree))
     on_disk = {p.name for p in (REPO / "rust").glob("*.rs")}
-    on_disk |= {p.name for p in (REPO / "python" / "fusion_fast").glob("*.py") if not p.name.startswith("_")}
+    package = REPO / "python" / "fusion_fast"
+    on_disk |= {
+        p.name for p in [*package.glob("*.py"), *package.glob("torch/*.py")] if not p.name.startswith("_")
+    }
     listed = subprocess.run(
-        ["git", "ls-files", "rust/*.rs", "python/fusion_fast/*.py"], cwd=REPO, capture_output=True, text=True
+        ["git", "ls-files", "rust/*.rs", "python/fusion_fast/*.py", "python/fusion_fast/torch/*.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     # Committed sources must be on the map (files still being written may not be yet).
     committed = {Path(p).name for p in listed.stdout.split()} & on_disk if listed.returncode == 0 else on_disk

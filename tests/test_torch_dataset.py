@@ -473,7 +473,7 @@ json_values = st.recursive(
 def test_rust_collate_of_json_items_equals_the_python_rules(items):
     """`collate` hands JSON-like batches to Rust (`collate_records`); the Python rules decide the rest."""
     from fusion_fast._core import collate_records
-    from fusion_fast.torch import _collate
+    from fusion_fast.torch.collate import _collate
 
     by_rules = _collate(items, None, {}, 0)
     assert collate_records(items) == by_rules
@@ -652,7 +652,8 @@ def test_raw_records_from_workers_equal_in_process_items(
 
 @pytest.mark.parametrize("ship", ["json", "tape"])
 def test_packed_records_behave_as_the_items(stage, ship, monkeypatch):
-    from fusion_fast.torch import PackedBatch, PackedRecords, _pack
+    from fusion_fast.torch import PackedBatch, PackedRecords
+    from fusion_fast.torch.shipping import _pack
 
     monkeypatch.setenv(SHIP_ENV, ship)
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
@@ -675,7 +676,7 @@ def test_packed_records_behave_as_the_items(stage, ship, monkeypatch):
 
 
 def test_workers_pack_positions_in_one_call_as_the_general_path_does(stage, bad_file):
-    from fusion_fast.torch import _pack
+    from fusion_fast.torch.shipping import _pack
 
     ds = FusionDataset(stage["yaml"], image_folder=stage["images"], root=stage["root"])
     n = len(ds)
@@ -779,7 +780,7 @@ def test_workers_ship_as_the_environment_says(stage, ship, monkeypatch):
     ],
 )
 def test_cgroup_cpu_quota_reads_v2_then_v1(tmp_path, monkeypatch, v2, v1_quota, v1_period, expected):
-    import fusion_fast.torch as fft
+    import fusion_fast.torch.shipping as fft
 
     files = []
     for name, text in (("cpu.max", v2), ("cpu.cfs_quota_us", v1_quota), ("cpu.cfs_period_us", v1_period)):
@@ -797,7 +798,7 @@ def test_cgroup_cpu_quota_reads_v2_then_v1(tmp_path, monkeypatch, v2, v1_quota, 
 def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_own(monkeypatch):
     import types
 
-    import fusion_fast.torch as fft
+    import fusion_fast.torch.shipping as fft
 
     def ships(
         cpus: int, workers: int | None, local_ranks: str | None = None, quota: float | None = None
@@ -829,7 +830,7 @@ def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_o
 def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
     from fusion_fast import _core
     from fusion_fast.errors import StaleIndexError
-    from fusion_fast.torch import _pack
+    from fusion_fast.torch.shipping import _pack
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
     monkeypatch.setenv(SHIP_ENV, "json")
@@ -853,7 +854,7 @@ def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
 
 def test_damaged_tapes_raise_instead_of_crashing(stage, monkeypatch):
     from fusion_fast import _core
-    from fusion_fast.torch import _pack
+    from fusion_fast.torch.shipping import _pack
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
     monkeypatch.setenv(SHIP_ENV, "tape")
@@ -1087,7 +1088,7 @@ def test_leaving_a_worker_context_loader_early_does_not_wait_for_its_workers(mon
 
 def test_worker_context_can_be_set_on_a_loader_built_elsewhere():
     """A DataLoader made by other code (HF Trainer's) takes the context before its first iteration."""
-    from fusion_fast.worker_context import _DirectQueue
+    from fusion_fast.torch.worker_context import _DirectQueue
 
     loader = DataLoader(BigItems(), batch_size=2, num_workers=1, collate_fn=collate)
     loader.multiprocessing_context = worker_context("fork")

@@ -1,4 +1,4 @@
-"""`fusion_fast.worker_context`: contexts whose queues have large pipes and write in the calling thread,
+"""`fusion_fast.torch.worker_context`: contexts whose queues have large pipes and write in the calling thread,
 falling back to multiprocessing's feeder thread (in order) when a message does not fit."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from fusion_fast.worker_context import PIPE_BYTES, _DirectQueue, _dumps, worker_context
+pytest.importorskip("torch")  # the module is part of fusion_fast.torch
+
+from fusion_fast.torch.worker_context import PIPE_BYTES, _DirectQueue, _dumps, worker_context  # noqa: E402
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="direct writes are Linux only")
 

@@ -1,0 +1,98 @@
+"""`collate`: items into a batch, field by field (stack, pad or list), tensors built in shared memory in
+DataLoader workers; a packed batch of raw records stays packed (`PackedBatch`)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import get_worker_info
+
+from .._core import collate_records
+from .shipping import PackedBatch, PackedRecords
+
+__all__ = ["collate", "DEFAULT_PAD_VALUES"]
+
+#: Pad values by field name; fields not listed pad with `collate`'s `default_pad`.
+DEFAULT_PAD_VALUES: Mapping[str, int | float] = {"input_ids": 0, "labels": -100, "attention_mask": 0}
+
+
+def collate(
+    batch: Sequence[Any],
+    *,
+    pad_values: Mapping[str, int | float] | None = None,
+    default_pad: int | float = 0,
+) -> Any:
+    """Collate a list of items into a batch, field by field (dicts recursively, tuples position-wise):
+    tensors of one shape are stacked, 1-D tensors of different lengths are right-padded into one
+    `(batch, longest)` tensor with the field's pad value (`DEFAULT_PAD_VALUES`, overridden by
+    `pad_values`, else `default_pad`), and everything else (strings, numbers, lists, PIL images, tensors
+    of other shapes, fields some items lack) becomes a list with one entry per item (None when absent).
+
+    For `DataLoader(collate_fn=...)` with other pad values use `functools.partial(collate, pad_values=...)`.
+    In DataLoader workers stacked and padded tensors are built directly in shared memory, as torch's
+    default collate does, so sending them to the main process copies nothing.
+    """
+    if isinstance(batch, PackedRecords) and batch._items is None:
+        return PackedBatch(batch._payload)  # raw records hold no tensors: the pad values play no part
+    pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
+    return _collate_items(list(batch), pads, default_pad)
+
+
+def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: int | float) -> Any:
+    if items and type(items[0]) is dict:
+        collated = collate_records(items)  # the same rules in Rust, for JSON-like items (raw records)
+        if collated is not None:
+            return collated
+    return _collate(items, None, pads, default)
+
+
+#: Values `collate` keeps as they are, checked first because most fields of raw records are these.
+_LEAVES = (str, bytes, int, float, list, type(None))
+
+
+def _collate(items: list[Any], key: str | None, pads: Mapping[str, int | float], default: int | float) -> Any:
+    first = items[0] if items else None
+    if isinstance(first, _LEAVES):
+        return items
+    if isinstance(first, torch.Tensor):
+        if all(isinstance(x, torch.Tensor) for x in items):
+            return _stack_or_pad(items, pads.get(key, default) if key is not None else default)
+        return items
+    if isinstance(first, Mapping):
+        if all(isinstance(x, dict) or isinstance(x, Mapping) for x in items):
+            keys = dict.fromkeys(itertools.chain.from_iterable(items))  # union, in first-seen order
+            return {k: _collate([x.get(k) for x in items], k, pads, default) for k in keys}
+        return items
+    if isinstance(first, tuple) and all(isinstance(x, tuple) and len(x) == len(first) for x in items):
+        fields = [_collate(list(column), key, pads, default) for column in zip(*items, strict=True)]
+        return type(first)(*fields) if hasattr(first, "_fields") else tuple(fields)
+    return items
+
+
+def _stack_or_pad(tensors: list[torch.Tensor], pad: int | float) -> torch.Tensor | list[torch.Tensor]:
+    first = tensors[0]
+    if all(t.shape == first.shape for t in tensors):
+        return torch.stack(tensors, out=_new_batch_tensor(first, (len(tensors), *first.shape)))
+    if all(t.dim() == 1 for t in tensors) and all(t.dtype == first.dtype for t in tensors):
+        out = _new_batch_tensor(first, (len(tensors), max(len(t) for t in tensors)))
+        if out is None:
+            out = first.new_empty((len(tensors), max(len(t) for t in tensors)))
+        out.fill_(pad)
+        for row, t in zip(out, tensors, strict=True):
+            row[: len(t)] = t
+        return out
+    return tensors
+
+
+def _new_batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """In a DataLoader worker, an uninitialised tensor of `shape` in shared memory; else None."""
+    if get_worker_info() is None or like.device.type != "cpu":
+        return None
+    numel = 1
+    for s in shape:
+        numel *= s
+    storage = like._typed_storage()._new_shared(numel, device=like.device)
+    return like.new(storage).resize_(shape)
