@@ -10,8 +10,9 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
+use crate::error::Error;
 use crate::image_store::{build_placed, convert_all, ImageStore, Placement};
-use crate::python::to_py_err;
+use crate::py_errors::boundary;
 
 /// An open image store, shared (read-only) by every view it hands out.
 #[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
@@ -64,8 +65,8 @@ impl MemberView {
 }
 
 impl PyImageStore {
-    fn lookup(&self, py: Python<'_>, member: &[u8]) -> PyResult<usize> {
-        match self.inner.find(member).map_err(|e| to_py_err(py, e))? {
+    fn lookup(&self, member: &[u8]) -> PyResult<usize> {
+        match self.inner.find(member)? {
             Some(i) => Ok(i),
             None => Err(PyKeyError::new_err(format!(
                 "{} is in no archive of the image store {}",
@@ -89,14 +90,15 @@ impl PyImageStore {
         path: PathBuf,
         placements: Option<Vec<(usize, String)>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        crate::python::boundary("ImageStore.build", || {
+        boundary("ImageStore.build", || {
             let placements = placements.unwrap_or_default();
             if !placements.is_empty() && placements.len() != archives.len() {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                return Err(Error::invalid(format!(
                     "{} placements for {} archives",
                     placements.len(),
                     archives.len()
-                )));
+                ))
+                .into());
             }
             let placed: Vec<(PathBuf, Placement)> = archives
                 .into_iter()
@@ -112,9 +114,7 @@ impl PyImageStore {
                     (a, placement)
                 })
                 .collect();
-            let report = py
-                .detach(|| build_placed(&placed, &path))
-                .map_err(|e| to_py_err(py, e))?;
+            let report = py.detach(|| build_placed(&placed, &path))?;
             let d = PyDict::new(py);
             d.set_item("members", report.members)?;
             let refused = PyList::empty(py);
@@ -141,10 +141,8 @@ impl PyImageStore {
 
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyImageStore> {
-        crate::python::boundary("ImageStore.open", || {
-            let inner = py
-                .detach(|| ImageStore::open(&path))
-                .map_err(|e| to_py_err(py, e))?;
+        boundary("ImageStore.open", || {
+            let inner = py.detach(|| ImageStore::open(&path))?;
             Ok(PyImageStore {
                 inner: Arc::new(inner),
             })
@@ -167,27 +165,21 @@ impl PyImageStore {
         self.inner.len()
     }
 
-    fn __contains__(&self, py: Python<'_>, member: &[u8]) -> PyResult<bool> {
-        crate::python::boundary("ImageStore.__contains__", || {
-            Ok(self
-                .inner
-                .find(member)
-                .map_err(|e| to_py_err(py, e))?
-                .is_some())
+    fn __contains__(&self, member: &[u8]) -> PyResult<bool> {
+        boundary("ImageStore.__contains__", || {
+            Ok(self.inner.find(member)?.is_some())
         })
     }
 
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        crate::python::boundary("ImageStore.read", || {
-            let i = self.lookup(py, member)?;
+        boundary("ImageStore.read", || {
+            let i = self.lookup(member)?;
             let store = &self.inner;
-            let bytes = py
-                .detach(|| store.read_at(i))
-                .map_err(|e| to_py_err(py, e))?;
+            let bytes = py.detach(|| store.read_at(i))?;
             let copy = PyBytes::new(py, &bytes);
             // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
-            store.check_mapped(i).map_err(|e| to_py_err(py, e))?;
+            store.check_mapped(i)?;
             Ok(copy)
         })
     }
@@ -195,12 +187,10 @@ impl PyImageStore {
     /// The member's bytes without a copy where it is stored uncompressed (a `MemberView`, to wrap in
     /// `memoryview`), else inflated `bytes`.
     fn view<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        crate::python::boundary("ImageStore.view", || {
-            let i = self.lookup(py, member)?;
+        boundary("ImageStore.view", || {
+            let i = self.lookup(member)?;
             let store = &self.inner;
-            let bytes = py
-                .detach(|| store.read_at(i))
-                .map_err(|e| to_py_err(py, e))?;
+            let bytes = py.detach(|| store.read_at(i))?;
             match bytes {
                 Cow::Borrowed(b) => Ok(Bound::new(
                     py,
@@ -218,10 +208,10 @@ impl PyImageStore {
 
     /// Every member path, in the store's (hash) order.
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        crate::python::boundary("ImageStore.members", || {
+        boundary("ImageStore.members", || {
             (0..self.inner.len())
                 .map(|i| {
-                    let name = self.inner.name(i).map_err(|e| to_py_err(py, e))?;
+                    let name = self.inner.name(i)?;
                     Ok(PyBytes::new(py, name))
                 })
                 .collect()
@@ -229,13 +219,9 @@ impl PyImageStore {
     }
 
     /// `(archive, data offset, stored size, size, method, crc)` of a member.
-    fn location(
-        &self,
-        py: Python<'_>,
-        member: &[u8],
-    ) -> PyResult<(String, u64, u64, u64, u8, u32)> {
-        crate::python::boundary("ImageStore.location", || {
-            let i = self.lookup(py, member)?;
+    fn location(&self, member: &[u8]) -> PyResult<(String, u64, u64, u64, u8, u32)> {
+        boundary("ImageStore.location", || {
+            let i = self.lookup(member)?;
             let loc = self.inner.location(i);
             let archive = self
                 .inner
@@ -256,9 +242,9 @@ impl PyImageStore {
 
     /// Recomputes the checksum of the whole store file.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        crate::python::boundary("ImageStore.verify", || {
+        boundary("ImageStore.verify", || {
             let store = &self.inner;
-            py.detach(|| store.verify()).map_err(|e| to_py_err(py, e))
+            Ok(py.detach(|| store.verify())?)
         })
     }
 }
@@ -267,9 +253,8 @@ impl PyImageStore {
 /// plain tar `dest` (in parallel, atomically, every gzip CRC and length checked). Returns the sizes.
 #[pyfunction]
 fn convert_to_tars(py: Python<'_>, jobs: Vec<(Vec<PathBuf>, PathBuf)>) -> PyResult<Vec<u64>> {
-    crate::python::boundary("ImageStore.convert_to_tars", || {
-        py.detach(|| convert_all(&jobs))
-            .map_err(|e| to_py_err(py, e))
+    boundary("ImageStore.convert_to_tars", || {
+        Ok(py.detach(|| convert_all(&jobs))?)
     })
 }
 

@@ -36,7 +36,7 @@ def collate(
     default collate does, so sending them to the main process copies nothing.
     """
     if isinstance(batch, PackedRecords) and batch._items is None:
-        return PackedBatch(batch._payload)  # raw records hold no tensors: the pad values play no part
+        return PackedBatch(batch._shipped)  # raw records hold no tensors: the pad values play no part
     pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
     return _collate_items(list(batch), pads, default_pad)
 
