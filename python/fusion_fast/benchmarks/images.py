@@ -13,11 +13,11 @@ is kept in `--dir` for the next run.
 
 Each round times, contenders alternating (the order flips every round):
 
-- extract: `plan_prepare` + `run_prepare` (2 jobs), the whole command's work: annotation file placed and
-  indexed, archives extracted and placed, `check` run;
-- shards: the same with `prepare`'s shards mode when this fusion-fast has it, else `ImageStore.build` of
-  the archives into the image folder's store (`images/.fusion-fast/images.ffimg`);
-- the store build alone (`ImageStore.build`), for members/s and bytes per member.
+- extract: `plan_prepare(..., images="extract")` + `run_prepare(jobs=2)`, the whole command's work:
+  annotation file placed and indexed, archives extracted and placed, `check` run;
+- shards: the same with `images="shards"` (archives hard-linked and indexed into the image folder's
+  store instead of extracted);
+- the store build alone (`ImageStore.build` of the archives), for members/s and bytes per member.
 
 New inodes are counted by walking the playground (inodes shared with the download folder, such as a hard
 linked annotation file, do not count). Then random reads: `FusionDataset(..., load_images=True)` (every
@@ -36,7 +36,6 @@ import argparse
 import ctypes
 import ctypes.util
 import hashlib
-import inspect
 import io
 import json
 import mmap
@@ -50,7 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import default_data_dir, machine, machine_markdown, publish, spread, table
+from .common import default_data_dir, machine, machine_markdown, publish, run_child, spread, table
 
 #: Members per tar of the download folder.
 PER_ARCHIVE = 100_000
@@ -227,38 +226,30 @@ def warm(paths: Iterable[str | os.PathLike[str]]) -> None:
 
 
 # -- preparing -----------------------------------------------------------------------------------------
-def prepare_has_shards() -> bool:
-    """Whether this fusion-fast's `prepare` has the shards mode (`images="shards"`)."""
-    from .. import prepare
-
-    return "images" in inspect.signature(prepare.plan_prepare).parameters or (
-        "images" in inspect.signature(prepare.run_prepare).parameters
-    )
-
-
-def prepare(src: Path, playground: Path, mode: str) -> None:
-    """`fusion-fast prepare`'s Python entry point in `mode` ("extract" or "shards"), 2 jobs."""
-    from .. import prepare as prep
-
-    kwargs: dict[str, Any] = {"images": mode} if prepare_has_shards() else {}
-    plan_kw = {k: v for k, v in kwargs.items() if k in inspect.signature(prep.plan_prepare).parameters}
-    run_kw = {k: v for k, v in kwargs.items() if k in inspect.signature(prep.run_prepare).parameters}
-    result = prep.run_prepare(prep.plan_prepare(src, playground, **plan_kw), jobs=2, **run_kw)
-    if not result.ok:
-        problems = [u.error for u in result.units if u.error] + [j.error for j in result.jsons if j.error]
-        raise RuntimeError(
-            f"prepare ({mode}) of {src} failed: {problems or result.check_error or result.check}"
-        )
+#: One preparation, timed in a fresh process as the command would run: nothing it opens (the store,
+#: the annotation index) stays mapped in the benchmark's process, where it would keep pages cached.
+_PREPARE = """
+import json, sys, time
+from pathlib import Path
+from fusion_fast.prepare import plan_prepare, run_prepare
+src, playground, mode = sys.argv[1:4]
+started = time.perf_counter()
+result = run_prepare(plan_prepare(Path(src), playground, images=mode), jobs=2)
+seconds = time.perf_counter() - started
+errors = [u.error for u in result.units if u.error] + [j.error for j in result.jsons if j.error]
+if not result.ok:
+    errors.append(result.check_error or str(result.check))
+print(json.dumps({"seconds": seconds, "errors": errors}))
+"""
 
 
-def build_store(tars: Sequence[Path], images: Path) -> Path:
-    """The image folder's store over `tars` (whose members already carry their `<Source>/` folder)."""
-    from ..images import FOLDER_STORE, ImageStore
-
-    path = images / FOLDER_STORE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ImageStore.build(tars, path)
-    return path
+def prepare(src: Path, playground: Path, mode: str) -> float:
+    """Seconds of `fusion-fast prepare`'s Python entry point (`plan_prepare` + `run_prepare`, 2 jobs) with
+    `images=mode` ("extract" or "shards"), in a fresh process."""
+    out = run_child(_PREPARE, str(src), str(playground), mode)
+    if out["errors"]:
+        raise RuntimeError(f"prepare --images {mode} of {src} failed: {out['errors']}")
+    return float(out["seconds"])
 
 
 def new_inodes(folder: Path, shared_with: Path) -> tuple[int, int]:
@@ -353,13 +344,12 @@ def run(
 ) -> dict[str, Any]:
     """Every measurement; the raw figures (the Markdown report is made from them)."""
     src, tars, generate_s = source(data_dir, n, pool_size, per_archive)
-    annotations = src / ANNOTATIONS
-    via_prepare = prepare_has_shards()
     work = data_dir / f"images-work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     playground = {"extract": work / "extract", "shards": work / "shards"}
     prep: dict[str, list[dict[str, float]]] = {"extract": [], "shards": [], "store": []}
     store_bytes = 0
+    phase = {"start": time.perf_counter()}
     try:
         for r in range(rounds):
             for mode in ("extract", "shards") if r % 2 == 0 else ("shards", "extract"):
@@ -367,12 +357,7 @@ def run(
                 os.sync()
                 archive_resident = resident_fraction(tars)
                 free_before = _free_inodes(work)
-                started = time.perf_counter()
-                if mode == "extract" or via_prepare:
-                    prepare(src, playground[mode], mode)
-                else:
-                    build_store(tars, playground[mode] / "train" / "images")
-                seconds = time.perf_counter() - started
+                seconds = prepare(src, playground[mode], mode)
                 free_after = _free_inodes(work)
                 inodes, allocated = new_inodes(playground[mode], src)
                 prep[mode].append(
@@ -393,10 +378,11 @@ def run(
             store_bytes = alone.stat().st_size
             alone.unlink()
 
+        phase["prepared"] = time.perf_counter()
         images = {m: playground[m] / "train" / "images" for m in playground}
         ann = {
             "extract": playground["extract"] / "train" / "jsons" / ANNOTATIONS,
-            "shards": playground["shards"] / "train" / "jsons" / ANNOTATIONS if via_prepare else annotations,
+            "shards": playground["shards"] / "train" / "jsons" / ANNOTATIONS,
         }
         datasets = {
             (reader, m): dataset(ann[m], images[m])
@@ -405,8 +391,6 @@ def run(
             for reader in READERS
             for m in playground
         }
-        for ds in datasets.values():  # the annotation index built (or opened) before any timing
-            len(ds)
         store_files = {
             "extract": [],
             "shards": sorted(p for p in images["shards"].rglob("*.ffimg") if p.is_file()),
@@ -439,9 +423,16 @@ def run(
                         result = read_rate(datasets[reader, mode], order)
                         result["resident_before"] = resident
                         rates[reader][mode][state].append(result)
+        phase["read"] = time.perf_counter()
     finally:
         _rmtree(work)
     return {
+        "phase_s": {
+            "generate": generate_s,
+            "prepare": phase["prepared"] - phase["start"],
+            "read": phase["read"] - phase["prepared"],
+            "clean": time.perf_counter() - phase["read"],
+        },
         "images": n,
         "reads": reads,
         "rounds": rounds,
@@ -451,7 +442,6 @@ def run(
         "archives": len(tars),
         "archive_bytes": sum(t.stat().st_size for t in tars),
         "generate_s": generate_s,
-        "shards_via_prepare": via_prepare,
         "cold": cold,
         "prepare": prep,
         "store_bytes": store_bytes,
@@ -486,21 +476,16 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
     t = {k: spread([x["seconds"] for x in v]) for k, v in prep.items()}
     members_per_s = {k: spread([n / x["seconds"] for x in v]) for k, v in prep.items()}
     speedup = t["extract"]["median"] / t["shards"]["median"]
-    shards_how = (
-        "`prepare` (shards mode, 2 jobs)"
-        if res["shards_via_prepare"]
-        else "`ImageStore.build` into the image folder's store (this prepare has no shards mode)"
-    )
     prep_rows = [
         [
-            "extract: `prepare` (2 jobs)",
+            "`prepare --images extract` (2 jobs)",
             _fmt_s(t["extract"]),
             _fmt_rate(members_per_s["extract"]),
             f"{_med([x['inodes'] for x in prep['extract']]):,.0f}",
             f"{_med([x['bytes'] for x in prep['extract']]) / 1e6:,.0f} MB",
         ],
         [
-            f"shards: {shards_how}",
+            "`prepare --images shards` (2 jobs)",
             _fmt_s(t["shards"]),
             _fmt_rate(members_per_s["shards"]),
             f"{_med([x['inodes'] for x in prep['shards']]):,.0f}",
@@ -586,7 +571,7 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--quick", action="store_true", help="2,000 images, 2,000 reads, 2 rounds of preparing, 1 of reads"
+        "--quick", action="store_true", help="1,000 images, 1,000 reads, 2 rounds of preparing, 1 of reads"
     )
     p.add_argument("--images-count", "--files", dest="images", type=int, default=None, help="default 100,000")
     p.add_argument("--reads", type=int, default=None, help="random reads per DataLoader run (default 20,000)")
@@ -605,8 +590,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="write the raw figures here as JSON")
     args = p.parse_args(argv)
     q = args.quick
-    n = args.images or (2_000 if q else 100_000)
-    reads = min(args.reads or (2_000 if q else 20_000), 10 * n)
+    n = args.images or (1_000 if q else 100_000)
+    reads = min(args.reads or (1_000 if q else 20_000), 10 * n)
     rounds = args.rounds or (2 if q else 3)
     read_rounds = args.read_rounds or (1 if q else 3)
     pool_size = min(args.pool or (256 if q else 4_096), n)
