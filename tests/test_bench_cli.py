@@ -208,3 +208,18 @@ def test_images_bench_runs_at_small_size(tmp_path):
     assert "### Random reads through a DataLoader with 2 workers" in proc.stdout
     # the work folders are gone; the generated download folder is kept for the next run
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["images-src-300-40-120"]
+
+
+@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
+def test_bench_passes_the_image_count_to_the_images_benchmark(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    proc = bench(
+        *("--quick", "--only", "images", "--images-count", "200"),
+        *("--out", str(out), "--data-dir", str(data)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"]["images"] == 200
+    assert "### Preparing 200 JPEGs" in (out / "benchmarks.md").read_text()
+    assert (data / "images-src-200-200-100000" / "Src000.tar").is_file()  # kept for the next run
