@@ -76,6 +76,7 @@ from .prepare_shards import (
     IMAGES_MODES,
     StoreEntry,
     build_store,
+    check_not_shadowing,
     check_targets,
     clean_stale_files,
     how_readable,
@@ -874,6 +875,7 @@ def _finish_unit(
         members = outcome.files + [p for p, _ in outcome.symlinks]
         placement = decide_placement(members, refs, unit.fallback_prefix)
         check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix, images)
+        check_not_shadowing(unit.key, [(f, placement.target(f), tmp / f) for f in outcome.files], images)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
         entries = place(tmp, images, placement.strip, placement.prefix, unit.key, len(members))
         shutil.rmtree(tmp)

@@ -323,9 +323,21 @@ def list_members(key: str, archive: Path, work: Path) -> Listing:
         _, offset, stored, size, _, _ = store.location(m)
         total += size
         end = max(end, offset + stored)
-    if not str(archive).endswith(".zip") and _is_tar(archive):
+    if _is_tar(archive):
         _check_tar_end(key, archive, end)
+    else:
+        _check_zip_crcs(key, store, members)
     return Listing(members, total, store)
+
+
+def _check_zip_crcs(key: str, store: ImageStore, members: Sequence[str]) -> None:
+    """Read every member once, which checks its CRC-32 (and inflates deflated ones to their declared
+    size): a damaged zip is refused now, as extraction refuses it, not at some training step."""
+    for m in members:
+        try:
+            store.view(m)
+        except FusionFastError as e:
+            raise FusionFastError(f"corrupt archive: member {m!r}: {e.message}", path=key) from None
 
 
 def _is_tar(path: Path) -> bool:
@@ -369,6 +381,33 @@ def _check_tar_end(key: str, path: Path, start: int) -> None:
 
 #: Conflicts listed in full in an error (the rest are counted).
 _SHOWN = 5
+
+
+def check_not_shadowing(key: str, files: Sequence[tuple[str, str, Path]], images: Path) -> None:
+    """Extraction into a folder whose store reads other archives: a file placed at `target` would be
+    read instead of the store's member there, so it must hold the same bytes. `files` are (member,
+    target relative to `images/`, extracted file)."""
+    path = store_file(images)
+    if not path.is_file():
+        return
+    store = ImageStore.open(path)
+    conflicts = [
+        f"member {member!r} -> images/{target}: the image store holds other bytes there"
+        for member, target, file in files
+        if target in store and file.read_bytes() != store.read(target)
+    ]
+    if conflicts:
+        raise FusionFastError(_conflict_message(conflicts, "place"), path=key)
+
+
+def _conflict_message(conflicts: Sequence[str], verb: str) -> str:
+    shown = "; ".join(conflicts[:_SHOWN])
+    more = f" (and {len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
+    return (
+        f"cannot {verb} its files without shadowing others: {shown}{more}. A file in images/ is read "
+        "instead of the image store's member; nothing of it was placed; remove what is in the way (or "
+        "this archive) and run again"
+    )
 
 
 def check_targets(key: str, listing: Listing, strip: int, prefix: str, images: Path) -> list[str]:
@@ -420,13 +459,7 @@ def check_targets(key: str, listing: Listing, strip: int, prefix: str, images: P
         elif p.is_symlink() or not p.is_file() or p.read_bytes() != listing.store.read(member):
             conflicts.append(f"member {member!r} -> images/{target}: exists and differs")
     if conflicts:
-        shown = "; ".join(conflicts[:_SHOWN])
-        more = f" (and {len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
-        raise FusionFastError(
-            f"cannot index its files without shadowing others: {shown}{more}. A file in images/ is read "
-            "instead of the archive's member; remove what is in the way (or this archive) and run again",
-            path=key,
-        )
+        raise FusionFastError(_conflict_message(conflicts, "index"), path=key)
     return sorted(tops)
 
 
