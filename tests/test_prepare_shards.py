@@ -591,3 +591,22 @@ def test_zstd_tar_is_refused_with_a_clear_error(tmp_path) -> None:
     assert errors(result) == {
         "images/Z.tar": "images/Z.tar: zstd-compressed tar archives are not supported; decompress it first"
     }
+
+
+@pytest.mark.parametrize("name", ["Bomb.tar.bz2", "Bomb.tar.xz", "Bomb.tar.gz"])
+def test_size_limits_refuse_a_conversion_that_expands_too_far(tmp_path, name) -> None:
+    from fusion_fast.archives import SizeLimits
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    mode = {"bz2": "w:bz2", "xz": "w:xz", "gz": "w:gz"}[name.rsplit(".", 1)[1]]
+    (src / "images" / name).write_bytes(tar_of({"Bomb/zeros.jpg": bytes(4 << 20)}, mode))
+    write_json(src / "B.json", [record("z", "Bomb/zeros.jpg")])
+    plan = plan_prepare(src, tmp_path / "pg", images="shards")
+    tight = SizeLimits(max_ratio=10.0, ratio_floor=1 << 20)
+    result = run_prepare(plan, size_limits=tight)
+    message = errors(result)[f"images/{name}"]
+    assert "more than 10 times its size" in message and "--no-size-limits" in message
+    images = tmp_path / "pg" / "train" / "images"
+    assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
+    assert run_prepare(plan_prepare(src, tmp_path / "pg", images="shards"), size_limits=None).ok

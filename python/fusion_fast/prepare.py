@@ -735,7 +735,9 @@ def _run_prepare(
     for unit_item, outcome, seconds in _extract_all(to_extract, images, jobs, extract_progress, size_limits):
         done[unit_item.unit.key] = _finish_unit(unit_item, outcome, seconds, images, refs)
     if as_shards:
-        shard_results, result.duplicates = _prepare_shards(as_shards, images, refs, jobs, shard_progress)
+        shard_results, result.duplicates = _prepare_shards(
+            as_shards, images, refs, jobs, shard_progress, size_limits
+        )
         done.update(shard_results)
     result.units = [done[u.unit.key] for u in plan.units]
     if not plan.yaml_unchanged:
@@ -793,6 +795,7 @@ def _prepare_shards(
     refs: References | None,
     jobs: int,
     progress: BytesProgress | None,
+    size_limits: SizeLimits | None,
 ) -> tuple[dict[str, UnitResult], list[tuple[str, str, str]]]:
     """Make each archive readable in place (`prepare_shards.make_readable`), list and check its members,
     decide its nesting as extraction would, then build the folder's image store over these archives and
@@ -805,7 +808,7 @@ def _prepare_shards(
     work.mkdir()
     try:
         units = [(cast(Archive, u.unit), u.stamp.fingerprint) for u in items]
-        for k, outcome, seconds in make_readable(units, images, jobs, progress):
+        for k, outcome, seconds in make_readable(units, images, jobs, progress, size_limits):
             item = items[k]
             unit = item.unit
             try:

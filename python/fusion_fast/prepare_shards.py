@@ -51,9 +51,12 @@ from .archives import (
     _GZIP_MAGIC,
     _XZ_MAGIC,
     _ZSTD_MAGIC,
+    DEFAULT_LIMITS,
     Archive,
     ConcatFile,
+    SizeLimits,
     _ArchiveErrors,
+    _Budget,
     _check_not_reserved,
     _pid_alive,
     _refuse,
@@ -149,28 +152,43 @@ def readable_archive(
     images: Path,
     report: Callable[[int], None],
     abort: threading.Event,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> tuple[Path, bool]:
     """(the plain tar or zip the store reads for `unit`, whether it is a file of ours in `shards/`).
 
     Converted shards and links already made are reused; a conversion writes a temporary file renamed
-    into place once the whole stream was read and checked."""
+    into place once the whole stream was read and checked. `limits` apply to what a conversion writes
+    as they apply to extraction: bzip2, xz and split copies chunk by chunk; a gzip conversion (in Rust,
+    in one call) before it starts (free space for at least the archive's size) and after it ends (the
+    shard's size against the ratio; a refused shard is removed). A gzip bomb can therefore fill the
+    disk while it is converted; the converter then fails and removes its temporary file."""
     dest = shard_path(images, unit, fingerprint)
     if dest.is_file():
         return dest, True
     dest.parent.mkdir(parents=True, exist_ok=True)
     how = compression(unit.parts) if unit.kind == "tar" else ""
+    budget = _Budget(limits, unit.key, dest.parent, unit.size)
     if how == "zstd":
         raise FusionFastError(
             "zstd-compressed tar archives are not supported; decompress it first", path=unit.key
         )
     if how == "gzip":
+        budget.declare(unit.size)
         try:
             _core.convert_to_tars([([str(p) for p in unit.parts], str(dest))])
         except FusionFastError as e:
             raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+        if limits is not None:
+            try:
+                budget.take("", dest.stat().st_size)
+            except FusionFastError:
+                dest.unlink()
+                raise
         return dest, True
     if how or len(unit.parts) > 1:
-        _stream_copy(unit, how, dest, report, abort)
+        if not how:
+            budget.declare(unit.size)
+        _stream_copy(unit, how, dest, report, abort, budget)
         return dest, True
     source = Path(os.path.realpath(unit.parts[0]))
     tmp = _tmp_name(dest)
@@ -184,7 +202,12 @@ def readable_archive(
 
 
 def _stream_copy(
-    unit: Archive, how: str, dest: Path, report: Callable[[int], None], abort: threading.Event
+    unit: Archive,
+    how: str,
+    dest: Path,
+    report: Callable[[int], None],
+    abort: threading.Event,
+    budget: _Budget,
 ) -> None:
     """Write the (decompressed) stream of `unit`'s parts to `dest`, atomically. bz2 and lzma check the
     stream's CRCs / integrity check as it is read to its end, and raise on data after it that is not a
@@ -201,6 +224,7 @@ def _stream_copy(
                 while chunk := src.read(_CHUNK):
                     if abort.is_set():
                         raise Aborted
+                    budget.take("", len(chunk))
                     out.write(chunk)
                     report(raw.tell())
                 out.flush()
@@ -220,6 +244,7 @@ def make_readable(
     images: Path,
     jobs: int,
     progress: Callable[[int, int], None] | None,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> Iterator[tuple[int, tuple[Path, bool] | Exception, float]]:
     """`readable_archive` for each (unit, fingerprint), `jobs` at a time in threads; yields (position,
     result or error, seconds) as they finish. Interrupting this (Ctrl-C, SIGTERM) stops the Python
@@ -250,7 +275,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, fp, images, report, abort)
+                out = readable_archive(unit, fp, images, report, abort, limits)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:
