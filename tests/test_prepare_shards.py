@@ -610,3 +610,45 @@ def test_size_limits_refuse_a_conversion_that_expands_too_far(tmp_path, name) ->
     images = tmp_path / "pg" / "train" / "images"
     assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
     assert run_prepare(plan_prepare(src, tmp_path / "pg", images="shards"), size_limits=None).ok
+
+
+def test_a_removed_store_or_shard_is_rebuilt_and_a_changed_archive_replaces_its_old_shard(tmp_path) -> None:
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "A.tar.bz2").write_bytes(tar_of({"A/x.jpg": b"old"}, "w:bz2"))
+    (src / "images" / "B.tar.gz").write_bytes(tar_of({"B/y.jpg": b"b"}, "w:gz"))
+    write_json(src / "A.json", [record("x", "A/x.jpg"), record("y", "B/y.jpg")])
+    pg = tmp_path / "pg"
+    images = pg / "train" / "images"
+    assert run(src, pg).ok
+    store_file(images).unlink()
+    again = run(src, pg)
+    assert again.ok and {u.status for u in again.units} == {"converted"}
+    [shard_b] = [p for p in shards_dir(images).iterdir() if p.name.startswith("images__B")]
+    shard_b.unlink()
+    again = run(src, pg)
+    assert {u.item.unit.key: u.status for u in again.units} == {
+        "images/A.tar.bz2": "in place",
+        "images/B.tar.gz": "converted",
+    }
+    # A fixed re-upload of A: its marker no longer matches, it is converted anew, the old shard goes.
+    (src / "images" / "A.tar.bz2").write_bytes(tar_of({"A/x.jpg": b"new"}, "w:bz2"))
+    assert run(src, pg).ok
+    assert len([p for p in shards_dir(images).iterdir() if p.name.startswith("images__A")]) == 1
+    image_store._folder_stores.clear()
+    assert read_path(images / "A/x.jpg") == b"new"
+
+
+def test_prepare_playground_runs_either_mode_in_one_call(tmp_path) -> None:
+    from fusion_fast.prepare import prepare_playground
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "Plain.tar").write_bytes(tar_of({"Plain/0.jpg": b"zero"}))
+    write_json(src / "P.json", [record("0", "Plain/0.jpg")])
+    shards = prepare_playground(src, tmp_path / "pg-s", images="shards", jobs=2)
+    extract = prepare_playground(src, tmp_path / "pg-e", images="extract", jobs=2)
+    assert shards.ok and extract.ok
+    assert [u.status for u in shards.units] == ["indexed"]
+    assert [u.status for u in extract.units] == ["extracted"]
+    assert shards.plan.yaml_path == tmp_path / "pg-s" / "train" / "src.yaml"

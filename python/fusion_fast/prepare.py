@@ -82,6 +82,7 @@ from .prepare_shards import (
     how_readable,
     list_members,
     make_readable,
+    remove_old_shards,
 )
 from .stage import DATA_SUFFIXES
 
@@ -680,6 +681,28 @@ def run_prepare(
         return _run_prepare(plan, jobs, progress, size_limits)
 
 
+def prepare_playground(
+    source: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    images: str = DEFAULT_IMAGES,
+    jobs: int = 1,
+    stage: str | None = None,
+    yaml_path: str | os.PathLike[str] | None = None,
+    include: Sequence[str] = (),
+    revision: str | None = None,
+    progress: BytesProgress | None = None,
+    size_limits: SizeLimits | None = DEFAULT_LIMITS,
+) -> PrepareResult:
+    """`fusion-fast prepare SOURCE --root ROOT --images IMAGES --jobs JOBS` in one call:
+    `resolve_source`, `plan_prepare` and `run_prepare`. `images` is "extract" or "shards"."""
+    folder, name = resolve_source(os.fspath(source), revision=revision, include=include)
+    plan = plan_prepare(
+        folder, root, name=name, stage=stage, yaml_path=yaml_path, include=include, images=images
+    )
+    return run_prepare(plan, jobs=jobs, progress=progress, size_limits=size_limits)
+
+
 @contextmanager
 def _playground_lock(images: Path) -> Iterator[None]:
     """Hold `images/.fusion-fast/lock` for the run: a second run on the same playground (from another
@@ -852,6 +875,7 @@ def _prepare_shards(
                 entries, files, ready_bytes[unit.key], mode="shards", archive=os.path.abspath(archive),
             )  # fmt: skip
             write_marker(images, marker)
+            remove_old_shards(images, cast(Archive, unit), archive)
             status = "indexed" if how_readable(cast(Archive, unit)) == "index" else "converted"
             target = placed_at(placement.prefix, entries) + " (image store)"
             results[unit.key] = UnitResult(

@@ -308,6 +308,16 @@ def make_readable(
         abort.set()
 
 
+def remove_old_shards(images: Path, unit: Archive, current: Path) -> None:
+    """Remove the shards of earlier versions of `unit` (the store no longer reads them)."""
+    folder = shards_dir(images)
+    name = marker_name(unit.key)
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        stem = entry.name.rsplit(".", 1)[0]
+        if stem.rpartition("~")[0] == name and entry != current and not _TMP_NAME.match(entry.name):
+            entry.unlink(missing_ok=True)
+
+
 # -- members, checked as extraction checks them ------------------------------------------------------
 @dataclass
 class Listing:
@@ -560,6 +570,7 @@ __all__ = [
     "list_members",
     "make_readable",
     "readable_archive",
+    "remove_old_shards",
     "shards_dir",
     "store_archives",
     "store_file",
