@@ -412,3 +412,169 @@ def test_nvjpeg_and_pillow_decode_alike(images: dict[str, Path]) -> None:
         cpu = decoded(images[name])
         assert gpu.shape == cpu.shape, name
         assert (gpu.float() - cpu.float()).abs().mean() <= 2.0, name  # levels of 255
+
+
+# -- the DataLoader path: workers ship bytes, the prefetcher decodes --------------------------------------
+
+
+def loader_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Records over JPEGs, a PNG, a CMYK JPEG, a grayscale one, bad images and a text-only record."""
+    import json
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save(textured(640, 480, 1), folder / "a.jpg", "JPEG", quality=90)
+    save(textured(300, 500, 2), folder / "b.png", "PNG")
+    save(textured(900, 600, 3).convert("L"), folder / "gray.jpg", "JPEG", quality=90)
+    (folder / "garbage.jpg").write_bytes(b"\xff\xd8\xff not a jpeg \xff\xd9")
+    save(textured(500, 700, 4), folder / "c.jpg", "JPEG", quality=85)
+    save(textured(800, 600, 5).convert("CMYK"), folder / "cmyk.jpg", "JPEG", quality=90)
+    whole = save(textured(700, 500, 6), folder / "whole.jpg", "JPEG", quality=90).read_bytes()
+    (folder / "cut.jpg").write_bytes(whole[: len(whole) // 2])
+    save(textured(1024, 768, 7), folder / "e.jpg", "JPEG", quality=90)
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]
+    images: list[Any] = ["a.jpg", "b.png", "missing.jpg", "gray.jpg", "garbage.jpg"]
+    images += [["c.jpg", "cmyk.jpg"], None, "cut.jpg", "e.jpg"]
+    records = [
+        {"id": f"r{k}", "conversations": turns, **({} if image is None else {"image": image})}
+        for k, image in enumerate(images)
+    ]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path, folder
+
+
+def loader(ds: Any, workers: int, context: str | None = None) -> Any:
+    from torch.utils.data import DataLoader
+
+    from fusion_fast.torch import collate
+
+    return DataLoader(
+        ds,
+        batch_size=3,
+        num_workers=workers,
+        collate_fn=collate,
+        multiprocessing_context=context if workers else None,
+        sampler=list(range(len(ds))),
+    )
+
+
+@pytest.mark.parametrize(
+    ("workers", "context"), [(0, None), (2, "fork"), (2, "spawn")], ids=["0-workers", "fork", "spawn"]
+)
+def test_loader_batches_equal_the_cpu_batches(tmp_path: Path, workers: int, context: str | None) -> None:
+    """Workers ship the compressed JPEGs (the batches leave the DataLoader holding a ShippedBatch), the
+    prefetcher's device stage decodes and preprocesses them, and every batch equals the one the CPU
+    processor gives: same ids, same structure (stacked or per-item lists), tensors within the tolerance,
+    the same bad samples skipped for the same causes."""
+    from fusion_fast.torch import PIXELS_KEY, CudaPrefetcher, FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    processor = FusionImageProcessor("static_hd")
+    cpu = FusionDataset(path, image_folder=folder, image_processor=processor, on_error="skip")
+    shipping = FusionDataset(path, image_folder=folder, image_processor=cpu_stage(processor), on_error="skip")
+    want = list(loader(cpu, 0))
+    raw = list(loader(shipping, workers, context))
+    assert all(isinstance(b[PIXELS_KEY], ShippedBatch) for b in raw)
+    assert [b["id"] for b in want] == [["r0", "r1", "r3"], ["r3", "r5", "r5"], ["r6", "r8", "r8"]]
+    got = list(CudaPrefetcher(loader(shipping, workers, context), device="cpu"))
+    assert [b["id"] for b in got] == [b["id"] for b in want]
+    for g, w in zip(got, want, strict=True):
+        assert list(g) == list(w)  # the same fields in the same order
+        assert_close(g[PIXELS_KEY], w[PIXELS_KEY])
+    assert isinstance(got[0][PIXELS_KEY], torch.Tensor)  # a JPEG, a PNG and a grayscale JPEG: stacked
+    assert tuple(got[0][PIXELS_KEY].shape) == (3, 5, 3, CROP, CROP)
+    assert cpu.skip_causes == {"missing_image": 1, "unreadable_image": 2}  # one epoch
+    assert shipping.skip_causes == {"missing_image": 2, "unreadable_image": 4}  # two
+
+
+def test_bad_images_raise_the_cpu_paths_errors(tmp_path: Path) -> None:
+    from fusion_fast.torch import FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    processor = FusionImageProcessor("pad")
+    cpu = FusionDataset(path, image_folder=folder, image_processor=processor)
+    shipping = FusionDataset(path, image_folder=folder, image_processor=cpu_stage(processor))
+    for i, pattern in ((2, "image not found"), (4, "cannot decode image"), (7, "cannot decode image")):
+        with pytest.raises(RecordError, match=pattern) as want:
+            cpu[i]
+        with pytest.raises(RecordError) as got:
+            shipping[i]
+        assert str(got.value) == str(want.value)
+        with pytest.raises(RecordError) as through_workers:
+            next(iter(loader(torch.utils.data.Subset(shipping, [i]), 2, "fork")))
+        assert str(want.value) in str(through_workers.value)  # after the worker's traceback
+
+
+def test_a_corrupt_jpeg_found_on_the_device_names_its_record(tmp_path: Path) -> None:
+    """A JPEG whose header and end marker are whole but whose scan is not: only decoding finds it, on the
+    device, where the batch has left the dataset: the prefetcher raises the CPU path's RecordError."""
+    from fusion_fast.torch import CudaPrefetcher, FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    whole = (folder / "a.jpg").read_bytes()
+    (folder / "a.jpg").write_bytes(whole[: whole.index(b"\xff\xda") + 2] + b"\x00\x01" + whole[-2:])
+    processor = FusionImageProcessor("square")
+    with pytest.raises(RecordError) as want:
+        FusionDataset(path, image_folder=folder, image_processor=processor)[0]
+    shipping = FusionDataset(path, image_folder=folder, image_processor=cpu_stage(processor))
+    with pytest.raises(RecordError) as got:
+        next(iter(CudaPrefetcher(loader(torch.utils.data.Subset(shipping, [0, 1]), 2, "fork"), device="cpu")))
+    assert str(got.value) == str(want.value)
+    assert got.value.record == 0 and got.value.path == str(path)
+    assert isinstance(got.value.__cause__, Exception)  # Pillow's own error, kept as the cause
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_without_cuda_the_workers_decode_and_warn_once(
+    tmp_path: Path, workers: int, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from fusion_fast.torch import PIXELS_KEY, CudaPrefetcher, FusionDataset
+
+    if vision._gpu_decoder_available():
+        pytest.skip("CUDA and torchvision are available: the GPU tests cover this")
+    monkeypatch.setattr(vision, "_warned_cpu_fallback", False)
+    path, folder = loader_files(tmp_path)
+    with pytest.warns(RuntimeWarning, match="on the CPU") as caught:
+        ds = FusionDataset(
+            path, image_folder=folder, image_processor=FusionImageProcessor(device="cuda"), on_error="skip"
+        )
+        batches = list(CudaPrefetcher(loader(ds, workers, "spawn")))
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert "on the CPU" not in capfd.readouterr().err  # no worker warned again
+    cpu = FusionDataset(path, image_folder=folder, image_processor=FusionImageProcessor(), on_error="skip")
+    want = list(loader(cpu, 0))
+    for g, w in zip(batches, want, strict=True):
+        assert not isinstance(g[PIXELS_KEY], ShippedBatch)
+        assert_close(g[PIXELS_KEY], w[PIXELS_KEY])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", MODES)
+def test_gpu_loader_and_prefetcher_equal_the_cpu_batches(tmp_path: Path, mode: str) -> None:
+    """The whole GPU path: 2 workers ship bytes, the DataLoader pins them, CudaPrefetcher decodes with
+    nvJPEG and preprocesses on its side stream; the training loop sees CPU-equal batches on the GPU."""
+    if not _cuda_decoder():
+        pytest.skip("needs torchvision with nvJPEG")
+    from torch.utils.data import DataLoader
+
+    from fusion_fast.torch import PIXELS_KEY, CudaPrefetcher, FusionDataset, collate
+
+    path, folder = loader_files(tmp_path)
+    cpu = FusionDataset(
+        path, image_folder=folder, image_processor=FusionImageProcessor(mode), on_error="skip"
+    )
+    gpu_processor = FusionImageProcessor(mode, device="cuda")
+    gpu = FusionDataset(path, image_folder=folder, image_processor=gpu_processor, on_error="skip")
+    assert gpu_processor.ships_compressed
+    want = list(loader(cpu, 0))
+    pinned = DataLoader(gpu, batch_size=3, num_workers=2, collate_fn=collate, pin_memory=True)
+    got = list(CudaPrefetcher(pinned))
+    assert [b["id"] for b in got] == [b["id"] for b in want]
+    for g, w in zip(got, want, strict=True):
+        values = g[PIXELS_KEY]
+        first = values if isinstance(values, torch.Tensor) else next(v for v in values if v is not None)
+        assert (first if isinstance(first, torch.Tensor) else first[0]).is_cuda
+        assert_close(values, w[PIXELS_KEY])
+    assert gpu.skip_causes == cpu.skip_causes

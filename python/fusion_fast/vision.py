@@ -138,7 +138,7 @@ class FusionImageProcessor:
         if _device_decodable(data):
             from .vision_device import ShippedImage
 
-            return ShippedImage(data)
+            return ShippedImage(data, self)
         # from the path when there is one: Pillow's messages then name the file, as the CPU path's do
         return self._cpu(data if isinstance(image, (bytes, bytearray, memoryview)) else image)
 

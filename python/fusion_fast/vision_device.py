@@ -53,21 +53,25 @@ Decoder = Callable[[Sequence[torch.Tensor], torch.device], list[torch.Tensor]]
 
 class ShippedImage:
     """A JPEG's compressed bytes in place of its tensor, in an item a DataLoader worker built with a
-    processor that ships compressed images (`FusionImageProcessor.ships_compressed`). `collate` packs
-    these into a `ShippedBatch`. `where`: `(data file, record number, message)` for the `RecordError`
-    raised if the image cannot be decoded on the device after all (set by `FusionDataset`)."""
+    processor that ships compressed images (`FusionImageProcessor.ships_compressed`); `processor` is
+    that processor. `collate` packs these into a `ShippedBatch`. `where`: `(data file, record number,
+    message)` for the `RecordError` raised if the image cannot be decoded on the device after all (set
+    by `FusionDataset`)."""
 
-    __slots__ = ("data", "where")
+    __slots__ = ("data", "processor", "where")
 
-    def __init__(self, data: bytes, where: tuple[str, int, str] | None = None) -> None:
+    def __init__(
+        self, data: bytes, processor: FusionImageProcessor, where: tuple[str, int, str] | None = None
+    ) -> None:
         self.data = data
+        self.processor = processor
         self.where = where
 
     def __repr__(self) -> str:
         return f"ShippedImage({len(self.data)} bytes)"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ShippedImage, (self.data, self.where))
+        return (ShippedImage, (self.data, self.processor, self.where))
 
 
 #: A `ShippedBatch` slot's source: JPEG number j >= 0 in the flat buffer, or CPU tensor k as -(k + 1).
@@ -107,16 +111,37 @@ class ShippedBatch:
         self.where = where
         self.processor = processor
 
+    @staticmethod
+    def holds_shipped(value: Any) -> bool:
+        """Whether one item's `_pixel_values` is (or lists) a `ShippedImage`."""
+        if isinstance(value, list):
+            return any(isinstance(v, ShippedImage) for v in value)
+        return isinstance(value, ShippedImage)
+
     @classmethod
     def pack(
         cls,
         column: Sequence[Any],
-        processor: FusionImageProcessor,
+        processor: FusionImageProcessor | None = None,
         shared: bool = False,
     ) -> ShippedBatch:
         """Pack a batch's `_pixel_values` values (per item: a `ShippedImage`, a CPU tensor, a list of
-        those, or None) into one flat buffer; `shared`: allocate it in shared memory (in a DataLoader
-        worker, so that sending it to the main process copies nothing)."""
+        those, or None) into one flat buffer; `processor` defaults to the shipped images'. `shared`:
+        allocate it in shared memory (in a DataLoader worker, so that sending it to the main process
+        copies nothing)."""
+        if processor is None:
+            first = next(
+                (
+                    v
+                    for value in column
+                    for v in (value if isinstance(value, list) else [value])
+                    if isinstance(v, ShippedImage)
+                ),
+                None,
+            )
+            if first is None:
+                raise ValueError("no shipped image in the batch: pass the processor")
+            processor = first.processor
         blobs: list[bytes] = []
         where: list[tuple[str, int, str] | None] = []
         tensors: list[torch.Tensor] = []
