@@ -578,3 +578,31 @@ def test_gpu_loader_and_prefetcher_equal_the_cpu_batches(tmp_path: Path, mode: s
         assert (first if isinstance(first, torch.Tensor) else first[0]).is_cuda
         assert_close(values, w[PIXELS_KEY])
     assert gpu.skip_causes == cpu.skip_causes
+
+
+# -- the GPU benchmark's image path, with its device stage on the CPU ---------------------------------------
+
+
+def test_gpu_benchmark_image_path_runs_on_the_cpu(tmp_path: Path) -> None:
+    """What `python -m fusion_fast.benchmarks.gpu` measures of the image path, run small here: the JPEG set,
+    one epoch of each path through DataLoader workers and the prefetcher, the device stage alone."""
+    import json
+
+    from fusion_fast.benchmarks.gpu import IMAGE_SIZES, image_path, image_report, write_jpeg_set
+
+    data = write_jpeg_set(tmp_path, 6, distinct=3)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    assert [r["image"] for r in records] == ["640x480-0.jpg", "1024x768-1.jpg", "640x480-2.jpg"] * 2
+    for r in records[:3]:
+        with Image.open(tmp_path / r["image"]) as img:
+            assert img.format == "JPEG" and img.size in IMAGE_SIZES
+    shipping = cpu_stage(FusionImageProcessor("static_hd"))
+    figures = image_path(6, 2, 2, processor=shipping, device="cpu", stage_reps=1)
+    assert figures["ships_compressed"]
+    for key in ("bytes_path", "cpu_path"):
+        assert figures[key]["images"] == 6
+        assert figures[key]["cpu_s_per_image"] > 0
+    assert figures["bytes_path"]["checksum"] == pytest.approx(figures["cpu_path"]["checksum"], abs=0.5)
+    assert figures["device_stage_images_per_s"] > 0
+    text = image_report(figures)
+    assert "bytes -> nvJPEG + GPU preprocessing" in text and "images / s" in text
