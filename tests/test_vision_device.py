@@ -297,7 +297,7 @@ def test_shipped_bytes_are_a_tenth_of_the_tensors_or_less(images: dict[str, Path
     assert isinstance(tensors, torch.Tensor) and batch.pixels is None
     decoded_pixels = sum(3 * w * h for w, h in [(640, 480), (1024, 768)] * 4)
     assert batch.nbytes * 10 <= tensors.numel() * tensors.element_size()
-    assert batch.nbytes * 4 <= decoded_pixels  # even against the decoded uint8 pixels
+    assert batch.nbytes * 8 <= decoded_pixels  # even against the decoded uint8 pixels (about 9x)
 
 
 def test_pin_memory_pins_the_flat_buffer_and_the_cpu_tensors(
