@@ -341,18 +341,38 @@ def run(
     per_archive: int,
     cold: str,
     seed: int = 0,
+    work: Path | None = None,
+    reuse_extract: bool = False,
 ) -> dict[str, Any]:
-    """Every measurement; the raw figures (the Markdown report is made from them)."""
+    """Every measurement; the raw figures (the Markdown report is made from them).
+
+    The playgrounds are made in `work` and kept there when it is given (else in a folder of `data_dir`
+    removed at the end). With `reuse_extract`, an extracted playground that an earlier run left complete
+    in `work` is read from, and its preparation's figures reported, instead of extracting again: removing
+    a million small files costs more than extracting them on some filesystems."""
     src, tars, generate_s = source(data_dir, n, pool_size, per_archive)
-    work = data_dir / f"images-work-{os.getpid()}"
+    keep = work is not None
+    work = work if work is not None else data_dir / f"images-work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     playground = {"extract": work / "extract", "shards": work / "shards"}
-    prep: dict[str, list[dict[str, float]]] = {"extract": [], "shards": [], "store": []}
+    prep: dict[str, list[dict[str, Any]]] = {"extract": [], "shards": [], "store": []}
+    extracted_marker = work / "extract.json"
+    source_params = json.loads((src / COMPLETE).read_text())
+    reused = None
+    if reuse_extract and extracted_marker.is_file():
+        earlier = json.loads(extracted_marker.read_text())
+        if earlier["source"] == source_params and playground["extract"].is_dir():
+            reused = earlier
+            prep["extract"] = earlier["trials"]
     store_bytes = 0
     phase = {"start": time.perf_counter()}
     try:
         for r in range(rounds):
             for mode in ("extract", "shards") if r % 2 == 0 else ("shards", "extract"):
+                if mode == "extract" and reused is not None:
+                    continue
+                if mode == "extract":
+                    extracted_marker.unlink(missing_ok=True)
                 _rmtree(playground[mode])
                 os.sync()
                 archive_resident = resident_fraction(tars)
@@ -367,8 +387,11 @@ def run(
                         "bytes": allocated,
                         "statvfs_inodes": free_before - free_after,
                         "archives_resident": archive_resident,
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     }
                 )
+                if mode == "extract":
+                    extracted_marker.write_text(json.dumps({"source": source_params, "trials": prep[mode]}))
             from ..images import ImageStore
 
             alone = work / "alone.ffimg"
@@ -425,8 +448,10 @@ def run(
                         rates[reader][mode][state].append(result)
         phase["read"] = time.perf_counter()
     finally:
-        _rmtree(work)
+        if not keep:
+            _rmtree(work)
     return {
+        "extract_reused_from": None if reused is None else reused["trials"][-1]["date"],
         "phase_s": {
             "generate": generate_s,
             "prepare": phase["prepared"] - phase["start"],
@@ -478,7 +503,8 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
     speedup = t["extract"]["median"] / t["shards"]["median"]
     prep_rows = [
         [
-            "`prepare --images extract` (2 jobs)",
+            "`prepare --images extract` (2 jobs)"
+            + (f", in an earlier run ({res['extract_reused_from']})" if res["extract_reused_from"] else ""),
             _fmt_s(t["extract"]),
             _fmt_rate(members_per_s["extract"]),
             f"{_med([x['inodes'] for x in prep['extract']]):,.0f}",
@@ -535,7 +561,8 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
         machine_markdown(m) + "\n",
         f"### Preparing {n:,} JPEGs ({res['archives']} tars, {mb:,.0f} MB, {res['pool']:,} distinct images; "
         f"archives page-cached); shards {speedup:,.1f}x faster\n",
-        f"Median (min-max) of {res['rounds']} rounds, contenders alternating.\n",
+        f"Median (min-max) of {res['rounds']} rounds, contenders alternating"
+        + (", extraction from an earlier run.\n" if res["extract_reused_from"] else ".\n"),
         table(["how", "time", "images/s", "new inodes", "new disk"], prep_rows),
         f"\nStore: {res['store_bytes_per_member']:.1f} bytes per member.\n",
         f"### Random reads through a DataLoader with 2 workers ({res['reads']:,} reads, "
@@ -585,19 +612,45 @@ def main(argv: list[str] | None = None) -> None:
         default="fadvise",
         help="how the page cache is dropped for cold reads (drop-caches: root, the whole machine's caches)",
     )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="make the playgrounds here and keep them (default: a folder of --dir, removed at the end)",
+    )
+    p.add_argument(
+        "--reuse-extract",
+        action="store_true",
+        help="read from the extracted playground an earlier run left in --work, reporting that run's "
+        "extraction, instead of extracting again",
+    )
     p.add_argument("--size", default=None, help="ignored (the suite passes it to every benchmark)")
     p.add_argument("--dir", default=None, help="where the download folder is kept and the work is done")
     p.add_argument("--out", default=None, help="write the raw figures here as JSON")
     args = p.parse_args(argv)
     q = args.quick
     n = args.images or (1_000 if q else 100_000)
-    reads = min(args.reads or (1_000 if q else 20_000), 10 * n)
+    reads = args.reads or (1_000 if q else 20_000)
     rounds = args.rounds or (2 if q else 3)
     read_rounds = args.read_rounds or (1 if q else 3)
     pool_size = min(args.pool or (256 if q else 4_096), n)
     data_dir = Path(args.dir) if args.dir else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    res = run(data_dir, n, reads, rounds, read_rounds, pool_size, args.per_archive, args.cold)
+    if reads < 256:
+        p.error("--reads must be at least 256: the rate is counted after the first batch of 64")
+    if args.reuse_extract and not args.work:
+        p.error("--reuse-extract needs --work")
+    res = run(
+        data_dir,
+        n,
+        reads,
+        rounds,
+        read_rounds,
+        pool_size,
+        args.per_archive,
+        args.cold,
+        work=Path(args.work) if args.work else None,
+        reuse_extract=args.reuse_extract,
+    )
     m = machine()
     markdown, summary = report(res, m, q)
     publish(markdown, {"machine": m, **res, "summary": summary}, args.out)
