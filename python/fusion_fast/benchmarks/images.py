@@ -25,9 +25,9 @@ image opened with Pillow and converted to RGB, through a file or through the sto
 keeps only the image size, in a DataLoader with 2 workers and `worker_context()`, batch 64; the rate is
 counted from the first batch on (worker start-up excluded). Each round reads the same random records from
 both, page-cached (every file / archive read just before) and cold: `posix_fadvise(POSIX_FADV_DONTNEED)`
-after a `sync` on every file the reads touch (image files or archives, the store, the annotation file), or
-with `--cold drop-caches` a write of 3 to /proc/sys/vm/drop_caches (root; drops every cache on the machine,
-dentries and inodes too). Residency is checked with `mincore` before each timed read.
+after a `sync` on every file the reads touch (image files or archives, the store, the annotation file and
+its index), or with `--cold drop-caches` a write of 3 to /proc/sys/vm/drop_caches (root; drops every
+cache on the machine, dentries and inodes too). Residency is checked with `mincore` before each timed read.
 """
 
 from __future__ import annotations
@@ -433,7 +433,12 @@ def run(
             for reader in READERS:
                 for state in states:
                     for mode in ("extract", "shards") if r % 2 == 0 else ("shards", "extract"):
-                        files = [*touched[mode], *store_files[mode], ann[mode]]
+                        files = [
+                            *touched[mode],
+                            *store_files[mode],
+                            ann[mode],
+                            *ann[mode].parent.glob("*.ffidx"),
+                        ]
                         if state == "warm":
                             warm(files)
                         elif cold == "drop-caches":
