@@ -345,24 +345,40 @@ def list_members(key: str, archive: Path, work: Path) -> Listing:
         )
     if report.duplicates:
         raise _refuse(key, report.duplicates[0][0], "the archive holds two members with this path")
-    names = store.members()
-    located = sorted((store.location(m)[1], m) for m in names)
-    members = [m for _, m in located]
-    for m in members:
-        path = safe_member_path(key, m)
-        if path is not None:
-            _check_not_reserved(key, m, path)
-    total = 0
-    end = 0
-    for m in members:
-        _, offset, stored, size, _, _ = store.location(m)
-        total += size
-        end = max(end, offset + stored)
+    # One location per member, without a Python object per member beyond the path and its numbers.
+    inner = store._inner
+    raw = inner.members()
+    located = [inner.location(m) for m in raw]
+    order = sorted(range(len(raw)), key=lambda i: located[i][1])
+    members = [os.fsdecode(raw[i]) for i in order]
+    _check_names(key, members)
+    total = sum(loc[3] for loc in located)
+    end = max((loc[1] + loc[2] for loc in located), default=0)
     if _is_tar(archive):
         _check_tar_end(key, archive, end)
     else:
         _check_zip_crcs(key, store, members)
     return Listing(members, total, store)
+
+
+#: What extraction refuses that the store's own path checks let through, in names joined by NUL (which
+#: no member name holds): a drive letter, prepare's state folder (any letter case) as the first
+#: component, a backslash anywhere.
+_BAD_NAME = re.compile(r"(?:^|\0)(?:[A-Za-z]:|\.fusion-fast(?:/|\0|\Z))|\\", re.IGNORECASE)
+
+
+def _check_names(key: str, members: Sequence[str]) -> None:
+    """Refuse the member names extraction refuses (`safe_member_path`, `_check_not_reserved`), found by
+    one scan over all names; the first one found is checked again by those functions for the message."""
+    joined = "\0".join(members)
+    found = _BAD_NAME.search(joined)
+    if found is None:
+        return
+    name = members[joined.count("\0", 0, found.start() + 1)]
+    path = safe_member_path(key, name)
+    if path is not None:
+        _check_not_reserved(key, name, path)
+    raise _refuse(key, name, "not a safe relative path")
 
 
 def _check_zip_crcs(key: str, store: ImageStore, members: Sequence[str]) -> None:
