@@ -171,25 +171,28 @@ def test_images_bench_page_cache_residency_and_eviction(tmp_path):
     assert resident_pages(path)[0] < pages // 4
 
 
-@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
-def test_images_bench_runs_at_small_size(tmp_path):
-    out = tmp_path / "images.json"
-    proc = subprocess.run(
+def _images_bench(tmp_path: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "fusion_fast.benchmarks.images",
             *("--images-count", "300", "--per-archive", "120", "--pool", "40"),
-            *("--reads", "256", "--rounds", "2", "--read-rounds", "1"),
-            *("--dir", str(tmp_path / "data"), "--out", str(out)),
+            *("--dir", str(tmp_path / "data"), "--out", str(out), *args),
         ],
         capture_output=True,
         text=True,
         timeout=300,
     )
+
+
+@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
+def test_images_bench_runs_at_small_size(tmp_path):
+    out = tmp_path / "images.json"
+    proc = _images_bench(tmp_path, out, "--reads", "256", "--rounds", "2", "--read-rounds", "1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["images"] == 300 and res["archives"] == 3
+    assert res["images"] == 300 and res["archives"] == 3 and res["extract_reused_from"] is None
     extract, shards = res["prepare"]["extract"], res["prepare"]["shards"]
     assert len(extract) == len(shards) == len(res["prepare"]["store"]) == 2
     # extracting makes a file per image (and its folders); the store is a few files whatever the count
@@ -208,3 +211,37 @@ def test_images_bench_runs_at_small_size(tmp_path):
     assert "### Random reads through a DataLoader with 2 workers" in proc.stdout
     # the work folders are gone; the generated download folder is kept for the next run
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["images-src-300-40-120"]
+
+
+@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
+def test_images_bench_reads_from_an_extraction_kept_by_an_earlier_run(tmp_path):
+    work, first, second = tmp_path / "work", tmp_path / "first.json", tmp_path / "second.json"
+    few = ("--reads", "256", "--rounds", "1", "--read-rounds", "1", "--cold", "none", "--work", str(work))
+    proc = _images_bench(tmp_path, first, *few)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    extracted = work / "extract" / "train" / "images"
+    assert len(list(extracted.rglob("*.jpg"))) == 300  # kept
+    mtime = extracted.stat().st_mtime_ns
+    proc = _images_bench(tmp_path, second, *few, "--reuse-extract")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before, after = json.loads(first.read_text()), json.loads(second.read_text())
+    assert after["extract_reused_from"] == before["prepare"]["extract"][-1]["date"]
+    assert after["prepare"]["extract"] == before["prepare"]["extract"]
+    assert extracted.stat().st_mtime_ns == mtime  # not extracted again
+    assert len(after["prepare"]["shards"]) == 1 and after["reads_per_s"]["decode"]["extract"]["warm"]
+    assert "in an earlier run" in proc.stdout
+
+
+@pytest.mark.skipif(not peer_available("torch"), reason="needs torch")
+def test_bench_passes_the_image_count_to_the_images_benchmark(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    proc = bench(
+        *("--quick", "--only", "images", "--images-count", "200"),
+        *("--out", str(out), "--data-dir", str(data)),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["images"]["images"] == 200
+    assert "### Preparing 200 JPEGs" in (out / "benchmarks.md").read_text()
+    assert (data / "images-src-200-200-100000" / "Src000.tar").is_file()  # kept for the next run

@@ -804,8 +804,8 @@ def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_o
     ) -> bool:
         monkeypatch.setattr(fft.os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
         monkeypatch.setattr(fft, "cgroup_cpu_quota", lambda: quota)
-        info = None if workers is None else types.SimpleNamespace(num_workers=workers)
-        monkeypatch.setattr(fft, "get_worker_info", lambda: info)
+        info = None if workers is None else types.SimpleNamespace(id=0, num_workers=workers)
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: info)
         if local_ranks is None:
             monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
         else:

@@ -309,7 +309,10 @@ def test_device_steps_within_tolerance_on_cpu(
     import sys
     import types
 
-    def decode_jpeg(raw: torch.Tensor, mode: object = None, device: str = "cpu") -> torch.Tensor:
+    def decode_jpeg(raw: object, mode: object = None, device: object = "cpu") -> object:
+        if isinstance(raw, list):  # torchvision decodes a list of images in one call
+            return [decode_jpeg(r, mode, device) for r in raw]
+        assert isinstance(raw, torch.Tensor) and mode == "RGB"
         img = Image.open(io.BytesIO(raw.numpy().tobytes())).convert("RGB")
         return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
 

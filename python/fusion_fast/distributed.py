@@ -1,8 +1,12 @@
-"""Where this process stands in a distributed job, read from the environment that torchrun
-(`torch.distributed.run`) gives every process it starts, without importing torch.
+"""Where this code runs in a distributed job, and the index building shared among its ranks.
 
-Importing torch takes seconds, so the command line reads the launcher's variables first and imports
-torch only when there really are other ranks to coordinate with.
+`Launch` is read from the environment that torchrun (`torch.distributed.run`) gives every process it
+starts; `WorkerConfig` adds what torch knows at run time (the initialised process group, the DataLoader
+worker). `distributed_share` and `ensure_indexed` build each missing index once across the ranks.
+
+Importing torch takes seconds, so nothing here imports it at import time: the command line reads the
+launcher's variables first and imports torch only when there really are other ranks to coordinate with,
+and `worker_config` asks torch only when torch is already imported.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import abc
 import itertools
 import json
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,6 +112,74 @@ def launch() -> Launch:
     return Launch.from_env()
 
 
+# -- where this code runs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Where this code runs: its rank in the job and, in a DataLoader worker, which worker it is (the
+    facts Megatron-Energon's `WorkerConfig` carries). `worker_config()` reads it."""
+
+    #: Rank and world size in `torch.distributed`'s default group; 0 of 1 while none is initialised.
+    rank: int = 0
+    world_size: int = 1
+    #: This rank among the node's ranks, as the launcher sets LOCAL_RANK and LOCAL_WORLD_SIZE.
+    local_rank: int = 0
+    local_world_size: int = 1
+    #: This DataLoader worker's id; None outside a worker.
+    worker_id: int | None = None
+    #: How many workers this worker's DataLoader has; 0 outside a worker.
+    num_workers: int = 0
+
+    @property
+    def in_worker(self) -> bool:
+        """Whether this code runs in a DataLoader worker process."""
+        return self.worker_id is not None
+
+
+#: This worker's `WorkerConfig`, by its `WorkerInfo` (one object per worker process).
+_worker_config: tuple[object, WorkerConfig] | None = None
+
+
+def worker_config() -> WorkerConfig:
+    """Where this code runs, now. torch is asked only when it is already imported: without it there is
+    neither a process group nor a DataLoader worker. In a DataLoader worker the answer is read once and
+    kept, since it cannot change there and datasets ask for every batch."""
+    global _worker_config
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None else None
+    if info is not None and _worker_config is not None and _worker_config[0] is info:
+        return _worker_config[1]
+    rank, world_size = 0, 1
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    config = WorkerConfig(
+        rank=rank,
+        world_size=world_size,
+        local_rank=max(0, _local_number("LOCAL_RANK", 0)),  # -1 is the usual "not distributed"
+        local_world_size=max(1, _local_number("LOCAL_WORLD_SIZE", 1)),
+        worker_id=None if info is None else info.id,
+        num_workers=0 if info is None else info.num_workers,
+    )
+    if info is not None:
+        _worker_config = (info, config)
+    return config
+
+
+def _local_number(name: str, default: int) -> int:
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise FusionFastError(
+            f"{name}={text!r} in the environment is not a whole number: fix the launcher's settings or "
+            "unset it to run as a single process"
+        ) from None
+
+
 # -- distributed indexing ---------------------------------------------------------------------------
 
 #: How long ranks wait for each other while others build indexes (big files take minutes each).
@@ -171,7 +244,8 @@ class _GroupCoordinator(_Coordinator):
         group = dist.new_group(backend="gloo", timeout=DISTRIBUTED_TIMEOUT)
         assert isinstance(group, dist.ProcessGroup)  # every rank is a member
         self.group = group
-        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        where = worker_config()
+        self.rank, self.world_size = where.rank, where.world_size
 
     def broadcast(self, value: dict[str, Any]) -> dict[str, Any]:
         import torch.distributed as dist
@@ -218,15 +292,22 @@ class _StoreCoordinator(_Coordinator):
 
 def _coordinator() -> _Coordinator | None:
     """How this process meets the other ranks; None when it runs alone."""
+    if "torch" not in sys.modules and not _others_in_env():
+        return None  # no process group exists before torch is imported: no need to import it
     import torch.distributed as dist
 
     if not dist.is_available():
         return None
     if dist.is_initialized():
-        return _GroupCoordinator() if dist.get_world_size() > 1 else None
-    if all(k in os.environ for k in RENDEZVOUS_ENV) and int(os.environ["WORLD_SIZE"]) > 1:
+        return _GroupCoordinator() if worker_config().world_size > 1 else None
+    if _others_in_env():
         return _StoreCoordinator()
     return None
+
+
+def _others_in_env() -> bool:
+    """Whether torchrun's environment names other ranks to meet through its TCP store."""
+    return all(k in os.environ for k in RENDEZVOUS_ENV) and int(os.environ["WORLD_SIZE"]) > 1
 
 
 def _has_valid_index(path: Path, index_dir: str | None) -> bool:
@@ -315,7 +396,7 @@ def ensure_indexed(
     opened: dict[Path, JsonIndex] = {}
     if done is not None:
         if threads is None:
-            threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+            threads = max(1, (os.cpu_count() or 1) // worker_config().local_world_size)
         try:
             for p in mine:
                 opened[p] = open_index(p, index_dir=idx_dir, threads=threads)
@@ -331,6 +412,8 @@ __all__ = [
     "RENDEZVOUS_TIMEOUT",
     "Launch",
     "launch",
+    "WorkerConfig",
+    "worker_config",
     "distributed_share",
     "ensure_indexed",
 ]

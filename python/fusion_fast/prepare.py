@@ -76,11 +76,13 @@ from .prepare_shards import (
     IMAGES_MODES,
     StoreEntry,
     build_store,
+    check_not_shadowing,
     check_targets,
     clean_stale_files,
     how_readable,
     list_members,
     make_readable,
+    remove_old_shards,
 )
 from .stage import DATA_SUFFIXES
 
@@ -679,6 +681,28 @@ def run_prepare(
         return _run_prepare(plan, jobs, progress, size_limits)
 
 
+def prepare_playground(
+    source: str | os.PathLike[str],
+    root: str | os.PathLike[str],
+    *,
+    images: str = DEFAULT_IMAGES,
+    jobs: int = 1,
+    stage: str | None = None,
+    yaml_path: str | os.PathLike[str] | None = None,
+    include: Sequence[str] = (),
+    revision: str | None = None,
+    progress: BytesProgress | None = None,
+    size_limits: SizeLimits | None = DEFAULT_LIMITS,
+) -> PrepareResult:
+    """`fusion-fast prepare SOURCE --root ROOT --images IMAGES --jobs JOBS` in one call:
+    `resolve_source`, `plan_prepare` and `run_prepare`. `images` is "extract" or "shards"."""
+    folder, name = resolve_source(os.fspath(source), revision=revision, include=include)
+    plan = plan_prepare(
+        folder, root, name=name, stage=stage, yaml_path=yaml_path, include=include, images=images
+    )
+    return run_prepare(plan, jobs=jobs, progress=progress, size_limits=size_limits)
+
+
 @contextmanager
 def _playground_lock(images: Path) -> Iterator[None]:
     """Hold `images/.fusion-fast/lock` for the run: a second run on the same playground (from another
@@ -734,7 +758,9 @@ def _run_prepare(
     for unit_item, outcome, seconds in _extract_all(to_extract, images, jobs, extract_progress, size_limits):
         done[unit_item.unit.key] = _finish_unit(unit_item, outcome, seconds, images, refs)
     if as_shards:
-        shard_results, result.duplicates = _prepare_shards(as_shards, images, refs, jobs, shard_progress)
+        shard_results, result.duplicates = _prepare_shards(
+            as_shards, images, refs, jobs, shard_progress, size_limits
+        )
         done.update(shard_results)
     result.units = [done[u.unit.key] for u in plan.units]
     if not plan.yaml_unchanged:
@@ -792,6 +818,7 @@ def _prepare_shards(
     refs: References | None,
     jobs: int,
     progress: BytesProgress | None,
+    size_limits: SizeLimits | None,
 ) -> tuple[dict[str, UnitResult], list[tuple[str, str, str]]]:
     """Make each archive readable in place (`prepare_shards.make_readable`), list and check its members,
     decide its nesting as extraction would, then build the folder's image store over these archives and
@@ -804,7 +831,7 @@ def _prepare_shards(
     work.mkdir()
     try:
         units = [(cast(Archive, u.unit), u.stamp.fingerprint) for u in items]
-        for k, outcome, seconds in make_readable(units, images, jobs, progress):
+        for k, outcome, seconds in make_readable(units, images, jobs, progress, size_limits):
             item = items[k]
             unit = item.unit
             try:
@@ -848,6 +875,7 @@ def _prepare_shards(
                 entries, files, ready_bytes[unit.key], mode="shards", archive=os.path.abspath(archive),
             )  # fmt: skip
             write_marker(images, marker)
+            remove_old_shards(images, cast(Archive, unit), archive)
             status = "indexed" if how_readable(cast(Archive, unit)) == "index" else "converted"
             target = placed_at(placement.prefix, entries) + " (image store)"
             results[unit.key] = UnitResult(
@@ -874,6 +902,7 @@ def _finish_unit(
         members = outcome.files + [p for p, _ in outcome.symlinks]
         placement = decide_placement(members, refs, unit.fallback_prefix)
         check_symlinks(unit.key, outcome.symlinks, placement.strip, placement.prefix, images)
+        check_not_shadowing(unit.key, [(f, placement.target(f), tmp / f) for f in outcome.files], images)
         referenced = int(refs.contains([placement.target(f) for f in outcome.files]).sum()) if refs else None
         entries = place(tmp, images, placement.strip, placement.prefix, unit.key, len(members))
         shutil.rmtree(tmp)

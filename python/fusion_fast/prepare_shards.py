@@ -51,9 +51,12 @@ from .archives import (
     _GZIP_MAGIC,
     _XZ_MAGIC,
     _ZSTD_MAGIC,
+    DEFAULT_LIMITS,
     Archive,
     ConcatFile,
+    SizeLimits,
     _ArchiveErrors,
+    _Budget,
     _check_not_reserved,
     _pid_alive,
     _refuse,
@@ -149,28 +152,43 @@ def readable_archive(
     images: Path,
     report: Callable[[int], None],
     abort: threading.Event,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> tuple[Path, bool]:
     """(the plain tar or zip the store reads for `unit`, whether it is a file of ours in `shards/`).
 
     Converted shards and links already made are reused; a conversion writes a temporary file renamed
-    into place once the whole stream was read and checked."""
+    into place once the whole stream was read and checked. `limits` apply to what a conversion writes
+    as they apply to extraction: bzip2, xz and split copies chunk by chunk; a gzip conversion (in Rust,
+    in one call) before it starts (free space for at least the archive's size) and after it ends (the
+    shard's size against the ratio; a refused shard is removed). A gzip bomb can therefore fill the
+    disk while it is converted; the converter then fails and removes its temporary file."""
     dest = shard_path(images, unit, fingerprint)
     if dest.is_file():
         return dest, True
     dest.parent.mkdir(parents=True, exist_ok=True)
     how = compression(unit.parts) if unit.kind == "tar" else ""
+    budget = _Budget(limits, unit.key, dest.parent, unit.size)
     if how == "zstd":
         raise FusionFastError(
             "zstd-compressed tar archives are not supported; decompress it first", path=unit.key
         )
     if how == "gzip":
+        budget.declare(unit.size)
         try:
             _core.convert_to_tars([([str(p) for p in unit.parts], str(dest))])
         except FusionFastError as e:
             raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+        if limits is not None:
+            try:
+                budget.take("", dest.stat().st_size)
+            except FusionFastError:
+                dest.unlink()
+                raise
         return dest, True
     if how or len(unit.parts) > 1:
-        _stream_copy(unit, how, dest, report, abort)
+        if not how:
+            budget.declare(unit.size)
+        _stream_copy(unit, how, dest, report, abort, budget)
         return dest, True
     source = Path(os.path.realpath(unit.parts[0]))
     tmp = _tmp_name(dest)
@@ -184,7 +202,12 @@ def readable_archive(
 
 
 def _stream_copy(
-    unit: Archive, how: str, dest: Path, report: Callable[[int], None], abort: threading.Event
+    unit: Archive,
+    how: str,
+    dest: Path,
+    report: Callable[[int], None],
+    abort: threading.Event,
+    budget: _Budget,
 ) -> None:
     """Write the (decompressed) stream of `unit`'s parts to `dest`, atomically. bz2 and lzma check the
     stream's CRCs / integrity check as it is read to its end, and raise on data after it that is not a
@@ -201,6 +224,7 @@ def _stream_copy(
                 while chunk := src.read(_CHUNK):
                     if abort.is_set():
                         raise Aborted
+                    budget.take("", len(chunk))
                     out.write(chunk)
                     report(raw.tell())
                 out.flush()
@@ -220,6 +244,7 @@ def make_readable(
     images: Path,
     jobs: int,
     progress: Callable[[int, int], None] | None,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> Iterator[tuple[int, tuple[Path, bool] | Exception, float]]:
     """`readable_archive` for each (unit, fingerprint), `jobs` at a time in threads; yields (position,
     result or error, seconds) as they finish. Interrupting this (Ctrl-C, SIGTERM) stops the Python
@@ -250,7 +275,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, fp, images, report, abort)
+                out = readable_archive(unit, fp, images, report, abort, limits)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:
@@ -283,6 +308,16 @@ def make_readable(
         abort.set()
 
 
+def remove_old_shards(images: Path, unit: Archive, current: Path) -> None:
+    """Remove the shards of earlier versions of `unit` (the store no longer reads them)."""
+    folder = shards_dir(images)
+    name = marker_name(unit.key)
+    for entry in folder.iterdir() if folder.is_dir() else []:
+        stem = entry.name.rsplit(".", 1)[0]
+        if stem.rpartition("~")[0] == name and entry != current and not _TMP_NAME.match(entry.name):
+            entry.unlink(missing_ok=True)
+
+
 # -- members, checked as extraction checks them ------------------------------------------------------
 @dataclass
 class Listing:
@@ -310,22 +345,50 @@ def list_members(key: str, archive: Path, work: Path) -> Listing:
         )
     if report.duplicates:
         raise _refuse(key, report.duplicates[0][0], "the archive holds two members with this path")
-    names = store.members()
-    located = sorted((store.location(m)[1], m) for m in names)
-    members = [m for _, m in located]
-    for m in members:
-        path = safe_member_path(key, m)
-        if path is not None:
-            _check_not_reserved(key, m, path)
-    total = 0
-    end = 0
-    for m in members:
-        _, offset, stored, size, _, _ = store.location(m)
-        total += size
-        end = max(end, offset + stored)
-    if not str(archive).endswith(".zip") and _is_tar(archive):
+    # One location per member, without a Python object per member beyond the path and its numbers.
+    inner = store._inner
+    raw = inner.members()
+    located = [inner.location(m) for m in raw]
+    order = sorted(range(len(raw)), key=lambda i: located[i][1])
+    members = [os.fsdecode(raw[i]) for i in order]
+    _check_names(key, members)
+    total = sum(loc[3] for loc in located)
+    end = max((loc[1] + loc[2] for loc in located), default=0)
+    if _is_tar(archive):
         _check_tar_end(key, archive, end)
+    else:
+        _check_zip_crcs(key, store, members)
     return Listing(members, total, store)
+
+
+#: What extraction refuses that the store's own path checks let through, in names joined by NUL (which
+#: no member name holds): a drive letter, prepare's state folder (any letter case) as the first
+#: component, a backslash anywhere.
+_BAD_NAME = re.compile(r"(?:^|\0)(?:[A-Za-z]:|\.fusion-fast(?:/|\0|\Z))|\\", re.IGNORECASE)
+
+
+def _check_names(key: str, members: Sequence[str]) -> None:
+    """Refuse the member names extraction refuses (`safe_member_path`, `_check_not_reserved`), found by
+    one scan over all names; the first one found is checked again by those functions for the message."""
+    joined = "\0".join(members)
+    found = _BAD_NAME.search(joined)
+    if found is None:
+        return
+    name = members[joined.count("\0", 0, found.start() + 1)]
+    path = safe_member_path(key, name)
+    if path is not None:
+        _check_not_reserved(key, name, path)
+    raise _refuse(key, name, "not a safe relative path")
+
+
+def _check_zip_crcs(key: str, store: ImageStore, members: Sequence[str]) -> None:
+    """Read every member once, which checks its CRC-32 (and inflates deflated ones to their declared
+    size): a damaged zip is refused now, as extraction refuses it, not at some training step."""
+    for m in members:
+        try:
+            store.view(m)
+        except FusionFastError as e:
+            raise FusionFastError(f"corrupt archive: member {m!r}: {e.message}", path=key) from None
 
 
 def _is_tar(path: Path) -> bool:
@@ -369,6 +432,33 @@ def _check_tar_end(key: str, path: Path, start: int) -> None:
 
 #: Conflicts listed in full in an error (the rest are counted).
 _SHOWN = 5
+
+
+def check_not_shadowing(key: str, files: Sequence[tuple[str, str, Path]], images: Path) -> None:
+    """Extraction into a folder whose store reads other archives: a file placed at `target` would be
+    read instead of the store's member there, so it must hold the same bytes. `files` are (member,
+    target relative to `images/`, extracted file)."""
+    path = store_file(images)
+    if not path.is_file():
+        return
+    store = ImageStore.open(path)
+    conflicts = [
+        f"member {member!r} -> images/{target}: the image store holds other bytes there"
+        for member, target, file in files
+        if target in store and file.read_bytes() != store.read(target)
+    ]
+    if conflicts:
+        raise FusionFastError(_conflict_message(conflicts, "place"), path=key)
+
+
+def _conflict_message(conflicts: Sequence[str], verb: str) -> str:
+    shown = "; ".join(conflicts[:_SHOWN])
+    more = f" (and {len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
+    return (
+        f"cannot {verb} its files without shadowing others: {shown}{more}. A file in images/ is read "
+        "instead of the image store's member; nothing of it was placed; remove what is in the way (or "
+        "this archive) and run again"
+    )
 
 
 def check_targets(key: str, listing: Listing, strip: int, prefix: str, images: Path) -> list[str]:
@@ -420,13 +510,7 @@ def check_targets(key: str, listing: Listing, strip: int, prefix: str, images: P
         elif p.is_symlink() or not p.is_file() or p.read_bytes() != listing.store.read(member):
             conflicts.append(f"member {member!r} -> images/{target}: exists and differs")
     if conflicts:
-        shown = "; ".join(conflicts[:_SHOWN])
-        more = f" (and {len(conflicts) - _SHOWN} more)" if len(conflicts) > _SHOWN else ""
-        raise FusionFastError(
-            f"cannot index its files without shadowing others: {shown}{more}. A file in images/ is read "
-            "instead of the archive's member; remove what is in the way (or this archive) and run again",
-            path=key,
-        )
+        raise FusionFastError(_conflict_message(conflicts, "index"), path=key)
     return sorted(tops)
 
 
@@ -502,6 +586,7 @@ __all__ = [
     "list_members",
     "make_readable",
     "readable_archive",
+    "remove_old_shards",
     "shards_dir",
     "store_archives",
     "store_file",

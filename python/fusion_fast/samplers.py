@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import numpy as np
 
 from . import _core
+from .distributed import worker_config
 
 if TYPE_CHECKING:
     from torch.utils.data import Sampler as _SamplerBase
@@ -83,16 +84,9 @@ def _shuffle_matches_numpy() -> bool:
 def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     """World size and rank from `torch.distributed` when it is initialised, else 1 and 0."""
     if num_replicas is None or rank is None:
-        world, me = 1, 0
-        try:
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                world, me = dist.get_world_size(), dist.get_rank()
-        except ImportError:
-            pass
-        num_replicas = world if num_replicas is None else num_replicas
-        rank = me if rank is None else rank
+        where = worker_config()
+        num_replicas = where.world_size if num_replicas is None else num_replicas
+        rank = where.rank if rank is None else rank
     if num_replicas < 1:
         raise ValueError(f"num_replicas must be >= 1, not {num_replicas}")
     if not 0 <= rank < num_replicas:

@@ -23,8 +23,10 @@ decoded at a reduced scale.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -52,8 +54,11 @@ class FusionImageProcessor:
     `device="cuda"` (default mode, a path or bytes): JPEGs are decoded with nvJPEG
     (`torchvision.io.decode_jpeg`) and resized and normalised on that device, within the same tolerance,
     and the result is on the device; images nvJPEG cannot decode (CMYK, not JPEG) take the CPU path and
-    the result is moved there. Without CUDA or without torchvision, the CPU path and a CPU result. Meant
-    for the main process: DataLoader workers should stay on `device="cpu"`.
+    the result is moved there. Without CUDA or without torchvision, the CPU path and a CPU result.
+    Given to `FusionDataset(image_processor=...)`, a `device="cuda"` processor makes DataLoader workers
+    ship JPEGs compressed (`ship`, `ships_compressed`) and `CudaPrefetcher` decode and preprocess them on
+    the GPU (`fusion_fast.vision_device`); without CUDA or torchvision the workers process images on the
+    CPU as with `device="cpu"`, after one warning.
     Instances pickle, so they can go into DataLoader workers with a `FusionDataset`.
     """
 
@@ -82,6 +87,12 @@ class FusionImageProcessor:
         self.device = device
         # FUSION's pad colour: `tuple(int(x * 255) for x in processor.image_mean)`
         self.background = tuple(int(m * 255) for m in self.mean)
+        # whether workers ship compressed JPEGs: decided once, in the process that first asks (the main
+        # process, by FusionDataset), and carried to the workers with the processor
+        self._ships: bool | None = None
+        # (device, decoder name) replacing the device stage's (the device and nvJPEG): lets tests run
+        # the whole shipped-bytes path on the CPU, with Pillow decoding
+        self._device_stage: tuple[str, str] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -94,6 +105,56 @@ class FusionImageProcessor:
         """The shape of every result."""
         c = self.crop_size
         return (5, 3, c, c) if self.mode == "static_hd" else (3, c, c)
+
+    # -- shipping compressed images to the device --------------------------------------------------
+    @property
+    def ships_compressed(self) -> bool:
+        """Whether `ship` hands JPEGs over compressed, for the device to decode: with `device` other than
+        "cpu" (and not `exact`) where CUDA and torchvision's nvJPEG decoder are available. Otherwise
+        False, with one warning per process when a device was asked for."""
+        if self._device_stage is not None:
+            return True
+        if self.device == "cpu" or self.exact:
+            return False
+        if self._ships is None:
+            self._ships = _gpu_decoder_available()
+            if not self._ships:
+                _warn_cpu_fallback(self.device)
+        return self._ships
+
+    def ship(self, image: ImageSource) -> Any:
+        """What a DataLoader worker puts in the item for `image`: with `ships_compressed`, a JPEG the
+        device decoder takes as Pillow would (an RGB or grayscale JPEG that ends with its end-of-image
+        marker) as a `fusion_fast.vision_device.ShippedImage` of its bytes; anything else processed on
+        the CPU, the CPU path's tensor on the CPU (never on a GPU, so workers never touch CUDA). Errors
+        are the CPU path's: `FileNotFoundError`, and Pillow's for images it cannot decode."""
+        from PIL import Image
+
+        if isinstance(image, Image.Image):
+            return self._from_pil(image.convert("RGB"))
+        if not self.ships_compressed:
+            return self._cpu(image)
+        data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _read(image)
+        if _device_decodable(data):
+            from .vision_device import ShippedImage
+
+            return ShippedImage(data, self)
+        # from the path when there is one: Pillow's messages then name the file, as the CPU path's do
+        return self._cpu(data if isinstance(image, (bytes, bytearray, memoryview)) else image)
+
+    def _stage(self) -> tuple[str, str]:
+        """The device and decoder (a `fusion_fast.vision_device.DECODERS` name) of the device stage."""
+        if self._device_stage is not None:
+            return self._device_stage
+        return self.device, "nvjpeg"
+
+    def _with_device_stage(self, device: str, decoder: str) -> FusionImageProcessor:
+        """A copy that ships compressed JPEGs and decodes them with `decoder` on `device`."""
+        import copy
+
+        other = copy.copy(self)
+        other._device_stage = (device, decoder)
+        return other
 
     # -- entry point ---------------------------------------------------------------------------------
     def __call__(self, image: ImageSource) -> torch.Tensor:
@@ -199,53 +260,68 @@ class FusionImageProcessor:
 
     # -- GPU: nvJPEG decode, then the fast path's steps in float on the device ------------------------
     def _gpu(self, data: bytes) -> torch.Tensor:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from .vision_device import decode_nvjpeg, preprocess_decoded
 
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        decoded = decode_jpeg(raw, mode=ImageReadMode.RGB, device=self.device)  # (3, h, w) uint8, no EXIF
-        x = decoded.unsqueeze(0).float()
-        c = self.crop_size
-        if self.mode == "pad":
-            h, w = x.shape[-2:]
-            side = max(h, w)
-            canvas = torch.tensor(self.background, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-            canvas = canvas.expand(1, 3, side, side).clone()
-            top, left = (side - h) // 2, (side - w) // 2
-            canvas[:, :, top : top + h, left : left + w] = x
-            x = canvas
-        if self.mode == "static_hd":
-            big = _resize_float(x, 2 * c)
-            views = [big[:, :, i : i + c, j : j + c] for i in (0, c) for j in (0, c)]
-            views.append(_resize_float(big, c))
-            stacked = torch.cat(views)
-        else:
-            stacked = _resize_float(x, c)
-        scale = torch.tensor([1 / (255 * s) for s in self.std], device=x.device).view(1, 3, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device)
-        out = stacked.mul_(scale).sub_(shift.view(1, 3, 1, 1))
-        return out if self.mode == "static_hd" else out[0]
+        decoded = decode_nvjpeg([raw], torch.device(self.device))  # (3, h, w) uint8, no EXIF rotation
+        return preprocess_decoded(decoded, self)[0]
 
 
 def _gpu_decoder_available() -> bool:
     """CUDA and torchvision's nvJPEG decoder are both there."""
-    if not torch.cuda.is_available():
-        return False
-    import importlib.util
+    return torch.cuda.is_available() and _torchvision_decoder()
 
-    return importlib.util.find_spec("torchvision") is not None
+
+@functools.cache
+def _torchvision_decoder() -> bool:
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:  # absent, or built for another torch
+        return False
+    return True
+
+
+#: Whether this process has said that a device processor falls back to the CPU.
+_warned_cpu_fallback = False
+
+
+def _warn_cpu_fallback(device: str) -> None:
+    global _warned_cpu_fallback
+    if _warned_cpu_fallback:
+        return
+    _warned_cpu_fallback = True
+    missing = "CUDA is not available" if not torch.cuda.is_available() else "torchvision cannot be imported"
+    warnings.warn(
+        f"FusionImageProcessor(device={device!r}): {missing}, so images are decoded and preprocessed on "
+        "the CPU (in DataLoader workers when there are some); install fusion-fast[vision-gpu] on a CUDA "
+        "machine for the GPU path",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
+#: A JPEG's first and last bytes: start-of-image, end-of-image.
+_SOI, _EOI = b"\xff\xd8\xff", b"\xff\xd9"
+
+
+def _device_decodable(data: bytes) -> bool:
+    """Whether a device decoder can take `data` as Pillow would: a complete RGB or grayscale JPEG. CMYK
+    JPEGs (nvJPEG cannot convert them) and files cut short (so that the worker reports them as the CPU
+    path does) are left to the CPU; so is anything Pillow cannot even identify."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not (data.startswith(_SOI) and data.endswith(_EOI)):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as img:  # reads the header only
+            return img.format == "JPEG" and img.mode in ("RGB", "L")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def _read(path: Any) -> bytes:
     with open(os.fspath(path), "rb") as f:
         return f.read()
-
-
-def _resize_float(x: torch.Tensor, side: int) -> torch.Tensor:
-    """`_resize` on float pixels (any device), rounded to whole levels as the uint8 path is."""
-    if x.shape[-2:] == (side, side):
-        return x
-    out = F.interpolate(x, size=(side, side), mode="bicubic", antialias=True, align_corners=False)
-    return out.round_().clamp_(0, 255)
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import _core, synth
 from ..check import run_check
 from ..index import open as open_index
+from ..playground import Playground
 from .common import default_data_dir, fmt_time, machine, machine_markdown, parse_size, publish, repeat, table
 
 #: Share of the benchmark paths that do not exist (a failed lookup costs about as much as a found one).
@@ -51,10 +52,11 @@ def python_isfile(paths: list[str], base: str) -> int:
 
 def make_playground(root: Path, records: int) -> Path:
     """`root/train/jsons/Bench-<N>k.json` with every image and video it references present."""
-    data = root / "train" / "jsons" / f"Bench-{max(1, records // 1000)}k.json"
+    playground = Playground.at(root)
+    data = playground.json_file(f"Bench-{max(1, records // 1000)}k.json")
     data.parent.mkdir(parents=True, exist_ok=True)
     synth.write_file(data, records=records, seed=3)
-    images = root / "train" / "images"
+    images = playground.images
     idx = open_index(data)
     for start in range(0, len(idx), 4096):
         for rec in idx.get_many(range(start, min(len(idx), start + 4096))):

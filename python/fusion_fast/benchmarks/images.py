@@ -13,11 +13,11 @@ is kept in `--dir` for the next run.
 
 Each round times, contenders alternating (the order flips every round):
 
-- extract: `plan_prepare` + `run_prepare` (2 jobs), the whole command's work: annotation file placed and
-  indexed, archives extracted and placed, `check` run;
-- shards: the same with `prepare`'s shards mode when this fusion-fast has it, else `ImageStore.build` of
-  the archives into the image folder's store (`images/.fusion-fast/images.ffimg`);
-- the store build alone (`ImageStore.build`), for members/s and bytes per member.
+- extract: `plan_prepare(..., images="extract")` + `run_prepare(jobs=2)`, the whole command's work:
+  annotation file placed and indexed, archives extracted and placed, `check` run;
+- shards: the same with `images="shards"` (archives hard-linked and indexed into the image folder's
+  store instead of extracted);
+- the store build alone (`ImageStore.build` of the archives), for members/s and bytes per member.
 
 New inodes are counted by walking the playground (inodes shared with the download folder, such as a hard
 linked annotation file, do not count). Then random reads: `FusionDataset(..., load_images=True)` (every
@@ -25,9 +25,9 @@ image opened with Pillow and converted to RGB, through a file or through the sto
 keeps only the image size, in a DataLoader with 2 workers and `worker_context()`, batch 64; the rate is
 counted from the first batch on (worker start-up excluded). Each round reads the same random records from
 both, page-cached (every file / archive read just before) and cold: `posix_fadvise(POSIX_FADV_DONTNEED)`
-after a `sync` on every file the reads touch (image files or archives, the store, the annotation file), or
-with `--cold drop-caches` a write of 3 to /proc/sys/vm/drop_caches (root; drops every cache on the machine,
-dentries and inodes too). Residency is checked with `mincore` before each timed read.
+after a `sync` on every file the reads touch (image files or archives, the store, the annotation file and
+its index), or with `--cold drop-caches` a write of 3 to /proc/sys/vm/drop_caches (root; drops every
+cache on the machine, dentries and inodes too). Residency is checked with `mincore` before each timed read.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import argparse
 import ctypes
 import ctypes.util
 import hashlib
-import inspect
 import io
 import json
 import mmap
@@ -50,7 +49,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .common import default_data_dir, machine, machine_markdown, publish, spread, table
+from .common import default_data_dir, machine, machine_markdown, publish, run_child, spread, table
 
 #: Members per tar of the download folder.
 PER_ARCHIVE = 100_000
@@ -227,38 +226,30 @@ def warm(paths: Iterable[str | os.PathLike[str]]) -> None:
 
 
 # -- preparing -----------------------------------------------------------------------------------------
-def prepare_has_shards() -> bool:
-    """Whether this fusion-fast's `prepare` has the shards mode (`images="shards"`)."""
-    from .. import prepare
-
-    return "images" in inspect.signature(prepare.plan_prepare).parameters or (
-        "images" in inspect.signature(prepare.run_prepare).parameters
-    )
-
-
-def prepare(src: Path, playground: Path, mode: str) -> None:
-    """`fusion-fast prepare`'s Python entry point in `mode` ("extract" or "shards"), 2 jobs."""
-    from .. import prepare as prep
-
-    kwargs: dict[str, Any] = {"images": mode} if prepare_has_shards() else {}
-    plan_kw = {k: v for k, v in kwargs.items() if k in inspect.signature(prep.plan_prepare).parameters}
-    run_kw = {k: v for k, v in kwargs.items() if k in inspect.signature(prep.run_prepare).parameters}
-    result = prep.run_prepare(prep.plan_prepare(src, playground, **plan_kw), jobs=2, **run_kw)
-    if not result.ok:
-        problems = [u.error for u in result.units if u.error] + [j.error for j in result.jsons if j.error]
-        raise RuntimeError(
-            f"prepare ({mode}) of {src} failed: {problems or result.check_error or result.check}"
-        )
+#: One preparation, timed in a fresh process as the command would run: nothing it opens (the store,
+#: the annotation index) stays mapped in the benchmark's process, where it would keep pages cached.
+_PREPARE = """
+import json, sys, time
+from pathlib import Path
+from fusion_fast.prepare import plan_prepare, run_prepare
+src, playground, mode = sys.argv[1:4]
+started = time.perf_counter()
+result = run_prepare(plan_prepare(Path(src), playground, images=mode), jobs=2)
+seconds = time.perf_counter() - started
+errors = [u.error for u in result.units if u.error] + [j.error for j in result.jsons if j.error]
+if not result.ok:
+    errors.append(result.check_error or str(result.check))
+print(json.dumps({"seconds": seconds, "errors": errors}))
+"""
 
 
-def build_store(tars: Sequence[Path], images: Path) -> Path:
-    """The image folder's store over `tars` (whose members already carry their `<Source>/` folder)."""
-    from ..images import FOLDER_STORE, ImageStore
-
-    path = images / FOLDER_STORE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ImageStore.build(tars, path)
-    return path
+def prepare(src: Path, playground: Path, mode: str) -> float:
+    """Seconds of `fusion-fast prepare`'s Python entry point (`plan_prepare` + `run_prepare`, 2 jobs) with
+    `images=mode` ("extract" or "shards"), in a fresh process."""
+    out = run_child(_PREPARE, str(src), str(playground), mode)
+    if out["errors"]:
+        raise RuntimeError(f"prepare --images {mode} of {src} failed: {out['errors']}")
+    return float(out["seconds"])
 
 
 def new_inodes(folder: Path, shared_with: Path) -> tuple[int, int]:
@@ -350,29 +341,43 @@ def run(
     per_archive: int,
     cold: str,
     seed: int = 0,
+    work: Path | None = None,
+    reuse_extract: bool = False,
 ) -> dict[str, Any]:
-    """Every measurement; the raw figures (the Markdown report is made from them)."""
+    """Every measurement; the raw figures (the Markdown report is made from them).
+
+    The playgrounds are made in `work` and kept there when it is given (else in a folder of `data_dir`
+    removed at the end). With `reuse_extract`, an extracted playground that an earlier run left complete
+    in `work` is read from, and its preparation's figures reported, instead of extracting again: removing
+    a million small files costs more than extracting them on some filesystems."""
     src, tars, generate_s = source(data_dir, n, pool_size, per_archive)
-    annotations = src / ANNOTATIONS
-    via_prepare = prepare_has_shards()
-    work = data_dir / f"images-work-{os.getpid()}"
+    keep = work is not None
+    work = work if work is not None else data_dir / f"images-work-{os.getpid()}"
     work.mkdir(parents=True, exist_ok=True)
     playground = {"extract": work / "extract", "shards": work / "shards"}
-    prep: dict[str, list[dict[str, float]]] = {"extract": [], "shards": [], "store": []}
+    prep: dict[str, list[dict[str, Any]]] = {"extract": [], "shards": [], "store": []}
+    extracted_marker = work / "extract.json"
+    source_params = json.loads((src / COMPLETE).read_text())
+    reused = None
+    if reuse_extract and extracted_marker.is_file():
+        earlier = json.loads(extracted_marker.read_text())
+        if earlier["source"] == source_params and playground["extract"].is_dir():
+            reused = earlier
+            prep["extract"] = earlier["trials"]
     store_bytes = 0
+    phase = {"start": time.perf_counter()}
     try:
         for r in range(rounds):
             for mode in ("extract", "shards") if r % 2 == 0 else ("shards", "extract"):
+                if mode == "extract" and reused is not None:
+                    continue
+                if mode == "extract":
+                    extracted_marker.unlink(missing_ok=True)
                 _rmtree(playground[mode])
                 os.sync()
                 archive_resident = resident_fraction(tars)
                 free_before = _free_inodes(work)
-                started = time.perf_counter()
-                if mode == "extract" or via_prepare:
-                    prepare(src, playground[mode], mode)
-                else:
-                    build_store(tars, playground[mode] / "train" / "images")
-                seconds = time.perf_counter() - started
+                seconds = prepare(src, playground[mode], mode)
                 free_after = _free_inodes(work)
                 inodes, allocated = new_inodes(playground[mode], src)
                 prep[mode].append(
@@ -382,8 +387,11 @@ def run(
                         "bytes": allocated,
                         "statvfs_inodes": free_before - free_after,
                         "archives_resident": archive_resident,
+                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                     }
                 )
+                if mode == "extract":
+                    extracted_marker.write_text(json.dumps({"source": source_params, "trials": prep[mode]}))
             from ..images import ImageStore
 
             alone = work / "alone.ffimg"
@@ -393,10 +401,11 @@ def run(
             store_bytes = alone.stat().st_size
             alone.unlink()
 
+        phase["prepared"] = time.perf_counter()
         images = {m: playground[m] / "train" / "images" for m in playground}
         ann = {
             "extract": playground["extract"] / "train" / "jsons" / ANNOTATIONS,
-            "shards": playground["shards"] / "train" / "jsons" / ANNOTATIONS if via_prepare else annotations,
+            "shards": playground["shards"] / "train" / "jsons" / ANNOTATIONS,
         }
         datasets = {
             (reader, m): dataset(ann[m], images[m])
@@ -405,8 +414,6 @@ def run(
             for reader in READERS
             for m in playground
         }
-        for ds in datasets.values():  # the annotation index built (or opened) before any timing
-            len(ds)
         store_files = {
             "extract": [],
             "shards": sorted(p for p in images["shards"].rglob("*.ffimg") if p.is_file()),
@@ -426,7 +433,12 @@ def run(
             for reader in READERS:
                 for state in states:
                     for mode in ("extract", "shards") if r % 2 == 0 else ("shards", "extract"):
-                        files = [*touched[mode], *store_files[mode], ann[mode]]
+                        files = [
+                            *touched[mode],
+                            *store_files[mode],
+                            ann[mode],
+                            *ann[mode].parent.glob("*.ffidx"),
+                        ]
                         if state == "warm":
                             warm(files)
                         elif cold == "drop-caches":
@@ -439,9 +451,18 @@ def run(
                         result = read_rate(datasets[reader, mode], order)
                         result["resident_before"] = resident
                         rates[reader][mode][state].append(result)
+        phase["read"] = time.perf_counter()
     finally:
-        _rmtree(work)
+        if not keep:
+            _rmtree(work)
     return {
+        "extract_reused_from": None if reused is None else reused["trials"][-1]["date"],
+        "phase_s": {
+            "generate": generate_s,
+            "prepare": phase["prepared"] - phase["start"],
+            "read": phase["read"] - phase["prepared"],
+            "clean": time.perf_counter() - phase["read"],
+        },
         "images": n,
         "reads": reads,
         "rounds": rounds,
@@ -451,7 +472,6 @@ def run(
         "archives": len(tars),
         "archive_bytes": sum(t.stat().st_size for t in tars),
         "generate_s": generate_s,
-        "shards_via_prepare": via_prepare,
         "cold": cold,
         "prepare": prep,
         "store_bytes": store_bytes,
@@ -486,21 +506,17 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
     t = {k: spread([x["seconds"] for x in v]) for k, v in prep.items()}
     members_per_s = {k: spread([n / x["seconds"] for x in v]) for k, v in prep.items()}
     speedup = t["extract"]["median"] / t["shards"]["median"]
-    shards_how = (
-        "`prepare` (shards mode, 2 jobs)"
-        if res["shards_via_prepare"]
-        else "`ImageStore.build` into the image folder's store (this prepare has no shards mode)"
-    )
     prep_rows = [
         [
-            "extract: `prepare` (2 jobs)",
+            "`prepare --images extract` (2 jobs)"
+            + (f", in an earlier run ({res['extract_reused_from']})" if res["extract_reused_from"] else ""),
             _fmt_s(t["extract"]),
             _fmt_rate(members_per_s["extract"]),
             f"{_med([x['inodes'] for x in prep['extract']]):,.0f}",
             f"{_med([x['bytes'] for x in prep['extract']]) / 1e6:,.0f} MB",
         ],
         [
-            f"shards: {shards_how}",
+            "`prepare --images shards` (2 jobs)",
             _fmt_s(t["shards"]),
             _fmt_rate(members_per_s["shards"]),
             f"{_med([x['inodes'] for x in prep['shards']]):,.0f}",
@@ -550,7 +566,8 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
         machine_markdown(m) + "\n",
         f"### Preparing {n:,} JPEGs ({res['archives']} tars, {mb:,.0f} MB, {res['pool']:,} distinct images; "
         f"archives page-cached); shards {speedup:,.1f}x faster\n",
-        f"Median (min-max) of {res['rounds']} rounds, contenders alternating.\n",
+        f"Median (min-max) of {res['rounds']} rounds, contenders alternating"
+        + (", extraction from an earlier run.\n" if res["extract_reused_from"] else ".\n"),
         table(["how", "time", "images/s", "new inodes", "new disk"], prep_rows),
         f"\nStore: {res['store_bytes_per_member']:.1f} bytes per member.\n",
         f"### Random reads through a DataLoader with 2 workers ({res['reads']:,} reads, "
@@ -586,7 +603,7 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--quick", action="store_true", help="2,000 images, 2,000 reads, 2 rounds of preparing, 1 of reads"
+        "--quick", action="store_true", help="1,000 images, 1,000 reads, 2 rounds of preparing, 1 of reads"
     )
     p.add_argument("--images-count", "--files", dest="images", type=int, default=None, help="default 100,000")
     p.add_argument("--reads", type=int, default=None, help="random reads per DataLoader run (default 20,000)")
@@ -600,19 +617,45 @@ def main(argv: list[str] | None = None) -> None:
         default="fadvise",
         help="how the page cache is dropped for cold reads (drop-caches: root, the whole machine's caches)",
     )
+    p.add_argument(
+        "--work",
+        default=None,
+        help="make the playgrounds here and keep them (default: a folder of --dir, removed at the end)",
+    )
+    p.add_argument(
+        "--reuse-extract",
+        action="store_true",
+        help="read from the extracted playground an earlier run left in --work, reporting that run's "
+        "extraction, instead of extracting again",
+    )
     p.add_argument("--size", default=None, help="ignored (the suite passes it to every benchmark)")
     p.add_argument("--dir", default=None, help="where the download folder is kept and the work is done")
     p.add_argument("--out", default=None, help="write the raw figures here as JSON")
     args = p.parse_args(argv)
     q = args.quick
-    n = args.images or (2_000 if q else 100_000)
-    reads = min(args.reads or (2_000 if q else 20_000), 10 * n)
+    n = args.images or (1_000 if q else 100_000)
+    reads = args.reads or (1_000 if q else 20_000)
     rounds = args.rounds or (2 if q else 3)
     read_rounds = args.read_rounds or (1 if q else 3)
     pool_size = min(args.pool or (256 if q else 4_096), n)
     data_dir = Path(args.dir) if args.dir else default_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
-    res = run(data_dir, n, reads, rounds, read_rounds, pool_size, args.per_archive, args.cold)
+    if reads < 256:
+        p.error("--reads must be at least 256: the rate is counted after the first batch of 64")
+    if args.reuse_extract and not args.work:
+        p.error("--reuse-extract needs --work")
+    res = run(
+        data_dir,
+        n,
+        reads,
+        rounds,
+        read_rounds,
+        pool_size,
+        args.per_archive,
+        args.cold,
+        work=Path(args.work) if args.work else None,
+        reuse_extract=args.reuse_extract,
+    )
     m = machine()
     markdown, summary = report(res, m, q)
     publish(markdown, {"machine": m, **res, "summary": summary}, args.out)

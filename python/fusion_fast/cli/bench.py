@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help=f"run only this benchmark (repeatable): {', '.join(m for m, _, _ in SUITE)}",
     )
+    p.add_argument(
+        "--images-count",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images in the archives of the images benchmark (default 100,000; with --quick, 1,000)",
+    )
     p.add_argument("--clean", action="store_true", help="remove the generated data folder and exit")
     p.set_defaults(func=run_bench)
 
@@ -141,6 +148,7 @@ def run_bench(args: argparse.Namespace) -> int:
         cmd += [a.format(data=data) for a in argv]
         cmd += ["--quick"] if args.quick else []
         cmd += ["--size", args.size] if args.size and module != "gpu" else []
+        cmd += ["--images-count", str(args.images_count)] if args.images_count and module == "images" else []
         cmd += ["--out", str(result_file)]
         err.print(f"running {' '.join(cmd[3:])}", markup=False)
         started = time.perf_counter()

@@ -77,13 +77,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[list[Path], Any]:
     """Under torchrun with several ranks, this rank's share of the files to build (see
-    `fusion_fast.torch.ensure_indexed`); torch is imported only then."""
-    from ..distributed import launch
+    `fusion_fast.distributed.ensure_indexed`); torch is imported only then."""
+    from ..distributed import distributed_share, launch
 
     if not launch().needs_coordination:
         return paths, None
     try:
-        from ..torch import distributed_share
+        import torch.distributed  # noqa: F401 - the ranks meet through it
     except Exception as e:  # missing or half-installed torch: say so instead of a traceback
         from ..errors import FusionFastError
 

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_jobs,
         default=min(8, os.cpu_count() or 1),
         metavar="N",
-        help="archives extracted at once (default: %(default)s)",
+        help="archives extracted (with --images shards: converted) at once (default: %(default)s)",
     )
     p.add_argument(
         "--images",

@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import get_worker_info
 
 from .._core import collate_records
+from ..vision_device import ShippedBatch
+from .dataset import PIXELS_KEY
 from .shipping import PackedBatch, PackedRecords
 
 __all__ = ["collate", "DEFAULT_PAD_VALUES"]
@@ -34,11 +36,34 @@ def collate(
     For `DataLoader(collate_fn=...)` with other pad values use `functools.partial(collate, pad_values=...)`.
     In DataLoader workers stacked and padded tensors are built directly in shared memory, as torch's
     default collate does, so sending them to the main process copies nothing.
+
+    When items' `_pixel_values` hold compressed JPEGs (`FusionImageProcessor(device="cuda")` shipping
+    them), that field becomes one `fusion_fast.vision_device.ShippedBatch`: every JPEG of the batch in
+    one flat uint8 buffer with offsets (pinned as one buffer by `pin_memory=True`), beside the tensors of
+    the images processed on the CPU. `CudaPrefetcher` turns it into what this function gives for the
+    tensors (`ShippedBatch.to_device` does without one).
     """
     if isinstance(batch, PackedRecords) and batch._items is None:
         return PackedBatch(batch._shipped)  # raw records hold no tensors: the pad values play no part
     pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
-    return _collate_items(list(batch), pads, default_pad)
+    items = list(batch)
+    if items and all(type(item) is dict for item in items):
+        if any(ShippedBatch.holds_shipped(item.get(PIXELS_KEY)) for item in items):
+            return _collate_shipped(items, pads, default_pad)
+    return _collate_items(items, pads, default_pad)
+
+
+def _collate_shipped(
+    items: list[dict[str, Any]], pads: Mapping[str, int | float], default: int | float
+) -> Any:
+    """`collate` of items whose `_pixel_values` include compressed JPEGs: that field packed, the rest as
+    usual, the fields in the order `collate` gives them."""
+    column = [item.get(PIXELS_KEY) for item in items]
+    rest = [{k: v for k, v in item.items() if k != PIXELS_KEY} for item in items]
+    collated = _collate_items(rest, pads, default)
+    packed = ShippedBatch.pack(column, shared=get_worker_info() is not None)
+    keys = dict.fromkeys(itertools.chain.from_iterable(items))  # union, in first-seen order
+    return {k: packed if k == PIXELS_KEY else collated[k] for k in keys}
 
 
 def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: int | float) -> Any:

@@ -17,6 +17,7 @@ from ..errors import RecordError
 from ..index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from ..mixture import Mixture
 from ..stage import is_stage_yaml
+from ..vision_device import ShippedImage
 from .shipping import PackedRecords, _pack, _worker_ships_tapes
 
 __all__ = ["FusionDataset", "IMAGE_KEY", "PIXELS_KEY", "SKIP_CAUSES"]
@@ -80,7 +81,10 @@ class FusionDataset(Dataset[Any]):
     With `load_images=True`, `item["_image"]` holds the image(s) opened with Pillow and converted to
     RGB. With `image_processor` (a callable on an image path, e.g. `fusion_fast.vision.
     FusionImageProcessor`), `item["_pixel_values"]` (`PIXELS_KEY`) holds its result for the image (a list
-    for a list of images). `transform(item)`, when given, runs last and its result is the item.
+    for a list of images); a processor with a `ship` method (`FusionImageProcessor`) is called through
+    it, so that with `device="cuda"` a JPEG stays compressed (a `fusion_fast.vision_device.ShippedImage`)
+    until `collate` packs the batch and `CudaPrefetcher` decodes it on the GPU. `transform(item)`, when
+    given, runs last and its result is the item.
 
     Bad samples: a record that is not an object, has no well-formed `conversations` or a malformed
     `image` (all read from the index, no parsing needed), an image that is missing or cannot be decoded
@@ -132,6 +136,9 @@ class FusionDataset(Dataset[Any]):
         self.transform = transform
         self.load_images = load_images
         self.image_processor = image_processor
+        # asked here, in the main process, so that workers never probe CUDA and the fallback warning
+        # (CUDA or torchvision missing) is given once; the answer travels with the processor
+        self._ships = bool(getattr(image_processor, "ships_compressed", False))
         self.on_error = on_error
         # created here, before any DataLoader worker starts, so that every worker shares it
         self._skips: _SkipCounts | None = _SkipCounts() if on_error == "skip" else None
@@ -294,11 +301,13 @@ class FusionDataset(Dataset[Any]):
 
     def _process(self, path: str) -> Any:
         """`image_processor` of the file `path`, else of the bytes of the image store member it names
-        (`fusion_fast.vision.ImageProcessor` takes either)."""
+        (`fusion_fast.vision.FusionImageProcessor` takes either), through its `ship` method when it has
+        one (the compressed JPEG for the device to decode, or the CPU result: never a CUDA tensor)."""
         from ..images import read_path
 
         process: Callable[[Any], Any] | None = self.image_processor
         assert process is not None
+        process = getattr(process, "ship", process)
         return process(path if os.path.isfile(path) else read_path(path))
 
     def _complete(self, item: dict[str, Any], ds: _DatasetInfo, number: int) -> Any:
@@ -313,6 +322,8 @@ class FusionDataset(Dataset[Any]):
                 item[IMAGE_KEY] = opened[0] if isinstance(image, str) else opened
             if self.image_processor is not None:
                 done = [_load_image(self._process, p, ds, number, item) for p in paths]
+                if self._ships:
+                    _name_shipped(done, paths, ds, number, item)
                 item[PIXELS_KEY] = done[0] if isinstance(image, str) else done
         if self.transform is None:
             return item
@@ -355,9 +366,21 @@ def _flagged(ds: _DatasetInfo, number: int, flag: int, record: Any) -> _BadSampl
 
 
 def _bad(cause: str, detail: str, ds: _DatasetInfo, number: int, record: Any) -> _BadSample:
-    record_id = record.get("id") if isinstance(record, dict) else None
-    message = f"dataset {ds.name!r}, record {number} (id {record_id!r}): {detail}"
+    message = _describe(ds, number, record, detail)
     return _BadSample(cause, RecordError(message, path=ds.data_path, record=number))
+
+
+def _describe(ds: _DatasetInfo, number: int, record: Any, detail: str) -> str:
+    record_id = record.get("id") if isinstance(record, dict) else None
+    return f"dataset {ds.name!r}, record {number} (id {record_id!r}): {detail}"
+
+
+def _name_shipped(done: list[Any], paths: list[str], ds: _DatasetInfo, number: int, record: Any) -> None:
+    """Give each compressed image the message the CPU path would give if it cannot be decoded: the
+    device decodes it after the batch has left the dataset, which then reports it as a `RecordError`."""
+    for value, path in zip(done, paths, strict=True):
+        if isinstance(value, ShippedImage):
+            value.where = (ds.data_path, number, _describe(ds, number, record, f"cannot decode image {path}"))
 
 
 def _prefix(folder: str | None) -> str:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from ..vision_device import ShippedBatch, ShippedImage
+
 __all__ = ["CudaPrefetcher"]
 
 
@@ -19,6 +21,12 @@ class CudaPrefetcher:
 
     `device`: a CUDA device (default: the current one). Without CUDA (or with a CPU `device`) batches
     pass through unchanged, so the same training script runs on CPU. `len()` is the loader's.
+
+    Compressed images: a `fusion_fast.vision_device.ShippedBatch` in a batch (what `collate` makes of
+    the JPEGs that `FusionImageProcessor(device="cuda")` has DataLoader workers ship) is decoded with
+    nvJPEG and preprocessed on the side stream too, so the batch handed out holds `_pixel_values` on the
+    GPU as `collate` would have stacked them from tensors. Passing through, a top-level field holding
+    one is preprocessed on `device` (the CPU) the same way; nothing else changes.
     """
 
     def __init__(
@@ -40,7 +48,7 @@ class CudaPrefetcher:
 
     def __iter__(self) -> Iterator[Any]:
         if not self.enabled:
-            return iter(self.loader)
+            return (_preprocessed(batch, self.device) for batch in self.loader)
         return self._prefetch()
 
     def _prefetch(self) -> Iterator[Any]:
@@ -67,9 +75,23 @@ class CudaPrefetcher:
 _END = object()
 
 
+def _preprocessed(batch: Any, device: torch.device) -> Any:
+    """`batch` with each top-level `ShippedBatch` preprocessed on `device`; else `batch` itself."""
+    if type(batch) is not dict or not any(isinstance(v, ShippedBatch) for v in batch.values()):
+        return batch
+    return {k: v.to_device(device) if isinstance(v, ShippedBatch) else v for k, v in batch.items()}
+
+
 def _to_device(obj: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, ShippedBatch):  # decoded and preprocessed on the current (side) stream
+        return obj.to_device(device, non_blocking=non_blocking)
+    if isinstance(obj, ShippedImage):
+        raise TypeError(
+            "a batch holds a compressed image outside a ShippedBatch: collate the DataLoader's items "
+            "with fusion_fast.torch.collate"
+        )
     if isinstance(obj, Mapping):
         return {k: _to_device(v, device, non_blocking) for k, v in obj.items()}
     if isinstance(obj, tuple):

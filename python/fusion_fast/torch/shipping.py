@@ -11,9 +11,9 @@ from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any
 
 import numpy as np
-from torch.utils.data import get_worker_info
 
 from .._core import ItemSources, Shipped
+from ..distributed import worker_config
 from ..index import paused_gc
 
 __all__ = ["PackedRecords", "PackedBatch", "SHIP_ENV", "ships_tapes", "cgroup_cpu_quota"]
@@ -37,18 +37,17 @@ def ships_tapes(num_workers: int | None = None) -> bool:
         raise ValueError(f"{SHIP_ENV} must be 'auto', 'json' or 'tape', not {choice!r}")
     if choice != "auto":
         return choice == "tape"
+    where = worker_config()
     if num_workers is None:
-        info = get_worker_info()
-        num_workers = info.num_workers if info is not None else 0
+        num_workers = where.num_workers
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = cgroup_cpu_quota()
     if quota is not None:
         cpus = min(cpus, math.ceil(quota))
-    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
-    return cpus // ranks >= num_workers + 2
+    return cpus // where.local_world_size >= num_workers + 2
 
 
-#: This worker's `ships_tapes()`, by its `WorkerInfo` (one object per worker process).
+#: This worker's `ships_tapes()`, by its `WorkerConfig` (one object per worker process).
 _worker_choice: tuple[object, bool] | None = None
 
 
@@ -56,11 +55,11 @@ def _worker_ships_tapes() -> bool:
     """`ships_tapes()`, decided once per DataLoader worker rather than for every batch (it reads the
     environment and asks the kernel for the CPUs: about 3 µs). Outside a worker, decided each time."""
     global _worker_choice
-    info = get_worker_info()
-    if info is None:
+    where = worker_config()
+    if not where.in_worker:
         return ships_tapes()
-    if _worker_choice is None or _worker_choice[0] is not info:
-        _worker_choice = (info, ships_tapes(info.num_workers))
+    if _worker_choice is None or _worker_choice[0] is not where:
+        _worker_choice = (where, ships_tapes(where.num_workers))
     return _worker_choice[1]
 
 
