@@ -9,11 +9,11 @@
 //! both over generated batches and requires equal results, so a change to the rules there that this
 //! file does not follow fails.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
+use crate::error::Error;
 use crate::to_python::Builder;
 
 /// The key each item gets: `{"dataset": name, "index": record number}`.
@@ -277,7 +277,7 @@ impl<'py> BatchBuilder<'py> {
                 sources.into_any()
             } else {
                 collate_json(PyList::new(py, column)?)?.ok_or_else(|| {
-                    PyValueError::new_err("decoded JSON holds only what collate_json decides")
+                    Error::invalid("decoded JSON holds only what collate_json decides")
                 })?
             };
             out.set_item(key, value)?;
