@@ -210,9 +210,9 @@ impl ItemSources {
 }
 
 impl ItemSources {
-    /// The `Shipped` batch of `reads` (each of the `Index` at its place in `indexes`), whose dataset and record
-    /// numbers are `datasets` and `numbers`. A data file cut short or changed after it was opened
-    /// fails the read or the parse: a stale-index error naming the file and record, not a crash.
+    /// The `Shipped` batch of `reads` (each from the `Index` at its place in `indexes`), whose dataset
+    /// and record numbers are `datasets` and `numbers`. A data file cut short or changed after it was
+    /// opened fails the read or the parse: a stale-index error naming the file and record, not a crash.
     fn packed(
         &self,
         py: Python<'_>,
