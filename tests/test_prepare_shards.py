@@ -652,3 +652,64 @@ def test_prepare_playground_runs_either_mode_in_one_call(tmp_path) -> None:
     assert [u.status for u in shards.units] == ["indexed"]
     assert [u.status for u in extract.units] == ["extracted"]
     assert shards.plan.yaml_path == tmp_path / "pg-s" / "train" / "src.yaml"
+
+
+SLOW_CHILD = """
+import sys
+import fusion_fast.prepare_shards as ps
+from fusion_fast.cli import main
+ps._CHUNK = 4096  # many chunks, each followed by the testing delay
+sys.exit(main(["prepare", sys.argv[1], "--root", sys.argv[2], "--images", "shards", "--jobs", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize(("how", "jobs"), [("ctrl-c", 2), ("sigterm", 1)])
+def test_interrupt_stops_a_conversion_removes_its_temporary_file_and_keeps_completed_work(
+    tmp_path, how, jobs
+) -> None:
+    import random
+    import signal
+    import time
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "Small.tar").write_bytes(tar_of({"Small/a.jpg": b"small"}))
+    write_json(src / "S.json", [record("s", "Small/a.jpg")])
+    assert run(src, pg).ok
+    rng = random.Random(1)
+    big = {f"Big/{k}.jpg": rng.randbytes(20_000) for k in range(60)}  # 300 chunks: a minute when slowed
+    (src / "images" / "Big.tar.bz2").write_bytes(tar_of(big, "w:bz2"))
+    write_json(src / "B.json", [record(p, p) for p in big])
+    images = pg / "train" / "images"
+    env = child_env(FUSION_FAST_EXTRACT_DELAY="0.2")
+    with open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_CHILD, str(src), str(pg), str(jobs)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while not [p for p in shards_dir(images).glob(".images__Big*.tmp-*") if p.stat().st_size]:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
+        time.sleep(0.02)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=40)
+    output = (tmp_path / "err").read_text()
+    assert (code, output.strip().splitlines()[-1]) == (
+        (130, "interrupted") if how == "ctrl-c" else (143, "terminated (SIGTERM)")
+    ), output
+    assert "Traceback" not in output
+    assert leftovers(images) == []
+    assert read_marker(images, "images/Big.tar.bz2") is None
+    assert read_marker(images, "images/Small.tar") is not None
+    assert [p.name for p in shards_dir(images).iterdir() if "Big" in p.name] == []
+    image_store._folder_stores.clear()
+    assert read_path(images / "Small/a.jpg") == b"small"
+    assert run(src, pg).ok
+    image_store._folder_stores.clear()
+    assert all(read_path(images / p) == data for p, data in big.items())

@@ -52,6 +52,7 @@ from .archives import (
     _XZ_MAGIC,
     _ZSTD_MAGIC,
     DEFAULT_LIMITS,
+    DELAY_ENV,
     Archive,
     ConcatFile,
     SizeLimits,
@@ -76,6 +77,8 @@ DEFAULT_IMAGES = "extract"
 SHARDS = "shards"
 
 _CHUNK = 1 << 20
+#: Seconds an interrupted run waits for its conversion threads to stop and clean up.
+_STOP_WAIT = 5.0
 #: `.<name>.tmp-<pid>`: temporary files of the Rust writers and of the converters here.
 _TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -213,6 +216,7 @@ def _stream_copy(
     stream's CRCs / integrity check as it is read to its end, and raise on data after it that is not a
     further stream."""
     tmp = _tmp_name(dest)
+    delay = float(os.environ.get(DELAY_ENV) or 0)  # a testing aid, as for extraction
     try:
         with _ArchiveErrors(unit.key), io.BufferedReader(ConcatFile(unit.parts), _CHUNK) as raw:
             src: io.BufferedIOBase | io.BufferedReader = raw
@@ -227,6 +231,8 @@ def _stream_copy(
                     budget.take("", len(chunk))
                     out.write(chunk)
                     report(raw.tell())
+                    if delay:
+                        abort.wait(delay)
                 out.flush()
                 os.fsync(out.fileno())
         _rename_into_place(tmp, dest)
@@ -306,6 +312,11 @@ def make_readable(
                 yield k, value, seconds  # type: ignore[misc]
     finally:
         abort.set()
+        # Python conversions stop at their next chunk and remove their temporary files: wait for that
+        # (not for a gzip conversion in Rust, which cannot be stopped).
+        deadline = time.monotonic() + _STOP_WAIT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def remove_old_shards(images: Path, unit: Archive, current: Path) -> None:
