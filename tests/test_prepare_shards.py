@@ -713,3 +713,24 @@ def test_interrupt_stops_a_conversion_removes_its_temporary_file_and_keeps_compl
     assert run(src, pg).ok
     image_store._folder_stores.clear()
     assert all(read_path(images / p) == data for p, data in big.items())
+
+
+def test_command_prints_progress_lines_and_the_result_in_a_log(tmp_path) -> None:
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    (src / "images").mkdir(parents=True)
+    ms = {f"Slow/{k}.jpg": bytes([k]) * 5000 for k in range(4)}
+    (src / "images" / "Slow.tar.xz").write_bytes(tar_of(ms, "w:xz"))
+    (src / "images" / "Plain.tar").write_bytes(tar_of({"Plain/a.jpg": b"a"}))
+    write_json(src / "S.json", [record(p, p) for p in [*ms, "Plain/a.jpg"]])
+    env = child_env(FUSION_FAST_EXTRACT_DELAY="0.3", FUSION_FAST_PROGRESS_SECONDS="0.1")
+    done = subprocess.run(
+        [sys.executable, "-c", SLOW_CHILD, str(src), str(pg), "1"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "indexing" in done.stderr and "error:" not in done.stderr, done.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in done.stdout.splitlines()]
+    rows = {row[0]: row for row in cells if row and row[0].startswith("images/")}
+    assert rows["images/Slow.tar.xz"][2] == "images/Slow/ (image store)"
+    assert rows["images/Slow.tar.xz"][-1] == "converted"
+    assert rows["images/Plain.tar"][-1] == "indexed"
+    assert "tools that open image files by path need --images extract" in done.stdout
