@@ -734,3 +734,24 @@ def test_command_prints_progress_lines_and_the_result_in_a_log(tmp_path) -> None
     assert rows["images/Slow.tar.xz"][-1] == "converted"
     assert rows["images/Plain.tar"][-1] == "indexed"
     assert "tools that open image files by path need --images extract" in done.stdout
+
+
+def test_a_download_replaced_by_a_new_file_is_read_anew(tmp_path) -> None:
+    """A new file with the same size and the same first and last MiB (so the same fingerprint), but
+    other bytes in between: the link to the old file must not be reused."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    outer = bytes(1_200_000)
+    old = {"P/a.jpg": outer, "P/mid.jpg": b"old" * 1000, "P/z.jpg": outer}
+    new = {**old, "P/mid.jpg": b"new" * 1000}
+    archive = src / "images" / "P.tar"
+    archive.write_bytes(tar_of(old))
+    write_json(src / "P.json", [record(p, p) for p in old])
+    pg = tmp_path / "pg"
+    assert run(src, pg).ok
+    archive.unlink()
+    archive.write_bytes(tar_of(new))
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    assert run(src, pg).ok
+    image_store._folder_stores.clear()
+    assert read_path(pg / "train" / "images" / "P/mid.jpg") == b"new" * 1000

@@ -830,7 +830,7 @@ def _prepare_shards(
     work = tmp_dir(images, "image store")
     work.mkdir()
     try:
-        units = [(cast(Archive, u.unit), u.stamp.fingerprint) for u in items]
+        units = [(cast(Archive, u.unit), u.stamp) for u in items]
         for k, outcome, seconds in make_readable(units, images, jobs, progress, size_limits):
             item = items[k]
             unit = item.unit

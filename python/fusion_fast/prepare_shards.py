@@ -13,7 +13,8 @@ Each archive becomes one file that the image store (`fusion_fast.images.ImageSto
 
 Conversions run in threads, `jobs` archives at once (the decompressors and the Rust converter release
 the GIL). A shard is written to a temporary name and renamed into place only once complete, and is
-named after its archive's key and fingerprint, so a re-run reuses the conversions already finished.
+named after its archive's key and stamp (size, mtime, fingerprint), so a re-run reuses the conversions
+already finished.
 
 Then, per archive, the members are listed in archive order (through a store of that archive alone),
 checked like extraction checks them (paths that are absolute, hold `..` or a backslash, links, devices
@@ -32,6 +33,7 @@ others (`PrepareResult.duplicates`).
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
 import lzma
 import os
@@ -56,6 +58,7 @@ from .archives import (
     Archive,
     ConcatFile,
     SizeLimits,
+    Stamp,
     _ArchiveErrors,
     _Budget,
     _check_not_reserved,
@@ -132,10 +135,11 @@ def compression(parts: Sequence[Path]) -> str:
     return ""
 
 
-def shard_path(images: Path, unit: Archive, fingerprint: str) -> Path:
-    """Where the readable form of `unit` (as it is now: its fingerprint) goes."""
+def shard_path(images: Path, unit: Archive, stamp: Stamp) -> Path:
+    """Where the readable form of `unit` as it is now (its stamp) goes."""
     suffix = ".zip" if unit.kind == "zip" else ".tar"
-    return shards_dir(images) / f"{marker_name(unit.key)}~{fingerprint[:16]}{suffix}"
+    h = hashlib.blake2b(f"{stamp.size}\0{stamp.mtime_ns}\0{stamp.fingerprint}".encode(), digest_size=8)
+    return shards_dir(images) / f"{marker_name(unit.key)}~{h.hexdigest()}{suffix}"
 
 
 def how_readable(unit: Archive) -> str:
@@ -151,7 +155,7 @@ class Aborted(Exception):
 
 def readable_archive(
     unit: Archive,
-    fingerprint: str,
+    stamp: Stamp,
     images: Path,
     report: Callable[[int], None],
     abort: threading.Event,
@@ -165,11 +169,14 @@ def readable_archive(
     in one call) before it starts (free space for at least the archive's size) and after it ends (the
     shard's size against the ratio; a refused shard is removed). A gzip bomb can therefore fill the
     disk while it is converted; the converter then fails and removes its temporary file."""
-    dest = shard_path(images, unit, fingerprint)
-    if dest.is_file():
+    dest = shard_path(images, unit, stamp)
+    source = Path(os.path.realpath(unit.parts[0]))
+    how = compression(unit.parts) if unit.kind == "tar" else ""
+    linked = not how and len(unit.parts) == 1
+    # A link is reused only while it is the archive itself (a download replaced by a new file is not).
+    if dest.is_file() and (not linked or os.path.samefile(dest, source)):
         return dest, True
     dest.parent.mkdir(parents=True, exist_ok=True)
-    how = compression(unit.parts) if unit.kind == "tar" else ""
     budget = _Budget(limits, unit.key, dest.parent, unit.size)
     if how == "zstd":
         raise FusionFastError(
@@ -188,12 +195,11 @@ def readable_archive(
                 dest.unlink()
                 raise
         return dest, True
-    if how or len(unit.parts) > 1:
+    if not linked:
         if not how:
             budget.declare(unit.size)
         _stream_copy(unit, how, dest, report, abort, budget)
         return dest, True
-    source = Path(os.path.realpath(unit.parts[0]))
     tmp = _tmp_name(dest)
     try:
         os.link(source, tmp)
@@ -246,13 +252,13 @@ def _rename_into_place(tmp: Path, dest: Path) -> None:
 
 
 def make_readable(
-    units: Sequence[tuple[Archive, str]],
+    units: Sequence[tuple[Archive, Stamp]],
     images: Path,
     jobs: int,
     progress: Callable[[int, int], None] | None,
     limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> Iterator[tuple[int, tuple[Path, bool] | Exception, float]]:
-    """`readable_archive` for each (unit, fingerprint), `jobs` at a time in threads; yields (position,
+    """`readable_archive` for each (unit, stamp), `jobs` at a time in threads; yields (position,
     result or error, seconds) as they finish. Interrupting this (Ctrl-C, SIGTERM) stops the Python
     conversions at their next chunk and removes their temporary files; a gzip conversion under way in
     Rust is left to the process's end, and its temporary file to the next run (`clean_stale_files`)."""
@@ -273,7 +279,7 @@ def make_readable(
                 k = todo.get_nowait()
             except queue.Empty:
                 return
-            unit, fp = units[k]
+            unit, stamp = units[k]
             started = time.perf_counter()
             out: tuple[Path, bool] | Exception
 
@@ -281,7 +287,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, fp, images, report, abort, limits)
+                out = readable_archive(unit, stamp, images, report, abort, limits)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:
