@@ -128,12 +128,19 @@ def test_custom_mean_std_and_crop_size(images: dict[str, Path]) -> None:
         assert (got - expected).abs().mean() <= DEFAULT_TOLERANCE / 0.26
 
 
-def test_a_batch_of_sizes_equals_one_by_one(images: dict[str, Path]) -> None:
-    processor = FusionImageProcessor("pad")
-    batch = [decoded(images[n]) for n in ("jpeg-640x480", "jpeg-800x1800", "tiny-png", "gray-jpeg")]
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_of_sizes_equals_one_by_one(images: dict[str, Path], mode: str) -> None:
+    """Images of one size are resized together (more of them than one chunk holds), the others alone:
+    each result is the one it gets by itself, in its place in the batch."""
+    processor = FusionImageProcessor(mode)
+    a, b = decoded(images["jpeg-640x480"]), decoded(images["jpeg-800x1800"])
+    same_size = [a, a.flip(-1), a.flip(-2), a.roll(50, -1)]
+    tiny = decoded(images["tiny-png"])
+    batch = [b, *same_size, tiny, *same_size[::-1], *same_size, *same_size, a, b.flip(-1)]  # 17 of a's size
     together = preprocess_decoded(batch, processor)
     for k, img in enumerate(batch):
-        assert torch.equal(together[k], preprocess_decoded([img], processor)[0])
+        assert torch.equal(together[k], preprocess_decoded([img], processor)[0]), k
+    assert not torch.equal(together[1], together[2])
 
 
 def test_device_stage_rejects_what_is_not_a_decoded_rgb_image() -> None:
