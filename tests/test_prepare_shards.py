@@ -191,7 +191,7 @@ def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path) -> Non
     assert statuses["images/Gz.tar.gz"] == statuses["images/Bz.tar.bz2"] == "converted"
     assert statuses["images/SplitZip.zip"] == statuses["images/Xz.tar.xz"] == "converted"
     # The compressed tars became plain tar shards that tarfile reads member for member.
-    shard = Path(read_marker(images, "images/Xz.tar.xz").archive)  # type: ignore[union-attr]
+    shard = images / read_marker(images, "images/Xz.tar.xz").archive  # type: ignore[union-attr]
     with tarfile.open(shard, "r:") as tf:
         assert {m.name: tf.extractfile(m).read() for m in tf if m.isfile()} == {  # type: ignore[union-attr]
             k: v for k, v in expected.items() if k.startswith("Xz/")
@@ -487,7 +487,7 @@ def test_killed_at_any_point_leaves_nothing_that_looks_complete_and_a_rerun_fini
     assert len(done) == (1 if point == "second marker" else 0)
     for key in done:  # what looks complete is complete
         m = read_marker(images, key)
-        assert m is not None and m.archive in {str(a) for a in store_of(pg).archives}
+        assert m is not None and str(images / m.archive) in {str(a) for a in store_of(pg).archives}
     if point == "converting":
         assert any(".tmp-" in p.name for p in shards_dir(images).iterdir())
         assert not [p for p in shards_dir(images).iterdir() if p.name.startswith("images__Bz.tar.bz2")]
@@ -755,3 +755,25 @@ def test_a_download_replaced_by_a_new_file_is_read_anew(tmp_path) -> None:
     assert run(src, pg).ok
     image_store._folder_stores.clear()
     assert read_path(pg / "train" / "images" / "P/mid.jpg") == b"new" * 1000
+
+
+def test_two_sources_share_the_store_and_a_moved_playground_works_after_a_rerun(tmp_path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    (one / "images").mkdir(parents=True)
+    (two / "images").mkdir(parents=True)
+    (one / "images" / "A.tar").write_bytes(tar_of({"A/x.jpg": b"a"}))
+    write_json(one / "A.json", [record("a", "A/x.jpg")])
+    (two / "images" / "B.tar.gz").write_bytes(tar_of({"B/y.jpg": b"b"}, "w:gz"))
+    write_json(two / "B.json", [record("b", "B/y.jpg")])
+    pg = tmp_path / "pg"
+    assert run(one, pg).ok and run(two, pg).ok
+    assert sorted(store_of(pg).members()) == ["A/x.jpg", "B/y.jpg"]
+    moved = tmp_path / "moved"
+    pg.rename(moved)
+    image_store._folder_stores.clear()
+    result = run(one, moved)  # the other source's archive is read from the moved shard too
+    assert result.ok, errors(result)
+    image_store._folder_stores.clear()
+    images = moved / "train" / "images"
+    assert read_path(images / "A/x.jpg") == b"a" and read_path(images / "B/y.jpg") == b"b"
+    assert [u.status for u in run(two, moved).units] == ["in place"]

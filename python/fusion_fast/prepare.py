@@ -82,6 +82,8 @@ from .prepare_shards import (
     how_readable,
     list_members,
     make_readable,
+    marker_archive,
+    recorded_archive,
     remove_old_shards,
 )
 from .stage import DATA_SUFFIXES
@@ -857,9 +859,9 @@ def _prepare_shards(
             return results, []
         todo_keys = {u.unit.key for u in items}
         entries_in_store = [
-            StoreEntry(m.key, Path(m.archive), m.strip, m.prefix)
+            StoreEntry(m.key, marker_archive(images, m.archive), m.strip, m.prefix)
             for m in read_markers(images)
-            if m.mode == "shards" and m.key not in todo_keys and os.path.isfile(m.archive)
+            if m.mode == "shards" and m.key not in todo_keys and marker_archive(images, m.archive).is_file()
         ]
         entries_in_store += [StoreEntry(i.unit.key, a, p.strip, p.prefix) for i, a, _, _, p, _, _ in ready]
         try:
@@ -872,7 +874,8 @@ def _prepare_shards(
             unit, s = item.unit, item.stamp
             marker = Marker(
                 unit.key, unit.kind, s.size, s.mtime_ns, s.fingerprint, placement.strip, placement.prefix,
-                entries, files, ready_bytes[unit.key], mode="shards", archive=os.path.abspath(archive),
+                entries, files, ready_bytes[unit.key],
+                mode="shards", archive=recorded_archive(images, archive),
             )  # fmt: skip
             write_marker(images, marker)
             remove_old_shards(images, cast(Archive, unit), archive)

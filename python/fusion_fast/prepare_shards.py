@@ -577,6 +577,19 @@ def forget_store(images: Path) -> None:
         image_store._folder_stores.pop(key, None)
 
 
+def recorded_archive(images: Path, archive: Path) -> str:
+    """How a marker records the archive the store reads: relative to `images/` when it is one of ours
+    in the state folder (the playground may be moved), else absolute."""
+    full = os.path.abspath(archive)
+    folder = os.path.abspath(shards_dir(images))
+    return os.path.relpath(full, images) if os.path.dirname(full) == folder else full
+
+
+def marker_archive(images: Path, recorded: str) -> Path:
+    """The archive a marker records (`recorded_archive`), as a path."""
+    return Path(os.path.abspath(Path(images) / recorded))
+
+
 def store_archives(images: Path) -> set[str] | None:
     """The archives the folder's store reads (absolute paths), or None when it has none or it cannot be
     opened."""
@@ -602,7 +615,9 @@ __all__ = [
     "how_readable",
     "list_members",
     "make_readable",
+    "marker_archive",
     "readable_archive",
+    "recorded_archive",
     "remove_old_shards",
     "shards_dir",
     "store_archives",
