@@ -570,6 +570,14 @@ def test_dry_run_says_what_shards_mode_would_do_and_writes_nothing(tmp_path, cap
     assert actions["images/Plain.tar"] == actions["images/Stored.zip"] == "index"
     assert actions["images/Gz.tar.gz"] == actions["images/SplitTar.tar"] == "convert"
     assert not pg.exists()
+    assert run(src, pg).ok
+    mp.setattr(cli_prepare, "console", lambda: Console(width=400, highlight=False))
+    try:
+        assert prepare_cli(src, "--root", pg, "--images", "shards", "--dry-run", "--json") == 0
+    finally:
+        mp.undo()
+    again = {u["source"]: (u["action"], u["target"]) for u in json.loads(capsys.readouterr().out)["units"]}
+    assert again["images/Gz.tar.gz"] == ("in place", "images/Gz/ (image store)")
 
 
 def test_bad_images_mode_is_a_usage_error(tmp_path, capsys) -> None:
