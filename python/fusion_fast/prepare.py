@@ -830,7 +830,7 @@ def _prepare_shards(
     ready: list[tuple[UnitItem, Path, list[str], int, Placement, int | None, float]] = []
     ready_bytes: dict[str, int] = {}
     work = tmp_dir(images, "image store")
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     try:
         units = [(cast(Archive, u.unit), u.stamp) for u in items]
         for k, outcome, seconds in make_readable(units, images, jobs, progress, size_limits):
@@ -840,17 +840,21 @@ def _prepare_shards(
                 if isinstance(outcome, Exception):
                     raise outcome
                 archive, ours = outcome
+                started = time.perf_counter()
                 try:
                     listing = list_members(unit.key, archive, work)
                 except FusionFastError:
                     if ours:  # a damaged shard is never reused
                         archive.unlink(missing_ok=True)
                     raise
-                placement = decide_placement(listing.members, refs, unit.fallback_prefix)
-                entries = check_targets(unit.key, listing, placement.strip, placement.prefix, images)
-                referenced = (
-                    int(refs.contains([placement.target(m) for m in listing.members]).sum()) if refs else None
-                )
+                try:
+                    placement = decide_placement(listing.members, refs, unit.fallback_prefix)
+                    entries = check_targets(unit.key, listing, placement.strip, placement.prefix, images)
+                    targets = [placement.target(m) for m in listing.members]
+                    referenced = int(refs.contains(targets).sum()) if refs else None
+                finally:  # the archive's own store is needed no more (80 bytes or so per member)
+                    listing.store.path.unlink(missing_ok=True)
+                seconds += time.perf_counter() - started
                 ready.append((item, archive, entries, len(listing.members), placement, referenced, seconds))
                 ready_bytes[unit.key] = listing.bytes
             except (FusionFastError, OSError) as e:
