@@ -25,7 +25,9 @@ tests compare this path with the CPU processor on a machine without a GPU.
 
 from __future__ import annotations
 
+import functools
 import io
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -255,11 +257,26 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
 
 
 def decode_nvjpeg(encoded: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """nvJPEG through torchvision: one batched call, RGB output, no EXIF rotation (as FUSION reads)."""
+    """nvJPEG through torchvision: one batched call (torchvision 0.19 and later; one call per image
+    before), RGB output, no EXIF rotation (as FUSION reads)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if not _batched_decode():
+        return [decode_jpeg(raw, mode=ImageReadMode.RGB, device=device) for raw in encoded]
     decoded: list[torch.Tensor] = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
     return decoded
+
+
+@functools.cache
+def _batched_decode() -> bool:
+    """Whether torchvision's `decode_jpeg` takes a list of images (0.19 and later)."""
+    import torchvision
+
+    try:
+        major, minor = (int(part) for part in getattr(torchvision, "__version__", "").split(".")[:2])
+    except ValueError:  # no version to read: assume a current one
+        return True
+    return (major, minor) >= (0, 19)
 
 
 def decode_pillow(encoded: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -295,10 +312,11 @@ def _decode_all(
         try:
             out.append(decoder([raw], device)[0])
             continue
-        except Exception:
-            pass
+        except Exception as e:
+            refused = e
         try:
             out.append(decode_pillow([raw], device)[0])
+            _warn_host_decode(refused)
         except Exception as e:
             origin = where[j]
             if origin is None:
@@ -306,6 +324,25 @@ def _decode_all(
             data_path, number, message = origin
             raise RecordError(f"{message}: {e}", path=data_path, record=number) from e
     return out
+
+
+#: Whether this process has said that the device decoder refused an image Pillow then decoded.
+_warned_host_decode = False
+
+
+def _warn_host_decode(error: Exception) -> None:
+    """Once per process: images fell back to Pillow on the host, which costs host CPU the GPU path is
+    meant to save (every image, if torchvision was built without nvJPEG)."""
+    global _warned_host_decode
+    if _warned_host_decode:
+        return
+    _warned_host_decode = True
+    warnings.warn(
+        f"the device's JPEG decoder refused an image ({type(error).__name__}: {error}); it and any others "
+        "it refuses are decoded with Pillow on the host",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 # -- geometry and normalisation ------------------------------------------------------------------------
