@@ -5,6 +5,7 @@ The oracles are independent of the store: the bytes written into the archives he
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -410,6 +411,14 @@ DAMAGED: dict[str, tuple[str, Any]] = {
     "tar cut in a member": ("Dmg.tar", lambda: tar_of(GOOD)[:2000]),
     "tar without end blocks": ("Dmg.tar", lambda: tar_of(GOOD)[: 512 * 2 * 6 + 512 * 6 * 4]),
     "two tars joined": ("Dmg.tar", lambda: tar_of(GOOD) + tar_of({"Dmg/extra.jpg": b"hidden"})),
+    "two tars joined, then gzipped": (
+        "Dmg.tar.gz",
+        lambda: gzip.compress(tar_of(GOOD) + tar_of({"Dmg/extra.jpg": b"hidden"})),
+    ),
+    "two tar.gz joined": (
+        "Dmg.tar.gz",
+        lambda: tar_of(GOOD, "w:gz") + tar_of({"Dmg/extra.jpg": b"x"}, "w:gz"),
+    ),
     "zip directory cut": ("Dmg.zip", lambda: zip_of(GOOD)[:-40]),
     "zip member bit flipped": ("Dmg.zip", _zip_member_flipped),
 }
