@@ -165,12 +165,13 @@ def fresh_store_cache() -> None:
 # -- every kind, byte for byte ---------------------------------------------------------------------------
 
 
-def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path) -> None:
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path, jobs) -> None:
     src = tmp_path / "src"
     expected = kinds_download(src)
     extracted = run(src, tmp_path / "pg-extract", "extract")
     assert extracted.ok, errors(extracted)
-    shards = run(src, tmp_path / "pg-shards", "shards")
+    shards = run(src, tmp_path / "pg-shards", "shards", jobs=jobs)
     assert shards.ok, (errors(shards), shards.check and shards.check.problems)
 
     # Extraction is the oracle: the same files, and the same nesting decision per archive.
