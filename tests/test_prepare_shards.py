@@ -315,7 +315,7 @@ def test_duplicates_across_archives_resolve_to_the_first_key_and_are_reported(tm
 
 
 def prepare_cli(*args: str | os.PathLike[str]) -> int:
-    return main(["prepare", *map(os.fspath, args)])
+    return main(["prepare", *(os.fspath(a) for a in args)])
 
 
 def test_a_path_twice_in_one_archive_is_refused(tmp_path) -> None:
