@@ -310,6 +310,11 @@ def test_duplicates_across_archives_resolve_to_the_first_key_and_are_reported(tm
     (images / ".fusion-fast" / "images__A.tar.gz.done").unlink()
     result = run(src, tmp_path / "pg")
     assert result.duplicates == [("Dup/x.jpg", "images/A.tar.gz", "images/B.tar")]
+    from fusion_fast.cli.prepare import result_json
+
+    assert result_json(result)["duplicates"] == [
+        {"path": "Dup/x.jpg", "read_from": "images/A.tar.gz", "ignored": "images/B.tar"}
+    ]
     image_store._folder_stores.clear()
     assert read_path(images / "Dup/x.jpg") == b"from A"
 
