@@ -152,8 +152,8 @@ fn zip_stored_and_deflated_members_read_back_exactly() {
         assert_eq!(&read_all(&store, name), data, "{name}");
     }
     let i = store.find(b"d/deflated.txt").unwrap().unwrap();
-    assert_eq!(store.location(i).method, DEFLATED);
-    assert!(store.location(i).stored_size < text.len() as u64 / 10);
+    assert_eq!(store.location(i).unwrap().method, DEFLATED);
+    assert!(store.location(i).unwrap().stored_size < text.len() as u64 / 10);
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn corrupted_deflated_data_is_a_crc_or_inflate_error() {
     let sp = dir.path().join("s");
     let z = write(dir.path(), "a.zip", &raw);
     build(std::slice::from_ref(&z), &sp).unwrap();
-    let loc = ImageStore::open(&sp).unwrap().location(0);
+    let loc = ImageStore::open(&sp).unwrap().location(0).unwrap();
     let at = loc.data_offset as usize + loc.stored_size as usize / 2;
     raw[at] ^= 0x55;
     // Same size; keep the mtime the store recorded so only the content differs.
