@@ -1334,6 +1334,12 @@ impl ImageStore {
     /// Member `i` re-read from its archive: its path and location. A record that no longer parses to
     /// a member of the recorded hash means the archive changed since the build: a stale-index error.
     fn resolve(&self, i: usize) -> Result<Indexed> {
+        let m = self.resolve_unhashed(i)?;
+        self.check_hash(i, m)
+    }
+
+    /// `resolve` without the check of the name's hash (for a caller that compares the name first).
+    fn resolve_unhashed(&self, i: usize) -> Result<Indexed> {
         let (k, record) = self.locator(i);
         let a = self.archives.get(k).ok_or_else(|| {
             self.bad(format!(
@@ -1341,25 +1347,38 @@ impl ImageStore {
             ))
         })?;
         let data = self.archive_bytes(k)?;
-        let stale = |what: String| {
-            Error::new(
-                ErrorKind::StaleIndex,
-                format!(
-                    "the archive no longer matches the image store {} at byte {record} ({what}): \
-                     it changed after the store was built; rebuild the store",
-                    self.path.display()
-                ),
-            )
-            .with_path(&a.path)
-        };
         let found = member_at(a.kind, data, record, k as u32, &a.placed, &a.path);
         self.check_archive_mapped(k)?;
         match found {
-            Ok(Some(m)) if path_hash(&m.name, self.hash_bits) == self.hash(i) => Ok(m),
-            Ok(Some(m)) => Err(stale(format!("found member {}", lossy(&m.name)))),
-            Ok(None) => Err(stale("no readable member there".into())),
-            Err(e) => Err(stale(e.message)),
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(self.stale(i, "no readable member there".into())),
+            Err(e) => Err(self.stale(i, e.message)),
         }
+    }
+
+    fn check_hash(&self, i: usize, m: Indexed) -> Result<Indexed> {
+        if path_hash(&m.name, self.hash_bits) == self.hash(i) {
+            Ok(m)
+        } else {
+            Err(self.stale(i, format!("found member {}", lossy(&m.name))))
+        }
+    }
+
+    fn stale(&self, i: usize, what: String) -> Error {
+        let (k, record) = self.locator(i);
+        let archive = self
+            .archives
+            .get(k)
+            .map_or(Path::new(""), |a| a.path.as_path());
+        Error::new(
+            ErrorKind::StaleIndex,
+            format!(
+                "the archive no longer matches the image store {} at byte {record} ({what}): it \
+                 changed after the store was built; rebuild the store",
+                self.path.display()
+            ),
+        )
+        .with_path(archive)
     }
 
     /// The path of member `i` (in hash order), `i < len()`, as read from its archive.
@@ -1389,10 +1408,11 @@ impl ImageStore {
         }
         let mut i = lo;
         while i < self.n && self.hash(i) == h {
-            let m = self.resolve(i)?;
+            let m = self.resolve_unhashed(i)?;
             if m.name == path {
                 return Ok(Some((i, m.loc)));
             }
+            self.check_hash(i, m)?;
             i += 1;
         }
         Ok(None)
