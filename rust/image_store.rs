@@ -321,23 +321,14 @@ fn header_checksum_ok(h: &[u8]) -> bool {
     let Some(stored) = tar_number(&h[148..156]) else {
         return false;
     };
+    // Summed slice by slice (not chained) so that the loops vectorise: every read re-checks a header.
+    let unsigned = |s: &[u8]| s.iter().map(|&b| u32::from(b)).sum::<u32>();
     let field = 8 * 32;
-    let unsigned: u64 = h[..148]
-        .iter()
-        .chain(&h[156..])
-        .map(|&b| u64::from(b))
-        .sum::<u64>()
-        + field;
-    if stored == unsigned {
+    if stored == u64::from(unsigned(&h[..148]) + unsigned(&h[156..512]) + field) {
         return true;
     }
-    let signed: i64 = h[..148]
-        .iter()
-        .chain(&h[156..])
-        .map(|&b| i64::from(b as i8))
-        .sum::<i64>()
-        + field as i64;
-    stored as i64 == signed
+    let signed = |s: &[u8]| s.iter().map(|&b| i32::from(b as i8)).sum::<i32>();
+    stored as i64 == i64::from(signed(&h[..148]) + signed(&h[156..512]) + field as i32)
 }
 
 /// PAX records `"<len> key=value\n"`; returns (path, size) overrides.
@@ -1397,16 +1388,7 @@ impl ImageStore {
             return Ok(None);
         };
         let h = path_hash(&path, self.hash_bits);
-        let (mut lo, mut hi) = (0usize, self.n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.hash(mid) < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        let mut i = lo;
+        let mut i = self.first_at_least(h);
         while i < self.n && self.hash(i) == h {
             let m = self.resolve_unhashed(i)?;
             if m.name == path {
@@ -1416,6 +1398,62 @@ impl ImageStore {
             i += 1;
         }
         Ok(None)
+    }
+
+    /// The first position whose hash is at least `h`. Hashes are uniform, so a few interpolation
+    /// steps narrow the range to a handful of entries (about log log n probes, each a likely cache
+    /// miss, against log n for bisection); bisection finishes the search, and takes over at once when
+    /// the hashes are not spread as expected, so a crafted column costs O(log n) at worst.
+    fn first_at_least(&self, h: u64) -> usize {
+        let (mut lo, mut hi) = (0usize, self.n);
+        // Invariant: every position below `lo` has a hash below `h`, every one from `hi` on, at least `h`.
+        for _ in 0..4 {
+            if hi - lo <= 32 {
+                break;
+            }
+            let (a, b) = (self.hash(lo), self.hash(hi - 1));
+            if h <= a {
+                return lo;
+            }
+            if h > b {
+                return hi;
+            }
+            // a < h <= b: h's estimated position between lo and hi - 1, kept 8 entries inside the range.
+            let span = (hi - 1 - lo) as u128;
+            let guess = lo + ((u128::from(h - a) * span) / u128::from(b - a)) as usize;
+            let probe = guess.clamp(lo + 8, hi - 9);
+            let before = hi - lo;
+            if self.hash(probe) < h {
+                lo = probe + 1;
+                // Usually within a few entries: step forward in growing strides to bracket it.
+                let mut step = 8;
+                while lo + step < hi && self.hash(lo + step) < h {
+                    lo += step + 1;
+                    step *= 2;
+                }
+                hi = hi.min(lo + step);
+            } else {
+                hi = probe;
+                let mut step = 8;
+                while hi > lo + step && self.hash(hi - step - 1) >= h {
+                    hi -= step + 1;
+                    step *= 2;
+                }
+                lo = lo.max(hi.saturating_sub(step + 1));
+            }
+            if (hi - lo) * 2 > before {
+                break;
+            }
+        }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.hash(mid) < h {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// The position of `path` (normalised as at build time), if the store holds it.

@@ -981,3 +981,51 @@ fn the_store_holds_sixteen_bytes_per_member() {
     let len = std::fs::metadata(&sp).unwrap().len();
     assert!(len <= 5000 * BYTES_PER_MEMBER + 512, "{len} bytes");
 }
+
+#[test]
+fn the_hash_search_finds_the_first_position_whatever_the_spread_of_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let entries: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("{i}"), Vec::new())).collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(&[t], &sp).unwrap();
+    let good = std::fs::read(&sp).unwrap();
+    let hash_off = get64(&good, 48) as usize;
+    let mut next = xorshift(7);
+    let spreads: Vec<(&str, Box<dyn Fn(u64, &mut dyn FnMut() -> u64) -> u64>)> = vec![
+        ("uniform", Box::new(|_, r| r())),
+        ("few values", Box::new(|_, r| r() % 5 * (u64::MAX / 5))),
+        (
+            "clustered",
+            Box::new(|i, r| if i % 3 == 0 { r() } else { r() % 1000 }),
+        ),
+        ("skewed", Box::new(|_, r| r() >> (r() % 64))),
+        ("all equal", Box::new(|_, _| 42)),
+        ("top values", Box::new(|_, r| u64::MAX - r() % 10)),
+    ];
+    let bad = dir.path().join("crafted");
+    for (what, spread) in &spreads {
+        let mut hashes: Vec<u64> = (0..n as u64).map(|i| spread(i, &mut next)).collect();
+        hashes.sort_unstable();
+        let mut bytes = good.clone();
+        for (i, h) in hashes.iter().enumerate() {
+            put64(&mut bytes, hash_off + 8 * i, *h);
+        }
+        reseal(&mut bytes);
+        std::fs::write(&bad, &bytes).unwrap();
+        let store = ImageStore::open(&bad).unwrap();
+        let mut probes: Vec<u64> = hashes.iter().step_by(7).copied().collect();
+        probes.extend(hashes.iter().step_by(11).map(|h| h.wrapping_add(1)));
+        probes.extend([0, 1, 41, 42, 43, u64::MAX, u64::MAX - 1]);
+        probes.extend((0..300).map(|_| next()));
+        for h in probes {
+            let want = hashes.partition_point(|&x| x < h);
+            assert_eq!(store.first_at_least(h), want, "{what}: hash {h}");
+        }
+    }
+}
