@@ -997,7 +997,8 @@ fn the_hash_search_finds_the_first_position_whatever_the_spread_of_hashes() {
     let good = std::fs::read(&sp).unwrap();
     let hash_off = get64(&good, 48) as usize;
     let mut next = xorshift(7);
-    let spreads: Vec<(&str, Box<dyn Fn(u64, &mut dyn FnMut() -> u64) -> u64>)> = vec![
+    type Spread = Box<dyn Fn(u64, &mut dyn FnMut() -> u64) -> u64>;
+    let spreads: Vec<(&str, Spread)> = vec![
         ("uniform", Box::new(|_, r| r())),
         ("few values", Box::new(|_, r| r() % 5 * (u64::MAX / 5))),
         (
