@@ -867,8 +867,13 @@ fn build_hashed(
 
     let mut report = BuildReport::default();
     let total: usize = walked.iter().map(|w| w.2.members.len()).sum();
-    // (hash, locator) for every member; each archive's list is freed once copied.
-    let mut all: Vec<(u64, u64)> = Vec::with_capacity(total);
+    // (hash, locator) for every member. The first archive's list is taken over as is (its number is 0,
+    // so its locators are its record offsets): a store of one large archive holds one list, not two.
+    let mut all: Vec<(u64, u64)> = walked
+        .first_mut()
+        .map(|w| std::mem::take(&mut w.2.members))
+        .unwrap_or_default();
+    all.reserve_exact(total - all.len());
     for (k, (info, _, walk)) in walked.iter_mut().enumerate() {
         for (name, reason) in walk.refused.drain(..) {
             report.refused.push(Refused {

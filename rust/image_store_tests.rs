@@ -1030,3 +1030,38 @@ fn the_hash_search_finds_the_first_position_whatever_the_spread_of_hashes() {
         }
     }
 }
+
+#[test]
+fn a_member_behind_too_many_extension_records_is_a_corrupt_archive() {
+    // Each read re-parses the records before a member, so their number is bounded.
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("s");
+    for (records, ok) in [
+        (MAX_EXTENSION_RECORDS, true),
+        (MAX_EXTENSION_RECORDS + 1, false),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        for _ in 0..records {
+            let mut g = tar::Header::new_ustar();
+            g.set_entry_type(tar::EntryType::XGlobalHeader);
+            g.set_size(0);
+            g.set_cksum();
+            b.append(&g, &[][..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        b.append_data(&mut h, "m.jpg", &b"ok"[..]).unwrap();
+        let t = write(dir.path(), "g.tar", &b.into_inner().unwrap());
+        match build(std::slice::from_ref(&t), &sp) {
+            Ok(_) => {
+                assert!(ok, "{records} records");
+                assert_eq!(read_all(&ImageStore::open(&sp).unwrap(), "m.jpg"), b"ok");
+            }
+            Err(e) => {
+                assert!(!ok, "{records} records: {e}");
+                assert_eq!(e.kind, ErrorKind::CorruptArchive);
+                assert!(e.message.contains("extension records"), "{e}");
+            }
+        }
+    }
+}
