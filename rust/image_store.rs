@@ -752,12 +752,8 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Walks one archive; its mapping is kept for re-reading the names of members that share a hash.
-fn index_archive(
-    path: &Path,
-    placed: Placed,
-    hash_bits: u32,
-) -> Result<(ArchiveInfo, Option<Map>, Walk)> {
+/// Walks one archive (its mapping is dropped after: a process may hold only so many mappings).
+fn index_archive(path: &Path, placed: Placed, hash_bits: u32) -> Result<(ArchiveInfo, Walk)> {
     let file = File::open(path).map_err(|e| Error::io(path, "open the archive", e))?;
     let meta = file
         .metadata()
@@ -793,7 +789,24 @@ fn index_archive(
         mtime_ns: mtime_ns(&meta),
         placed,
     };
-    Ok((info, map, walk))
+    Ok((info, walk))
+}
+
+/// An archive mapped again after its walk (to re-read a name), checked to be the file that was walked.
+fn remap(info: &ArchiveInfo) -> Result<Option<Map>> {
+    let path = &info.path;
+    let file = File::open(path).map_err(|e| Error::io(path, "open the archive", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat the archive", e))?;
+    if meta.len() != info.size || mtime_ns(&meta) != info.mtime_ns {
+        return Err(Error::new(
+            ErrorKind::StaleIndex,
+            "the archive changed while the image store was built",
+        )
+        .with_path(path));
+    }
+    map_file(&file, path)
 }
 
 /// The hash a path is stored under: the top `bits` bits of its seeded xxh3-64.
@@ -845,7 +858,7 @@ fn build_hashed(
     }
     let a_bits = archive_bits(archives.len());
     let offset_bits = 64 - a_bits;
-    let mut walked: Vec<(ArchiveInfo, Option<Map>, Walk)> = archives
+    let mut walked: Vec<(ArchiveInfo, Walk)> = archives
         .par_iter()
         .map(|(a, placement)| {
             let placed = placement.check(a)?;
@@ -866,15 +879,15 @@ fn build_hashed(
         .collect::<Result<_>>()?;
 
     let mut report = BuildReport::default();
-    let total: usize = walked.iter().map(|w| w.2.members.len()).sum();
+    let total: usize = walked.iter().map(|w| w.1.members.len()).sum();
     // (hash, locator) for every member. The first archive's list is taken over as is (its number is 0,
     // so its locators are its record offsets): a store of one large archive holds one list, not two.
     let mut all: Vec<(u64, u64)> = walked
         .first_mut()
-        .map(|w| std::mem::take(&mut w.2.members))
+        .map(|w| std::mem::take(&mut w.1.members))
         .unwrap_or_default();
     all.reserve_exact(total - all.len());
-    for (k, (info, _, walk)) in walked.iter_mut().enumerate() {
+    for (k, (info, walk)) in walked.iter_mut().enumerate() {
         for (name, reason) in walk.refused.drain(..) {
             report.refused.push(Refused {
                 archive: info.path.clone(),
@@ -889,10 +902,15 @@ fn build_hashed(
     // Within one hash: archive order, then member order (the locator's bits are in that order).
     all.par_sort_unstable();
     // Keep each path's first occurrence. Equal paths have equal hashes, so only runs of one hash need
-    // their names, re-read from the archives.
+    // their names, re-read from the archives (mapped again only if one of their members is needed).
+    let maps: Vec<OnceLock<Result<Option<Map>>>> = walked.iter().map(|_| OnceLock::new()).collect();
     let name_of = |loc: u64| -> Result<Vec<u8>> {
         let (k, record) = ((loc >> offset_bits) as usize, loc & (u64::MAX >> a_bits));
-        let (info, map, _) = &walked[k];
+        let info = &walked[k].0;
+        let map = maps[k]
+            .get_or_init(|| remap(info))
+            .as_ref()
+            .map_err(Clone::clone)?;
         let data = map.as_deref().unwrap_or(&[]);
         member_at(info.kind, data, record, k as u32, &info.placed, &info.path)?
             .map(|m| m.name)
@@ -929,6 +947,7 @@ fn build_hashed(
     }
     all.truncate(kept);
     report.members = kept as u64;
+    drop(maps);
     let infos: Vec<&ArchiveInfo> = walked.iter().map(|w| &w.0).collect();
     write_store(dest, &infos, &all, a_bits, hash_bits)?;
     Ok(report)
