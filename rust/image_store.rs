@@ -1401,6 +1401,16 @@ impl ImageStore {
         Ok(self.resolve(i)?.name)
     }
 
+    /// Every position, ordered by archive and then by place in the archive: reading members' names in
+    /// this order walks each archive front to back instead of jumping about it in hash order.
+    pub fn archive_order(&self) -> Vec<usize> {
+        let mut order: Vec<(u64, usize)> = (0..self.n)
+            .map(|i| (self.col(self.loc_col, i), i))
+            .collect();
+        order.par_sort_unstable();
+        order.into_iter().map(|(_, i)| i).collect()
+    }
+
     /// Where member `i` lies, as read from its archive.
     pub fn location(&self, i: usize) -> Result<Location> {
         Ok(self.resolve(i)?.loc)

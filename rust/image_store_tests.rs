@@ -396,9 +396,16 @@ fn many_archives_build_in_parallel_and_every_member_is_found() {
     for (name, data) in &expected {
         assert_eq!(&read_all(&store, name), data);
     }
-    let mut names: Vec<_> = (0..store.len())
-        .map(|i| store.name(i).unwrap().to_vec())
+    let mut names: Vec<_> = store
+        .archive_order()
+        .into_iter()
+        .map(|i| store.name(i).unwrap())
         .collect();
+    let in_order: Vec<_> = expected
+        .iter()
+        .map(|(n, _)| n.as_bytes().to_vec())
+        .collect();
+    assert_eq!(names, in_order, "archive order");
     names.sort();
     let mut want: Vec<_> = expected
         .iter()

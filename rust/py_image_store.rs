@@ -220,10 +220,12 @@ impl PyImageStore {
         })
     }
 
-    /// Every member path, in the store's (hash) order, read from the archives.
+    /// Every member path, read from the archives in archive order (each archive front to back).
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         crate::python::boundary("ImageStore.members", || {
-            (0..self.inner.len())
+            self.inner
+                .archive_order()
+                .into_iter()
                 .map(|i| {
                     let name = self.inner.name(i).map_err(|e| to_py_err(py, e))?;
                     Ok(PyBytes::new(py, &name))

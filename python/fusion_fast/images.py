@@ -191,7 +191,8 @@ class ImageStore:
         return img
 
     def members(self) -> list[str]:
-        """Every member path (in the store's internal order)."""
+        """Every member path, read from the archives: archive by archive (in priority order), each in the
+        order of its members."""
         return [os.fsdecode(m) for m in self._inner.members()]
 
     def location(self, member: str | bytes | os.PathLike[str]) -> tuple[str, int, int, int, int, int]:
