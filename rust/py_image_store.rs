@@ -10,7 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::image_store::{build_placed, convert_all, ImageStore, Placement};
+use crate::image_store::{build_placed, convert_all, normalize, ImageStore, Location, Placement};
 use crate::python::to_py_err;
 
 /// An open image store, shared (read-only) by every view it hands out.
@@ -64,9 +64,11 @@ impl MemberView {
 }
 
 impl PyImageStore {
-    fn lookup(&self, py: Python<'_>, member: &[u8]) -> PyResult<usize> {
-        match self.inner.find(member).map_err(|e| to_py_err(py, e))? {
-            Some(i) => Ok(i),
+    /// The member's position and location (read from its archive record, which the lookup parses to
+    /// check the name anyway).
+    fn lookup(&self, py: Python<'_>, member: &[u8]) -> PyResult<(usize, Location)> {
+        match self.inner.lookup(member).map_err(|e| to_py_err(py, e))? {
+            Some(found) => Ok(found),
             None => Err(PyKeyError::new_err(format!(
                 "{} is in no archive of the image store {}",
                 String::from_utf8_lossy(member),
@@ -180,10 +182,11 @@ impl PyImageStore {
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         crate::python::boundary("ImageStore.read", || {
-            let i = self.lookup(py, member)?;
+            let (i, loc) = self.lookup(py, member)?;
             let store = &self.inner;
+            let name = normalize(member).unwrap_or_default();
             let bytes = py
-                .detach(|| store.read_at(i))
+                .detach(|| store.read_located(&name, loc))
                 .map_err(|e| to_py_err(py, e))?;
             let copy = PyBytes::new(py, &bytes);
             // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
@@ -196,10 +199,11 @@ impl PyImageStore {
     /// `memoryview`), else inflated `bytes`.
     fn view<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         crate::python::boundary("ImageStore.view", || {
-            let i = self.lookup(py, member)?;
+            let (_, loc) = self.lookup(py, member)?;
             let store = &self.inner;
+            let name = normalize(member).unwrap_or_default();
             let bytes = py
-                .detach(|| store.read_at(i))
+                .detach(|| store.read_located(&name, loc))
                 .map_err(|e| to_py_err(py, e))?;
             match bytes {
                 Cow::Borrowed(b) => Ok(Bound::new(
@@ -216,13 +220,15 @@ impl PyImageStore {
         })
     }
 
-    /// Every member path, in the store's (hash) order.
+    /// Every member path, read from the archives in archive order (each archive front to back).
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         crate::python::boundary("ImageStore.members", || {
-            (0..self.inner.len())
+            self.inner
+                .archive_order()
+                .into_iter()
                 .map(|i| {
                     let name = self.inner.name(i).map_err(|e| to_py_err(py, e))?;
-                    Ok(PyBytes::new(py, name))
+                    Ok(PyBytes::new(py, &name))
                 })
                 .collect()
         })
@@ -235,8 +241,7 @@ impl PyImageStore {
         member: &[u8],
     ) -> PyResult<(String, u64, u64, u64, u8, u32)> {
         crate::python::boundary("ImageStore.location", || {
-            let i = self.lookup(py, member)?;
-            let loc = self.inner.location(i);
+            let (_, loc) = self.lookup(py, member)?;
             let archive = self
                 .inner
                 .archives()
