@@ -3,57 +3,79 @@
 //! For a list of archives (plain `.tar`, `.zip` with stored or deflated members) the builder walks each
 //! archive's structure in parallel — tar: the 512-byte headers, seeking over data (ustar prefixes, GNU
 //! `L` long names, PAX `path`/`size` records); zip: the central directory (zip64 included) and each
-//! member's local header — and writes one store file mapping member path to (archive, data offset,
-//! size, method, CRC). A lookup is a binary search over sorted 64-bit path hashes followed by an exact
-//! comparison of the path bytes, so it costs O(log n) page touches and no per-member object anywhere.
+//! member's local header — and writes one store file that maps a 64-bit hash of each member's path to
+//! where the member's *record* starts in its archive (tar: its first header, or the GNU long-name / PAX
+//! records before it; zip: its central directory entry).
 //!
-//! Reads: tar members and stored zip members are slices of the mapped archive (zero-copy); deflated
-//! zip members are inflated on read. Zip members have their CRC-32 checked on every read.
+//! The store keeps no names, sizes or offsets of its own: 16 bytes per member (hash, locator), so 20
+//! million members take 320 MB. A lookup binary-searches the hash column, then re-parses each candidate's
+//! record in the mapped archive with the very code the builder used (same normalisation, same placement)
+//! and compares the name found there with the path asked for. That one parse also yields the data offset,
+//! sizes, method and CRC, and the record lies next to the data it describes (tar) or in the compact central
+//! directory (zip), so reading a member touches no more pages than before. Re-parsing also checks the store
+//! against its archive: a candidate whose record no longer parses to a name of the recorded hash means the
+//! archive changed after the build (even with the same size and mtime) and is a stale-index error, never
+//! another member's bytes. Two different paths with one hash both stay findable: the lookup compares every
+//! candidate of the hash in turn.
+//!
+//! Reads: tar members and stored zip members are slices of the mapped archive (zero-copy); deflated zip
+//! members are inflated on read. Zip members have their CRC-32 checked on every read.
 //!
 //! Paths are normalised (`./a//b` → `a/b`). Members whose path is absolute or holds `..`, links,
 //! devices, fifos, sparse files, encrypted members and unknown zip methods are never indexed: the
 //! build report lists them as refused. A path present more than once (in one archive or in several)
 //! resolves to its *first* occurrence, archives taken in the order given and members in archive
-//! order; the build report lists the others as duplicates.
+//! order; the build report lists the others as duplicates. The builder holds 16 bytes per member (no
+//! names): duplicates and hash collisions are told apart by re-reading the names of the few members that
+//! share a hash.
 //!
 //! ```text
 //! offset  size  field (little-endian)
 //! 0       8     magic "FFIMGST\0"
-//! 8       4     format version (u32)
-//! 12      4     header length (u32, = 160)
+//! 8       4     format version (u32, = 2)
+//! 12      4     header length (u32, = 128)
 //! 16      8     member count n
 //! 24      8     archive count
 //! 32      16    archive table: offset, length   (per archive: u8 kind, u32 path length, path bytes,
-//!                                                u64 size, i64 mtime in ns)
-//! 48      16    names blob: offset, length      (member paths, in hash order, back to back)
-//! 64      64    column offsets (each a multiple of 64): hash u64, name end u64, data offset u64,
-//!               stored size u64, size u64, crc u32, archive u32, method u8
-//! 128     8     file length
-//! 136     8     xxh3-64 of every byte after the header
-//! 144     8     reserved (0)
-//! 152     8     xxh3-64 of the header bytes before it
+//!                                                u64 size, i64 mtime in ns, u32 folders to strip,
+//!                                                u32 prefix length, prefix bytes)
+//! 48      8     hash column offset     (n × u64, ascending: the path hash's top `hash bits` bits)
+//! 56      8     locator column offset  (n × u64: archive number << (64 − archive bits) | record offset)
+//! 64      4     archive bits (1..=32)
+//! 68      4     hash bits (1..=64; 64 in every store the builder writes)
+//! 72      8     file length
+//! 80      8     xxh3-64 of every byte after the header
+//! 88      32    reserved (0)
+//! 120     8     xxh3-64 of the header bytes before it
 //! ```
-//! The file is written to a temporary name and renamed into place, so a reader never sees a torn store.
+//! Columns start on 64-byte boundaries. Sorting by (hash, locator) puts the members sharing a hash in
+//! archive order, then member order, which is the order duplicates are resolved in. The file is written
+//! to a temporary name and renamed into place, so a reader never sees a torn store.
 
 use std::borrow::Cow;
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
-use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::mapping::{stale_error, GuardedMap};
 
 pub const MAGIC: &[u8; 8] = b"FFIMGST\0";
-pub const FORMAT_VERSION: u32 = 1;
-const HEADER_LEN: usize = 160;
+pub const FORMAT_VERSION: u32 = 2;
+const HEADER_LEN: usize = 128;
 const ALIGN: u64 = 64;
 /// Stores up to this size have their body checksum verified on every open; larger ones on `verify`.
 pub const AUTO_VERIFY_BYTES: u64 = 4 << 20;
 const HASH_SEED: u64 = 0x1f_f1_5e_ed;
+/// Bytes the store holds per member: the hash and the locator.
+pub const BYTES_PER_MEMBER: u64 = 16;
+/// At most this many GNU long-name / PAX / other extension records may precede a tar member: each read
+/// re-parses them, so an unbounded run would make one read arbitrarily slow.
+const MAX_EXTENSION_RECORDS: usize = 64;
 
 /// Compression method of a member (zip's numbering).
 pub const STORED: u8 = 0;
@@ -91,20 +113,6 @@ fn temp_path(dest: &Path) -> PathBuf {
 // ---------------------------------------------------------------------------------------------------
 // Members as found by the archive walkers.
 
-/// One member that can be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    pub path: Vec<u8>,
-    pub data_offset: u64,
-    /// Bytes in the archive (compressed size for deflated members).
-    pub stored_size: u64,
-    /// Bytes once read.
-    pub size: u64,
-    pub method: u8,
-    /// CRC-32 of the member's bytes (0 for tar, which has none).
-    pub crc: u32,
-}
-
 /// A member left out of the store, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
@@ -129,8 +137,39 @@ pub struct BuildReport {
     pub duplicates: Vec<Duplicate>,
 }
 
+/// Where a member's bytes lie, as its archive's record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub archive: u32,
+    pub data_offset: u64,
+    /// Bytes in the archive (compressed size for deflated members).
+    pub stored_size: u64,
+    /// Bytes once read.
+    pub size: u64,
+    pub method: u8,
+    /// CRC-32 of the member's bytes (0 for tar, which has none).
+    pub crc: u32,
+}
+
+/// A member record parsed out of an archive: its store path (normalised and placed) and location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Indexed {
+    name: Vec<u8>,
+    loc: Location,
+}
+
+/// What one archive record is to the store.
+enum Class {
+    Member(Indexed),
+    /// (name as shown, reason)
+    Refused(String, String),
+    /// Folders and other records that are neither read nor reported.
+    Skip,
+}
+
 struct Walk {
-    members: Vec<Member>,
+    /// (path hash, record offset) of every indexable member, in archive order.
+    members: Vec<(u64, u64)>,
     refused: Vec<(String, String)>,
 }
 
@@ -166,6 +205,74 @@ pub fn normalize(name: &[u8]) -> Option<Vec<u8>> {
 
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// Where an archive's members appear in the store: member `m` is found under `prefix` followed by `m`
+/// without its first `strip` components (prepare's nesting decision), so record paths look up as is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub strip: usize,
+    /// A relative folder (`"COCO"` or `"COCO/"`), or empty.
+    pub prefix: String,
+}
+
+/// A `Placement` checked and ready to apply: the prefix normalised, with its trailing `/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Placed {
+    strip: u32,
+    prefix: Vec<u8>,
+}
+
+impl Placement {
+    fn check(&self, archive: &Path) -> Result<Placed> {
+        let prefix = if self.prefix.is_empty() {
+            Vec::new()
+        } else {
+            let mut p = normalize(self.prefix.as_bytes()).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "placement prefix {:?} must be a relative path without '..'",
+                        self.prefix
+                    ),
+                )
+                .with_path(archive)
+            })?;
+            p.push(b'/');
+            p
+        };
+        let strip = u32::try_from(self.strip).map_err(|_| {
+            Error::new(ErrorKind::Io, "placement strips too many folders").with_path(archive)
+        })?;
+        Ok(Placed { strip, prefix })
+    }
+}
+
+impl Placed {
+    /// The store path of the member at the normalised path `norm`, or why it has none.
+    fn place(&self, norm: Vec<u8>) -> std::result::Result<Vec<u8>, String> {
+        if self.strip == 0 && self.prefix.is_empty() {
+            return Ok(norm);
+        }
+        let strip = self.strip as usize;
+        match norm.splitn(strip + 1, |&b| b == b'/').nth(strip) {
+            Some(t) => Ok([self.prefix.as_slice(), t].concat()),
+            None => Err(format!("has fewer than {strip} folders to strip")),
+        }
+    }
+
+    /// A regular member called `raw` in its archive: indexed at its placed path, or refused.
+    fn classify(&self, raw: &[u8], loc: Location) -> Class {
+        let shown = || lossy(raw);
+        match normalize(raw) {
+            Some(_) if raw.ends_with(b"/") => Class::Skip,
+            Some(norm) => match self.place(norm) {
+                Ok(name) => Class::Member(Indexed { name, loc }),
+                Err(reason) => Class::Refused(shown(), reason),
+            },
+            None => Class::Refused(shown(), "absolute path or '..' component".into()),
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -208,37 +315,24 @@ fn tar_number(f: &[u8]) -> Option<u64> {
     Some(v)
 }
 
+/// The header's checksum as tar defines it (bytes summed, the checksum field counted as spaces),
+/// unsigned or, as some old writers did, signed.
 fn header_checksum_ok(h: &[u8]) -> bool {
     let Some(stored) = tar_number(&h[148..156]) else {
         return false;
     };
-    let unsigned: u64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                u64::from(b)
-            }
-        })
-        .sum();
-    let signed: i64 = h
-        .iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                32
-            } else {
-                i64::from(b as i8)
-            }
-        })
-        .sum();
-    stored == unsigned || stored as i64 == signed
+    // Summed slice by slice (not chained) so that the loops vectorise: every read re-checks a header.
+    let unsigned = |s: &[u8]| s.iter().map(|&b| u32::from(b)).sum::<u32>();
+    let field = 8 * 32;
+    if stored == u64::from(unsigned(&h[..148]) + unsigned(&h[156..512]) + field) {
+        return true;
+    }
+    let signed = |s: &[u8]| s.iter().map(|&b| i32::from(b as i8)).sum::<i32>();
+    stored as i64 == i64::from(signed(&h[..148]) + signed(&h[156..512]) + field as i32)
 }
 
 /// PAX records `"<len> key=value\n"`; returns (path, size) overrides.
-fn parse_pax(data: &[u8], path: &Path, at: u64) -> Result<(Option<Vec<u8>>, Option<u64>)> {
+fn parse_pax<'a>(data: &'a [u8], path: &Path, at: u64) -> Result<(Option<&'a [u8]>, Option<u64>)> {
     let (mut name, mut size) = (None, None);
     let mut rest = data;
     while !rest.is_empty() && rest[0] != 0 {
@@ -256,7 +350,7 @@ fn parse_pax(data: &[u8], path: &Path, at: u64) -> Result<(Option<Vec<u8>>, Opti
         if let Some(eq) = record.iter().position(|&b| b == b'=') {
             let (key, value) = (&record[..eq], &record[eq + 1..]);
             match key {
-                b"path" => name = Some(value.to_vec()),
+                b"path" => name = Some(value),
                 b"size" => {
                     size = Some(
                         std::str::from_utf8(value)
@@ -273,16 +367,23 @@ fn parse_pax(data: &[u8], path: &Path, at: u64) -> Result<(Option<Vec<u8>>, Opti
     Ok((name, size))
 }
 
-fn walk_tar(data: &[u8], path: &Path) -> Result<Walk> {
+/// One tar member with the extension records before it applied.
+struct TarEntry<'a> {
+    raw_name: Cow<'a, [u8]>,
+    typeflag: u8,
+    data_offset: u64,
+    size: u64,
+    /// Where the next member's first record starts.
+    next: u64,
+}
+
+/// Parses the tar member whose first record (its header, or the first GNU long-name / PAX / other
+/// extension record before it) starts at `pos`; `None` at the end-of-archive block.
+fn tar_entry<'a>(data: &'a [u8], mut pos: u64, path: &Path) -> Result<Option<TarEntry<'a>>> {
     let len = data.len() as u64;
-    let mut walk = Walk {
-        members: Vec::new(),
-        refused: Vec::new(),
-    };
-    let mut pos: u64 = 0;
-    let mut long_name: Option<Vec<u8>> = None;
-    let mut pax: (Option<Vec<u8>>, Option<u64>) = (None, None);
-    loop {
+    let mut long_name: Option<&[u8]> = None;
+    let mut pax: (Option<&[u8]>, Option<u64>) = (None, None);
+    for _ in 0..=MAX_EXTENSION_RECORDS {
         let end = pos.checked_add(512).filter(|&e| e <= len).ok_or_else(|| {
             corrupt(
                 path,
@@ -292,7 +393,7 @@ fn walk_tar(data: &[u8], path: &Path) -> Result<Walk> {
         })?;
         let h = &data[pos as usize..end as usize];
         if h.iter().all(|&b| b == 0) {
-            return Ok(walk);
+            return Ok(None);
         }
         if !header_checksum_ok(h) {
             return Err(corrupt(path, pos, "tar header checksum mismatch"));
@@ -322,15 +423,14 @@ fn walk_tar(data: &[u8], path: &Path) -> Result<Walk> {
             .checked_add(size.div_ceil(512) * 512)
             .ok_or_else(|| corrupt(path, pos, "member size overflows"))?;
         match typeflag {
-            b'L' => long_name = Some(field_str(body).to_vec()),
-            b'K' => {}
+            b'L' => long_name = Some(field_str(body)),
+            b'K' | b'g' => {}
             b'x' => pax = parse_pax(body, path, pos)?,
-            b'g' => {}
             _ => {
-                let raw_name = if let Some(n) = pax.0.take() {
-                    n
-                } else if let Some(n) = long_name.take() {
-                    n
+                let raw_name = if let Some(n) = pax.0 {
+                    Cow::Borrowed(n)
+                } else if let Some(n) = long_name {
+                    Cow::Borrowed(n)
                 } else {
                     let name = field_str(&h[0..100]);
                     let prefix = if &h[257..262] == b"ustar" {
@@ -339,41 +439,66 @@ fn walk_tar(data: &[u8], path: &Path) -> Result<Walk> {
                         &[]
                     };
                     if prefix.is_empty() {
-                        name.to_vec()
+                        Cow::Borrowed(name)
                     } else {
-                        [prefix, b"/", name].concat()
+                        Cow::Owned([prefix, b"/", name].concat())
                     }
                 };
-                long_name = None;
-                pax = (None, None);
-                let shown = lossy(&raw_name);
-                match typeflag {
-                    b'0' | 0 | b'7' => match normalize(&raw_name) {
-                        Some(p) if !raw_name.ends_with(b"/") => walk.members.push(Member {
-                            path: p,
-                            data_offset,
-                            stored_size: size,
-                            size,
-                            method: STORED,
-                            crc: 0,
-                        }),
-                        Some(_) => {}
-                        None => walk
-                            .refused
-                            .push((shown, "absolute path or '..' component".into())),
-                    },
-                    b'5' => {}
-                    b'1' | b'2' => walk.refused.push((shown, "a link".into())),
-                    b'3' | b'4' | b'6' => walk.refused.push((shown, "a device or fifo".into())),
-                    b'S' => walk.refused.push((shown, "a sparse file".into())),
-                    t => walk
-                        .refused
-                        .push((shown, format!("unknown tar member type {:?}", t as char))),
-                }
+                return Ok(Some(TarEntry {
+                    raw_name,
+                    typeflag,
+                    data_offset,
+                    size,
+                    next,
+                }));
             }
         }
         pos = next;
     }
+    Err(corrupt(
+        path,
+        pos,
+        format!("more than {MAX_EXTENSION_RECORDS} extension records before one member"),
+    ))
+}
+
+fn tar_classify(e: &TarEntry<'_>, archive: u32, placed: &Placed) -> Class {
+    let shown = || lossy(&e.raw_name);
+    match e.typeflag {
+        b'0' | 0 | b'7' => placed.classify(
+            &e.raw_name,
+            Location {
+                archive,
+                data_offset: e.data_offset,
+                stored_size: e.size,
+                size: e.size,
+                method: STORED,
+                crc: 0,
+            },
+        ),
+        b'5' => Class::Skip,
+        b'1' | b'2' => Class::Refused(shown(), "a link".into()),
+        b'3' | b'4' | b'6' => Class::Refused(shown(), "a device or fifo".into()),
+        b'S' => Class::Refused(shown(), "a sparse file".into()),
+        t => Class::Refused(shown(), format!("unknown tar member type {:?}", t as char)),
+    }
+}
+
+fn walk_tar(data: &[u8], path: &Path, placed: &Placed, hash_bits: u32) -> Result<Walk> {
+    let mut walk = Walk {
+        members: Vec::new(),
+        refused: Vec::new(),
+    };
+    let mut pos: u64 = 0;
+    while let Some(e) = tar_entry(data, pos, path)? {
+        match tar_classify(&e, 0, placed) {
+            Class::Member(m) => walk.members.push((path_hash(&m.name, hash_bits), pos)),
+            Class::Refused(name, reason) => walk.refused.push((name, reason)),
+            Class::Skip => {}
+        }
+        pos = e.next;
+    }
+    Ok(walk)
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -426,7 +551,8 @@ fn zip_name(raw: &[u8], flags: u16) -> Cow<'_, [u8]> {
     Cow::Owned(s.into_bytes())
 }
 
-fn walk_zip(data: &[u8], path: &Path) -> Result<Walk> {
+/// The central directory: (member count, offset).
+fn zip_directory(data: &[u8], path: &Path) -> Result<(u64, u64)> {
     let len = data.len() as u64;
     let trunc = |at: u64, what: &str| corrupt(path, at, what);
     // End of central directory: 22 bytes plus a comment of up to 65535.
@@ -455,111 +581,157 @@ fn walk_zip(data: &[u8], path: &Path) -> Result<Walk> {
     if cd_offset.checked_add(cd_size).is_none_or(|e| e > len) {
         return Err(trunc(cd_offset, "central directory lies outside the file"));
     }
+    Ok((count, cd_offset))
+}
+
+/// Parses the central directory entry at `p` (and the member's local header): `(class, next entry)`.
+fn zip_entry(
+    data: &[u8],
+    p: u64,
+    archive: u32,
+    placed: &Placed,
+    path: &Path,
+) -> Result<(Class, u64)> {
+    let len = data.len() as u64;
+    let trunc = |at: u64, what: &str| corrupt(path, at, what);
+    let bad = || trunc(p, "central directory entry truncated or malformed");
+    if u32_at(data, p) != Some(0x0201_4b50) {
+        return Err(bad());
+    }
+    let made_by = u16_at(data, p + 4).ok_or_else(bad)?;
+    let flags = u16_at(data, p + 8).ok_or_else(bad)?;
+    let method = u16_at(data, p + 10).ok_or_else(bad)?;
+    let crc = u32_at(data, p + 16).ok_or_else(bad)?;
+    let mut csize = u64::from(u32_at(data, p + 20).ok_or_else(bad)?);
+    let mut usize_ = u64::from(u32_at(data, p + 24).ok_or_else(bad)?);
+    let name_len = u64::from(u16_at(data, p + 28).ok_or_else(bad)?);
+    let extra_len = u64::from(u16_at(data, p + 30).ok_or_else(bad)?);
+    let comment_len = u64::from(u16_at(data, p + 32).ok_or_else(bad)?);
+    let ext_attr = u32_at(data, p + 38).ok_or_else(bad)?;
+    let mut local = u64::from(u32_at(data, p + 42).ok_or_else(bad)?);
+    let raw_name = bytes_at(data, p + 46, name_len).ok_or_else(bad)?;
+    let extra = bytes_at(data, p + 46 + name_len, extra_len).ok_or_else(bad)?;
+    // zip64 extended information: the 0xFFFFFFFF fields, in this order.
+    let mut e = 0usize;
+    while e + 4 <= extra.len() {
+        let id = u16::from_le_bytes([extra[e], extra[e + 1]]);
+        let n = usize::from(u16::from_le_bytes([extra[e + 2], extra[e + 3]]));
+        let body = extra.get(e + 4..e + 4 + n).ok_or_else(bad)?;
+        if id == 1 {
+            let mut q = 0u64;
+            for field in [&mut usize_, &mut csize, &mut local] {
+                if *field == 0xFFFF_FFFF {
+                    *field = u64_at(body, q).ok_or_else(bad)?;
+                    q += 8;
+                }
+            }
+        }
+        e += 4 + n;
+    }
+    let next = p + 46 + name_len + extra_len + comment_len;
+    let name = zip_name(raw_name, flags);
+    let name = name.as_ref();
+    let shown = || lossy(name);
+    if name.ends_with(b"/") {
+        return Ok((Class::Skip, next));
+    }
+    let unix_mode = if made_by >> 8 == 3 { ext_attr >> 16 } else { 0 };
+    if unix_mode & 0o170000 == 0o120000 {
+        return Ok((Class::Refused(shown(), "a link".into()), next));
+    }
+    if flags & 1 != 0 {
+        return Ok((Class::Refused(shown(), "encrypted".into()), next));
+    }
+    let method = match method {
+        0 => STORED,
+        8 => DEFLATED,
+        m => {
+            let reason = format!("unsupported compression method {m}");
+            return Ok((Class::Refused(shown(), reason), next));
+        }
+    };
+    let loc = Location {
+        archive,
+        data_offset: 0,
+        stored_size: csize,
+        size: usize_,
+        method,
+        crc,
+    };
+    let mut m = match placed.classify(name, loc) {
+        Class::Member(m) => m,
+        other => return Ok((other, next)),
+    };
+    if method == STORED && csize != usize_ {
+        return Err(trunc(
+            p,
+            &format!(
+                "stored member {} has different stored and real sizes",
+                shown()
+            ),
+        ));
+    }
+    let lbad = || {
+        trunc(
+            local,
+            &format!("local header of {} is missing or truncated", shown()),
+        )
+    };
+    if u32_at(data, local) != Some(0x0403_4b50) {
+        return Err(lbad());
+    }
+    let lname = u64::from(u16_at(data, local + 26).ok_or_else(lbad)?);
+    let lextra = u64::from(u16_at(data, local + 28).ok_or_else(lbad)?);
+    let data_offset = local + 30 + lname + lextra;
+    if data_offset.checked_add(csize).is_none_or(|e| e > len) {
+        return Err(trunc(
+            local,
+            &format!("data of {} runs past the end of the archive", shown()),
+        ));
+    }
+    m.loc.data_offset = data_offset;
+    Ok((Class::Member(m), next))
+}
+
+fn walk_zip(data: &[u8], path: &Path, placed: &Placed, hash_bits: u32) -> Result<Walk> {
+    let (count, cd_offset) = zip_directory(data, path)?;
     let mut walk = Walk {
-        members: Vec::with_capacity(count.min(len / 46) as usize),
+        members: Vec::with_capacity(count.min(data.len() as u64 / 46) as usize),
         refused: Vec::new(),
     };
     let mut p = cd_offset;
     for _ in 0..count {
-        let bad = || trunc(p, "central directory entry truncated or malformed");
-        if u32_at(data, p) != Some(0x0201_4b50) {
-            return Err(bad());
+        let (class, next) = zip_entry(data, p, 0, placed, path)?;
+        match class {
+            Class::Member(m) => walk.members.push((path_hash(&m.name, hash_bits), p)),
+            Class::Refused(name, reason) => walk.refused.push((name, reason)),
+            Class::Skip => {}
         }
-        let made_by = u16_at(data, p + 4).ok_or_else(bad)?;
-        let flags = u16_at(data, p + 8).ok_or_else(bad)?;
-        let method = u16_at(data, p + 10).ok_or_else(bad)?;
-        let crc = u32_at(data, p + 16).ok_or_else(bad)?;
-        let mut csize = u64::from(u32_at(data, p + 20).ok_or_else(bad)?);
-        let mut usize_ = u64::from(u32_at(data, p + 24).ok_or_else(bad)?);
-        let name_len = u64::from(u16_at(data, p + 28).ok_or_else(bad)?);
-        let extra_len = u64::from(u16_at(data, p + 30).ok_or_else(bad)?);
-        let comment_len = u64::from(u16_at(data, p + 32).ok_or_else(bad)?);
-        let ext_attr = u32_at(data, p + 38).ok_or_else(bad)?;
-        let mut local = u64::from(u32_at(data, p + 42).ok_or_else(bad)?);
-        let raw_name = bytes_at(data, p + 46, name_len).ok_or_else(bad)?;
-        let extra = bytes_at(data, p + 46 + name_len, extra_len).ok_or_else(bad)?;
-        // zip64 extended information: the 0xFFFFFFFF fields, in this order.
-        let mut e = 0usize;
-        while e + 4 <= extra.len() {
-            let id = u16::from_le_bytes([extra[e], extra[e + 1]]);
-            let n = usize::from(u16::from_le_bytes([extra[e + 2], extra[e + 3]]));
-            let body = extra.get(e + 4..e + 4 + n).ok_or_else(bad)?;
-            if id == 1 {
-                let mut q = 0u64;
-                for field in [&mut usize_, &mut csize, &mut local] {
-                    if *field == 0xFFFF_FFFF {
-                        *field = u64_at(body, q).ok_or_else(bad)?;
-                        q += 8;
-                    }
-                }
-            }
-            e += 4 + n;
-        }
-        let name = zip_name(raw_name, flags);
-        let name = name.as_ref();
-        let shown = lossy(name);
-        let entry_start = p;
-        p = p + 46 + name_len + extra_len + comment_len;
-        if name.ends_with(b"/") {
-            continue;
-        }
-        let unix_mode = if made_by >> 8 == 3 { ext_attr >> 16 } else { 0 };
-        if unix_mode & 0o170000 == 0o120000 {
-            walk.refused.push((shown, "a link".into()));
-            continue;
-        }
-        if flags & 1 != 0 {
-            walk.refused.push((shown, "encrypted".into()));
-            continue;
-        }
-        let method = match method {
-            0 => STORED,
-            8 => DEFLATED,
-            m => {
-                walk.refused
-                    .push((shown, format!("unsupported compression method {m}")));
-                continue;
-            }
-        };
-        let Some(norm) = normalize(name) else {
-            walk.refused
-                .push((shown, "absolute path or '..' component".into()));
-            continue;
-        };
-        if method == STORED && csize != usize_ {
-            return Err(trunc(
-                entry_start,
-                &format!("stored member {shown} has different stored and real sizes"),
-            ));
-        }
-        let lbad = || {
-            trunc(
-                local,
-                &format!("local header of {shown} is missing or truncated"),
-            )
-        };
-        if u32_at(data, local) != Some(0x0403_4b50) {
-            return Err(lbad());
-        }
-        let lname = u64::from(u16_at(data, local + 26).ok_or_else(lbad)?);
-        let lextra = u64::from(u16_at(data, local + 28).ok_or_else(lbad)?);
-        let data_offset = local + 30 + lname + lextra;
-        if data_offset.checked_add(csize).is_none_or(|e| e > len) {
-            return Err(trunc(
-                local,
-                &format!("data of {shown} runs past the end of the archive"),
-            ));
-        }
-        walk.members.push(Member {
-            path: norm,
-            data_offset,
-            stored_size: csize,
-            size: usize_,
-            method,
-            crc,
-        });
+        p = next;
     }
     Ok(walk)
+}
+
+/// The member whose record starts at `record` in an archive of `kind`, as the builder indexed it.
+fn member_at(
+    kind: u8,
+    data: &[u8],
+    record: u64,
+    archive: u32,
+    placed: &Placed,
+    path: &Path,
+) -> Result<Option<Indexed>> {
+    let class = match kind {
+        KIND_TAR => match tar_entry(data, record, path)? {
+            Some(e) => tar_classify(&e, archive, placed),
+            None => Class::Skip,
+        },
+        _ => zip_entry(data, record, archive, placed, path)?.0,
+    };
+    Ok(match class {
+        Class::Member(m) => Some(m),
+        _ => None,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -570,6 +742,7 @@ struct ArchiveInfo {
     path: PathBuf,
     size: u64,
     mtime_ns: i64,
+    placed: Placed,
 }
 
 fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
@@ -579,7 +752,8 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
-fn index_archive(path: &Path) -> Result<(ArchiveInfo, Walk)> {
+/// Walks one archive (its mapping is dropped after: a process may hold only so many mappings).
+fn index_archive(path: &Path, placed: Placed, hash_bits: u32) -> Result<(ArchiveInfo, Walk)> {
     let file = File::open(path).map_err(|e| Error::io(path, "open the archive", e))?;
     let meta = file
         .metadata()
@@ -601,77 +775,57 @@ fn index_archive(path: &Path) -> Result<(ArchiveInfo, Walk)> {
         return Err(corrupt(path, 0, "neither a tar nor a zip archive"));
     };
     let walk = if kind == KIND_ZIP {
-        walk_zip(data, path)?
+        walk_zip(data, path, &placed, hash_bits)?
     } else {
-        walk_tar(data, path)?
+        walk_tar(data, path, &placed, hash_bits)?
     };
-    Ok((
-        ArchiveInfo {
-            kind,
-            path: path.to_path_buf(),
-            size: meta.len(),
-            mtime_ns: mtime_ns(&meta),
-        },
-        walk,
-    ))
+    if let Some(m) = map.as_ref().filter(|m| m.is_stale()) {
+        return Err(stale_error(m.path(), "the archive"));
+    }
+    let info = ArchiveInfo {
+        kind,
+        path: path.to_path_buf(),
+        size: meta.len(),
+        mtime_ns: mtime_ns(&meta),
+        placed,
+    };
+    Ok((info, walk))
 }
 
-fn path_hash(p: &[u8]) -> u64 {
-    xxh3_64_with_seed(p, HASH_SEED)
+/// An archive mapped again after its walk (to re-read a name), checked to be the file that was walked.
+fn remap(info: &ArchiveInfo) -> Result<Option<Map>> {
+    let path = &info.path;
+    let file = File::open(path).map_err(|e| Error::io(path, "open the archive", e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io(path, "stat the archive", e))?;
+    if meta.len() != info.size || mtime_ns(&meta) != info.mtime_ns {
+        return Err(Error::new(
+            ErrorKind::StaleIndex,
+            "the archive changed while the image store was built",
+        )
+        .with_path(path));
+    }
+    map_file(&file, path)
+}
+
+/// The hash a path is stored under: the top `bits` bits of its seeded xxh3-64.
+fn path_hash(p: &[u8], bits: u32) -> u64 {
+    let h = xxh3_64_with_seed(p, HASH_SEED);
+    if bits >= 64 {
+        h
+    } else {
+        h >> (64 - bits)
+    }
 }
 
 fn align_up(x: u64) -> u64 {
     x.div_ceil(ALIGN) * ALIGN
 }
 
-/// Where an archive's members appear in the store: member `m` is found under `prefix` followed by `m`
-/// without its first `strip` components (prepare's nesting decision), so record paths look up as is.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Placement {
-    pub strip: usize,
-    /// A relative folder (`"COCO"` or `"COCO/"`), or empty.
-    pub prefix: String,
-}
-
-impl Placement {
-    fn apply(&self, walk: &mut Walk, archive: &Path) -> Result<()> {
-        let prefix = if self.prefix.is_empty() {
-            Vec::new()
-        } else {
-            let mut p = normalize(self.prefix.as_bytes()).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!(
-                        "placement prefix {:?} must be a relative path without '..'",
-                        self.prefix
-                    ),
-                )
-                .with_path(archive)
-            })?;
-            p.push(b'/');
-            p
-        };
-        if self.strip == 0 && prefix.is_empty() {
-            return Ok(());
-        }
-        let strip = self.strip;
-        let mut kept = Vec::with_capacity(walk.members.len());
-        for mut m in std::mem::take(&mut walk.members) {
-            let tail = m.path.splitn(strip + 1, |&b| b == b'/').nth(strip);
-            match tail {
-                Some(t) => {
-                    m.path = [prefix.as_slice(), t].concat();
-                    kept.push(m);
-                }
-                None => walk.refused.push((
-                    lossy(&m.path),
-                    format!("has fewer than {} folders to strip", strip),
-                )),
-            }
-        }
-        walk.members = kept;
-        Ok(())
-    }
+/// Bits of the locator that number the archive (at least 1, so that the offset's shift stays below 64).
+fn archive_bits(count: usize) -> u32 {
+    (usize::BITS - count.saturating_sub(1).leading_zeros()).max(1)
 }
 
 /// Builds the store of `archives` (in priority order: the first holding a path wins) into `dest`,
@@ -687,150 +841,208 @@ pub fn build(archives: &[PathBuf], dest: &Path) -> Result<BuildReport> {
 
 /// `build` with each archive's members placed (see `Placement`).
 pub fn build_placed(archives: &[(PathBuf, Placement)], dest: &Path) -> Result<BuildReport> {
-    if archives.len() > u32::MAX as usize {
-        return Err(Error::new(ErrorKind::Io, "too many archives"));
+    build_hashed(archives, dest, 64)
+}
+
+/// `build_placed` with paths hashed to `hash_bits` bits (fewer than 64 only to test collisions).
+fn build_hashed(
+    archives: &[(PathBuf, Placement)],
+    dest: &Path,
+    hash_bits: u32,
+) -> Result<BuildReport> {
+    if archives.len() > 1 << 32 {
+        return Err(Error::new(
+            ErrorKind::Io,
+            "too many archives (at most 2^32)",
+        ));
     }
-    let walked: Vec<(ArchiveInfo, Walk)> = archives
+    let a_bits = archive_bits(archives.len());
+    let offset_bits = 64 - a_bits;
+    let mut walked: Vec<(ArchiveInfo, Walk)> = archives
         .par_iter()
         .map(|(a, placement)| {
-            let (info, mut walk) = index_archive(a)?;
-            placement.apply(&mut walk, a)?;
-            Ok((info, walk))
+            let placed = placement.check(a)?;
+            let walked = index_archive(a, placed, hash_bits)?;
+            if walked.0.size >> offset_bits != 0 {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "archive of {} bytes is too large for a store of {} archives",
+                        walked.0.size,
+                        archives.len()
+                    ),
+                )
+                .with_path(a));
+            }
+            Ok(walked)
         })
         .collect::<Result<_>>()?;
 
     let mut report = BuildReport::default();
-    // (hash, archive, member) for every member; a stable sort keeps archive/member order within a hash.
-    let mut all: Vec<(u64, u32, &Member)> = Vec::new();
-    for (k, (info, walk)) in walked.iter().enumerate() {
-        for (name, reason) in &walk.refused {
+    let total: usize = walked.iter().map(|w| w.1.members.len()).sum();
+    // (hash, locator) for every member. The first archive's list is taken over as is (its number is 0,
+    // so its locators are its record offsets): a store of one large archive holds one list, not two.
+    let mut all: Vec<(u64, u64)> = walked
+        .first_mut()
+        .map(|w| std::mem::take(&mut w.1.members))
+        .unwrap_or_default();
+    all.reserve_exact(total - all.len());
+    for (k, (info, walk)) in walked.iter_mut().enumerate() {
+        for (name, reason) in walk.refused.drain(..) {
             report.refused.push(Refused {
                 archive: info.path.clone(),
-                member: name.clone(),
-                reason: reason.clone(),
+                member: name,
+                reason,
             });
         }
-        all.extend(
-            walk.members
-                .iter()
-                .map(|m| (path_hash(&m.path), k as u32, m)),
-        );
+        let high = (k as u64) << offset_bits;
+        all.extend(walk.members.iter().map(|&(h, record)| (h, high | record)));
+        walk.members = Vec::new();
     }
-    all.par_sort_by_key(|&(h, _, _)| h);
-    // Drop later occurrences of a path: equal paths have equal hashes, so they sit in one run.
-    let mut kept: Vec<(u64, u32, &Member)> = Vec::with_capacity(all.len());
+    // Within one hash: archive order, then member order (the locator's bits are in that order).
+    all.par_sort_unstable();
+    // Keep each path's first occurrence. Equal paths have equal hashes, so only runs of one hash need
+    // their names, re-read from the archives (mapped again only if one of their members is needed).
+    let maps: Vec<OnceLock<Result<Option<Map>>>> = walked.iter().map(|_| OnceLock::new()).collect();
+    let name_of = |loc: u64| -> Result<Vec<u8>> {
+        let (k, record) = ((loc >> offset_bits) as usize, loc & (u64::MAX >> a_bits));
+        let info = &walked[k].0;
+        let map = maps[k]
+            .get_or_init(|| remap(info))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let data = map.as_deref().unwrap_or(&[]);
+        member_at(info.kind, data, record, k as u32, &info.placed, &info.path)?
+            .map(|m| m.name)
+            .ok_or_else(|| corrupt(&info.path, record, "member record changed while indexing"))
+    };
+    let mut kept = 0;
     let mut i = 0;
     while i < all.len() {
-        let mut j = i;
+        let mut j = i + 1;
         while j < all.len() && all[j].0 == all[i].0 {
             j += 1;
         }
-        let run_start = kept.len();
-        for &(h, a, m) in &all[i..j] {
-            if let Some(first) = kept[run_start..].iter().find(|k| k.2.path == m.path) {
-                report.duplicates.push(Duplicate {
-                    member: lossy(&m.path),
-                    kept: walked[first.1 as usize].0.path.clone(),
-                    ignored: walked[a as usize].0.path.clone(),
-                });
-            } else {
-                kept.push((h, a, m));
+        if j - i == 1 {
+            all[kept] = all[i];
+            kept += 1;
+        } else {
+            let mut names: Vec<(Vec<u8>, u64)> = Vec::new();
+            for r in i..j {
+                let name = name_of(all[r].1)?;
+                if let Some((_, first)) = names.iter().find(|(n, _)| *n == name) {
+                    report.duplicates.push(Duplicate {
+                        member: lossy(&name),
+                        kept: walked[(first >> offset_bits) as usize].0.path.clone(),
+                        ignored: walked[(all[r].1 >> offset_bits) as usize].0.path.clone(),
+                    });
+                } else {
+                    names.push((name, all[r].1));
+                    all[kept] = all[r];
+                    kept += 1;
+                }
             }
         }
         i = j;
     }
-    report.members = kept.len() as u64;
-    write_store(dest, &walked, &kept)?;
+    all.truncate(kept);
+    report.members = kept as u64;
+    drop(maps);
+    let infos: Vec<&ArchiveInfo> = walked.iter().map(|w| &w.0).collect();
+    write_store(dest, &infos, &all, a_bits, hash_bits)?;
     Ok(report)
 }
 
-fn write_store(
-    dest: &Path,
-    walked: &[(ArchiveInfo, Walk)],
-    kept: &[(u64, u32, &Member)],
-) -> Result<()> {
-    let n = kept.len() as u64;
+fn archive_table(infos: &[&ArchiveInfo]) -> Vec<u8> {
     let mut table = Vec::new();
-    for (info, _) in walked {
+    for info in infos {
         let p = info.path.as_os_str().as_encoded_bytes();
         table.push(info.kind);
         table.extend_from_slice(&(p.len() as u32).to_le_bytes());
         table.extend_from_slice(p);
         table.extend_from_slice(&info.size.to_le_bytes());
         table.extend_from_slice(&info.mtime_ns.to_le_bytes());
+        table.extend_from_slice(&info.placed.strip.to_le_bytes());
+        table.extend_from_slice(&(info.placed.prefix.len() as u32).to_le_bytes());
+        table.extend_from_slice(&info.placed.prefix);
     }
-    let names_len: u64 = kept.iter().map(|k| k.2.path.len() as u64).sum();
+    table
+}
+
+/// Writes the store, streaming the columns straight from `members` (no second copy in memory).
+fn write_store(
+    dest: &Path,
+    infos: &[&ArchiveInfo],
+    members: &[(u64, u64)],
+    a_bits: u32,
+    hash_bits: u32,
+) -> Result<()> {
+    let n = members.len() as u64;
+    let table = archive_table(infos);
     let table_off = align_up(HEADER_LEN as u64);
-    let names_off = align_up(table_off + table.len() as u64);
-    let mut off = align_up(names_off + names_len);
-    let mut cols = [0u64; 8];
-    for (c, width) in cols.iter_mut().zip([8u64, 8, 8, 8, 8, 4, 4, 1]) {
-        *c = off;
-        off = align_up(off + n * width);
-    }
-    let file_len = off;
-
-    let mut body: Vec<u8> = Vec::with_capacity((file_len - HEADER_LEN as u64) as usize);
-    let pad_to = |body: &mut Vec<u8>, at: u64| body.resize((at - HEADER_LEN as u64) as usize, 0);
-    pad_to(&mut body, table_off);
-    body.extend_from_slice(&table);
-    pad_to(&mut body, names_off);
-    for k in kept {
-        body.extend_from_slice(&k.2.path);
-    }
-    type Field = fn(&(u64, u32, &Member), u64) -> Vec<u8>;
-    let fields: [Field; 8] = [
-        |k, _| k.0.to_le_bytes().to_vec(),
-        |_, e| e.to_le_bytes().to_vec(),
-        |k, _| k.2.data_offset.to_le_bytes().to_vec(),
-        |k, _| k.2.stored_size.to_le_bytes().to_vec(),
-        |k, _| k.2.size.to_le_bytes().to_vec(),
-        |k, _| k.2.crc.to_le_bytes().to_vec(),
-        |k, _| k.1.to_le_bytes().to_vec(),
-        |k, _| vec![k.2.method],
-    ];
-    for (c, f) in cols.iter().zip(fields) {
-        pad_to(&mut body, *c);
-        let mut end = 0u64;
-        for k in kept {
-            end += k.2.path.len() as u64;
-            body.extend_from_slice(&f(k, end));
-        }
-    }
-    pad_to(&mut body, file_len);
-
-    let mut h = Vec::with_capacity(HEADER_LEN);
-    h.extend_from_slice(MAGIC);
-    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    h.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
-    for v in [
-        n,
-        walked.len() as u64,
-        table_off,
-        table.len() as u64,
-        names_off,
-        names_len,
-    ] {
-        h.extend_from_slice(&v.to_le_bytes());
-    }
-    for c in cols {
-        h.extend_from_slice(&c.to_le_bytes());
-    }
-    h.extend_from_slice(&file_len.to_le_bytes());
-    h.extend_from_slice(&xxh3_64(&body).to_le_bytes());
-    h.extend_from_slice(&0u64.to_le_bytes());
-    let sum = xxh3_64(&h);
-    h.extend_from_slice(&sum.to_le_bytes());
-    debug_assert_eq!(h.len(), HEADER_LEN);
+    let hash_off = align_up(table_off + table.len() as u64);
+    let loc_off = align_up(hash_off + 8 * n);
+    let file_len = align_up(loc_off + 8 * n);
 
     let tmp = temp_path(dest);
     let result = (|| -> Result<()> {
         let werr = |e| Error::io(&tmp, "write the image store", e);
         let file = File::create(&tmp).map_err(werr)?;
         let mut out = BufWriter::with_capacity(1 << 20, file);
-        out.write_all(&h).map_err(werr)?;
-        out.write_all(&body).map_err(werr)?;
-        let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+        let mut sum = Xxh3::with_seed(0);
+        let mut at = HEADER_LEN as u64;
+        out.write_all(&[0u8; HEADER_LEN]).map_err(werr)?;
+        let mut put = |out: &mut BufWriter<File>, bytes: &[u8], at: &mut u64| {
+            sum.update(bytes);
+            *at += bytes.len() as u64;
+            out.write_all(bytes)
+        };
+        let zeros = [0u8; ALIGN as usize];
+        let pad = |to: u64, at: u64| &zeros[..(to - at) as usize];
+        put(&mut out, pad(table_off, at), &mut at).map_err(werr)?;
+        put(&mut out, &table, &mut at).map_err(werr)?;
+        put(&mut out, pad(hash_off, at), &mut at).map_err(werr)?;
+        let mut chunk = Vec::with_capacity(8 << 12);
+        for column in [0, 1] {
+            if column == 1 {
+                put(&mut out, pad(loc_off, at), &mut at).map_err(werr)?;
+            }
+            for part in members.chunks(1 << 12) {
+                chunk.clear();
+                for &(h, l) in part {
+                    chunk.extend_from_slice(&if column == 0 { h } else { l }.to_le_bytes());
+                }
+                put(&mut out, &chunk, &mut at).map_err(werr)?;
+            }
+        }
+        put(&mut out, pad(file_len, at), &mut at).map_err(werr)?;
+        debug_assert_eq!(at, file_len);
+
+        let mut h = Vec::with_capacity(HEADER_LEN);
+        h.extend_from_slice(MAGIC);
+        h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        h.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        for v in [
+            n,
+            infos.len() as u64,
+            table_off,
+            table.len() as u64,
+            hash_off,
+            loc_off,
+        ] {
+            h.extend_from_slice(&v.to_le_bytes());
+        }
+        h.extend_from_slice(&a_bits.to_le_bytes());
+        h.extend_from_slice(&hash_bits.to_le_bytes());
+        h.extend_from_slice(&file_len.to_le_bytes());
+        h.extend_from_slice(&sum.digest().to_le_bytes());
+        h.resize(HEADER_LEN - 8, 0);
+        let check = xxh3_64(&h);
+        h.extend_from_slice(&check.to_le_bytes());
+
+        let mut file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+        file.rewind().map_err(werr)?;
+        file.write_all(&h).map_err(werr)?;
         file.sync_all().map_err(werr)?;
         std::fs::rename(&tmp, dest)
             .map_err(|e| Error::io(dest, "move the finished image store into place", e))
@@ -840,7 +1052,6 @@ fn write_store(
     }
     result
 }
-
 // ---------------------------------------------------------------------------------------------------
 // Compressed and split tars: converted once into a plain tar shard.
 //
@@ -897,7 +1108,7 @@ pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
         // The result must be a whole tar (the end-of-archive blocks come before the gzip trailer, so
         // a tar cut short inside a valid gzip stream is caught only here).
         let map = map_file(&file, &tmp)?;
-        walk_tar(map.as_deref().unwrap_or(&[]), first)?;
+        walk_tar(map.as_deref().unwrap_or(&[]), first, &Placed::default(), 64)?;
         std::fs::rename(&tmp, dest)
             .map_err(|e| Error::io(dest, "move the converted tar into place", e))?;
         Ok(n)
@@ -925,18 +1136,8 @@ struct Archive {
     path: PathBuf,
     size: u64,
     mtime_ns: i64,
+    placed: Placed,
     map: OnceLock<std::result::Result<Option<Map>, Error>>,
-}
-
-/// Where a member lies, as the store records it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Location {
-    pub archive: u32,
-    pub data_offset: u64,
-    pub stored_size: u64,
-    pub size: u64,
-    pub method: u8,
-    pub crc: u32,
 }
 
 /// An open image store.
@@ -944,8 +1145,10 @@ pub struct ImageStore {
     path: PathBuf,
     map: Map,
     n: usize,
-    names: (usize, usize),
-    cols: [usize; 8],
+    hash_col: usize,
+    loc_col: usize,
+    archive_bits: u32,
+    hash_bits: u32,
     archives: Vec<Archive>,
 }
 
@@ -953,6 +1156,48 @@ impl std::fmt::Debug for ImageStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ImageStore({}, {} members)", self.path.display(), self.n)
     }
+}
+
+/// The archive table: every field bounds-checked, and it must fill its section exactly.
+fn parse_archive_table(
+    mut t: &[u8],
+    count: u64,
+    bad: &dyn Fn(&str) -> Error,
+) -> Result<Vec<Archive>> {
+    let mut archives = Vec::new();
+    for _ in 0..count {
+        let tbad = || bad("archive table is truncated");
+        let kind = *t.first().ok_or_else(tbad)?;
+        if kind != KIND_TAR && kind != KIND_ZIP {
+            return Err(bad(&format!(
+                "archive table holds unknown archive kind {kind}"
+            )));
+        }
+        let plen = u64::from(u32_at(t, 1).ok_or_else(tbad)?);
+        let p = bytes_at(t, 5, plen).ok_or_else(tbad)?;
+        let size = u64_at(t, 5 + plen).ok_or_else(tbad)?;
+        let mtime = u64_at(t, 13 + plen).ok_or_else(tbad)? as i64;
+        let strip = u32_at(t, 21 + plen).ok_or_else(tbad)?;
+        let xlen = u64::from(u32_at(t, 25 + plen).ok_or_else(tbad)?);
+        let prefix = bytes_at(t, 29 + plen, xlen).ok_or_else(tbad)?.to_vec();
+        #[cfg(unix)]
+        let p = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
+        #[cfg(not(unix))]
+        let p = PathBuf::from(String::from_utf8_lossy(p).into_owned());
+        archives.push(Archive {
+            kind,
+            path: p,
+            size,
+            mtime_ns: mtime,
+            placed: Placed { strip, prefix },
+            map: OnceLock::new(),
+        });
+        t = &t[(29 + plen + xlen) as usize..];
+    }
+    if !t.is_empty() {
+        return Err(bad("archive table has bytes after its last archive"));
+    }
+    Ok(archives)
 }
 
 impl ImageStore {
@@ -969,75 +1214,77 @@ impl ImageStore {
         };
         let map = map_file(&file, path)?.ok_or_else(|| bad("file is empty"))?;
         let b: &[u8] = &map;
-        if b.len() < HEADER_LEN {
-            return Err(bad("file is shorter than its header"));
-        }
-        if &b[..8] != MAGIC {
+        // The magic and version come first, so that a store of another version says so even when
+        // the rest of its header is laid out differently.
+        if b.len() < 12 || &b[..8] != MAGIC {
             return Err(bad("not a fusion-fast image store (bad magic)"));
         }
         let r32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
-        let r64 = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
-        if r32(8) != FORMAT_VERSION {
-            return Err(bad(&format!(
-                "format version {}, this fusion-fast reads version {FORMAT_VERSION}",
-                r32(8)
-            )));
+        let version = r32(8);
+        if version != FORMAT_VERSION {
+            return Err(Error::new(
+                ErrorKind::CorruptIndex,
+                format!(
+                    "image store has format version {version}, this fusion-fast reads version \
+                     {FORMAT_VERSION}: rebuild it (ImageStore.build, or prepare again)"
+                ),
+            )
+            .with_path(path));
         }
+        if b.len() < HEADER_LEN {
+            return Err(bad("file is shorter than its header"));
+        }
+        let r64 = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         if r32(12) as usize != HEADER_LEN || xxh3_64(&b[..HEADER_LEN - 8]) != r64(HEADER_LEN - 8) {
             return Err(bad("header checksum mismatch"));
         }
-        let file_len = r64(128);
+        let file_len = r64(72);
         if file_len != b.len() as u64 {
             return Err(bad(&format!(
                 "file has {} bytes, its header says {file_len} (truncated?)",
                 b.len()
             )));
         }
-        if b.len() as u64 <= AUTO_VERIFY_BYTES && xxh3_64(&b[HEADER_LEN..]) != r64(136) {
+        if b.len() as u64 <= AUTO_VERIFY_BYTES && xxh3_64(&b[HEADER_LEN..]) != r64(80) {
             return Err(bad("checksum mismatch"));
         }
         let n = r64(16);
-        let within = |off: u64, len: u64| off.checked_add(len).is_some_and(|e| e <= file_len);
-        let (table_off, table_len, names_off, names_len) = (r64(32), r64(40), r64(48), r64(56));
-        if !within(table_off, table_len) || !within(names_off, names_len) {
-            return Err(bad("a section lies outside the file"));
-        }
-        let mut cols = [0usize; 8];
-        for (k, width) in [8u64, 8, 8, 8, 8, 4, 4, 1].into_iter().enumerate() {
-            let off = r64(64 + 8 * k);
-            if off % ALIGN != 0 || !n.checked_mul(width).is_some_and(|l| within(off, l)) {
-                return Err(bad("a column lies outside the file or is misaligned"));
-            }
-            cols[k] = off as usize;
-        }
         let archive_count = r64(24);
-        let mut archives = Vec::new();
-        let mut t = &b[table_off as usize..(table_off + table_len) as usize];
-        for _ in 0..archive_count {
-            let tbad = || bad("archive table is truncated");
-            let kind = *t.first().ok_or_else(tbad)?;
-            let plen = u32_at(t, 1).ok_or_else(tbad)? as u64;
-            let p = bytes_at(t, 5, plen).ok_or_else(tbad)?;
-            let size = u64_at(t, 5 + plen).ok_or_else(tbad)?;
-            let mtime = u64_at(t, 13 + plen).ok_or_else(tbad)? as i64;
-            #[cfg(unix)]
-            let p = PathBuf::from(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(p));
-            #[cfg(not(unix))]
-            let p = PathBuf::from(String::from_utf8_lossy(p).into_owned());
-            archives.push(Archive {
-                kind,
-                path: p,
-                size,
-                mtime_ns: mtime,
-                map: OnceLock::new(),
-            });
-            t = &t[(21 + plen) as usize..];
+        let (table_off, table_len) = (r64(32), r64(40));
+        let (hash_off, loc_off) = (r64(48), r64(56));
+        let (archive_bits, hash_bits) = (r32(64), r32(68));
+        if !(1..=32).contains(&archive_bits) || archive_count > 1u64 << archive_bits {
+            return Err(bad(&format!(
+                "{archive_count} archives numbered with {archive_bits} bits"
+            )));
         }
+        if !(1..=64).contains(&hash_bits) {
+            return Err(bad(&format!("hash of {hash_bits} bits")));
+        }
+        // Sections: inside the file, after the header, in order, not overlapping.
+        let end = |off: u64, len: Option<u64>| len.and_then(|l| off.checked_add(l));
+        let table_end = end(table_off, Some(table_len));
+        let hash_end = end(hash_off, n.checked_mul(8));
+        let loc_end = end(loc_off, n.checked_mul(8));
+        let ordered = table_off >= HEADER_LEN as u64
+            && table_end.is_some_and(|e| e <= hash_off)
+            && hash_end.is_some_and(|e| e <= loc_off)
+            && loc_end.is_some_and(|e| e <= file_len);
+        if !ordered {
+            return Err(bad("a section lies outside the file or overlaps another"));
+        }
+        if hash_off % ALIGN != 0 || loc_off % ALIGN != 0 {
+            return Err(bad("a column is misaligned"));
+        }
+        let table = &b[table_off as usize..(table_off + table_len) as usize];
+        let archives = parse_archive_table(table, archive_count, &bad)?;
         Ok(ImageStore {
             path: path.to_path_buf(),
             n: n as usize,
-            names: (names_off as usize, names_len as usize),
-            cols,
+            hash_col: hash_off as usize,
+            loc_col: loc_off as usize,
+            archive_bits,
+            hash_bits,
             archives,
             map,
         })
@@ -1060,26 +1307,35 @@ impl ImageStore {
         self.archives.iter().map(|a| a.path.as_path())
     }
 
-    /// Recomputes the checksum of the whole file.
+    /// Recomputes the checksum of the whole file and checks that the hash column is sorted.
     pub fn verify(&self) -> Result<()> {
         let b: &[u8] = &self.map;
-        if xxh3_64(&b[HEADER_LEN..]) != u64::from_le_bytes(b[136..144].try_into().unwrap()) {
-            return Err(Error::new(
-                ErrorKind::CorruptIndex,
-                "image store is corrupt: checksum mismatch",
-            )
-            .with_path(&self.path));
+        if xxh3_64(&b[HEADER_LEN..]) != u64::from_le_bytes(b[80..88].try_into().unwrap()) {
+            return Err(self.bad("checksum mismatch".into()));
+        }
+        if (1..self.n).any(|i| self.hash(i - 1) > self.hash(i)) {
+            return Err(self.bad("the hash column is not sorted".into()));
         }
         Ok(())
     }
 
-    fn col_u64(&self, c: usize, i: usize) -> u64 {
-        let o = self.cols[c] + 8 * i;
+    fn col(&self, col: usize, i: usize) -> u64 {
+        let o = col + 8 * i;
         u64::from_le_bytes(self.map[o..o + 8].try_into().unwrap())
     }
-    fn col_u32(&self, c: usize, i: usize) -> u32 {
-        let o = self.cols[c] + 4 * i;
-        u32::from_le_bytes(self.map[o..o + 4].try_into().unwrap())
+
+    fn hash(&self, i: usize) -> u64 {
+        self.col(self.hash_col, i)
+    }
+
+    /// (archive number, record offset) of member `i`.
+    fn locator(&self, i: usize) -> (usize, u64) {
+        let l = self.col(self.loc_col, i);
+        let offset_bits = 64 - self.archive_bits;
+        (
+            (l >> offset_bits) as usize,
+            l & (u64::MAX >> self.archive_bits),
+        )
     }
 
     fn bad(&self, what: String) -> Error {
@@ -1090,51 +1346,153 @@ impl ImageStore {
         .with_path(&self.path)
     }
 
-    /// The path of member `i` (in hash order), `i < len()`.
-    pub fn name(&self, i: usize) -> Result<&[u8]> {
-        let start = if i == 0 { 0 } else { self.col_u64(1, i - 1) };
-        let end = self.col_u64(1, i);
-        if start > end || end > self.names.1 as u64 {
-            return Err(self.bad(format!("member {i} has a bad name span")));
-        }
-        Ok(&self.map[self.names.0 + start as usize..self.names.0 + end as usize])
+    /// Member `i` re-read from its archive: its path and location. A record that no longer parses to
+    /// a member of the recorded hash means the archive changed since the build: a stale-index error.
+    fn resolve(&self, i: usize) -> Result<Indexed> {
+        let m = self.resolve_unhashed(i)?;
+        self.check_hash(i, m)
     }
 
-    /// The position of `path` (normalised as at build time), if the store holds it.
-    pub fn find(&self, path: &[u8]) -> Result<Option<usize>> {
+    /// `resolve` without the check of the name's hash (for a caller that compares the name first).
+    fn resolve_unhashed(&self, i: usize) -> Result<Indexed> {
+        let (k, record) = self.locator(i);
+        let a = self.archives.get(k).ok_or_else(|| {
+            self.bad(format!(
+                "member {i} names archive {k}, which does not exist"
+            ))
+        })?;
+        let data = self.archive_bytes(k)?;
+        let found = member_at(a.kind, data, record, k as u32, &a.placed, &a.path);
+        self.check_archive_mapped(k)?;
+        match found {
+            Ok(Some(m)) => Ok(m),
+            Ok(None) => Err(self.stale(i, "no readable member there".into())),
+            Err(e) => Err(self.stale(i, e.message)),
+        }
+    }
+
+    fn check_hash(&self, i: usize, m: Indexed) -> Result<Indexed> {
+        if path_hash(&m.name, self.hash_bits) == self.hash(i) {
+            Ok(m)
+        } else {
+            Err(self.stale(i, format!("found member {}", lossy(&m.name))))
+        }
+    }
+
+    fn stale(&self, i: usize, what: String) -> Error {
+        let (k, record) = self.locator(i);
+        let archive = self
+            .archives
+            .get(k)
+            .map_or(Path::new(""), |a| a.path.as_path());
+        Error::new(
+            ErrorKind::StaleIndex,
+            format!(
+                "the archive no longer matches the image store {} at byte {record} ({what}): it \
+                 changed after the store was built; rebuild the store",
+                self.path.display()
+            ),
+        )
+        .with_path(archive)
+    }
+
+    /// The path of member `i` (in hash order), `i < len()`, as read from its archive.
+    pub fn name(&self, i: usize) -> Result<Vec<u8>> {
+        Ok(self.resolve(i)?.name)
+    }
+
+    /// Every position, ordered by archive and then by place in the archive: reading members' names in
+    /// this order walks each archive front to back instead of jumping about it in hash order.
+    pub fn archive_order(&self) -> Vec<usize> {
+        let mut order: Vec<(u64, usize)> = (0..self.n)
+            .map(|i| (self.col(self.loc_col, i), i))
+            .collect();
+        order.par_sort_unstable();
+        order.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Where member `i` lies, as read from its archive.
+    pub fn location(&self, i: usize) -> Result<Location> {
+        Ok(self.resolve(i)?.loc)
+    }
+
+    /// The position and location of `path` (normalised as at build time), if the store holds it.
+    pub fn lookup(&self, path: &[u8]) -> Result<Option<(usize, Location)>> {
         let Some(path) = normalize(path) else {
             return Ok(None);
         };
-        let h = path_hash(&path);
-        let (mut lo, mut hi) = (0usize, self.n);
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            if self.col_u64(0, mid) < h {
-                lo = mid + 1;
-            } else {
-                hi = mid;
+        let h = path_hash(&path, self.hash_bits);
+        let mut i = self.first_at_least(h);
+        while i < self.n && self.hash(i) == h {
+            let m = self.resolve_unhashed(i)?;
+            if m.name == path {
+                return Ok(Some((i, m.loc)));
             }
-        }
-        let mut i = lo;
-        while i < self.n && self.col_u64(0, i) == h {
-            if self.name(i)? == path.as_slice() {
-                return Ok(Some(i));
-            }
+            self.check_hash(i, m)?;
             i += 1;
         }
         Ok(None)
     }
 
-    /// Where member `i` lies.
-    pub fn location(&self, i: usize) -> Location {
-        Location {
-            data_offset: self.col_u64(2, i),
-            stored_size: self.col_u64(3, i),
-            size: self.col_u64(4, i),
-            crc: self.col_u32(5, i),
-            archive: self.col_u32(6, i),
-            method: self.map[self.cols[7] + i],
+    /// The first position whose hash is at least `h`. Hashes are uniform, so a few interpolation
+    /// steps narrow the range to a handful of entries (about log log n probes, each a likely cache
+    /// miss, against log n for bisection); bisection finishes the search, and takes over at once when
+    /// the hashes are not spread as expected, so a crafted column costs O(log n) at worst.
+    fn first_at_least(&self, h: u64) -> usize {
+        let (mut lo, mut hi) = (0usize, self.n);
+        // Invariant: every position below `lo` has a hash below `h`, every one from `hi` on, at least `h`.
+        for _ in 0..4 {
+            if hi - lo <= 32 {
+                break;
+            }
+            let (a, b) = (self.hash(lo), self.hash(hi - 1));
+            if h <= a {
+                return lo;
+            }
+            if h > b {
+                return hi;
+            }
+            // a < h <= b: h's estimated position between lo and hi - 1, kept 8 entries inside the range.
+            let span = (hi - 1 - lo) as u128;
+            let guess = lo + ((u128::from(h - a) * span) / u128::from(b - a)) as usize;
+            let probe = guess.clamp(lo + 8, hi - 9);
+            let before = hi - lo;
+            if self.hash(probe) < h {
+                lo = probe + 1;
+                // Usually within a few entries: step forward in growing strides to bracket it.
+                let mut step = 8;
+                while lo + step < hi && self.hash(lo + step) < h {
+                    lo += step + 1;
+                    step *= 2;
+                }
+                hi = hi.min(lo + step);
+            } else {
+                hi = probe;
+                let mut step = 8;
+                while hi > lo + step && self.hash(hi - step - 1) >= h {
+                    hi -= step + 1;
+                    step *= 2;
+                }
+                lo = lo.max(hi.saturating_sub(step + 1));
+            }
+            if (hi - lo) * 2 > before {
+                break;
+            }
         }
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.hash(mid) < h {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// The position of `path` (normalised as at build time), if the store holds it.
+    pub fn find(&self, path: &[u8]) -> Result<Option<usize>> {
+        Ok(self.lookup(path)?.map(|(i, _)| i))
     }
 
     fn archive_bytes(&self, k: usize) -> Result<&[u8]> {
@@ -1166,14 +1524,11 @@ impl ImageStore {
         }
     }
 
-    /// A stale-index error when a page of the store or of member `i`'s archive vanished since it was
-    /// mapped (the file shrank): what was read from it may hold zeros. Call it after reading.
-    pub fn check_mapped(&self, i: usize) -> Result<()> {
+    fn check_archive_mapped(&self, k: usize) -> Result<()> {
         if self.map.is_stale() {
             return Err(stale_error(&self.path, "the image store"));
         }
-        let a = self.location(i).archive as usize;
-        if let Some(Ok(Some(m))) = self.archives.get(a).and_then(|a| a.map.get()) {
+        if let Some(Ok(Some(m))) = self.archives.get(k).and_then(|a| a.map.get()) {
             if m.is_stale() {
                 return Err(stale_error(m.path(), "the archive"));
             }
@@ -1181,30 +1536,41 @@ impl ImageStore {
         Ok(())
     }
 
+    /// A stale-index error when a page of the store or of member `i`'s archive vanished since it was
+    /// mapped (the file shrank): what was read from it may hold zeros. Call it after reading.
+    pub fn check_mapped(&self, i: usize) -> Result<()> {
+        self.check_archive_mapped(self.locator(i).0)
+    }
+
     /// The bytes of member `i`: borrowed from the mapped archive when stored (call `check_mapped`
     /// after copying them), inflated otherwise. An archive cut short while it is read is a stale-index
     /// error, not the corrupt member its zeros would look like.
     pub fn read_at(&self, i: usize) -> Result<Cow<'_, [u8]>> {
-        let read = self.read_unchecked(i);
-        self.check_mapped(i)?;
+        let m = self.resolve(i)?;
+        self.read_located(&m.name, m.loc)
+    }
+
+    /// The bytes of the member at `loc` (from `lookup`), called `name`; as `read_at`.
+    pub fn read_located(&self, name: &[u8], loc: Location) -> Result<Cow<'_, [u8]>> {
+        let read = self.read_unchecked(name, loc);
+        self.check_archive_mapped(loc.archive as usize)?;
         read
     }
 
-    fn read_unchecked(&self, i: usize) -> Result<Cow<'_, [u8]>> {
-        let loc = self.location(i);
+    fn read_unchecked(&self, name: &[u8], loc: Location) -> Result<Cow<'_, [u8]>> {
         let data = self.archive_bytes(loc.archive as usize)?;
         let a = &self.archives[loc.archive as usize];
-        let name = || lossy(self.name(i).unwrap_or(b"?"));
+        let name = || lossy(name);
         let raw = bytes_at(data, loc.data_offset, loc.stored_size).ok_or_else(|| {
-            self.bad(format!(
-                "member {} lies outside its archive {}",
-                name(),
-                a.path.display()
-            ))
+            corrupt(
+                &a.path,
+                loc.data_offset,
+                format!("member {} lies outside the archive", name()),
+            )
         })?;
         let bytes: Cow<[u8]> = match loc.method {
             STORED => Cow::Borrowed(raw),
-            DEFLATED => {
+            _ => {
                 // Deflate expands at most about 1032:1: a larger declared size is not trusted up front.
                 let most = loc.stored_size.saturating_mul(1032).saturating_add(64);
                 let cap = usize::try_from(loc.size.min(most).min(256 << 20)).unwrap_or(0);
@@ -1234,7 +1600,6 @@ impl ImageStore {
                 }
                 Cow::Owned(out)
             }
-            m => return Err(self.bad(format!("member {} has unknown method {m}", name()))),
         };
         if a.kind == KIND_ZIP && crc32fast::hash(&bytes) != loc.crc {
             return Err(corrupt(
@@ -1248,8 +1613,11 @@ impl ImageStore {
 
     /// The bytes of the member at `path`; `Ok(None)` when no archive holds it.
     pub fn read(&self, path: &[u8]) -> Result<Option<Cow<'_, [u8]>>> {
-        match self.find(path)? {
-            Some(i) => self.read_at(i).map(Some),
+        match self.lookup(path)? {
+            Some((_, loc)) => {
+                let name = normalize(path).unwrap_or_default();
+                self.read_located(&name, loc).map(Some)
+            }
             None => Ok(None),
         }
     }

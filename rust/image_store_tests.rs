@@ -152,8 +152,8 @@ fn zip_stored_and_deflated_members_read_back_exactly() {
         assert_eq!(&read_all(&store, name), data, "{name}");
     }
     let i = store.find(b"d/deflated.txt").unwrap().unwrap();
-    assert_eq!(store.location(i).method, DEFLATED);
-    assert!(store.location(i).stored_size < text.len() as u64 / 10);
+    assert_eq!(store.location(i).unwrap().method, DEFLATED);
+    assert!(store.location(i).unwrap().stored_size < text.len() as u64 / 10);
 }
 
 #[test]
@@ -164,7 +164,7 @@ fn corrupted_deflated_data_is_a_crc_or_inflate_error() {
     let sp = dir.path().join("s");
     let z = write(dir.path(), "a.zip", &raw);
     build(std::slice::from_ref(&z), &sp).unwrap();
-    let loc = ImageStore::open(&sp).unwrap().location(0);
+    let loc = ImageStore::open(&sp).unwrap().location(0).unwrap();
     let at = loc.data_offset as usize + loc.stored_size as usize / 2;
     raw[at] ^= 0x55;
     // Same size; keep the mtime the store recorded so only the content differs.
@@ -396,9 +396,16 @@ fn many_archives_build_in_parallel_and_every_member_is_found() {
     for (name, data) in &expected {
         assert_eq!(&read_all(&store, name), data);
     }
-    let mut names: Vec<_> = (0..store.len())
-        .map(|i| store.name(i).unwrap().to_vec())
+    let mut names: Vec<_> = store
+        .archive_order()
+        .into_iter()
+        .map(|i| store.name(i).unwrap())
         .collect();
+    let in_order: Vec<_> = expected
+        .iter()
+        .map(|(n, _)| n.as_bytes().to_vec())
+        .collect();
+    assert_eq!(names, in_order, "archive order");
     names.sort();
     let mut want: Vec<_> = expected
         .iter()
@@ -577,5 +584,491 @@ fn zip64_end_of_central_directory_with_more_than_65535_members() {
     let store = ImageStore::open(&sp).unwrap();
     for i in [0u32, 65_535, 65_536, n - 1] {
         assert_eq!(read_all(&store, &format!("m/{i}")), i.to_le_bytes());
+    }
+}
+
+/// Rewrites `path` with `bytes` (same length), keeping the mtime the store recorded, so that only the
+/// content differs from what was indexed.
+fn rewrite_keeping_mtime(path: &Path, bytes: &[u8]) {
+    assert_eq!(std::fs::metadata(path).unwrap().len(), bytes.len() as u64);
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    std::fs::write(path, bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+/// Recomputes a tar header's checksum after an edit.
+fn fix_tar_checksum(h: &mut [u8]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h[..512].iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+}
+
+#[test]
+fn paths_sharing_a_hash_all_resolve_and_a_colliding_missing_path_is_absent() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar_entries: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| (format!("t/{i}.jpg"), payload(100 + i, 10 + i as usize)))
+        .chain([("dup.jpg".to_string(), b"from tar".to_vec())])
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = tar_entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "a.tar", &tar_bytes(&refs));
+    let zip_entries: Vec<(String, Vec<u8>, bool)> = (0..10)
+        .map(|i| {
+            (
+                format!("z/{i}.jpg"),
+                payload(200 + i, 20 + i as usize),
+                i % 2 == 0,
+            )
+        })
+        .chain([("dup.jpg".to_string(), b"from zip".to_vec(), false)])
+        .collect();
+    let zrefs: Vec<(&str, Vec<u8>, bool)> = zip_entries
+        .iter()
+        .map(|(n, d, c)| (n.as_str(), d.clone(), *c))
+        .collect();
+    let z = write(dir.path(), "b.zip", &zip_bytes(&zrefs));
+    let sp = dir.path().join("s");
+    let placed = |order: [&PathBuf; 2]| -> Vec<(PathBuf, Placement)> {
+        order
+            .iter()
+            .map(|p| ((*p).clone(), Placement::default()))
+            .collect()
+    };
+    for bits in [1, 2, 3] {
+        let report = build_hashed(&placed([&t, &z]), &sp, bits).unwrap();
+        assert_eq!(report.members, 41, "{bits} bits");
+        assert_eq!(
+            report.duplicates,
+            vec![Duplicate {
+                member: "dup.jpg".into(),
+                kept: t.clone(),
+                ignored: z.clone(),
+            }]
+        );
+        let store = ImageStore::open(&sp).unwrap();
+        // 41 members in at most 8 hashes: every hash is shared.
+        let hashes: std::collections::BTreeSet<u64> =
+            (0..store.len()).map(|i| store.hash(i)).collect();
+        assert!(hashes.len() <= 1 << bits, "{hashes:?}");
+        for (name, data) in &tar_entries {
+            assert_eq!(&read_all(&store, name), data, "{name} with {bits} bits");
+        }
+        for (name, data, _) in &zip_entries[..10] {
+            assert_eq!(&read_all(&store, name), data, "{name} with {bits} bits");
+        }
+        for missing in ["t/30.jpg", "z/x.jpg", "dup.png", "t"] {
+            assert!(
+                store.read(missing.as_bytes()).unwrap().is_none(),
+                "{missing}"
+            );
+            assert!(
+                store.find(missing.as_bytes()).unwrap().is_none(),
+                "{missing}"
+            );
+        }
+        let mut names: Vec<Vec<u8>> = (0..store.len()).map(|i| store.name(i).unwrap()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), 41);
+    }
+    build_hashed(&placed([&z, &t]), &sp, 2).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, "dup.jpg"), b"from zip");
+}
+
+#[test]
+fn swapped_member_names_with_the_same_size_and_mtime_are_stale_not_other_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (payload(40, 700), payload(41, 700));
+    let mut raw = tar_bytes(&[("a.jpg", a.clone()), ("b.jpg", b.clone())]);
+    let t = write(dir.path(), "x.tar", &raw);
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    // The two headers trade names: a.jpg now holds b's bytes and the other way round.
+    let second = 512 + 1024;
+    raw[0] = b'b';
+    raw[second] = b'a';
+    fix_tar_checksum(&mut raw[..512]);
+    fix_tar_checksum(&mut raw[second..second + 512]);
+    rewrite_keeping_mtime(&t, &raw);
+    let store = ImageStore::open(&sp).unwrap();
+    for name in ["a.jpg", "b.jpg"] {
+        let err = store.read(name.as_bytes()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::StaleIndex, "{name}: {err}");
+        assert!(err.message.contains("rebuild"), "{err}");
+        assert_eq!(err.path.as_deref(), Some(t.as_path()));
+    }
+}
+
+#[test]
+fn long_names_of_every_kind_are_checked_against_the_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let gnu_long = format!("gnu/{}/a.jpg", "g".repeat(150));
+    let ustar = format!("{}/{}.jpg", "u".repeat(120), "n".repeat(60));
+    let pax_long = format!("pax/{}/b.jpg", "p".repeat(300));
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(5);
+    b.append_data(&mut h, &gnu_long, &b"gnu!!"[..]).unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path(&ustar).unwrap();
+    h.set_size(5);
+    h.set_cksum();
+    b.append(&h, &b"ustar"[..]).unwrap();
+    b.append_pax_extensions([("path", pax_long.as_bytes())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("short.jpg").unwrap();
+    h.set_size(5);
+    h.set_cksum();
+    b.append(&h, &b"pax!!"[..]).unwrap();
+    let raw = b.into_inner().unwrap();
+    let t = write(dir.path(), "l.tar", &raw);
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_all(&store, &gnu_long), b"gnu!!");
+    assert_eq!(read_all(&store, &ustar), b"ustar");
+    assert_eq!(read_all(&store, &pax_long), b"pax!!");
+    // One byte of each name changed in place (the GNU and PAX names live in data blocks, which have
+    // no checksum; the ustar prefix is in the header, whose checksum is fixed up).
+    let find = |needle: &[u8]| raw.windows(needle.len()).position(|w| w == needle).unwrap();
+    let cases: Vec<(&str, usize, bool)> = vec![
+        (gnu_long.as_str(), find(b"gnu/ggg"), false),
+        (ustar.as_str(), find(b"uuuu"), true),
+        (pax_long.as_str(), find(b"pax/ppp"), false),
+    ];
+    for (name, at, in_header) in cases {
+        let mut changed = raw.clone();
+        changed[at] = b'X';
+        if in_header {
+            let start = at / 512 * 512;
+            fix_tar_checksum(&mut changed[start..start + 512]);
+        }
+        rewrite_keeping_mtime(&t, &changed);
+        let store = ImageStore::open(&sp).unwrap();
+        let err = store.read(name.as_bytes()).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::StaleIndex, "{name}: {err}");
+        rewrite_keeping_mtime(&t, &raw);
+    }
+    // A zip's central directory name, changed the same way.
+    let zraw = zip_bytes(&[("zz/name.jpg", b"zip".to_vec(), false)]);
+    let z = write(dir.path(), "n.zip", &zraw);
+    build(std::slice::from_ref(&z), &sp).unwrap();
+    let cd = zraw
+        .windows(4)
+        .position(|w| w == 0x0201_4b50u32.to_le_bytes())
+        .unwrap();
+    let mut changed = zraw.clone();
+    changed[cd + 46] = b'Y';
+    rewrite_keeping_mtime(&z, &changed);
+    let err = ImageStore::open(&sp)
+        .unwrap()
+        .read(b"zz/name.jpg")
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
+}
+
+#[test]
+fn members_past_4_gib_are_found_and_borrowed_without_reading_them() {
+    // A sparse tar: a 5 GiB member (never written: the file has a hole there) and a small one after it.
+    let dir = tempfile::tempdir().unwrap();
+    let big: u64 = 5 << 30;
+    let mut h = tar::Header::new_gnu();
+    h.set_path("big.bin").unwrap();
+    h.set_size(big);
+    h.set_cksum();
+    let mut small = tar::Header::new_gnu();
+    small.set_path("after.jpg").unwrap();
+    small.set_size(3);
+    small.set_cksum();
+    let p = dir.path().join("sparse.tar");
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = std::fs::File::create(&p).unwrap();
+        f.write_all(h.as_bytes()).unwrap();
+        f.seek(SeekFrom::Start(512 + big)).unwrap();
+        f.write_all(small.as_bytes()).unwrap();
+        f.write_all(b"abc").unwrap();
+        f.write_all(&[0; 509 + 1024]).unwrap();
+    }
+    let sp = dir.path().join("s");
+    assert_eq!(build(std::slice::from_ref(&p), &sp).unwrap().members, 2);
+    let store = ImageStore::open(&sp).unwrap();
+    let (_, loc) = store.lookup(b"big.bin").unwrap().unwrap();
+    assert_eq!(
+        (loc.data_offset, loc.size, loc.stored_size),
+        (512, big, big)
+    );
+    match store.read(b"big.bin").unwrap().unwrap() {
+        Cow::Borrowed(b) => assert_eq!(b.len() as u64, big),
+        Cow::Owned(_) => panic!("a tar member must be borrowed"),
+    }
+    let (_, loc) = store.lookup(b"after.jpg").unwrap().unwrap();
+    assert_eq!(loc.data_offset, 512 + big + 512);
+    assert_eq!(read_all(&store, "after.jpg"), b"abc");
+}
+
+/// Recomputes the body and header checksums of a store after an edit, as anyone can.
+fn reseal(b: &mut [u8]) {
+    let body = xxh3_64(&b[HEADER_LEN..]);
+    b[80..88].copy_from_slice(&body.to_le_bytes());
+    let head = xxh3_64(&b[..HEADER_LEN - 8]);
+    b[HEADER_LEN - 8..HEADER_LEN].copy_from_slice(&head.to_le_bytes());
+}
+
+fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put64(b: &mut [u8], at: usize, v: u64) {
+    b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+#[test]
+fn crafted_store_headers_and_tables_are_corrupt_index_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(
+        dir.path(),
+        "x.tar",
+        &tar_bytes(&[("a", b"1".to_vec()), ("b", b"2".to_vec())]),
+    );
+    let z = write(
+        dir.path(),
+        "y.zip",
+        &zip_bytes(&[("c", b"3".to_vec(), true)]),
+    );
+    let sp = dir.path().join("s");
+    build(&[t, z], &sp).unwrap();
+    let good = std::fs::read(&sp).unwrap();
+    let (table_off, table_len) = (get64(&good, 32) as usize, get64(&good, 40));
+    let (hash_off, loc_off) = (get64(&good, 48), get64(&good, 56));
+    type Edit = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(Edit, &str)> = vec![
+        (Box::new(|b| put32(b, 8, 1)), "format version 1"),
+        (Box::new(|b| put32(b, 12, 160)), "header checksum"),
+        (Box::new(|b| put64(b, 16, 1000)), "outside the file"),
+        (Box::new(|b| put64(b, 16, u64::MAX / 4)), "outside the file"),
+        (
+            Box::new(|b| put64(b, 24, 3)),
+            "3 archives numbered with 1 bits",
+        ),
+        (
+            Box::new(|b| put64(b, 24, 1)),
+            "bytes after its last archive",
+        ),
+        (Box::new(|b| put64(b, 32, 0)), "overlaps"),
+        (
+            Box::new(move |b| put64(b, 40, table_len + 4096)),
+            "overlaps",
+        ),
+        (Box::new(move |b| put64(b, 48, hash_off + 8)), "misaligned"),
+        (Box::new(move |b| put64(b, 48, loc_off)), "overlaps"),
+        (Box::new(move |b| put64(b, 56, hash_off)), "overlaps"),
+        (Box::new(|b| put64(b, 56, u64::MAX - 7)), "outside the file"),
+        (Box::new(|b| put32(b, 64, 0)), "numbered with 0 bits"),
+        (Box::new(|b| put32(b, 64, 33)), "numbered with 33 bits"),
+        (Box::new(|b| put32(b, 68, 0)), "hash of 0 bits"),
+        (Box::new(|b| put32(b, 68, 65)), "hash of 65 bits"),
+        (Box::new(|b| put64(b, 72, 1 << 40)), "truncated?"),
+        (
+            Box::new(move |b| b[table_off] = 9),
+            "unknown archive kind 9",
+        ),
+        (
+            Box::new(move |b| put32(b, table_off + 1, u32::MAX)),
+            "archive table is truncated",
+        ),
+    ];
+    let bad = dir.path().join("bad");
+    for (k, (edit, expected)) in cases.iter().enumerate() {
+        let mut bytes = good.clone();
+        edit(&mut bytes);
+        reseal(&mut bytes);
+        std::fs::write(&bad, &bytes).unwrap();
+        let err = ImageStore::open(&bad).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::CorruptIndex, "case {k}: {err}");
+        assert!(
+            err.message.contains(expected),
+            "case {k}: {expected:?} not in {err}"
+        );
+    }
+    let err = {
+        let mut bytes = good.clone();
+        put32(&mut bytes, 8, 1);
+        std::fs::write(&bad, &bytes).unwrap();
+        ImageStore::open(&bad).unwrap_err()
+    };
+    assert!(err.message.contains("rebuild"), "{err}");
+
+    // Columns whose values are wrong: errors on use, never a panic or another member's bytes.
+    let members = get64(&good, 16) as usize;
+    let mut bytes = good.clone();
+    put64(&mut bytes, loc_off as usize, 1 << 63 | 7); // archive 1 (the zip), not at an entry
+    put64(&mut bytes, loc_off as usize + 8, u64::MAX >> 1); // archive 0, offset past its end
+    reseal(&mut bytes);
+    std::fs::write(&bad, &bytes).unwrap();
+    let store = ImageStore::open(&bad).unwrap();
+    for i in 0..2 {
+        let err = store.read_at(i).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
+    }
+    for i in 2..members {
+        store.read_at(i).unwrap();
+    }
+    // Swapped hashes: the column is no longer sorted, which `verify` reports.
+    let mut bytes = good.clone();
+    let h = hash_off as usize;
+    let (first, second) = (get64(&bytes, h), get64(&bytes, h + 8));
+    put64(&mut bytes, h, second);
+    put64(&mut bytes, h + 8, first);
+    reseal(&mut bytes);
+    std::fs::write(&bad, &bytes).unwrap();
+    let store = ImageStore::open(&bad).unwrap();
+    assert!(store.verify().unwrap_err().message.contains("not sorted"));
+    for name in ["a", "b", "c"] {
+        // Whatever the search finds, it never returns another member's bytes.
+        match store.read(name.as_bytes()) {
+            Ok(Some(b)) => assert_eq!(b.as_ref(), &[b'1' + (name.as_bytes()[0] - b'a')]),
+            Ok(None) => {}
+            Err(e) => assert_eq!(e.kind, ErrorKind::StaleIndex, "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_locator_naming_a_missing_archive_is_a_corrupt_index_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&[("a", b"1".to_vec())]));
+    let sp = dir.path().join("s");
+    build(&[t], &sp).unwrap();
+    let mut bytes = std::fs::read(&sp).unwrap();
+    let loc_off = get64(&bytes, 56) as usize;
+    // One archive, numbered with one bit: archive 1 does not exist.
+    put64(&mut bytes, loc_off, 1 << 63);
+    reseal(&mut bytes);
+    std::fs::write(&sp, &bytes).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    let err = store.read(b"a").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CorruptIndex, "{err}");
+    assert!(err.message.contains("does not exist"), "{err}");
+    assert!(store.check_mapped(0).is_ok());
+}
+
+#[test]
+fn the_store_holds_sixteen_bytes_per_member() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..5000)
+        .map(|i| {
+            (
+                format!("a/rather/long/folder/name/{i:08}.jpg"),
+                vec![i as u8],
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(&[t], &sp).unwrap();
+    let len = std::fs::metadata(&sp).unwrap().len();
+    assert!(len <= 5000 * BYTES_PER_MEMBER + 512, "{len} bytes");
+}
+
+#[test]
+fn the_hash_search_finds_the_first_position_whatever_the_spread_of_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 3000;
+    let entries: Vec<(String, Vec<u8>)> = (0..n).map(|i| (format!("{i}"), Vec::new())).collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(&[t], &sp).unwrap();
+    let good = std::fs::read(&sp).unwrap();
+    let hash_off = get64(&good, 48) as usize;
+    let mut next = xorshift(7);
+    type Spread = Box<dyn Fn(u64, &mut dyn FnMut() -> u64) -> u64>;
+    let spreads: Vec<(&str, Spread)> = vec![
+        ("uniform", Box::new(|_, r| r())),
+        ("few values", Box::new(|_, r| r() % 5 * (u64::MAX / 5))),
+        (
+            "clustered",
+            Box::new(|i, r| if i % 3 == 0 { r() } else { r() % 1000 }),
+        ),
+        ("skewed", Box::new(|_, r| r() >> (r() % 64))),
+        ("all equal", Box::new(|_, _| 42)),
+        ("top values", Box::new(|_, r| u64::MAX - r() % 10)),
+    ];
+    let bad = dir.path().join("crafted");
+    for (what, spread) in &spreads {
+        let mut hashes: Vec<u64> = (0..n as u64).map(|i| spread(i, &mut next)).collect();
+        hashes.sort_unstable();
+        let mut bytes = good.clone();
+        for (i, h) in hashes.iter().enumerate() {
+            put64(&mut bytes, hash_off + 8 * i, *h);
+        }
+        reseal(&mut bytes);
+        std::fs::write(&bad, &bytes).unwrap();
+        let store = ImageStore::open(&bad).unwrap();
+        let mut probes: Vec<u64> = hashes.iter().step_by(7).copied().collect();
+        probes.extend(hashes.iter().step_by(11).map(|h| h.wrapping_add(1)));
+        probes.extend([0, 1, 41, 42, 43, u64::MAX, u64::MAX - 1]);
+        probes.extend((0..300).map(|_| next()));
+        for h in probes {
+            let want = hashes.partition_point(|&x| x < h);
+            assert_eq!(store.first_at_least(h), want, "{what}: hash {h}");
+        }
+    }
+}
+
+#[test]
+fn a_member_behind_too_many_extension_records_is_a_corrupt_archive() {
+    // Each read re-parses the records before a member, so their number is bounded.
+    let dir = tempfile::tempdir().unwrap();
+    let sp = dir.path().join("s");
+    for (records, ok) in [
+        (MAX_EXTENSION_RECORDS, true),
+        (MAX_EXTENSION_RECORDS + 1, false),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        for _ in 0..records {
+            let mut g = tar::Header::new_ustar();
+            g.set_entry_type(tar::EntryType::XGlobalHeader);
+            g.set_size(0);
+            g.set_cksum();
+            b.append(&g, &[][..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        b.append_data(&mut h, "m.jpg", &b"ok"[..]).unwrap();
+        let t = write(dir.path(), "g.tar", &b.into_inner().unwrap());
+        match build(std::slice::from_ref(&t), &sp) {
+            Ok(_) => {
+                assert!(ok, "{records} records");
+                assert_eq!(read_all(&ImageStore::open(&sp).unwrap(), "m.jpg"), b"ok");
+            }
+            Err(e) => {
+                assert!(!ok, "{records} records: {e}");
+                assert_eq!(e.kind, ErrorKind::CorruptArchive);
+                assert!(e.message.contains("extension records"), "{e}");
+            }
+        }
     }
 }

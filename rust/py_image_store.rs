@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
 use crate::error::Error;
-use crate::image_store::{build_placed, convert_all, ImageStore, Placement};
+use crate::image_store::{build_placed, convert_all, normalize, ImageStore, Location, Placement};
 use crate::py_errors::boundary;
 
 /// An open image store, shared (read-only) by every view it hands out.
@@ -65,9 +65,11 @@ impl MemberView {
 }
 
 impl PyImageStore {
-    fn lookup(&self, member: &[u8]) -> PyResult<usize> {
-        match self.inner.find(member)? {
-            Some(i) => Ok(i),
+    /// The member's position and location (read from its archive record, which the lookup parses to
+    /// check the name anyway).
+    fn lookup(&self, member: &[u8]) -> PyResult<(usize, Location)> {
+        match self.inner.lookup(member)? {
+            Some(found) => Ok(found),
             None => Err(PyKeyError::new_err(format!(
                 "{} is in no archive of the image store {}",
                 String::from_utf8_lossy(member),
@@ -174,9 +176,10 @@ impl PyImageStore {
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         boundary("ImageStore.read", || {
-            let i = self.lookup(member)?;
+            let (i, loc) = self.lookup(member)?;
             let store = &self.inner;
-            let bytes = py.detach(|| store.read_at(i))?;
+            let name = normalize(member).unwrap_or_default();
+            let bytes = py.detach(|| store.read_located(&name, loc))?;
             let copy = PyBytes::new(py, &bytes);
             // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
             store.check_mapped(i)?;
@@ -188,9 +191,10 @@ impl PyImageStore {
     /// `memoryview`), else inflated `bytes`.
     fn view<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         boundary("ImageStore.view", || {
-            let i = self.lookup(member)?;
+            let (_, loc) = self.lookup(member)?;
             let store = &self.inner;
-            let bytes = py.detach(|| store.read_at(i))?;
+            let name = normalize(member).unwrap_or_default();
+            let bytes = py.detach(|| store.read_located(&name, loc))?;
             match bytes {
                 Cow::Borrowed(b) => Ok(Bound::new(
                     py,
@@ -206,13 +210,15 @@ impl PyImageStore {
         })
     }
 
-    /// Every member path, in the store's (hash) order.
+    /// Every member path, read from the archives in archive order (each archive front to back).
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
         boundary("ImageStore.members", || {
-            (0..self.inner.len())
+            self.inner
+                .archive_order()
+                .into_iter()
                 .map(|i| {
                     let name = self.inner.name(i)?;
-                    Ok(PyBytes::new(py, name))
+                    Ok(PyBytes::new(py, &name))
                 })
                 .collect()
         })
@@ -221,8 +227,7 @@ impl PyImageStore {
     /// `(archive, data offset, stored size, size, method, crc)` of a member.
     fn location(&self, member: &[u8]) -> PyResult<(String, u64, u64, u64, u8, u32)> {
         boundary("ImageStore.location", || {
-            let i = self.lookup(member)?;
-            let loc = self.inner.location(i);
+            let (_, loc) = self.lookup(member)?;
             let archive = self
                 .inner
                 .archives()

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs one coverage-guided fuzz target (cargo-fuzz, nightly Rust) for a number of seconds.
 #
-#   scripts/fuzz.sh TARGET [SECONDS]     TARGET: scan, tape, index_header, or all (default 60 s each)
+#   scripts/fuzz.sh TARGET [SECONDS]     TARGET: scan, tape, index_header,
+#                                      image_store_build, or all (default 60 s each)
 #
 # The committed seeds (fuzz/corpus/TARGET) are read, never written: new inputs go to a scratch corpus
 # under fuzz/target/corpus/TARGET that persists between runs. A crash or failed check stops the run
@@ -12,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
-target=${1:?usage: scripts/fuzz.sh TARGET [SECONDS] (TARGET: scan, tape, index_header or all)}
+target=${1:?usage: scripts/fuzz.sh TARGET [SECONDS] (TARGET: scan, tape, index_header, image_store_build or all)}
 seconds=${2:-60}
 
 if ! rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null; then

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_fast.errors import CorruptArchiveError, CorruptIndexError
+from fusion_fast.errors import CorruptArchiveError, CorruptIndexError, StaleIndexError
 from fusion_fast.images import ImageStore
 
 
@@ -245,6 +245,52 @@ def test_a_corrupt_store_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "s.ffimg").write_bytes(raw[:-8])
     with pytest.raises(CorruptIndexError, match="truncated"):
         ImageStore.open(tmp_path / "s.ffimg")
+
+
+def _retar_keeping_mtime(path: Path, members: dict[str, bytes]) -> None:
+    """Rewrites the tar `path` with `members` (same size overall) and gives it back its old mtime."""
+    st = path.stat()
+    _tar(path, members, tarfile.GNU_FORMAT)
+    assert path.stat().st_size == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_an_archive_rewritten_with_the_same_size_and_mtime_is_stale_not_other_bytes(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", {"a.jpg": b"A" * 600, "b.jpg": b"B" * 600}, tarfile.GNU_FORMAT)
+    store = ImageStore.build([archive], tmp_path / "s.ffimg")
+    assert store.read("a.jpg") == b"A" * 600
+    # The same members under swapped names: each old name now sits where the other's data is.
+    _retar_keeping_mtime(archive, {"b.jpg": b"B" * 600, "a.jpg": b"A" * 600})
+    store = ImageStore.open(tmp_path / "s.ffimg")
+    for name in ("a.jpg", "b.jpg"):
+        with pytest.raises(StaleIndexError, match="rebuild"):
+            store.read(name)
+        with pytest.raises(StaleIndexError):
+            store.view(name)
+
+
+def test_a_store_of_another_format_version_asks_for_a_rebuild(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar", {"a.jpg": b"1"}, tarfile.GNU_FORMAT)
+    ImageStore.build([archive], tmp_path / "s.ffimg")
+    raw = bytearray((tmp_path / "s.ffimg").read_bytes())
+    raw[8:12] = (1).to_bytes(4, "little")
+    (tmp_path / "s.ffimg").write_bytes(bytes(raw))
+    with pytest.raises(CorruptIndexError, match="format version 1.*rebuild"):
+        ImageStore.open(tmp_path / "s.ffimg")
+
+
+def test_members_are_listed_from_the_archives_whatever_their_name_format(tmp_path: Path) -> None:
+    members = _members(7)
+    tars = [
+        _tar(tmp_path / f"{k}.tar", members, fmt)
+        for k, fmt in enumerate((tarfile.GNU_FORMAT, tarfile.PAX_FORMAT))
+    ]
+    store = ImageStore.build(tars, tmp_path / "s.ffimg", placements=[(1, "x"), (0, "y/")])
+    # Archive by archive, each in member order.
+    expected = ["x/" + n.split("/", 1)[1] for n in members if "/" in n] + ["y/" + n for n in members]
+    assert store.members() == expected
+    assert store.report is not None
+    assert store.report.refused == [(str(tars[0]), "top.jpg", "has fewer than 1 folders to strip")]
 
 
 def test_links_and_escaping_members_are_never_readable(tmp_path: Path) -> None:

@@ -170,7 +170,7 @@ def count_records(yaml_path: Path) -> int:
 
 
 def prepare(*args: str | os.PathLike[str]) -> int:
-    return main(["prepare", *map(os.fspath, args)])
+    return main(["prepare", *(os.fspath(a) for a in args)])
 
 
 @pytest.fixture(autouse=True)
@@ -665,7 +665,10 @@ def test_scan_finds_units_of_every_kind(tmp_path) -> None:
     found = scan_source(src)
     assert [k for k, _ in found.jsons] == ["a.json", "mixed/c.json", "sub/b.jsonl"]
     units = {
-        u.key: (u.kind, [p.name for p in u.parts] if u.kind == "tar" else list(u.members()))
+        u.key: (
+            u.kind,
+            [p.name for p in u.parts] if isinstance(u, Archive) and u.kind == "tar" else list(u.members()),
+        )
         for u in found.units
     }
     assert units == {

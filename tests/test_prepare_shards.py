@@ -5,6 +5,7 @@ The oracles are independent of the store: the bytes written into the archives he
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
@@ -164,12 +165,13 @@ def fresh_store_cache() -> None:
 # -- every kind, byte for byte ---------------------------------------------------------------------------
 
 
-def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path) -> None:
+@pytest.mark.parametrize("jobs", [1, 3])
+def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path, jobs) -> None:
     src = tmp_path / "src"
     expected = kinds_download(src)
     extracted = run(src, tmp_path / "pg-extract", "extract")
     assert extracted.ok, errors(extracted)
-    shards = run(src, tmp_path / "pg-shards", "shards")
+    shards = run(src, tmp_path / "pg-shards", "shards", jobs=jobs)
     assert shards.ok, (errors(shards), shards.check and shards.check.problems)
 
     # Extraction is the oracle: the same files, and the same nesting decision per archive.
@@ -191,7 +193,7 @@ def test_every_archive_kind_reads_byte_for_byte_like_extraction(tmp_path) -> Non
     assert statuses["images/Gz.tar.gz"] == statuses["images/Bz.tar.bz2"] == "converted"
     assert statuses["images/SplitZip.zip"] == statuses["images/Xz.tar.xz"] == "converted"
     # The compressed tars became plain tar shards that tarfile reads member for member.
-    shard = Path(read_marker(images, "images/Xz.tar.xz").archive)  # type: ignore[union-attr]
+    shard = images / read_marker(images, "images/Xz.tar.xz").archive  # type: ignore[union-attr]
     with tarfile.open(shard, "r:") as tf:
         assert {m.name: tf.extractfile(m).read() for m in tf if m.isfile()} == {  # type: ignore[union-attr]
             k: v for k, v in expected.items() if k.startswith("Xz/")
@@ -308,12 +310,17 @@ def test_duplicates_across_archives_resolve_to_the_first_key_and_are_reported(tm
     (images / ".fusion-fast" / "images__A.tar.gz.done").unlink()
     result = run(src, tmp_path / "pg")
     assert result.duplicates == [("Dup/x.jpg", "images/A.tar.gz", "images/B.tar")]
+    from fusion_fast.cli.prepare import result_json
+
+    assert result_json(result)["duplicates"] == [
+        {"path": "Dup/x.jpg", "read_from": "images/A.tar.gz", "ignored": "images/B.tar"}
+    ]
     image_store._folder_stores.clear()
     assert read_path(images / "Dup/x.jpg") == b"from A"
 
 
 def prepare_cli(*args: str | os.PathLike[str]) -> int:
-    return main(["prepare", *map(os.fspath, args)])
+    return main(["prepare", *(os.fspath(a) for a in args)])
 
 
 def test_a_path_twice_in_one_archive_is_refused(tmp_path) -> None:
@@ -410,6 +417,14 @@ DAMAGED: dict[str, tuple[str, Any]] = {
     "tar cut in a member": ("Dmg.tar", lambda: tar_of(GOOD)[:2000]),
     "tar without end blocks": ("Dmg.tar", lambda: tar_of(GOOD)[: 512 * 2 * 6 + 512 * 6 * 4]),
     "two tars joined": ("Dmg.tar", lambda: tar_of(GOOD) + tar_of({"Dmg/extra.jpg": b"hidden"})),
+    "two tars joined, then gzipped": (
+        "Dmg.tar.gz",
+        lambda: gzip.compress(tar_of(GOOD) + tar_of({"Dmg/extra.jpg": b"hidden"})),
+    ),
+    "two tar.gz joined": (
+        "Dmg.tar.gz",
+        lambda: tar_of(GOOD, "w:gz") + tar_of({"Dmg/extra.jpg": b"x"}, "w:gz"),
+    ),
     "zip directory cut": ("Dmg.zip", lambda: zip_of(GOOD)[:-40]),
     "zip member bit flipped": ("Dmg.zip", _zip_member_flipped),
 }
@@ -487,7 +502,7 @@ def test_killed_at_any_point_leaves_nothing_that_looks_complete_and_a_rerun_fini
     assert len(done) == (1 if point == "second marker" else 0)
     for key in done:  # what looks complete is complete
         m = read_marker(images, key)
-        assert m is not None and m.archive in {str(a) for a in store_of(pg).archives}
+        assert m is not None and str(images / m.archive) in {str(a) for a in store_of(pg).archives}
     if point == "converting":
         assert any(".tmp-" in p.name for p in shards_dir(images).iterdir())
         assert not [p for p in shards_dir(images).iterdir() if p.name.startswith("images__Bz.tar.bz2")]
@@ -570,6 +585,14 @@ def test_dry_run_says_what_shards_mode_would_do_and_writes_nothing(tmp_path, cap
     assert actions["images/Plain.tar"] == actions["images/Stored.zip"] == "index"
     assert actions["images/Gz.tar.gz"] == actions["images/SplitTar.tar"] == "convert"
     assert not pg.exists()
+    assert run(src, pg).ok
+    mp.setattr(cli_prepare, "console", lambda: Console(width=400, highlight=False))
+    try:
+        assert prepare_cli(src, "--root", pg, "--images", "shards", "--dry-run", "--json") == 0
+    finally:
+        mp.undo()
+    again = {u["source"]: (u["action"], u["target"]) for u in json.loads(capsys.readouterr().out)["units"]}
+    assert again["images/Gz.tar.gz"] == ("in place", "images/Gz/ (image store)")
 
 
 def test_bad_images_mode_is_a_usage_error(tmp_path, capsys) -> None:
@@ -652,3 +675,128 @@ def test_prepare_playground_runs_either_mode_in_one_call(tmp_path) -> None:
     assert [u.status for u in shards.units] == ["indexed"]
     assert [u.status for u in extract.units] == ["extracted"]
     assert shards.plan.yaml_path == tmp_path / "pg-s" / "train" / "src.yaml"
+
+
+SLOW_CHILD = """
+import sys
+import fusion_fast.prepare_shards as ps
+from fusion_fast.cli import main
+ps._CHUNK = 4096  # many chunks, each followed by the testing delay
+sys.exit(main(["prepare", sys.argv[1], "--root", sys.argv[2], "--images", "shards", "--jobs", sys.argv[3]]))
+"""
+
+
+@pytest.mark.parametrize(("how", "jobs"), [("ctrl-c", 2), ("sigterm", 1)])
+def test_interrupt_stops_a_conversion_removes_its_temporary_file_and_keeps_completed_work(
+    tmp_path, how, jobs
+) -> None:
+    import random
+    import signal
+    import time
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "Small.tar").write_bytes(tar_of({"Small/a.jpg": b"small"}))
+    write_json(src / "S.json", [record("s", "Small/a.jpg")])
+    assert run(src, pg).ok
+    rng = random.Random(1)
+    big = {f"Big/{k}.jpg": rng.randbytes(20_000) for k in range(60)}  # 300 chunks: a minute when slowed
+    (src / "images" / "Big.tar.bz2").write_bytes(tar_of(big, "w:bz2"))
+    write_json(src / "B.json", [record(p, p) for p in big])
+    images = pg / "train" / "images"
+    env = child_env(FUSION_FAST_EXTRACT_DELAY="0.2")
+    with open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SLOW_CHILD, str(src), str(pg), str(jobs)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while not [p for p in shards_dir(images).glob(".images__Big*.tmp-*") if p.stat().st_size]:
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "err").read_text()
+        time.sleep(0.02)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=40)
+    output = (tmp_path / "err").read_text()
+    assert (code, output.strip().splitlines()[-1]) == (
+        (130, "interrupted") if how == "ctrl-c" else (143, "terminated (SIGTERM)")
+    ), output
+    assert "Traceback" not in output
+    assert leftovers(images) == []
+    assert read_marker(images, "images/Big.tar.bz2") is None
+    assert read_marker(images, "images/Small.tar") is not None
+    assert [p.name for p in shards_dir(images).iterdir() if "Big" in p.name] == []
+    image_store._folder_stores.clear()
+    assert read_path(images / "Small/a.jpg") == b"small"
+    assert run(src, pg).ok
+    image_store._folder_stores.clear()
+    assert all(read_path(images / p) == data for p, data in big.items())
+
+
+def test_command_prints_progress_lines_and_the_result_in_a_log(tmp_path) -> None:
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    (src / "images").mkdir(parents=True)
+    ms = {f"Slow/{k}.jpg": bytes([k]) * 5000 for k in range(4)}
+    (src / "images" / "Slow.tar.xz").write_bytes(tar_of(ms, "w:xz"))
+    (src / "images" / "Plain.tar").write_bytes(tar_of({"Plain/a.jpg": b"a"}))
+    write_json(src / "S.json", [record(p, p) for p in [*ms, "Plain/a.jpg"]])
+    env = child_env(FUSION_FAST_EXTRACT_DELAY="0.3", FUSION_FAST_PROGRESS_SECONDS="0.1")
+    done = subprocess.run(
+        [sys.executable, "-c", SLOW_CHILD, str(src), str(pg), "1"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "indexing" in done.stderr and "error:" not in done.stderr, done.stderr
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in done.stdout.splitlines()]
+    rows = {row[0]: row for row in cells if row and row[0].startswith("images/")}
+    assert rows["images/Slow.tar.xz"][2] == "images/Slow/ (image store)"
+    assert rows["images/Slow.tar.xz"][-1] == "converted"
+    assert rows["images/Plain.tar"][-1] == "indexed"
+    assert "tools that open image files by path need --images extract" in done.stdout
+
+
+def test_a_download_replaced_by_a_new_file_is_read_anew(tmp_path) -> None:
+    """A new file with the same size and the same first and last MiB (so the same fingerprint), but
+    other bytes in between: the link to the old file must not be reused."""
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    outer = bytes(1_200_000)
+    old = {"P/a.jpg": outer, "P/mid.jpg": b"old" * 1000, "P/z.jpg": outer}
+    new = {**old, "P/mid.jpg": b"new" * 1000}
+    archive = src / "images" / "P.tar"
+    archive.write_bytes(tar_of(old))
+    write_json(src / "P.json", [record(p, p) for p in old])
+    pg = tmp_path / "pg"
+    assert run(src, pg).ok
+    archive.unlink()
+    archive.write_bytes(tar_of(new))
+    os.utime(archive, ns=(archive.stat().st_atime_ns, archive.stat().st_mtime_ns + 10**9))
+    assert run(src, pg).ok
+    image_store._folder_stores.clear()
+    assert read_path(pg / "train" / "images" / "P/mid.jpg") == b"new" * 1000
+
+
+def test_two_sources_share_the_store_and_a_moved_playground_works_after_a_rerun(tmp_path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    (one / "images").mkdir(parents=True)
+    (two / "images").mkdir(parents=True)
+    (one / "images" / "A.tar").write_bytes(tar_of({"A/x.jpg": b"a"}))
+    write_json(one / "A.json", [record("a", "A/x.jpg")])
+    (two / "images" / "B.tar.gz").write_bytes(tar_of({"B/y.jpg": b"b"}, "w:gz"))
+    write_json(two / "B.json", [record("b", "B/y.jpg")])
+    pg = tmp_path / "pg"
+    assert run(one, pg).ok and run(two, pg).ok
+    assert sorted(store_of(pg).members()) == ["A/x.jpg", "B/y.jpg"]
+    moved = tmp_path / "moved"
+    pg.rename(moved)
+    image_store._folder_stores.clear()
+    result = run(one, moved)  # the other source's archive is read from the moved shard too
+    assert result.ok, errors(result)
+    image_store._folder_stores.clear()
+    images = moved / "train" / "images"
+    assert read_path(images / "A/x.jpg") == b"a" and read_path(images / "B/y.jpg") == b"b"
+    assert [u.status for u in run(two, moved).units] == ["in place"]

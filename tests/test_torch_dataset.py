@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info  # noq
 
 import fusion_fast as ff  # noqa: E402
 from fusion_fast import synth  # noqa: E402
+from fusion_fast.benchmarks.memory import private_memory  # noqa: E402
 from fusion_fast.errors import RecordError  # noqa: E402
 from fusion_fast.mixture import Mixture  # noqa: E402
 from fusion_fast.torch import (  # noqa: E402
@@ -36,7 +37,6 @@ from fusion_fast.torch import (  # noqa: E402
     collate,
     distributed_share,
     ensure_indexed,
-    private_memory,
     ships_tapes,
     worker_context,
 )

@@ -128,12 +128,19 @@ def test_custom_mean_std_and_crop_size(images: dict[str, Path]) -> None:
         assert (got - expected).abs().mean() <= DEFAULT_TOLERANCE / 0.26
 
 
-def test_a_batch_of_sizes_equals_one_by_one(images: dict[str, Path]) -> None:
-    processor = FusionImageProcessor("pad")
-    batch = [decoded(images[n]) for n in ("jpeg-640x480", "jpeg-800x1800", "tiny-png", "gray-jpeg")]
+@pytest.mark.parametrize("mode", MODES)
+def test_a_batch_of_sizes_equals_one_by_one(images: dict[str, Path], mode: str) -> None:
+    """Images of one size are resized together (more of them than one chunk holds), the others alone:
+    each result is the one it gets by itself, in its place in the batch."""
+    processor = FusionImageProcessor(mode)
+    a, b = decoded(images["jpeg-640x480"]), decoded(images["jpeg-800x1800"])
+    same_size = [a, a.flip(-1), a.flip(-2), a.roll(50, -1)]
+    tiny = decoded(images["tiny-png"])
+    batch = [b, *same_size, tiny, *same_size[::-1], *same_size, *same_size, a, b.flip(-1)]  # 17 of a's size
     together = preprocess_decoded(batch, processor)
     for k, img in enumerate(batch):
-        assert torch.equal(together[k], preprocess_decoded([img], processor)[0])
+        assert torch.equal(together[k], preprocess_decoded([img], processor)[0]), k
+    assert not torch.equal(together[1], together[2])
 
 
 def test_device_stage_rejects_what_is_not_a_decoded_rgb_image() -> None:
@@ -331,14 +338,63 @@ def test_a_jpeg_the_decoder_refuses_is_decoded_by_pillow(images: dict[str, Path]
             raise RuntimeError("unsupported")
         return decode_pillow(encoded, device)
 
+    from fusion_fast import vision_device
+
     monkeypatch.setitem(DECODERS, "picky", picky)
+    monkeypatch.setattr(vision_device, "_warned_host_decode", False)
     processor = FusionImageProcessor("square")
     shipping = processor._with_device_stage("cpu", "picky")
     names = ["jpeg-640x480", "gray-jpeg", "tiny-jpeg"]
     batch = ShippedBatch.pack([shipping.ship(images[n]) for n in names], shipping)
-    got = batch.to_device()
-    assert calls == [3, 1, 1, 1]  # the batch, then one by one
+    with pytest.warns(RuntimeWarning, match=r"refused an image \(RuntimeError: unsupported\).*Pillow"):
+        got = batch.to_device()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once per process
+        batch.to_device()
+    assert calls == [3, 1, 1, 1, 3, 1, 1, 1]  # the batch, then one by one
     assert_close(got, torch.stack([processor(images[n]) for n in names]))
+
+
+@pytest.mark.parametrize(
+    ("version", "calls"), [("0.18.1", [1, 1, 1]), ("0.19.0", [3]), ("0.25.0+cu132", [3])]
+)
+def test_nvjpeg_decoder_batches_where_torchvision_can(
+    images: dict[str, Path], monkeypatch: pytest.MonkeyPatch, version: str, calls: list[int]
+) -> None:
+    """torchvision decodes a list of JPEGs in one call from 0.19; before, one call per image."""
+    import sys
+    import types
+
+    from fusion_fast import vision_device
+
+    seen: list[int] = []
+
+    def decode_jpeg(raw: Any, mode: object = None, device: object = None) -> Any:
+        assert mode == "RGB" and device == CPU
+        if isinstance(raw, list):
+            assert version >= "0.19", "torchvision before 0.19 takes one tensor"
+            seen.append(len(raw))
+            return decode_pillow(raw, CPU)
+        seen.append(1)
+        return decode_pillow([raw], CPU)[0]
+
+    fake = types.ModuleType("torchvision")
+    fake.__version__ = version  # type: ignore[attr-defined]
+    io_module = types.ModuleType("torchvision.io")
+    io_module.ImageReadMode = types.SimpleNamespace(RGB="RGB")  # type: ignore[attr-defined]
+    io_module.decode_jpeg = decode_jpeg  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", fake)
+    monkeypatch.setitem(sys.modules, "torchvision.io", io_module)
+    vision_device._batched_decode.cache_clear()
+    try:
+        names = ["jpeg-640x480", "gray-jpeg", "tiny-jpeg"]
+        raws = [torch.frombuffer(bytearray(images[n].read_bytes()), dtype=torch.uint8) for n in names]
+        got = vision_device.decode_nvjpeg(raws, CPU)
+    finally:
+        vision_device._batched_decode.cache_clear()
+    assert seen == calls
+    for g, n in zip(got, names, strict=True):
+        assert torch.equal(g, decoded(images[n]))
 
 
 def test_a_jpeg_nothing_can_decode_raises_the_record_error(images: dict[str, Path]) -> None:

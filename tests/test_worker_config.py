@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from fusion_fast.distributed import WorkerConfig, worker_config
+from fusion_fast.distributed import WorkerConfig, in_dataloader_worker, worker_config
 from fusion_fast.errors import FusionFastError
 
 
@@ -40,9 +40,9 @@ class _WhereAmI:
     def __len__(self) -> int:
         return 4
 
-    def __getitem__(self, i: int) -> tuple[int | None, int, bool]:
+    def __getitem__(self, i: int) -> tuple[int | None, int, bool, bool]:
         c = worker_config()
-        return c.worker_id, c.num_workers, c.in_worker
+        return c.worker_id, c.num_workers, c.in_worker, in_dataloader_worker()
 
 
 def test_dataloader_workers_know_their_id_and_count() -> None:
@@ -51,5 +51,5 @@ def test_dataloader_workers_know_their_id_and_count() -> None:
         _WhereAmI(), batch_size=None, num_workers=2, multiprocessing_context="fork"
     )
     seen = {tuple(x.tolist()) if hasattr(x, "tolist") else tuple(x) for x in loader}
-    assert seen == {(0, 2, True), (1, 2, True)}
-    assert not worker_config().in_worker and worker_config().num_workers == 0
+    assert seen == {(0, 2, True, True), (1, 2, True, True)}
+    assert not worker_config().in_worker and worker_config().num_workers == 0 and not in_dataloader_worker()

@@ -1175,7 +1175,7 @@ class Marker:
     bytes: int
     #: "extract" (files placed in `images/`) or "shards" (read through the folder's image store)
     mode: str = "extract"
-    #: shards: the plain tar or zip the store reads (absolute path)
+    #: shards: the plain tar or zip the store reads (relative to `images/` when in the state folder)
     archive: str = ""
 
     @property
@@ -1218,14 +1218,16 @@ def write_marker(images: Path, marker: Marker) -> None:
 
 
 def is_in_place(images: Path, unit: ImageUnit, stamp: Stamp) -> Marker | None:
-    """The unit's marker when it matches `stamp` and every entry it lists still exists."""
+    """The unit's marker when it matches `stamp` and every entry it lists still exists (prepared as
+    shards: the archive it records exists and the folder's image store reads it)."""
     marker = read_marker(images, unit.key)
     if marker is None or marker.key != unit.key or marker.stamp != stamp:
         return None
     if marker.mode == "shards":
-        from .prepare_shards import store_archives
+        from .prepare_shards import marker_archive, store_archives
 
-        readable = os.path.isfile(marker.archive) and marker.archive in (store_archives(images) or ())
+        archive = marker_archive(images, marker.archive)
+        readable = archive.is_file() and str(archive) in (store_archives(images) or ())
         return marker if readable else None
     if not all(os.path.lexists(images / e) for e in marker.entries):
         return None

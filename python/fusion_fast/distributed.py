@@ -167,6 +167,14 @@ def worker_config() -> WorkerConfig:
     return config
 
 
+def in_dataloader_worker() -> bool:
+    """`worker_config().in_worker`, for checks made per batch or per tensor: it reads neither the
+    environment nor the process group, which `worker_config` must read again on every call outside a
+    worker."""
+    data = sys.modules.get("torch.utils.data")
+    return data is not None and data.get_worker_info() is not None
+
+
 def _local_number(name: str, default: int) -> int:
     text = os.environ.get(name)
     if text is None or text.strip() == "":
@@ -414,6 +422,7 @@ __all__ = [
     "launch",
     "WorkerConfig",
     "worker_config",
+    "in_dataloader_worker",
     "distributed_share",
     "ensure_indexed",
 ]

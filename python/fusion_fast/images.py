@@ -5,11 +5,14 @@
     data = store.read("COCO/train2017/000000000009.jpg")     # bytes
     img = store.open_image("COCO/train2017/000000000009.jpg")  # PIL image
 
-The store file maps each member path to (archive, offset, size, method, CRC); a lookup is a binary search
-in the memory-mapped file, so it costs no Python object per member and every process that opens the same
-store shares its pages. Plain tar members and stored zip members are read straight from the mapped
-archive (`view` copies nothing); deflated zip members are inflated on read. Every zip member's CRC-32 is
-checked on read. Compressed tars (`.tar.gz`) are refused: convert them to a plain `.tar` first.
+The store file holds 16 bytes per member: a hash of its path and where its record (tar header, zip
+central directory entry) lies in its archive. A lookup searches the memory-mapped hashes and checks the name
+in the archive's own record, so it costs no Python object per member and every process that opens the same
+store shares its pages. A member whose record no longer holds its name (the archive changed after the build)
+raises `StaleIndexError`; a store of another format version raises `CorruptIndexError` asking for a
+rebuild. Plain tar members and stored zip members are read straight from the mapped archive (`view` copies
+nothing); deflated zip members are inflated on read. Every zip member's CRC-32 is checked on read.
+Compressed tars (`.tar.gz`) are refused: convert them to a plain `.tar` first.
 
 Paths are normalised (`./a//b` -> `a/b`) both in the archives and in lookups. A path held by more than
 one archive (or twice in one) resolves to its first occurrence, archives taken in the order given to
@@ -189,7 +192,8 @@ class ImageStore:
         return img
 
     def members(self) -> list[str]:
-        """Every member path (in the store's internal order)."""
+        """Every member path, read from the archives: archive by archive (in priority order), each in the
+        order of its members."""
         return [os.fsdecode(m) for m in self._inner.members()]
 
     def location(self, member: str | bytes | os.PathLike[str]) -> tuple[str, int, int, int, int, int]:

@@ -82,6 +82,8 @@ from .prepare_shards import (
     how_readable,
     list_members,
     make_readable,
+    marker_archive,
+    recorded_archive,
     remove_old_shards,
 )
 from .stage import DATA_SUFFIXES
@@ -828,9 +830,9 @@ def _prepare_shards(
     ready: list[tuple[UnitItem, Path, list[str], int, Placement, int | None, float]] = []
     ready_bytes: dict[str, int] = {}
     work = tmp_dir(images, "image store")
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     try:
-        units = [(cast(Archive, u.unit), u.stamp.fingerprint) for u in items]
+        units = [(cast(Archive, u.unit), u.stamp) for u in items]
         for k, outcome, seconds in make_readable(units, images, jobs, progress, size_limits):
             item = items[k]
             unit = item.unit
@@ -838,17 +840,21 @@ def _prepare_shards(
                 if isinstance(outcome, Exception):
                     raise outcome
                 archive, ours = outcome
+                started = time.perf_counter()
                 try:
                     listing = list_members(unit.key, archive, work)
                 except FusionFastError:
                     if ours:  # a damaged shard is never reused
                         archive.unlink(missing_ok=True)
                     raise
-                placement = decide_placement(listing.members, refs, unit.fallback_prefix)
-                entries = check_targets(unit.key, listing, placement.strip, placement.prefix, images)
-                referenced = (
-                    int(refs.contains([placement.target(m) for m in listing.members]).sum()) if refs else None
-                )
+                try:
+                    placement = decide_placement(listing.members, refs, unit.fallback_prefix)
+                    entries = check_targets(unit.key, listing, placement.strip, placement.prefix, images)
+                    targets = [placement.target(m) for m in listing.members]
+                    referenced = int(refs.contains(targets).sum()) if refs else None
+                finally:  # the archive's own store is needed no more (80 bytes or so per member)
+                    listing.store.path.unlink(missing_ok=True)
+                seconds += time.perf_counter() - started
                 ready.append((item, archive, entries, len(listing.members), placement, referenced, seconds))
                 ready_bytes[unit.key] = listing.bytes
             except (FusionFastError, OSError) as e:
@@ -857,9 +863,9 @@ def _prepare_shards(
             return results, []
         todo_keys = {u.unit.key for u in items}
         entries_in_store = [
-            StoreEntry(m.key, Path(m.archive), m.strip, m.prefix)
+            StoreEntry(m.key, marker_archive(images, m.archive), m.strip, m.prefix)
             for m in read_markers(images)
-            if m.mode == "shards" and m.key not in todo_keys and os.path.isfile(m.archive)
+            if m.mode == "shards" and m.key not in todo_keys and marker_archive(images, m.archive).is_file()
         ]
         entries_in_store += [StoreEntry(i.unit.key, a, p.strip, p.prefix) for i, a, _, _, p, _, _ in ready]
         try:
@@ -872,7 +878,8 @@ def _prepare_shards(
             unit, s = item.unit, item.stamp
             marker = Marker(
                 unit.key, unit.kind, s.size, s.mtime_ns, s.fingerprint, placement.strip, placement.prefix,
-                entries, files, ready_bytes[unit.key], mode="shards", archive=os.path.abspath(archive),
+                entries, files, ready_bytes[unit.key],
+                mode="shards", archive=recorded_archive(images, archive),
             )  # fmt: skip
             write_marker(images, marker)
             remove_old_shards(images, cast(Archive, unit), archive)

@@ -13,7 +13,8 @@ Each archive becomes one file that the image store (`fusion_fast.images.ImageSto
 
 Conversions run in threads, `jobs` archives at once (the decompressors and the Rust converter release
 the GIL). A shard is written to a temporary name and renamed into place only once complete, and is
-named after its archive's key and fingerprint, so a re-run reuses the conversions already finished.
+named after its archive's key and stamp (size, mtime, fingerprint), so a re-run reuses the conversions
+already finished.
 
 Then, per archive, the members are listed in archive order (through a store of that archive alone),
 checked like extraction checks them (paths that are absolute, hold `..` or a backslash, links, devices
@@ -32,6 +33,7 @@ others (`PrepareResult.duplicates`).
 from __future__ import annotations
 
 import bz2
+import hashlib
 import io
 import lzma
 import os
@@ -52,9 +54,11 @@ from .archives import (
     _XZ_MAGIC,
     _ZSTD_MAGIC,
     DEFAULT_LIMITS,
+    DELAY_ENV,
     Archive,
     ConcatFile,
     SizeLimits,
+    Stamp,
     _ArchiveErrors,
     _Budget,
     _check_not_reserved,
@@ -76,6 +80,8 @@ DEFAULT_IMAGES = "extract"
 SHARDS = "shards"
 
 _CHUNK = 1 << 20
+#: Seconds an interrupted run waits for its conversion threads to stop and clean up.
+_STOP_WAIT = 5.0
 #: `.<name>.tmp-<pid>`: temporary files of the Rust writers and of the converters here.
 _TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)$")
 
@@ -129,10 +135,11 @@ def compression(parts: Sequence[Path]) -> str:
     return ""
 
 
-def shard_path(images: Path, unit: Archive, fingerprint: str) -> Path:
-    """Where the readable form of `unit` (as it is now: its fingerprint) goes."""
+def shard_path(images: Path, unit: Archive, stamp: Stamp) -> Path:
+    """Where the readable form of `unit` as it is now (its stamp) goes."""
     suffix = ".zip" if unit.kind == "zip" else ".tar"
-    return shards_dir(images) / f"{marker_name(unit.key)}~{fingerprint[:16]}{suffix}"
+    h = hashlib.blake2b(f"{stamp.size}\0{stamp.mtime_ns}\0{stamp.fingerprint}".encode(), digest_size=8)
+    return shards_dir(images) / f"{marker_name(unit.key)}~{h.hexdigest()}{suffix}"
 
 
 def how_readable(unit: Archive) -> str:
@@ -148,7 +155,7 @@ class Aborted(Exception):
 
 def readable_archive(
     unit: Archive,
-    fingerprint: str,
+    stamp: Stamp,
     images: Path,
     report: Callable[[int], None],
     abort: threading.Event,
@@ -162,11 +169,14 @@ def readable_archive(
     in one call) before it starts (free space for at least the archive's size) and after it ends (the
     shard's size against the ratio; a refused shard is removed). A gzip bomb can therefore fill the
     disk while it is converted; the converter then fails and removes its temporary file."""
-    dest = shard_path(images, unit, fingerprint)
-    if dest.is_file():
+    dest = shard_path(images, unit, stamp)
+    source = Path(os.path.realpath(unit.parts[0]))
+    how = compression(unit.parts) if unit.kind == "tar" else ""
+    linked = not how and len(unit.parts) == 1
+    # A link is reused only while it is the archive itself (a download replaced by a new file is not).
+    if dest.is_file() and (not linked or os.path.samefile(dest, source)):
         return dest, True
     dest.parent.mkdir(parents=True, exist_ok=True)
-    how = compression(unit.parts) if unit.kind == "tar" else ""
     budget = _Budget(limits, unit.key, dest.parent, unit.size)
     if how == "zstd":
         raise FusionFastError(
@@ -185,12 +195,11 @@ def readable_archive(
                 dest.unlink()
                 raise
         return dest, True
-    if how or len(unit.parts) > 1:
+    if not linked:
         if not how:
             budget.declare(unit.size)
         _stream_copy(unit, how, dest, report, abort, budget)
         return dest, True
-    source = Path(os.path.realpath(unit.parts[0]))
     tmp = _tmp_name(dest)
     try:
         os.link(source, tmp)
@@ -213,6 +222,7 @@ def _stream_copy(
     stream's CRCs / integrity check as it is read to its end, and raise on data after it that is not a
     further stream."""
     tmp = _tmp_name(dest)
+    delay = float(os.environ.get(DELAY_ENV) or 0)  # a testing aid, as for extraction
     try:
         with _ArchiveErrors(unit.key), io.BufferedReader(ConcatFile(unit.parts), _CHUNK) as raw:
             src: io.BufferedIOBase | io.BufferedReader = raw
@@ -227,6 +237,8 @@ def _stream_copy(
                     budget.take("", len(chunk))
                     out.write(chunk)
                     report(raw.tell())
+                    if delay:
+                        abort.wait(delay)
                 out.flush()
                 os.fsync(out.fileno())
         _rename_into_place(tmp, dest)
@@ -240,13 +252,13 @@ def _rename_into_place(tmp: Path, dest: Path) -> None:
 
 
 def make_readable(
-    units: Sequence[tuple[Archive, str]],
+    units: Sequence[tuple[Archive, Stamp]],
     images: Path,
     jobs: int,
     progress: Callable[[int, int], None] | None,
     limits: SizeLimits | None = DEFAULT_LIMITS,
 ) -> Iterator[tuple[int, tuple[Path, bool] | Exception, float]]:
-    """`readable_archive` for each (unit, fingerprint), `jobs` at a time in threads; yields (position,
+    """`readable_archive` for each (unit, stamp), `jobs` at a time in threads; yields (position,
     result or error, seconds) as they finish. Interrupting this (Ctrl-C, SIGTERM) stops the Python
     conversions at their next chunk and removes their temporary files; a gzip conversion under way in
     Rust is left to the process's end, and its temporary file to the next run (`clean_stale_files`)."""
@@ -267,7 +279,7 @@ def make_readable(
                 k = todo.get_nowait()
             except queue.Empty:
                 return
-            unit, fp = units[k]
+            unit, stamp = units[k]
             started = time.perf_counter()
             out: tuple[Path, bool] | Exception
 
@@ -275,7 +287,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, fp, images, report, abort, limits)
+                out = readable_archive(unit, stamp, images, report, abort, limits)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:
@@ -306,6 +318,11 @@ def make_readable(
                 yield k, value, seconds  # type: ignore[misc]
     finally:
         abort.set()
+        # Python conversions stop at their next chunk and remove their temporary files: wait for that
+        # (not for a gzip conversion in Rust, which cannot be stopped).
+        deadline = time.monotonic() + _STOP_WAIT
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def remove_old_shards(images: Path, unit: Archive, current: Path) -> None:
@@ -560,6 +577,19 @@ def forget_store(images: Path) -> None:
         image_store._folder_stores.pop(key, None)
 
 
+def recorded_archive(images: Path, archive: Path) -> str:
+    """How a marker records the archive the store reads: relative to `images/` when it is one of ours
+    in the state folder (the playground may be moved), else absolute."""
+    full = os.path.abspath(archive)
+    folder = os.path.abspath(shards_dir(images))
+    return os.path.relpath(full, images) if os.path.dirname(full) == folder else full
+
+
+def marker_archive(images: Path, recorded: str) -> Path:
+    """The archive a marker records (`recorded_archive`), as a path."""
+    return Path(os.path.abspath(Path(images) / recorded))
+
+
 def store_archives(images: Path) -> set[str] | None:
     """The archives the folder's store reads (absolute paths), or None when it has none or it cannot be
     opened."""
@@ -585,7 +615,9 @@ __all__ = [
     "how_readable",
     "list_members",
     "make_readable",
+    "marker_archive",
     "readable_archive",
+    "recorded_archive",
     "remove_old_shards",
     "shards_dir",
     "store_archives",

@@ -25,7 +25,9 @@ tests compare this path with the CPU processor on a machine without a GPU.
 
 from __future__ import annotations
 
+import functools
 import io
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -255,11 +257,26 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Te
 
 
 def decode_nvjpeg(encoded: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
-    """nvJPEG through torchvision: one batched call, RGB output, no EXIF rotation (as FUSION reads)."""
+    """nvJPEG through torchvision: one batched call (torchvision 0.19 and later; one call per image
+    before), RGB output, no EXIF rotation (as FUSION reads)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if not _batched_decode():
+        return [decode_jpeg(raw, mode=ImageReadMode.RGB, device=device) for raw in encoded]
     decoded: list[torch.Tensor] = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device)
     return decoded
+
+
+@functools.cache
+def _batched_decode() -> bool:
+    """Whether torchvision's `decode_jpeg` takes a list of images (0.19 and later)."""
+    import torchvision
+
+    try:
+        major, minor = (int(part) for part in getattr(torchvision, "__version__", "").split(".")[:2])
+    except ValueError:  # no version to read: assume a current one
+        return True
+    return (major, minor) >= (0, 19)
 
 
 def decode_pillow(encoded: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -295,10 +312,11 @@ def _decode_all(
         try:
             out.append(decoder([raw], device)[0])
             continue
-        except Exception:
-            pass
+        except Exception as e:
+            refused = e
         try:
             out.append(decode_pillow([raw], device)[0])
+            _warn_host_decode(refused)
         except Exception as e:
             origin = where[j]
             if origin is None:
@@ -306,6 +324,25 @@ def _decode_all(
             data_path, number, message = origin
             raise RecordError(f"{message}: {e}", path=data_path, record=number) from e
     return out
+
+
+#: Whether this process has said that the device decoder refused an image Pillow then decoded.
+_warned_host_decode = False
+
+
+def _warn_host_decode(error: Exception) -> None:
+    """Once per process: images fell back to Pillow on the host, which costs host CPU the GPU path is
+    meant to save (every image, if torchvision was built without nvJPEG)."""
+    global _warned_host_decode
+    if _warned_host_decode:
+        return
+    _warned_host_decode = True
+    warnings.warn(
+        f"the device's JPEG decoder refused an image ({type(error).__name__}: {error}); it and any others "
+        "it refuses are decoded with Pillow on the host",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 
 # -- geometry and normalisation ------------------------------------------------------------------------
@@ -333,21 +370,30 @@ def preprocess_decoded(
         return out
     device = out.device
     views = out.view(n, -1, 3, c, c)  # (n, views, 3, c, c) for every mode
+    by_size: dict[tuple[int, int], list[int]] = {}
     for k, image in enumerate(images):
         if image.dim() != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
             raise ValueError(
                 f"image {k}: expected a (3, h, w) uint8 RGB tensor, not {tuple(image.shape)} {image.dtype}"
             )
-        x = image.to(device).unsqueeze(0).float()
-        if processor.mode == "pad":
-            x = _pad_square(x, processor.background)
-        if processor.mode == "static_hd":
-            big = _resize_rounded(x, 2 * c)
-            for v, (i, j) in enumerate(((0, 0), (0, c), (c, 0), (c, c))):
-                views[k, v] = big[0, :, i : i + c, j : j + c]
-            views[k, 4] = _resize_rounded(big, c)[0]
-        else:
-            views[k, 0] = _resize_rounded(x, c)[0]
+        by_size.setdefault((image.shape[1], image.shape[2]), []).append(k)
+    # images of one size are resized together: one kernel launch per step for the lot, which matters
+    # on a GPU where launches, not arithmetic, bound small images; chunks bound the float copies' memory
+    for members in by_size.values():
+        for start in range(0, len(members), _CHUNK):
+            chunk = members[start : start + _CHUNK]
+            x = torch.stack([images[k].to(device) for k in chunk]).float()
+            if processor.mode == "pad":
+                x = _pad_square(x, processor.background)
+            if processor.mode == "static_hd":
+                big = _resize_rounded(x, 2 * c)  # (g, 3, 2c, 2c)
+                g = len(chunk)
+                # (g, 3, row, y, column, x) -> (g, row, column, 3, y, x): FUSION's row-major patches
+                patches = big.view(g, 3, 2, c, 2, c).permute(0, 2, 4, 1, 3, 5).reshape(g, 4, 3, c, c)
+                result = torch.cat([patches, _resize_rounded(big, c).unsqueeze(1)], dim=1)
+            else:
+                result = _resize_rounded(x, c).unsqueeze(1)
+            views.index_copy_(0, torch.tensor(chunk, device=device), result)
     scale = torch.tensor([1 / (255 * s) for s in processor.std], dtype=torch.float32, device=device)
     shift = torch.tensor(
         [m / s for m, s in zip(processor.mean, processor.std, strict=True)],
@@ -358,14 +404,18 @@ def preprocess_decoded(
     return out
 
 
+#: Images of one size resized in one call, at most.
+_CHUNK = 16
+
+
 def _pad_square(x: torch.Tensor, background: tuple[int, ...]) -> torch.Tensor:
-    """FUSION's `expand2square` on a (1, 3, h, w) float tensor: centred on a square of its longer side."""
+    """FUSION's `expand2square` on (g, 3, h, w) float images: centred on a square of the longer side."""
     h, w = x.shape[-2:]
     if h == w:
         return x
     side = max(h, w)
     fill = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    canvas = fill.expand(1, 3, side, side).clone()
+    canvas = fill.expand(x.shape[0], 3, side, side).clone()
     top, left = (side - h) // 2, (side - w) // 2
     canvas[:, :, top : top + h, left : left + w] = x
     return canvas

@@ -3,4 +3,5 @@ folder on a plain install. One module per benchmark, each runnable alone as
 `python -m fusion_fast.benchmarks.<name> --help`: index (build, open, random access against the usual
 JSON loaders), scaling (threads and file size), mixture (stage resolution, lengths, samplers, memory,
 export), dataloader (torch DataLoader throughput), check (file existence, whole checks) and gpu (host to
-device copies). Peers that are not installed are skipped and reported."""
+device copies); memory holds `private_memory`, which they use to measure processes. Peers that are
+not installed are skipped and reported."""

@@ -63,7 +63,6 @@ from ..torch import (
     FusionDataset,
     PackedBatch,
     collate,
-    private_memory,
     ships_tapes,
     worker_context,
 )
@@ -78,6 +77,7 @@ from .common import (
     spread,
     table,
 )
+from .memory import private_memory
 from .mixture import FULL_RECORDS, RECORD_BYTES, prepare  # the same Stage-1-shaped data
 
 WARMUP_BATCHES = 20
@@ -108,7 +108,8 @@ print(json.dumps({"first_batch_at": time.time(), "import_s": imported - started,
 WORKER_MEMORY_CHILD = r"""
 import json, multiprocessing, sys
 from torch.utils.data import DataLoader
-from fusion_fast.torch import FusionDataset, collate, private_memory, worker_context
+from fusion_fast.benchmarks.memory import private_memory
+from fusion_fast.torch import FusionDataset, collate, worker_context
 dataset = FusionDataset(sys.argv[1], root=sys.argv[2])
 loader = DataLoader(dataset, batch_size=int(sys.argv[3]), num_workers=int(sys.argv[4]), shuffle=True,
                     collate_fn=collate, persistent_workers=True,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from .output import console, count, human_bytes
 
 if TYPE_CHECKING:
-    from ..archives import ImageUnit
+    from ..archives import ImageUnit, Marker
     from ..prepare import Plan, PrepareResult, Preview
 
 
@@ -140,6 +140,13 @@ def _check_source(source: str) -> None:
     )
 
 
+def _in_place_target(marker: Marker) -> str:
+    from ..prepare import placed_at
+
+    where = placed_at(marker.prefix, marker.entries)
+    return where + " (image store)" if marker.mode == "shards" else where
+
+
 def unit_action(plan: Plan, unit: ImageUnit) -> str:
     """What a run does with a pending unit: "link" (an unpacked folder), "extract", or with
     `--images shards` "index" (read in place) or "convert" (into a plain tar shard, then index)."""
@@ -153,13 +160,12 @@ def unit_action(plan: Plan, unit: ImageUnit) -> str:
 
 def plan_json(plan: Plan, previews: dict[str, Preview]) -> dict[str, Any]:
     """`prepare --dry-run --json`: what would be done, per annotation file and per archive or folder."""
-    from ..prepare import placed_at
 
     units = []
     for u in plan.units:
         entry: dict[str, Any] = {"source": u.unit.key, "kind": u.unit.kind, "bytes": u.stamp.size}
         if u.marker is not None:
-            entry |= {"action": "in place", "target": placed_at(u.marker.prefix, u.marker.entries)}
+            entry |= {"action": "in place", "target": _in_place_target(u.marker)}
         elif (pv := previews[u.unit.key]).placement is None:
             entry |= {"action": "refuse", "error": pv.error}
         else:
@@ -227,8 +233,6 @@ def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from ..prepare import placed_at
-
     out = console()
     table = Table(title=f"fusion-fast prepare --dry-run: {plan.source} -> {plan.train}", title_justify="left")
     for col in ("action", "from", "to", "detail"):
@@ -241,7 +245,7 @@ def print_plan(plan: Plan, previews: dict[str, Preview]) -> None:
         unit = u.unit
         what = f"{unit.kind}, {human_bytes(u.stamp.size)}"
         if u.marker is not None:
-            where = placed_at(u.marker.prefix, u.marker.entries)
+            where = _in_place_target(u.marker)
             table.add_row("in place", unit.key, where, f"{what}, {count(u.marker.files, 'file')}")
             continue
         pv = previews[unit.key]

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import get_worker_info
 
 from .._core import collate_records
+from ..distributed import in_dataloader_worker
 from ..vision_device import ShippedBatch
 from .dataset import PIXELS_KEY
 from .shipping import PackedBatch, PackedRecords
@@ -61,7 +61,7 @@ def _collate_shipped(
     column = [item.get(PIXELS_KEY) for item in items]
     rest = [{k: v for k, v in item.items() if k != PIXELS_KEY} for item in items]
     collated = _collate_items(rest, pads, default)
-    packed = ShippedBatch.pack(column, shared=get_worker_info() is not None)
+    packed = ShippedBatch.pack(column, shared=in_dataloader_worker())
     keys = dict.fromkeys(itertools.chain.from_iterable(items))  # union, in first-seen order
     return {k: packed if k == PIXELS_KEY else collated[k] for k in keys}
 
@@ -117,7 +117,7 @@ def _stack_or_pad(tensors: list[torch.Tensor], pad: int | float) -> torch.Tensor
 
 def _new_batch_tensor(like: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
     """In a DataLoader worker, an uninitialised tensor of `shape` in shared memory; else None."""
-    if get_worker_info() is None or like.device.type != "cpu":
+    if not in_dataloader_worker() or like.device.type != "cpu":
         return None
     numel = 1
     for s in shape:

@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from .._core import ItemSources, Shipped
+from ..distributed import in_dataloader_worker
 from ..errors import RecordError
 from ..index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from ..mixture import Mixture
@@ -222,7 +223,7 @@ class FusionDataset(Dataset[Any]):
         process untouched, they are decoded there in Rust, which costs less than pickling the Python
         objects in the worker and unpickling them in the main process."""
         if self.transform is None and not self.load_images and self.image_processor is None:
-            if get_worker_info() is not None:
+            if in_dataloader_worker():
                 return PackedRecords(
                     self._pack_positions(indices) or _pack(self._item_sources(), *self._locate_good(indices))
                 )
