@@ -609,7 +609,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--images-count", "--files", dest="images", type=int, default=None, help="default 100,000")
     p.add_argument("--reads", type=int, default=None, help="random reads per DataLoader run (default 20,000)")
-    p.add_argument("--rounds", type=int, default=None, help="rounds of the preparations (default 3)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of the preparations (default 3, 1 above 100,000 images: each round extracts and "
+        "removes every image)",
+    )
     p.add_argument("--read-rounds", type=int, default=None, help="rounds of the reads (default 3)")
     p.add_argument("--pool", type=int, default=None, help="distinct JPEGs (default 4,096)")
     p.add_argument("--per-archive", type=int, default=PER_ARCHIVE, help="members per tar (%(default)s)")
@@ -637,7 +643,7 @@ def main(argv: list[str] | None = None) -> None:
     q = args.quick
     n = args.images or (1_000 if q else 100_000)
     reads = args.reads or (1_000 if q else 20_000)
-    rounds = args.rounds or (2 if q else 3)
+    rounds = args.rounds or (2 if q else 3 if n <= 100_000 else 1)
     read_rounds = args.read_rounds or (1 if q else 3)
     pool_size = min(args.pool or (256 if q else 4_096), n)
     data_dir = Path(args.dir) if args.dir else default_data_dir()
