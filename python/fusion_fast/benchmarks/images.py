@@ -306,7 +306,8 @@ class ImageBytes:
 
 
 def read_rate(ds: Any, order: Sequence[int], batch: int = 64) -> dict[str, float]:
-    """Reads `order` through a DataLoader with 2 workers; reads per second from the first batch on."""
+    """Reads `order` through a DataLoader with 2 workers: reads per second from the first batch on, and
+    over the whole run (worker start-up and the first batch included)."""
     import torch.utils.data as tud
 
     from ..torch import worker_context
@@ -327,7 +328,16 @@ def read_rate(ds: Any, order: Sequence[int], batch: int = 64) -> dict[str, float
     ended = time.perf_counter()
     if first + rest != len(order):
         raise RuntimeError(f"read {first + rest} images, expected {len(order)}")
-    return {"reads_per_s": rest / (ended - first_at), "first_batch_s": first_at - started}
+    return {
+        "reads_per_s": rest / (ended - first_at),
+        "whole_reads_per_s": len(order) / (ended - started),
+        "first_batch_s": first_at - started,
+    }
+
+
+def cached_bytes(paths: Iterable[str | os.PathLike[str]]) -> int:
+    """Bytes of `paths` in the page cache."""
+    return sum(resident_pages(p)[0] for p in paths) * mmap.PAGESIZE
 
 
 # -- the benchmark --------------------------------------------------------------------------------------
@@ -427,6 +437,9 @@ def run(
         for r in range(read_rounds):
             order = [rng.randrange(n) for _ in range(reads)]
             picked = sorted(set(order))
+            image_bytes = sum(
+                os.path.getsize(images["extract"] / member_name(i, per_archive)) for i in picked
+            )
             touched = {
                 "extract": [images["extract"] / member_name(i, per_archive) for i in picked],
                 "shards": list(tars),
@@ -451,6 +464,9 @@ def run(
                         resident = resident_fraction(sample)
                         result = read_rate(datasets[reader, mode], order)
                         result["resident_before"] = resident
+                        if state == "cold":  # what the reads brought into the page cache
+                            result["cached_bytes_after"] = cached_bytes([*touched[mode], *store_files[mode]])
+                            result["image_bytes"] = image_bytes
                         rates[reader][mode][state].append(result)
         phase["read"] = time.perf_counter()
     finally:
@@ -539,15 +555,41 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
         }
         for reader, by_mode in res["reads_per_s"].items()
     }
+    cold_runs = "cold" in res["reads_per_s"]["decode"]["extract"]
+    if cold_runs:  # the whole cold run, first batch included, and what it brought into the page cache
+        for reader, by_mode in res["reads_per_s"].items():
+            for mode, by_state in by_mode.items():
+                runs = by_state["cold"]
+                rates[reader][mode]["cold, whole run"] = spread([x["whole_reads_per_s"] for x in runs])
+                rates[reader][mode]["amplification"] = spread(
+                    [x["cached_bytes_after"] / x["image_bytes"] for x in runs]
+                )
     resident = {
         mode: {
             s: max(x["resident_before"] for r in res["reads_per_s"].values() for x in r[mode][s]) for s in st
         }
         for mode, st in res["reads_per_s"]["decode"].items()
     }
-    states = list(rates["decode"]["extract"])
+    states = [s for s in rates["decode"]["extract"] if s != "amplification"]
+    headers = {
+        "warm": "page-cached",
+        "cold": "cold, from the first batch",
+        "cold, whole run": "cold, whole run",
+    }
+
+    def amplification(r: dict[str, float]) -> str:
+        return (
+            f"{r['median']:,.1f}x ({r['min']:,.1f}-{r['max']:,.1f}x)"
+            if r["runs"] > 1
+            else f"{r['median']:,.1f}x"
+        )
+
     read_rows = [
-        [label, *(_fmt_rate(rates[reader][mode][s]) for s in states)]
+        [
+            label,
+            *(_fmt_rate(rates[reader][mode][s]) for s in states),
+            *([amplification(rates[reader][mode]["amplification"])] if cold_runs else []),
+        ]
         for reader, what in (("decode", "decoded"), ("bytes", "bytes"))
         for mode, label in (("extract", f"extracted files, {what}"), ("shards", f"store, {what}"))
     ]
@@ -576,7 +618,14 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
         f"{res['read_rounds']} rounds)\n",
         "Decoded: `FusionDataset(load_images=True)`, each image opened by Pillow and converted to RGB. "
         "Bytes: a minimal dataset returning `fusion_fast.images.read_path`'s bytes.\n",
-        table(["reads/s", *(f"{s} cache" for s in states)], read_rows),
+        table(
+            [
+                "reads/s",
+                *(headers[s] for s in states),
+                *(["cold run: page cache filled / bytes of the images read"] if cold_runs else []),
+            ],
+            read_rows,
+        ),
         "\nStore / files: "
         + "; ".join(
             f"{reader}: " + ", ".join(f"{ratio[reader][s]:.2f}x {s}" for s in states) for reader in ratio
@@ -587,7 +636,7 @@ def report(res: dict[str, Any], m: dict[str, Any], quick: bool) -> tuple[str, di
         lines.append(
             f"Cold: {cold_how}. Pages resident just before a timed read (`mincore`, highest seen): "
             + "; ".join(
-                f"{mode} " + ", ".join(f"{resident[mode][s]:.0%} {s}" for s in states) for mode in resident
+                f"{mode} " + ", ".join(f"{r:.0%} {s}" for s, r in resident[mode].items()) for mode in resident
             )
             + "."
         )
