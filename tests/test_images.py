@@ -510,3 +510,46 @@ def test_a_store_made_after_its_folder_was_looked_at_is_seen_once_the_folder_is_
     assert im.nearest_store(path) is None
     del im._folder_stores[str(images)]
     assert im.store_for(path) is not None
+
+
+CONVERT_CHILD = """
+import sys
+from fusion_fast import _core
+try:
+    _core.convert_to_tars([([sys.argv[1]], sys.argv[2])], chunk_delay=1.0)
+except KeyboardInterrupt:
+    sys.exit(3)
+"""
+
+
+def test_ctrl_c_stops_a_gzip_conversion_at_once_and_leaves_no_file(tmp_path: Path) -> None:
+    """The converter runs on its own thread while the caller waits for signals: Ctrl-C raises
+    KeyboardInterrupt within a chunk (here each chunk is followed by a one-second testing delay, 24 s in
+    all), and the temporary file is removed."""
+    import gzip
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .test_prepare import child_env
+
+    members = {f"big/{k}.jpg": _payload(k, 1 << 20) for k in range(24)}
+    source = tmp_path / "big.tar.gz"
+    source.write_bytes(gzip.compress(_tar(tmp_path / "big.tar", members, tarfile.GNU_FORMAT).read_bytes(), 1))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONVERT_CHILD, str(source), str(out / "big.tar")],
+        env=child_env(),
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not [p for p in out.iterdir() if p.stat().st_size]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+        time.sleep(0.02)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 3, proc.stderr and proc.stderr.read()
+    assert time.monotonic() - sent < 2.0
+    assert list(out.iterdir()) == []

@@ -170,8 +170,9 @@ def readable_archive(
     Converted shards and links already made are reused; a conversion writes a temporary file renamed
     into place once the whole stream was read and checked. `limits` apply to what a conversion writes
     as they apply to extraction, chunk by chunk: bzip2, xz and split copies here; a gzip conversion in
-    Rust, given the most bytes it may write (`_gzip_limit`), refuses as soon as the stream passes it and
-    removes its temporary file, so a gzip bomb never fills the disk. `cancel` (set with `abort`) stops
+    Rust, given the most bytes it may write (the ratio limit, or the free space when that is less),
+    refuses as soon as the stream passes it and removes its temporary file, so a gzip bomb never fills
+    the disk. `cancel` (set with `abort`) stops
     a gzip conversion at its next chunk."""
     dest = shard_path(images, unit, stamp)
     source = Path(os.path.realpath(unit.parts[0]))
@@ -188,12 +189,15 @@ def readable_archive(
         )
     if how == "gzip":
         budget.declare(unit.size)
-        max_bytes = _gzip_limit(limits, unit.size, dest.parent)
+        # The most bytes the converter may write: the ratio limit, or the free space when that is less.
+        by_ratio = free = 0
+        if limits is not None:
+            by_ratio, free = _ratio_limit(limits, unit.size), limits.free_space(dest.parent)
         delay = float(os.environ.get(DELAY_ENV) or 0)  # a testing aid, as for the other conversions
         try:
             _core.convert_to_tars(
                 [([str(p) for p in unit.parts], str(dest))],
-                max_bytes=[max_bytes],
+                max_bytes=[None if limits is None else max(0, min(by_ratio, free))],
                 cancel=cancel,
                 chunk_delay=delay or None,
             )
@@ -201,7 +205,8 @@ def readable_archive(
             if cancel is not None and cancel.is_requested():
                 raise Aborted from None
             if e.message.startswith(_core.CONVERT_LIMIT_PREFIX):
-                raise _limit_error(e.message, limits, unit, dest.parent) from None
+                assert limits is not None
+                raise _limit_error(e.message, limits, unit, dest.parent, by_ratio <= free) from None
             raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
         return dest, True
     if not linked:
@@ -225,19 +230,13 @@ def _ratio_limit(limits: SizeLimits, archive_size: int) -> int:
     return max(limits.ratio_floor, math.floor(limits.max_ratio * max(archive_size, 1)))
 
 
-def _gzip_limit(limits: SizeLimits | None, archive_size: int, folder: Path) -> int | None:
-    """The most bytes the Rust converter may write for an archive of `archive_size` into `folder`: the
-    ratio limit, or the free space there when that is less."""
-    if limits is None:
-        return None
-    return max(0, min(_ratio_limit(limits, archive_size), limits.free_space(folder)))
-
-
-def _limit_error(message: str, limits: SizeLimits | None, unit: Archive, folder: Path) -> FusionFastError:
-    """The converter's refusal (`message`: the bytes produced and the limit), with which limit it was."""
-    assert limits is not None
+def _limit_error(
+    message: str, limits: SizeLimits, unit: Archive, folder: Path, by_ratio: bool
+) -> FusionFastError:
+    """The converter's refusal (`message`: the bytes produced and the limit), saying which limit it was:
+    the ratio (`by_ratio`) or the free space under `folder`."""
     detail = message.removeprefix(_core.CONVERT_LIMIT_PREFIX).strip()
-    if _ratio_limit(limits, unit.size) <= limits.free_space(folder):
+    if by_ratio:
         why = (
             f"it expands to more than {limits.max_ratio:g} times its size of {_human(unit.size)} "
             "(a decompression bomb?)"
