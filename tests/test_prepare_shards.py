@@ -859,6 +859,12 @@ def test_a_gzip_bomb_is_refused_while_it_streams_before_it_fills_the_disk(
     images = pg / "train" / "images"
     assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
     assert read_marker(images, "images/Bomb.tar.gz") is None
+    # Without the limits the small disk fills: a write error (not "corrupt"), and nothing is left.
+    result = run_prepare(plan_prepare(src, pg, images="shards"), size_limits=None)
+    message = errors(result)["images/Bomb.tar.gz"]
+    assert "cannot convert it: cannot write the converted tar" in message and "space left" in message, message
+    assert "corrupt" not in message, message
+    assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
     # Without the limits (on a disk with room) it converts.
     roomy = tmp_path / "pg"
     assert prepare_cli(src, "--root", roomy, "--images", "shards", "--no-size-limits") == 0

@@ -70,7 +70,7 @@ from .archives import (
     marker_name,
     safe_member_path,
 )
-from .errors import FusionFastError
+from .errors import CorruptArchiveError, FusionFastError
 from .images import ImageStore
 from .playground import image_store_path, state_folder
 
@@ -207,7 +207,9 @@ def readable_archive(
             if e.message.startswith(_core.CONVERT_LIMIT_PREFIX):
                 assert limits is not None
                 raise _limit_error(e.message, limits, unit, dest.parent, by_ratio <= free) from None
-            raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+            if isinstance(e, CorruptArchiveError):
+                raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+            raise FusionFastError(f"cannot convert it: {e.message}", path=unit.key) from None
         return dest, True
     if not linked:
         if not how:
