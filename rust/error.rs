@@ -19,6 +19,11 @@ pub enum ErrorKind {
     Io,
     /// An image archive is truncated or corrupt (or not an archive the image store reads).
     CorruptArchive,
+    /// A value handed in by the caller is not acceptable: an argument of the wrong shape, or a batch
+    /// shipped by a worker that is not one fusion-fast packed. Python's `ValueError`.
+    Invalid,
+    /// A record, dataset or mixture position past the end of what exists. Python's `IndexError`.
+    OutOfRange,
 }
 
 /// Where in a data file a malformed-JSON error sits.
@@ -71,6 +76,16 @@ impl Error {
                 record,
             }),
         }
+    }
+
+    /// An `ErrorKind::Invalid` error.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Invalid, message)
+    }
+
+    /// An `ErrorKind::OutOfRange` error.
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::OutOfRange, message)
     }
 
     pub fn io(path: &Path, action: &str, err: std::io::Error) -> Self {

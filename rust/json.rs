@@ -5,7 +5,7 @@
 //! validates, without unescaping. It accepts exactly RFC 8259 JSON: no NaN / Infinity, no comments,
 //! no trailing commas, no raw control characters in strings, valid UTF-8, escapes `\" \\ \/ \b \f \n
 //! \r \t \uXXXX` (lone surrogate escapes are accepted, as Python's `json` accepts them). Nesting is
-//! limited to [`MAX_DEPTH`] (jiter, which turns records into Python objects, has the same limit).
+//! limited to [`MAX_DEPTH`] (`to_python`, which turns records into Python objects, uses the same limit).
 
 use crate::words::is_python_space;
 

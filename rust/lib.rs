@@ -1,6 +1,6 @@
 //! fusion-fast core: a parallel validating scanner for huge JSON / JSON Lines annotation files and the
-//! memory-mapped offset index it writes. Pure Rust; the Python binding lives in `python.rs` behind
-//! the `python` feature.
+//! memory-mapped offset index it writes. Pure Rust; the Python binding (`python.rs`, which registers
+//! the classes and functions of the `py_*.rs` files) is behind the `python` feature.
 
 pub mod chunk_shape;
 pub mod columns;
@@ -14,6 +14,7 @@ pub mod mapping;
 pub mod paths;
 pub mod record;
 pub mod scan;
+pub mod ship;
 pub mod shuffle;
 pub mod tape;
 pub mod words;
@@ -27,9 +28,19 @@ pub mod store;
 pub use store::{open, JsonIndex, OpenOptions, Rebuild};
 
 #[cfg(feature = "python")]
+mod py_errors;
+#[cfg(feature = "python")]
+mod py_functions;
+#[cfg(feature = "python")]
 mod py_image_store;
 #[cfg(feature = "python")]
+mod py_index;
+#[cfg(feature = "python")]
 mod py_items;
+#[cfg(feature = "python")]
+mod py_ship;
+#[cfg(feature = "python")]
+mod py_sources;
 #[cfg(feature = "python")]
 mod python;
 #[cfg(feature = "python")]

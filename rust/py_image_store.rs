@@ -16,7 +16,7 @@ use crate::error::{Error, ErrorKind};
 use crate::image_store::{
     build_placed, convert_all_with, normalize, ConvertOptions, ImageStore, Location, Placement,
 };
-use crate::python::to_py_err;
+use crate::py_errors::{boundary, panic_message};
 
 /// An open image store, shared (read-only) by every view it hands out.
 #[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
@@ -71,8 +71,8 @@ impl MemberView {
 impl PyImageStore {
     /// The member's position and location (read from its archive record, which the lookup parses to
     /// check the name anyway).
-    fn lookup(&self, py: Python<'_>, member: &[u8]) -> PyResult<(usize, Location)> {
-        match self.inner.lookup(member).map_err(|e| to_py_err(py, e))? {
+    fn lookup(&self, member: &[u8]) -> PyResult<(usize, Location)> {
+        match self.inner.lookup(member)? {
             Some(found) => Ok(found),
             None => Err(PyKeyError::new_err(format!(
                 "{} is in no archive of the image store {}",
@@ -96,14 +96,15 @@ impl PyImageStore {
         path: PathBuf,
         placements: Option<Vec<(usize, String)>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        crate::python::boundary("ImageStore.build", || {
+        boundary("ImageStore.build", || {
             let placements = placements.unwrap_or_default();
             if !placements.is_empty() && placements.len() != archives.len() {
-                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                return Err(Error::invalid(format!(
                     "{} placements for {} archives",
                     placements.len(),
                     archives.len()
-                )));
+                ))
+                .into());
             }
             let placed: Vec<(PathBuf, Placement)> = archives
                 .into_iter()
@@ -119,9 +120,7 @@ impl PyImageStore {
                     (a, placement)
                 })
                 .collect();
-            let report = py
-                .detach(|| build_placed(&placed, &path))
-                .map_err(|e| to_py_err(py, e))?;
+            let report = py.detach(|| build_placed(&placed, &path))?;
             let d = PyDict::new(py);
             d.set_item("members", report.members)?;
             let refused = PyList::empty(py);
@@ -148,10 +147,8 @@ impl PyImageStore {
 
     #[staticmethod]
     fn open(py: Python<'_>, path: PathBuf) -> PyResult<PyImageStore> {
-        crate::python::boundary("ImageStore.open", || {
-            let inner = py
-                .detach(|| ImageStore::open(&path))
-                .map_err(|e| to_py_err(py, e))?;
+        boundary("ImageStore.open", || {
+            let inner = py.detach(|| ImageStore::open(&path))?;
             Ok(PyImageStore {
                 inner: Arc::new(inner),
             })
@@ -174,28 +171,22 @@ impl PyImageStore {
         self.inner.len()
     }
 
-    fn __contains__(&self, py: Python<'_>, member: &[u8]) -> PyResult<bool> {
-        crate::python::boundary("ImageStore.__contains__", || {
-            Ok(self
-                .inner
-                .find(member)
-                .map_err(|e| to_py_err(py, e))?
-                .is_some())
+    fn __contains__(&self, member: &[u8]) -> PyResult<bool> {
+        boundary("ImageStore.__contains__", || {
+            Ok(self.inner.find(member)?.is_some())
         })
     }
 
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        crate::python::boundary("ImageStore.read", || {
-            let (i, loc) = self.lookup(py, member)?;
+        boundary("ImageStore.read", || {
+            let (i, loc) = self.lookup(member)?;
             let store = &self.inner;
             let name = normalize(member).unwrap_or_default();
-            let bytes = py
-                .detach(|| store.read_located(&name, loc))
-                .map_err(|e| to_py_err(py, e))?;
+            let bytes = py.detach(|| store.read_located(&name, loc))?;
             let copy = PyBytes::new(py, &bytes);
             // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
-            store.check_mapped(i).map_err(|e| to_py_err(py, e))?;
+            store.check_mapped(i)?;
             Ok(copy)
         })
     }
@@ -203,13 +194,11 @@ impl PyImageStore {
     /// The member's bytes without a copy where it is stored uncompressed (a `MemberView`, to wrap in
     /// `memoryview`), else inflated `bytes`.
     fn view<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        crate::python::boundary("ImageStore.view", || {
-            let (_, loc) = self.lookup(py, member)?;
+        boundary("ImageStore.view", || {
+            let (_, loc) = self.lookup(member)?;
             let store = &self.inner;
             let name = normalize(member).unwrap_or_default();
-            let bytes = py
-                .detach(|| store.read_located(&name, loc))
-                .map_err(|e| to_py_err(py, e))?;
+            let bytes = py.detach(|| store.read_located(&name, loc))?;
             match bytes {
                 Cow::Borrowed(b) => Ok(Bound::new(
                     py,
@@ -227,12 +216,12 @@ impl PyImageStore {
 
     /// Every member path, read from the archives in archive order (each archive front to back).
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-        crate::python::boundary("ImageStore.members", || {
+        boundary("ImageStore.members", || {
             self.inner
                 .archive_order()
                 .into_iter()
                 .map(|i| {
-                    let name = self.inner.name(i).map_err(|e| to_py_err(py, e))?;
+                    let name = self.inner.name(i)?;
                     Ok(PyBytes::new(py, &name))
                 })
                 .collect()
@@ -240,13 +229,9 @@ impl PyImageStore {
     }
 
     /// `(archive, data offset, stored size, size, method, crc)` of a member.
-    fn location(
-        &self,
-        py: Python<'_>,
-        member: &[u8],
-    ) -> PyResult<(String, u64, u64, u64, u8, u32)> {
-        crate::python::boundary("ImageStore.location", || {
-            let (_, loc) = self.lookup(py, member)?;
+    fn location(&self, member: &[u8]) -> PyResult<(String, u64, u64, u64, u8, u32)> {
+        boundary("ImageStore.location", || {
+            let (_, loc) = self.lookup(member)?;
             let archive = self
                 .inner
                 .archives()
@@ -266,9 +251,9 @@ impl PyImageStore {
 
     /// Recomputes the checksum of the whole store file.
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        crate::python::boundary("ImageStore.verify", || {
+        boundary("ImageStore.verify", || {
             let store = &self.inner;
-            py.detach(|| store.verify()).map_err(|e| to_py_err(py, e))
+            Ok(py.detach(|| store.verify())?)
         })
     }
 }
@@ -318,7 +303,7 @@ fn convert_to_tars(
     cancel: Option<&ConvertCancel>,
     chunk_delay: Option<f64>,
 ) -> PyResult<Vec<u64>> {
-    crate::python::boundary("ImageStore.convert_to_tars", || {
+    boundary("ImageStore.convert_to_tars", || {
         use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 
         let limits = max_bytes.unwrap_or_else(|| vec![None; jobs.len()]);
@@ -354,12 +339,9 @@ fn convert_to_tars(
                 let _ = tx.send(convert_all_with(&work, &opts));
             })
             .map_err(|e| {
-                to_py_err(
-                    py,
-                    Error::new(
-                        ErrorKind::Io,
-                        format!("cannot start a thread to convert: {e}"),
-                    ),
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot start a thread to convert: {e}"),
                 )
             })?;
         // The receiver is not Sync, so it moves into each GIL-free slice and back out.
@@ -376,19 +358,15 @@ fn convert_to_tars(
             match got {
                 Ok(result) => {
                     let _ = worker.join();
-                    return result.map_err(|e| to_py_err(py, e));
+                    return Ok(result?);
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let why = match worker.join() {
-                        Err(panic) => panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default(),
+                        Err(panic) => panic_message(panic.as_ref()),
                         Ok(()) => String::new(),
                     };
                     let msg = format!("internal error while converting: {why}");
-                    return Err(to_py_err(py, Error::new(ErrorKind::Io, msg)));
+                    return Err(Error::new(ErrorKind::Io, msg).into());
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -1,14 +1,19 @@
 //! `FusionDataset`'s per-record work on decoded records, done in Rust because it runs for every sample
 //! of every epoch: turning a record into an item (image paths joined to the dataset's image folder,
 //! the source added), collating a batch of items field by field, and building the collated batch of
-//! shipped records directly, without the items in between. The semantics are those written in
-//! `fusion_fast/torch.py`; its tests compare both sides.
+//! shipped records directly, without the items in between.
+//!
+//! The collate rules are stated once, in Python: `_collate` in `fusion_fast/torch/collate.py`, which
+//! also handles tensors, tuples and other mappings. What is here is its fast path for the JSON values
+//! that raw records are: `collate_json` gives up (None) on anything else. `tests/test_shipping.py` runs
+//! both over generated batches and requires equal results, so a change to the rules there that this
+//! file does not follow fails.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyFloat, PyInt, PyList, PyString};
 
+use crate::error::Error;
 use crate::to_python::Builder;
 
 /// The key each item gets: `{"dataset": name, "index": record number}`.
@@ -87,12 +92,9 @@ impl<'py> ItemSource<'py> {
     }
 }
 
-/// `collate` of a list of items made only of dicts, lists, strings, bytes, numbers, booleans and None:
-/// a leaf first item (anything but a dict) keeps the list as it is, and so does a dict first item
-/// beside leaves; dicts only become one dict over the union of their keys (in first-seen order)
-/// whose values are collated the same way, None standing for a missing key. Returns None when it
-/// meets anything else (tensors, tuples, other mappings): then `fusion_fast.torch.collate` decides,
-/// in Python.
+/// `_collate` (fusion_fast/torch/collate.py) of a list of items made only of dicts, lists, strings,
+/// bytes, numbers, booleans and None. Returns None when it meets anything else (tensors, tuples, other
+/// mappings): then `_collate` decides, in Python.
 pub fn collate_json<'py>(items: Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = items.py();
     let Some(first) = items.iter().next() else {
@@ -275,7 +277,7 @@ impl<'py> BatchBuilder<'py> {
                 sources.into_any()
             } else {
                 collate_json(PyList::new(py, column)?)?.ok_or_else(|| {
-                    PyValueError::new_err("decoded JSON holds only what collate_json decides")
+                    Error::invalid("decoded JSON holds only what collate_json decides")
                 })?
             };
             out.set_item(key, value)?;

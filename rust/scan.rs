@@ -6,7 +6,7 @@
 //!    (see `chunk_shape`): bracket depth change, end state, first comma at each relative depth;
 //! 2. in order, a cheap pass picks the true answer for each chunk from the one before it and turns
 //!    the depths into each chunk's first top-level record separator;
-//! 3. in parallel, each chunk validates and reads its records with jiter, from its separator up to
+//! 3. in parallel, each chunk validates and reads its records (`json::Reader`), from its separator up to
 //!    the next chunk's. A chunk only counts when its parse lands exactly on the next chunk's separator,
 //!    so the stitched result IS the sequential parse. On any error or mismatch the sequential reader
 //!    resumes from the last verified separator: the output (records or the first error) always equals
@@ -477,7 +477,7 @@ fn read_lines(
         let first = skip_whitespace(&data[..line_end], line_start);
         if first < line_end {
             let record = first_record + out.len() as u64;
-            // jiter sees only this line, so a record cannot run on into the next one.
+            // The reader sees only this line, so a record cannot run on into the next one.
             let line = &data[..line_end];
             let value_end = read_one(line, first, record, &mut out, &mut reader).map_err(|e| {
                 if e.message.contains("end of input") {

@@ -27,16 +27,16 @@ pub enum Rebuild {
 }
 
 impl std::str::FromStr for Rebuild {
-    /// What was wrong with the value (an argument, not an I/O problem).
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Rebuild, String> {
+    /// What was wrong with the value: an `ErrorKind::Invalid` argument, not an I/O problem.
+    type Err = Error;
+    fn from_str(s: &str) -> std::result::Result<Rebuild, Error> {
         match s {
             "auto" => Ok(Rebuild::Auto),
             "never" => Ok(Rebuild::Never),
             "always" => Ok(Rebuild::Always),
-            _ => Err(format!(
+            _ => Err(Error::invalid(format!(
                 "rebuild must be 'auto', 'never' or 'always', not {s:?}"
-            )),
+            ))),
         }
     }
 }

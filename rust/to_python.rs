@@ -12,10 +12,10 @@
 
 use std::os::raw::c_char;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 
+use crate::error::Error;
 use crate::json::{read_number, skip_whitespace, unescape_into, Number, MAX_DEPTH};
 use crate::tape::{self, string_stop, Item, Reader};
 
@@ -139,9 +139,10 @@ impl Cursor<'_> {
 /// The Python exception of a failed decode: the one set, else "the bytes changed".
 fn decode_error(py: Python<'_>) -> PyErr {
     PyErr::take(py).unwrap_or_else(|| {
-        PyValueError::new_err(
+        Error::invalid(
             "record bytes changed since they were indexed (not the JSON that was indexed)",
         )
+        .into()
     })
 }
 
@@ -522,7 +523,7 @@ fn py_number(_py: Python<'_>, number: Number<'_>) -> BuildResult<Owned> {
 /// building, such as `MemoryError`, is passed on).
 fn tape_error(py: Python<'_>) -> PyErr {
     PyErr::take(py).unwrap_or_else(|| {
-        PyValueError::new_err("a shipped batch is malformed (not records that fusion-fast packed)")
+        Error::invalid("a shipped batch is malformed (not records that fusion-fast packed)").into()
     })
 }
 

@@ -96,8 +96,7 @@ def shipped_records(paths: list[Path], index_dir: Path, *, tape: bool) -> list[A
     sources = _core.ItemSources([ix._core for ix in indexes], [p.name for p in paths], [""] * len(paths))
     datasets = np.repeat(np.arange(len(paths), dtype="<i8"), [len(ix) for ix in indexes]).tobytes()
     numbers = np.concatenate([np.arange(len(ix), dtype="<i8") for ix in indexes]).tobytes()
-    data, lengths = sources.pack(datasets, numbers, tape=tape)
-    items = _core.decode_shipped(data, lengths, datasets, numbers, sources.names, sources.prefixes, tape)
+    items = sources.pack(datasets, numbers, tape=tape).decode()
     for item in items:
         del item["_source"]
     return items

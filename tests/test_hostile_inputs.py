@@ -112,7 +112,7 @@ def record_tape(value: bytes) -> bytes:
 
 def decode(tape: bytes) -> object:
     one = (0).to_bytes(8, "little")
-    return _core.decode_shipped(tape, struct.pack("<I", len(tape)), one, one, ["d"], [""], tape=True)
+    return _core.Shipped(tape, struct.pack("<I", len(tape)), one, one, ["d"], [""], tape=True).decode()
 
 
 def ucs2(*units: int) -> bytes:

@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 from torch.utils.data import DataLoader  # noqa: E402
 
 import fusion_fast as ff  # noqa: E402
-from fusion_fast._core import ItemSources, decode_shipped  # noqa: E402
+from fusion_fast._core import ItemSources  # noqa: E402
 from fusion_fast.torch import SHIP_ENV, FusionDataset  # noqa: E402
 
 #: JSON's whitespace (RFC 8259 `ws`): what may surround a value in an array or on a JSON Lines line.
@@ -164,7 +164,7 @@ def test_the_oracle_sees_every_record(data_file):
 
 def test_record_spans_and_bytes_are_the_grammars(data_file, tmp_path):
     """`span`, `raw` and the positional reads behind `ItemSources.pack` give each record's bytes exactly
-    where the grammar puts them; `get` and `decode_shipped` give `json.loads` of them."""
+    where the grammar puts them; `get` and `Shipped.decode` give `json.loads` of them."""
     raw, values = oracle_records(data_file)
     with open(data_file, "rb") as f:
         data = f.read()
@@ -179,12 +179,11 @@ def test_record_spans_and_bytes_are_the_grammars(data_file, tmp_path):
     sources = ItemSources([ix._core], ["d"], [""])
     order = np.array([3, 0, len(raw) - 1, 5, 5, 4, 7, 8, 1, 2], dtype="<i8")
     datasets = np.zeros(len(order), dtype="<i8")
-    packed, lengths = sources.pack(datasets.tobytes(), order.tobytes(), tape=False)
-    assert packed == b"".join(raw[i] for i in order)
-    assert list(np.frombuffer(lengths, "<u4")) == [len(raw[i]) for i in order]
+    packed = sources.pack(datasets.tobytes(), order.tobytes(), tape=False)
+    assert packed.data == b"".join(raw[i] for i in order)
+    assert list(np.frombuffer(packed.lengths, "<u4")) == [len(raw[i]) for i in order]
     for tape in (False, True):
-        data_, lengths_ = sources.pack(datasets.tobytes(), order.tobytes(), tape=tape)
-        items = decode_shipped(data_, lengths_, datasets.tobytes(), order.tobytes(), ["d"], [""], tape)
+        items = sources.pack(datasets.tobytes(), order.tobytes(), tape=tape).decode()
         want_items = [{**values[i], "_source": {"dataset": "d", "index": int(i)}} for i in order]
         assert typed(items) == typed(want_items), tape
 

@@ -548,11 +548,10 @@ def test_batches_built_from_shipped_bytes_equal_collated_items(tmp_path_factory,
     n = len(records)
     datasets = np.array([k % 2 for k in range(n)], dtype="<i8").tobytes()
     numbers = np.arange(n, dtype="<i8")[::-1].copy().tobytes()
-    data, lengths = sources.pack(datasets, numbers)
-    shipped = (data, lengths, datasets, numbers, sources.names, sources.prefixes)
-    items = _core.decode_shipped(*shipped)
+    shipped = sources.pack(datasets, numbers)
+    items = shipped.decode()
     assert items == sources.items(datasets, numbers)
-    batch = _core.decode_shipped(*shipped, collated=True)
+    batch = shipped.decode(collated=True)
     assert batch == collate(items)
     assert list(batch) == list(collate(items))  # same key order
     spec = collate_as_documented(items)
@@ -692,7 +691,7 @@ def test_workers_pack_positions_in_one_call_as_the_general_path_does(stage, bad_
     assert bad._pack_positions([4, 5]) is None and bad._pack_positions([6]) is None
     assert bad._pack_positions([0, 4, 7, 9]) is not None  # image problems are not judged without images
     replaced = _pack(bad._item_sources(), *bad._locate_good([4, 5]))
-    assert list(np.frombuffer(replaced[3], "<i8")) == [4, 7]  # 5 (and 6) skipped: the next good one is 7
+    assert list(np.frombuffer(replaced.numbers, "<i8")) == [4, 7]  # 5 (and 6) skipped: the next good one is 7
 
 
 def test_a_data_file_cut_short_after_opening_is_a_clear_error_in_the_worker_path(tmp_path):
@@ -757,7 +756,7 @@ def test_a_record_rewritten_after_opening_is_a_clear_error_in_a_worker_shipping_
 
 def shipped_as_tapes(batch):
     """A collate_fn that reports how the worker packed its batch."""
-    return batch._payload[-1]
+    return batch._shipped.tape
 
 
 @pytest.mark.parametrize("ship", ["json", "tape"])
@@ -834,12 +833,21 @@ def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
     monkeypatch.setenv(SHIP_ENV, "json")
-    data, lengths, datasets, numbers, names, prefixes, tape = _pack(
-        ds._item_sources(), *ds._locate_good([0, 41])
+    packed = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
+    data, lengths, datasets, numbers, names, prefixes = (
+        packed.data,
+        packed.lengths,
+        packed.datasets,
+        packed.numbers,
+        packed.names,
+        packed.prefixes,
     )
-    assert not tape
+    assert not packed.tape
     for collated in (False, True):
-        decode = functools.partial(_core.decode_shipped, collated=collated)
+
+        def decode(*parts: Any, collated: bool = collated) -> Any:
+            return _core.Shipped(*parts).decode(collated=collated)
+
         with pytest.raises(ValueError, match="exceed the shipped bytes"):
             decode(data[:-5], lengths, datasets, numbers, names, prefixes)
         with pytest.raises(ValueError, match="do not add up"):
@@ -858,17 +866,25 @@ def test_damaged_tapes_raise_instead_of_crashing(stage, monkeypatch):
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
     monkeypatch.setenv(SHIP_ENV, "tape")
-    data, lengths, datasets, numbers, names, prefixes, tape = _pack(
-        ds._item_sources(), *ds._locate_good([0, 41])
+    packed = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
+    data, lengths, datasets, numbers, names, prefixes = (
+        packed.data,
+        packed.lengths,
+        packed.datasets,
+        packed.numbers,
+        packed.names,
+        packed.prefixes,
     )
-    assert tape
+    assert packed.tape
     first = int.from_bytes(lengths[:4], "little")
-    json_data, json_lengths = ds._item_sources().pack(datasets, numbers)
+    as_json = ds._item_sources().pack(datasets, numbers)
+    json_data, json_lengths = as_json.data, as_json.lengths
     for collated in (False, True):
-        decode = functools.partial(_core.decode_shipped, tape=True, collated=collated)
-        from_json = _core.decode_shipped(
-            json_data, json_lengths, datasets, numbers, names, prefixes, collated=collated
-        )
+
+        def decode(*parts: Any, collated: bool = collated) -> Any:
+            return _core.Shipped(*parts, tape=True).decode(collated=collated)
+
+        from_json = as_json.decode(collated=collated)
         assert decode(data, lengths, datasets, numbers, names, prefixes) == from_json
         with pytest.raises(ValueError, match="shipped batch is malformed"):
             decode(b"\x2a" + data[1:], lengths, datasets, numbers, names, prefixes)  # no such tag

@@ -1,27 +1,76 @@
-"""Type stubs for the Rust extension `fusion_fast._core` (hand-written; see rust/python.rs)."""
+"""Type stubs for the Rust extension `fusion_fast._core` (rust/python.rs registers it; the classes and
+functions live in rust/py_*.rs). Checked against the built module by `python -m mypy.stubtest
+fusion_fast._core` in CI."""
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, final
 
 import numpy as np
+
+__all__ = [
+    "BAD_CONVERSATIONS",
+    "BAD_IMAGE",
+    "CONVERT_LIMIT_PREFIX",
+    "ConvertCancel",
+    "FORMAT_VERSION",
+    "HAS_IMAGE",
+    "HAS_VIDEO",
+    "IMAGE_TOKENS",
+    "ImageStore",
+    "Index",
+    "ItemSources",
+    "Locator",
+    "Mapped",
+    "MemberView",
+    "NOT_OBJECT",
+    "NO_CONVERSATIONS",
+    "Progress",
+    "SATURATED",
+    "SOURCE_KEY",
+    "Shipped",
+    "__version__",
+    "_panic_for_tests",
+    "cache_dir",
+    "collate_records",
+    "convert_to_tars",
+    "files_exist",
+    "index_candidates",
+    "length_grouped_into",
+    "numpy_shuffle_into",
+    "open_index",
+    "scan_bytes",
+]
 
 __version__: str
 FORMAT_VERSION: int
 SOURCE_KEY: str
+#: Tokens FUSION adds to `lengths` for a record with an `image` key.
+IMAGE_TOKENS: int
+#: Bits of the index's `flags` column.
+HAS_IMAGE: int
+HAS_VIDEO: int
+NO_CONVERSATIONS: int
+BAD_CONVERSATIONS: int
+NOT_OBJECT: int
+BAD_IMAGE: int
+SATURATED: int
 
+@final
 class Progress:
     """Bytes of the data file read so far by a running build."""
 
-    def __init__(self) -> None: ...
+    def __new__(cls) -> Progress: ...
     @property
     def value(self) -> int: ...
 
+@final
 class Mapped:
     """Read-only bytes of a mapped file (buffer protocol); keeps the mapping alive."""
 
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...
 
+@final
 class Index:
     def __len__(self) -> int: ...
     def get(self, i: int) -> Any: ...
@@ -51,18 +100,65 @@ class Index:
     def column_table(self) -> list[tuple[str, str, int, int]]: ...
     def verify(self) -> None: ...
 
+@final
+class Shipped:
+    """A batch as a DataLoader worker ships it: the records' bytes (JSON, or tapes with `tape`) and
+    lengths, their dataset and record numbers (int64 bytes), the datasets' names and image prefixes."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+    def __new__(
+        cls,
+        data: bytes,
+        lengths: bytes,
+        datasets: bytes,
+        numbers: bytes,
+        names: list[str],
+        prefixes: list[str],
+        tape: bool = False,
+    ) -> Shipped: ...
+    def decode(self, *, collated: bool = False) -> Any: ...
+    def __reduce__(
+        self,
+    ) -> tuple[type[Shipped], tuple[bytes, bytes, bytes, bytes, list[str], list[str], bool]]: ...
+    def __len__(self) -> int: ...
+    def __eq__(self, value: object, /) -> bool: ...
+    @property
+    def data(self) -> bytes: ...
+    @property
+    def lengths(self) -> bytes: ...
+    @property
+    def datasets(self) -> bytes: ...
+    @property
+    def numbers(self) -> bytes: ...
+    @property
+    def names(self) -> list[str]: ...
+    @property
+    def prefixes(self) -> list[str]: ...
+    @property
+    def tape(self) -> bool: ...
+
+@final
+class Locator:
+    """Where each mixture position finds its record: from the mixture's int64 `offsets` and `records`."""
+
+    def __new__(cls, offsets: np.ndarray, records: np.ndarray) -> Locator: ...
+    def locate_into(self, positions: np.ndarray, datasets: np.ndarray, numbers: np.ndarray) -> int | None: ...
+    def locate_one(self, position: int) -> tuple[int, int] | None: ...
+    def __len__(self) -> int: ...
+
+@final
 class ItemSources:
     """By dataset number: index, name and image prefix. Samples: int64 bytes of dataset and record
     numbers."""
 
-    def __init__(self, indexes: list[Index], names: list[str], prefixes: list[str]) -> None: ...
+    def __new__(cls, indexes: list[Index], names: list[str], prefixes: list[str]) -> ItemSources: ...
     @property
     def names(self) -> list[str]: ...
     @property
     def prefixes(self) -> list[str]: ...
     def flags(self, datasets: bytes, numbers: bytes) -> bytes: ...
     def items(self, datasets: bytes, numbers: bytes) -> list[dict[str, Any]]: ...
-    def pack(self, datasets: bytes, numbers: bytes, *, tape: bool = False) -> tuple[bytes, bytes]: ...
+    def pack(self, datasets: bytes, numbers: bytes, *, tape: bool = False) -> Shipped: ...
     def pack_positions(
         self,
         positions: Sequence[int],
@@ -71,7 +167,7 @@ class ItemSources:
         bad_flags: int,
         *,
         tape: bool = False,
-    ) -> tuple[bytes, bytes, bytes, bytes] | None: ...
+    ) -> Shipped | None: ...
 
 def open_index(
     path: str,
@@ -86,17 +182,6 @@ def open_index(
 def scan_bytes(
     data: bytes, format: str, *, chunk_size: int = 1048576, sequential: bool = False
 ) -> dict[str, bytes]: ...
-def decode_shipped(
-    data: bytes,
-    lengths: bytes,
-    datasets: bytes,
-    numbers: bytes,
-    names: list[str],
-    prefixes: list[str],
-    tape: bool = False,
-    *,
-    collated: bool = False,
-) -> Any: ...
 def collate_records(items: list[Any]) -> Any | None: ...
 def files_exist(paths: list[str], base: str | None = None, threads: int | None = None) -> bytes: ...
 def length_grouped_into(
@@ -109,6 +194,7 @@ def cache_dir() -> str: ...
 def _panic_for_tests() -> None: ...
 def index_candidates(path: str, index_dir: str | None = None) -> list[str]: ...
 
+@final
 class ImageStore:
     @staticmethod
     def build(
@@ -120,7 +206,7 @@ class ImageStore:
     def path(self) -> str: ...
     def archives(self) -> list[str]: ...
     def __len__(self) -> int: ...
-    def __contains__(self, member: bytes) -> bool: ...
+    def __contains__(self, key: bytes, /) -> bool: ...
     def read(self, member: bytes) -> bytes: ...
     def view(self, member: bytes) -> MemberView | bytes: ...
     def members(self) -> list[bytes]: ...
@@ -135,13 +221,18 @@ def convert_to_tars(
     chunk_delay: float | None = None,
 ) -> list[int]: ...
 
+@final
 class ConvertCancel:
+    """Stops the `convert_to_tars` calls it is given to, from any thread, at their next chunk."""
+
     def __init__(self) -> None: ...
     def request(self) -> None: ...
     def is_requested(self) -> bool: ...
 
+#: How the message of a conversion refused by `max_bytes` starts.
 CONVERT_LIMIT_PREFIX: str
 
+@final
 class MemberView:
     def __len__(self) -> int: ...
     def __buffer__(self, flags: int, /) -> memoryview: ...

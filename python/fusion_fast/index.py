@@ -11,23 +11,20 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import numpy as np
 
 from . import _core
+from ._core import (  # noqa: F401 - the bits of the `flags` column (rust/record.rs), for the package
+    BAD_CONVERSATIONS,
+    BAD_IMAGE,
+    HAS_IMAGE,
+    HAS_VIDEO,
+    NO_CONVERSATIONS,
+    NOT_OBJECT,
+    SATURATED,
+)
 
 if TYPE_CHECKING:
     import polars as pl
 
 Rebuild = Literal["auto", "never", "always"]
-
-#: Bits of the `flags` column.
-HAS_IMAGE = 1
-HAS_VIDEO = 2
-NO_CONVERSATIONS = 4
-BAD_CONVERSATIONS = 8
-NOT_OBJECT = 16
-BAD_IMAGE = 32
-SATURATED = 64
-
-#: FUSION counts an image as 128 tokens in `lengths`.
-IMAGE_TOKENS = 128
 
 
 @contextmanager
@@ -96,7 +93,7 @@ class RecordSequence(Sequence[Any]):
 
 
 class JsonIndex(RecordSequence):
-    """The records of one data file, memory-mapped. `idx[i]` parses record i in Rust (jiter).
+    """The records of one data file, memory-mapped. `idx[i]` parses record i in Rust.
 
     Both files are mapped once, by the Rust core; `raw`, `columns` and exports are views of those
     mappings. A data file that shrinks or is rewritten in place while open makes reads raise

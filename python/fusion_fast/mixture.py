@@ -27,7 +27,6 @@ of the selection. Ties between keys (practically never) go to the lower position
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import math
 import os
@@ -39,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._core import Locator
 from .errors import FusionFastIOError, MixtureError
 from .exclude import read_exclude
 from .index import HAS_IMAGE, HAS_VIDEO, JsonIndex, Rebuild, RecordSequence
@@ -184,12 +184,13 @@ class Mixture(RecordSequence):
         sizes = [_size(sel) for _, _, sel, _ in chosen]
         self._offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
         np.cumsum(sizes, out=self._offsets[1:])
-        self._starts = self._offsets[:-1].tolist()
+        starts = self._offsets[:-1].tolist()
         records = np.empty(int(self._offsets[-1]), dtype=np.int64)
-        for (_, _, sel, _), start, size in zip(chosen, self._starts, sizes, strict=True):
+        for (_, _, sel, _), start, size in zip(chosen, starts, sizes, strict=True):
             records[start : start + size] = np.arange(*sel, dtype=np.int64) if isinstance(sel, tuple) else sel
         records.flags.writeable = False
         self._records = records
+        self._locator = Locator(self._offsets, records)
         datasets = [
             MixtureDataset(
                 spec,
@@ -199,7 +200,7 @@ class Mixture(RecordSequence):
                 start,
                 sel if isinstance(sel, tuple) else None,
             )
-            for (spec, index, sel, excluded), start, size in zip(chosen, self._starts, sizes, strict=True)
+            for (spec, index, sel, excluded), start, size in zip(chosen, starts, sizes, strict=True)
         ]
         self.datasets: list[MixtureDataset] = datasets
 
@@ -240,20 +241,20 @@ class Mixture(RecordSequence):
             pos = np.asarray(indices if isinstance(indices, np.ndarray) else list(indices), dtype=np.int64)
         if pos.ndim != 1:
             raise TypeError("indices must be one-dimensional")
-        n = len(self._records)
-        pos = np.where(pos < 0, pos + n, pos)
-        if len(pos) and (pos.min() < 0 or pos.max() >= n):
-            bad = int(pos[(pos < 0) | (pos >= n)][0])
-            raise IndexError(f"mixture index {bad} out of range for {n} records")
-        ds = np.searchsorted(self._offsets, pos, side="right") - 1
-        return ds, self._records[pos]
+        pos = np.ascontiguousarray(pos)
+        datasets, records = np.empty_like(pos), np.empty_like(pos)
+        bad = self._locator.locate_into(pos, datasets, records)
+        if bad is not None:
+            n, position = len(self._records), int(pos[bad])
+            position += n if position < 0 else 0  # negative positions are named counted from the start
+            raise IndexError(f"mixture index {position} out of range for {n} records")
+        return datasets, records
 
     def _locate_one(self, i: int) -> tuple[int, int]:
-        n = len(self._records)
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"mixture index {i} out of range for {n} records")
-        return bisect.bisect_right(self._starts, j) - 1, int(self._records[j])
+        found = self._locator.locate_one(i)
+        if found is None:
+            raise IndexError(f"mixture index {i} out of range for {len(self._records)} records")
+        return found
 
     def source(self, i: int) -> tuple[str, int]:
         """(dataset name, record number within its file) of mixture position i."""

@@ -44,7 +44,7 @@ def collate(
     tensors (`ShippedBatch.to_device` does without one).
     """
     if isinstance(batch, PackedRecords) and batch._items is None:
-        return PackedBatch(batch._payload)  # raw records hold no tensors: the pad values play no part
+        return PackedBatch(batch._shipped)  # raw records hold no tensors: the pad values play no part
     pads = {**DEFAULT_PAD_VALUES, **(pad_values or {})}
     items = list(batch)
     if items and all(type(item) is dict for item in items):
@@ -68,7 +68,7 @@ def _collate_shipped(
 
 def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: int | float) -> Any:
     if items and type(items[0]) is dict:
-        collated = collate_records(items)  # the same rules in Rust, for JSON-like items (raw records)
+        collated = collate_records(items)  # `_collate`'s rules in Rust, for JSON-like items (raw records)
         if collated is not None:
             return collated
     return _collate(items, None, pads, default)
@@ -78,6 +78,9 @@ def _collate_items(items: list[Any], pads: Mapping[str, int | float], default: i
 _LEAVES = (str, bytes, int, float, list, type(None))
 
 
+# `_collate` is where the collate rules are stated. Rust has a fast path for items made only of JSON
+# values (`collate_records`, and `Shipped.decode(collated=True)` building the batch from shipped bytes):
+# tests/test_shipping.py runs both over generated batches and requires them equal.
 def _collate(items: list[Any], key: str | None, pads: Mapping[str, int | float], default: int | float) -> Any:
     first = items[0] if items else None
     if isinstance(first, _LEAVES):

@@ -12,14 +12,14 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from torch.utils.data import Dataset
 
-from .._core import ItemSources
+from .._core import ItemSources, Shipped
 from ..distributed import in_dataloader_worker
 from ..errors import RecordError
 from ..index import BAD_CONVERSATIONS, BAD_IMAGE, NO_CONVERSATIONS, NOT_OBJECT, JsonIndex, paused_gc
 from ..mixture import Mixture
 from ..stage import is_stage_yaml
 from ..vision_device import ShippedImage
-from .shipping import PackedRecords, _pack, _Payload, _worker_ships_tapes
+from .shipping import PackedRecords, _pack, _worker_ships_tapes
 
 __all__ = ["FusionDataset", "IMAGE_KEY", "PIXELS_KEY", "SKIP_CAUSES"]
 
@@ -236,13 +236,12 @@ class FusionDataset(Dataset[Any]):
                 out[k] = self._replace(int(indices[k]), item, self._prepare)
         return out
 
-    def _pack_positions(self, indices: Sequence[int]) -> _Payload | None:
+    def _pack_positions(self, indices: Sequence[int]) -> Shipped | None:
         """A worker's batch located, checked and packed in one call to Rust (workers share the two
         cores with the main process, so their time per batch counts); None when a sample is bad or an
         index out of range, which `_locate_good` then handles."""
         sources, mix, tape = self._item_sources(), self.mixture, _worker_ships_tapes()
-        packed = sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG, tape=tape)
-        return None if packed is None else (*packed, sources.names, sources.prefixes, tape)
+        return sources.pack_positions(indices, mix.offsets, mix.record_numbers, _ANY_BAD_FLAG, tape=tape)
 
     def _item_sources(self) -> ItemSources:
         self._datasets()

@@ -12,15 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .._core import ItemSources, decode_shipped
+from .._core import ItemSources, Shipped
 from ..distributed import worker_config
 from ..index import paused_gc
 
 __all__ = ["PackedRecords", "PackedBatch", "SHIP_ENV", "ships_tapes", "cgroup_cpu_quota"]
-
-#: A packed batch: the records' bytes and lengths (`ItemSources.pack`), their dataset and record numbers
-#: (int64 bytes), the datasets' names and image prefixes, and whether the bytes are tapes.
-_Payload = tuple[bytes, bytes, bytes, bytes, list[str], list[str], bool]
 
 #: How workers ship raw records: "json" (their bytes, which the main process parses), "tape" (parsed in
 #: the worker, so that the main process only copies; it costs the worker two to four times the CPU) or
@@ -97,16 +93,14 @@ def cgroup_cpu_quota() -> float | None:
         return None
 
 
-def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> _Payload:
-    d, n, tape = datasets.tobytes(), numbers.tobytes(), _worker_ships_tapes()
-    data, lengths = sources.pack(d, n, tape=tape)
-    return data, lengths, d, n, sources.names, sources.prefixes, tape
+def _pack(sources: ItemSources, datasets: np.ndarray, numbers: np.ndarray) -> Shipped:
+    return sources.pack(datasets.tobytes(), numbers.tobytes(), tape=_worker_ships_tapes())
 
 
-def _unpack(payload: _Payload) -> list[Any]:
+def _unpack(shipped: Shipped) -> list[Any]:
     """The items of a packed batch, decoded in Rust."""
     with paused_gc():
-        items: list[Any] = decode_shipped(*payload)
+        items: list[Any] = shipped.decode()
         return items
 
 
@@ -116,20 +110,20 @@ class PackedRecords(Sequence[Any]):
     pickled before that (sent to the main process) it ships the bytes and unpickles as the plain list
     of items, decoded in Rust. `collate` keeps it packed, as a `PackedBatch`."""
 
-    __slots__ = ("_payload", "_items")
+    __slots__ = ("_shipped", "_items")
 
-    def __init__(self, payload: _Payload) -> None:
-        self._payload = payload
+    def __init__(self, shipped: Shipped) -> None:
+        self._shipped = shipped
         self._items: list[Any] | None = None
 
     def items(self) -> list[Any]:
         """The decoded items (decoded once)."""
         if self._items is None:
-            self._items = _unpack(self._payload)
+            self._items = _unpack(self._shipped)
         return self._items
 
     def __len__(self) -> int:
-        return len(self._payload[1]) // 4
+        return len(self._shipped)
 
     def __getitem__(self, k: Any) -> Any:
         return self.items()[k]
@@ -142,14 +136,14 @@ class PackedRecords(Sequence[Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._items is None:
-            return (_unpack, (self._payload,))
+            return (_unpack, (self._shipped,))
         return (list, (self._items,))  # decoded (and perhaps changed) here: send what is here
 
 
-def _unpack_collated(payload: _Payload) -> Any:
+def _unpack_collated(shipped: Shipped) -> Any:
     """`collate` of a packed batch's items, built column by column in Rust."""
     with paused_gc():
-        return decode_shipped(*payload, collated=True)
+        return shipped.decode(collated=True)
 
 
 class PackedBatch(MutableMapping[str, Any]):
@@ -157,15 +151,15 @@ class PackedBatch(MutableMapping[str, Any]):
     the worker it decodes and behaves as that dict; sent to the main process untouched, it arrives as
     the plain dict, decoded there in Rust."""
 
-    __slots__ = ("_payload", "_batch")
+    __slots__ = ("_shipped", "_batch")
 
-    def __init__(self, payload: _Payload) -> None:
-        self._payload = payload
+    def __init__(self, shipped: Shipped) -> None:
+        self._shipped = shipped
         self._batch: dict[str, Any] | None = None
 
     def _decoded(self) -> dict[str, Any]:
         if self._batch is None:
-            self._batch = _unpack_collated(self._payload)
+            self._batch = _unpack_collated(self._shipped)
         return self._batch
 
     def __getitem__(self, key: str) -> Any:
@@ -185,5 +179,5 @@ class PackedBatch(MutableMapping[str, Any]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._batch is None:
-            return (_unpack_collated, (self._payload,))
+            return (_unpack_collated, (self._shipped,))
         return (dict, (self._batch,))
