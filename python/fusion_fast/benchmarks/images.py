@@ -22,12 +22,15 @@ Each round times, contenders alternating (the order flips every round):
 New inodes are counted by walking the playground (inodes shared with the download folder, such as a hard
 linked annotation file, do not count). Then random reads: `FusionDataset(..., load_images=True)` (every
 image opened with Pillow and converted to RGB, through a file or through the store) with a transform that
-keeps only the image size, in a DataLoader with 2 workers and `worker_context()`, batch 64; the rate is
-counted from the first batch on (worker start-up excluded). Each round reads the same random records from
-both, page-cached (every file / archive read just before) and cold: `posix_fadvise(POSIX_FADV_DONTNEED)`
-after a `sync` on every file the reads touch (image files or archives, the store, the annotation file and
-its index), or with `--cold drop-caches` a write of 3 to /proc/sys/vm/drop_caches (root; drops every
-cache on the machine, dentries and inodes too). Residency is checked with `mincore` before each timed read.
+keeps only the image size, and a minimal dataset of `fusion_fast.images.read_path`'s bytes, each in a
+DataLoader with 2 workers and `worker_context()`, batch 64. The rate is counted from the first batch on
+(worker start-up excluded) and, for cold runs, over the whole run too. Each round reads the same random
+records from both, page-cached (every file / archive read just before) and cold:
+`posix_fadvise(POSIX_FADV_DONTNEED)` after a `sync` on every file the reads touch (image files or
+archives, the store, the annotation file and its index), or with `--cold drop-caches` a write of 3 to
+/proc/sys/vm/drop_caches (root; drops every cache on the machine, dentries and inodes too). Residency is
+checked with `mincore` before each timed read, and after each cold run the bytes it brought into the
+page cache are counted (read-ahead included).
 """
 
 from __future__ import annotations
