@@ -56,7 +56,9 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use rayon::prelude::*;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed, Xxh3};
@@ -1061,11 +1063,41 @@ fn write_store(
 // per spacing. Images do not compress, so a plain tar costs about the same disk as the .tar.gz it
 // replaces, and once converted every read is a slice of a mapping. Conversion is one streaming pass.
 
+/// What a conversion may write and who may stop it (see `convert_to_tar_with`).
+#[derive(Debug, Clone, Default)]
+pub struct ConvertOptions {
+    /// Refuse once the converted tar would grow past this many bytes (a decompression bomb, or less
+    /// free space than it needs): checked before every chunk is written, so the temporary file never
+    /// holds more than this.
+    pub max_bytes: Option<u64>,
+    /// Set from another thread to stop the conversion at its next chunk (Ctrl-C).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// A testing aid only: sleep this long after each chunk, so that tests can interrupt or kill a
+    /// conversion while it runs. The sleep itself stops as soon as `cancel` is set.
+    pub chunk_delay: Option<Duration>,
+}
+
+/// The error of a conversion stopped through `ConvertOptions::cancel`.
+pub fn convert_cancelled() -> Error {
+    Error::new(ErrorKind::Io, "interrupted: the archive was not converted")
+}
+
+/// Bytes decompressed and written per step; limits and cancellation are checked between steps.
+const CONVERT_CHUNK: usize = 1 << 20;
+
+/// `convert_to_tar_with` with no limit and no way to stop it.
+pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
+    convert_to_tar_with(parts, dest, &ConvertOptions::default())
+}
+
 /// Converts a tar given as `parts` (one file, or split parts in order, concatenated) that is either
 /// plain or gzip-compressed (one or more gzip members) into the plain tar `dest`, atomically. Every
 /// gzip member's CRC-32 and length are checked, the stream must be read to its very end, and the
 /// result must be a complete tar; otherwise nothing is left at `dest`. Returns the bytes written.
-pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
+///
+/// The stream is copied chunk by chunk: past `opts.max_bytes` it is refused, and once `opts.cancel`
+/// is set it stops with `convert_cancelled()`; either way the temporary file is removed.
+pub fn convert_to_tar_with(parts: &[PathBuf], dest: &Path, opts: &ConvertOptions) -> Result<u64> {
     let first = parts
         .first()
         .ok_or_else(|| Error::new(ErrorKind::Io, "no archive parts given"))?;
@@ -1085,25 +1117,56 @@ pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
     } else {
         Box::new(reader)
     };
+    let cancelled = || {
+        opts.cancel
+            .as_deref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+    };
     let tmp = temp_path(dest);
     let result = (|| -> Result<u64> {
         let werr = |e| Error::io(&tmp, "write the converted tar", e);
-        let file = File::options()
+        let mut file = File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
             .open(&tmp)
             .map_err(werr)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let n = std::io::copy(&mut source, &mut out).map_err(|e| {
-            Error::new(
-                ErrorKind::CorruptArchive,
-                format!("archive is corrupt or truncated: the compressed stream does not read to its end ({e})"),
-            )
-            .with_path(first)
-        })?;
-        let file = out.into_inner().map_err(|e| werr(e.into_error()))?;
+        let mut buf = vec![0u8; CONVERT_CHUNK];
+        let mut n: u64 = 0;
+        loop {
+            if cancelled() {
+                return Err(convert_cancelled());
+            }
+            let got = read_chunk(&mut source, &mut buf).map_err(|e| {
+                Error::new(
+                    ErrorKind::CorruptArchive,
+                    format!("archive is corrupt or truncated: the compressed stream does not read to its end ({e})"),
+                )
+                .with_path(first)
+            })?;
+            if got == 0 {
+                break;
+            }
+            let produced = n + got as u64;
+            if let Some(max) = opts.max_bytes.filter(|&max| produced > max) {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{LIMIT_PREFIX} it had produced {produced} bytes, more than the limit of {max} bytes"
+                    ),
+                )
+                .with_path(first));
+            }
+            file.write_all(&buf[..got]).map_err(werr)?;
+            n = produced;
+            if let Some(delay) = opts.chunk_delay {
+                let until = std::time::Instant::now() + delay;
+                while !cancelled() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(5).min(delay));
+                }
+            }
+        }
         file.sync_all().map_err(werr)?;
         // The result must be a whole tar (the end-of-archive blocks come before the gzip trailer, so
         // a tar cut short inside a valid gzip stream is caught only here).
@@ -1119,11 +1182,49 @@ pub fn convert_to_tar(parts: &[PathBuf], dest: &Path) -> Result<u64> {
     result
 }
 
+/// How the message of a conversion refused by `ConvertOptions::max_bytes` starts.
+pub const LIMIT_PREFIX: &str = "refusing to convert the archive:";
+
+/// Fills `buf` as far as the stream allows (short reads of the decoder are joined, so a chunk is a
+/// whole `buf` until the end); returns the bytes read, 0 at the end.
+fn read_chunk(source: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match source.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
 /// `convert_to_tar` for many archives at once, in parallel: `jobs` pairs each archive's parts with
 /// its destination. Fails with the first error (by position in `jobs`); finished shards are kept.
 pub fn convert_all(jobs: &[(Vec<PathBuf>, PathBuf)]) -> Result<Vec<u64>> {
+    let jobs: Vec<_> = jobs
+        .iter()
+        .map(|(parts, dest)| (parts.clone(), dest.clone(), None))
+        .collect();
+    convert_all_with(&jobs, &ConvertOptions::default())
+}
+
+/// `convert_to_tar_with` for many archives at once, in parallel: each job is (parts, destination,
+/// its own maximum output, which replaces `opts.max_bytes`). Fails with the first error (by position
+/// in `jobs`); finished shards are kept. `opts.cancel` stops every conversion under way.
+pub fn convert_all_with(
+    jobs: &[(Vec<PathBuf>, PathBuf, Option<u64>)],
+    opts: &ConvertOptions,
+) -> Result<Vec<u64>> {
     jobs.par_iter()
-        .map(|(parts, dest)| convert_to_tar(parts, dest))
+        .map(|(parts, dest, max_bytes)| {
+            let opts = ConvertOptions {
+                max_bytes: *max_bytes,
+                ..opts.clone()
+            };
+            convert_to_tar_with(parts, dest, &opts)
+        })
         .collect()
 }
 

@@ -505,6 +505,84 @@ fn corrupt_or_truncated_gzip_tars_leave_nothing_behind() {
     }
 }
 
+/// Names of the files in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_gzip_bomb_is_refused_while_it_streams_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB of zeros: a few KiB compressed.
+    let bomb = gzip(&tar_bytes(&[("zeros.jpg", vec![0u8; 16 << 20])]));
+    assert!(bomb.len() < 100_000);
+    let p = write(dir.path(), "bomb.tar.gz", &bomb);
+    let shard = dir.path().join("out.tar");
+    let opts = ConvertOptions {
+        max_bytes: Some(3 << 20),
+        ..Default::default()
+    };
+    let err = convert_to_tar_with(std::slice::from_ref(&p), &shard, &opts).unwrap_err();
+    assert!(err.message.starts_with(LIMIT_PREFIX), "{err}");
+    assert!(
+        err.message
+            .contains(&format!("produced {} bytes", 4u64 << 20)),
+        "{err}"
+    );
+    assert!(
+        err.message
+            .contains(&format!("limit of {} bytes", 3u64 << 20)),
+        "{err}"
+    );
+    assert_eq!(err.path.as_deref(), Some(p.as_path()));
+    assert_eq!(names_in(dir.path()), vec!["bomb.tar.gz".to_string()]);
+    // The same archive within its limit converts whole.
+    let tar_len = tar_bytes(&[("zeros.jpg", vec![0u8; 16 << 20])]).len() as u64;
+    let opts = ConvertOptions {
+        max_bytes: Some(tar_len),
+        ..Default::default()
+    };
+    assert_eq!(convert_to_tar_with(&[p], &shard, &opts).unwrap(), tar_len);
+}
+
+#[test]
+fn a_cancelled_conversion_stops_at_its_next_chunk_and_removes_its_temporary_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "slow.tar.gz",
+        &gzip(&tar_bytes(&[("zeros.jpg", vec![0u8; 64 << 20])])),
+    );
+    let shard = dir.path().join("out.tar");
+    let flag = Arc::new(AtomicBool::new(false));
+    let opts = ConvertOptions {
+        cancel: Some(flag.clone()),
+        // 65 chunks, a minute in all: far longer than the test waits.
+        chunk_delay: Some(Duration::from_secs(1)),
+        ..Default::default()
+    };
+    let started = std::time::Instant::now();
+    let worker = std::thread::spawn({
+        let (p, shard) = (p.clone(), shard.clone());
+        move || convert_to_tar_with(&[p], &shard, &opts)
+    });
+    let tmp = temp_path(&shard);
+    while !tmp.exists() {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    flag.store(true, Ordering::Relaxed);
+    let err = worker.join().unwrap().unwrap_err();
+    assert_eq!(err, convert_cancelled());
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(names_in(dir.path()), vec!["slow.tar.gz".to_string()]);
+}
+
 #[test]
 fn placements_strip_folders_and_add_a_prefix() {
     let dir = tempfile::tempdir().unwrap();

@@ -3,16 +3,20 @@
 use std::borrow::Cow;
 use std::os::raw::{c_int, c_void};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use pyo3::exceptions::{PyBufferError, PyKeyError};
+use pyo3::exceptions::{PyBufferError, PyKeyError, PyValueError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::error::Error;
-use crate::image_store::{build_placed, convert_all, normalize, ImageStore, Location, Placement};
-use crate::py_errors::boundary;
+use crate::error::{Error, ErrorKind};
+use crate::image_store::{
+    build_placed, convert_all_with, normalize, ConvertOptions, ImageStore, Location, Placement,
+};
+use crate::py_errors::{boundary, panic_message};
 
 /// An open image store, shared (read-only) by every view it hands out.
 #[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
@@ -254,17 +258,135 @@ impl PyImageStore {
     }
 }
 
+/// Stops the conversions of `convert_to_tars` calls it is given to, from any thread: `request()` makes
+/// each stop at its next chunk and remove its temporary file.
+#[pyclass(module = "fusion_fast._core", frozen)]
+#[derive(Default)]
+pub struct ConvertCancel {
+    flag: Arc<AtomicBool>,
+}
+
+#[pymethods]
+impl ConvertCancel {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn request(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+    }
+
+    fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::Relaxed)
+    }
+}
+
+/// How often a thread waiting for conversions checks for Ctrl-C and other signals.
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
 /// Converts each `(parts, dest)`: a plain or gzip-compressed tar, whole or split in parts, into the
 /// plain tar `dest` (in parallel, atomically, every gzip CRC and length checked). Returns the sizes.
+///
+/// `max_bytes` gives each job the most bytes its tar may expand to (None: no limit); past it the
+/// conversion fails with a message starting with `LIMIT_PREFIX`. `cancel.request()` stops every
+/// conversion at its next chunk. The conversions run with the GIL released on a thread of their own
+/// while this one checks for signals: when a handler raises (Ctrl-C, a SIGTERM handler), they are
+/// stopped, their temporary files removed, and the handler's exception is raised here.
+/// `chunk_delay` (seconds after each chunk) is a testing aid only.
 #[pyfunction]
-fn convert_to_tars(py: Python<'_>, jobs: Vec<(Vec<PathBuf>, PathBuf)>) -> PyResult<Vec<u64>> {
+#[pyo3(signature = (jobs, *, max_bytes=None, cancel=None, chunk_delay=None))]
+fn convert_to_tars(
+    py: Python<'_>,
+    jobs: Vec<(Vec<PathBuf>, PathBuf)>,
+    max_bytes: Option<Vec<Option<u64>>>,
+    cancel: Option<&ConvertCancel>,
+    chunk_delay: Option<f64>,
+) -> PyResult<Vec<u64>> {
     boundary("ImageStore.convert_to_tars", || {
-        Ok(py.detach(|| convert_all(&jobs))?)
+        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+
+        let limits = max_bytes.unwrap_or_else(|| vec![None; jobs.len()]);
+        if limits.len() != jobs.len() {
+            return Err(PyValueError::new_err(
+                "max_bytes must give one limit per job",
+            ));
+        }
+        let delay = match chunk_delay {
+            Some(d) if !(d.is_finite() && d >= 0.0) => {
+                return Err(PyValueError::new_err(
+                    "chunk_delay must be a number of seconds >= 0",
+                ))
+            }
+            d => d.filter(|&d| d > 0.0).map(Duration::from_secs_f64),
+        };
+        let flag = cancel.map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.flag.clone());
+        let opts = ConvertOptions {
+            max_bytes: None,
+            cancel: Some(flag.clone()),
+            chunk_delay: delay,
+        };
+        let work: Vec<_> = jobs
+            .into_iter()
+            .zip(limits)
+            .map(|((parts, dest), max)| (parts, dest, max))
+            .collect();
+        type Converted = crate::error::Result<Vec<u64>>;
+        let (tx, rx) = channel::<Converted>();
+        let worker = std::thread::Builder::new()
+            .name("fusion-fast convert".into())
+            .spawn(move || {
+                let _ = tx.send(convert_all_with(&work, &opts));
+            })
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!("cannot start a thread to convert: {e}"),
+                )
+            })?;
+        // The receiver is not Sync, so it moves into each GIL-free slice and back out.
+        let wait = |rx: Receiver<Converted>, slice| {
+            py.detach(move || {
+                let got = rx.recv_timeout(slice);
+                (rx, got)
+            })
+        };
+        let mut rx = rx;
+        loop {
+            let (back, got) = wait(rx, SIGNAL_POLL);
+            rx = back;
+            match got {
+                Ok(result) => {
+                    let _ = worker.join();
+                    return Ok(result?);
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let why = match worker.join() {
+                        Err(panic) => panic_message(panic.as_ref()),
+                        Ok(()) => String::new(),
+                    };
+                    let msg = format!("internal error while converting: {why}");
+                    return Err(Error::new(ErrorKind::Io, msg).into());
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if let Err(interrupt) = py.check_signals() {
+                flag.store(true, Ordering::Relaxed);
+                // Every conversion stops at its next chunk and removes its temporary file.
+                py.detach(move || {
+                    let _ = rx.recv();
+                    let _ = worker.join();
+                });
+                return Err(interrupt);
+            }
+        }
     })
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert_to_tars, m)?)?;
+    m.add_class::<ConvertCancel>()?;
+    m.add("CONVERT_LIMIT_PREFIX", crate::image_store::LIMIT_PREFIX)?;
     m.add_class::<PyImageStore>()?;
     m.add_class::<MemberView>()?;
     Ok(())

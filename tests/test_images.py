@@ -408,3 +408,148 @@ def test_check_resolves_images_through_the_folder_store(tmp_path: Path) -> None:
     report = run_check(data, image_folder=images, decode=True)
     found = sorted((p.kind, p.record) for p in report.problems)
     assert found == [("missing_image", 2), ("unreadable_image", 3)]
+
+
+def test_nearest_store_resolves_every_path_shape_as_the_folder_walk_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Answers served from the per-folder cache equal a fresh walk up the folders (`abspath`, then the
+    nearest folder holding a store, then `relpath`), whatever the order the paths come in."""
+    from fusion_fast import images as im
+
+    outer = tmp_path / "outer"
+    inner = outer / "sub" / "inner"
+    for folder, top in ((outer, "O"), (inner, "I")):
+        (folder / ".fusion-fast").mkdir(parents=True)
+        archive = _tar(tmp_path / f"{top}.tar", {f"{top}/x.jpg": b"x"}, tarfile.GNU_FORMAT)
+        ImageStore.build([archive], folder / ".fusion-fast" / "images.ffimg")
+    (tmp_path / "bare").mkdir()
+    monkeypatch.chdir(outer / "sub")
+    o, i = str(outer), str(inner)
+    paths = [
+        f"{o}/O/x.jpg",
+        f"{o}/O/y.jpg",
+        f"{o}/O/../O/x.jpg",
+        f"{o}//O///x.jpg",
+        f"{o}/./O/x.jpg",
+        f"{o}/O/.",
+        f"{o}/O/..",
+        f"{o}/O/",
+        f"{o}/top.jpg",
+        f"{o}/sub/inner/I/x.jpg",
+        f"{o}/sub/inner/x.jpg",
+        f"{o}/sub/inner/../inner/I/x.jpg",
+        f"{o}/sub/inner/I/../../z.jpg",
+        f"{i}/.fusion-fast/images.ffimg",
+        "inner/I/x.jpg",
+        "../O/x.jpg",
+        "./inner/I/x.jpg",
+        "x.jpg",
+        f"{tmp_path}/bare/x.jpg",
+        f"{tmp_path}/x.jpg",
+        f"/{o}/O/x.jpg",
+        "/x.jpg",
+    ]
+    expected = {
+        f"{o}/O/x.jpg": (o, "O/x.jpg"),
+        f"{o}/sub/inner/I/x.jpg": (i, "I/x.jpg"),
+        f"{o}/sub/inner/I/../../z.jpg": (o, "sub/z.jpg"),
+        "inner/I/x.jpg": (i, "I/x.jpg"),
+        "../O/x.jpg": (o, "O/x.jpg"),
+        "x.jpg": (o, "sub/x.jpg"),
+        f"{tmp_path}/bare/x.jpg": None,
+    }
+
+    def walk(p: str) -> tuple[str, str] | None:
+        """The oracle: no cache, os.path only."""
+        full = os.path.abspath(p)
+        folder = os.path.dirname(full)
+        while True:
+            if os.path.isfile(os.path.join(folder, ".fusion-fast", "images.ffimg")):
+                return folder, os.path.relpath(full, folder)
+            if os.path.dirname(folder) == folder:
+                return None
+            folder = os.path.dirname(folder)
+
+    def found(p: str) -> tuple[str, str] | None:
+        got = im.nearest_store(p)
+        return None if got is None else (str(got[0].path.parent.parent), got[1])
+
+    for order in range(3):
+        im._folder_stores.clear()
+        shuffled = paths * 2
+        random.Random(order).shuffle(shuffled)
+        for p in shuffled:
+            assert found(p) == walk(p), p
+            if p in expected:
+                assert found(p) == expected[p], p
+    assert im.store_for(f"{o}/sub/inner/I/x.jpg") is not None
+    assert im.store_for(f"{o}/sub/inner/I/y.jpg") is None
+
+
+def test_a_store_made_after_its_folder_was_looked_at_is_seen_once_the_folder_is_forgotten(
+    tmp_path: Path,
+) -> None:
+    from fusion_fast import images as im
+    from fusion_fast.prepare_shards import forget_store
+
+    images = tmp_path / "images"
+    images.mkdir()
+    path = images / "A" / "x.jpg"
+    im._folder_stores.clear()
+    assert im.nearest_store(path) is None
+    (images / ".fusion-fast").mkdir()
+    archive = _tar(tmp_path / "a.tar", {"A/x.jpg": b"x"}, tarfile.GNU_FORMAT)
+    ImageStore.build([archive], images / ".fusion-fast" / "images.ffimg")
+    assert im.nearest_store(path) is None  # folders are looked at once per process
+    forget_store(images)
+    got = im.store_for(path)
+    assert got is not None and got[1] == "A/x.jpg" and got[0].read(got[1]) == b"x"
+    # Replacing a folder's entry drops what was derived from it too.
+    im._folder_stores[str(images)] = None
+    assert im.nearest_store(path) is None
+    del im._folder_stores[str(images)]
+    assert im.store_for(path) is not None
+
+
+CONVERT_CHILD = """
+import sys
+from fusion_fast import _core
+try:
+    _core.convert_to_tars([([sys.argv[1]], sys.argv[2])], chunk_delay=1.0)
+except KeyboardInterrupt:
+    sys.exit(3)
+"""
+
+
+def test_ctrl_c_stops_a_gzip_conversion_at_once_and_leaves_no_file(tmp_path: Path) -> None:
+    """The converter runs on its own thread while the caller waits for signals: Ctrl-C raises
+    KeyboardInterrupt within a chunk (here each chunk is followed by a one-second testing delay, 24 s in
+    all), and the temporary file is removed."""
+    import gzip
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .test_prepare import child_env
+
+    members = {f"big/{k}.jpg": _payload(k, 1 << 20) for k in range(24)}
+    source = tmp_path / "big.tar.gz"
+    source.write_bytes(gzip.compress(_tar(tmp_path / "big.tar", members, tarfile.GNU_FORMAT).read_bytes(), 1))
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CONVERT_CHILD, str(source), str(out / "big.tar")],
+        env=child_env(),
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 60
+    while not [p for p in out.iterdir() if p.stat().st_size]:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr and proc.stderr.read()
+        time.sleep(0.02)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 3, proc.stderr and proc.stderr.read()
+    assert time.monotonic() - sent < 2.0
+    assert list(out.iterdir()) == []

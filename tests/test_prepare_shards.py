@@ -800,3 +800,168 @@ def test_two_sources_share_the_store_and_a_moved_playground_works_after_a_rerun(
     images = moved / "train" / "images"
     assert read_path(images / "A/x.jpg") == b"a" and read_path(images / "B/y.jpg") == b"b"
     assert [u.status for u in run(two, moved).units] == ["in place"]
+
+
+# -- gzip conversions: limits while streaming, interrupts, kills ---------------------------------------
+
+
+def gzip_tar_of_zeros(mib: int, name: str) -> bytes:
+    """A tar of one member of `mib` MiB of zeros, gzipped: a few KiB for tens of MiB."""
+    info = tarfile.TarInfo(name)
+    info.size = mib << 20
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", compresslevel=9, mtime=0) as gz:
+        with tarfile.open(fileobj=gz, mode="w") as tf:  # type: ignore[call-overload]
+            tf.addfile(info, io.BytesIO(bytes(info.size)))
+    return buf.getvalue()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of the size asked for (a filesystem that a conversion writing too much would fill)."""
+    mounted: list[Path] = []
+
+    def mount(mib: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m", "tmpfs", str(where)])
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize(("disk_mib", "why"), [(48, "more than 100 times its size"), (24, "space free")])
+def test_a_gzip_bomb_is_refused_while_it_streams_before_it_fills_the_disk(
+    tmp_path, small_disk, disk_mib, why
+) -> None:
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    bomb = gzip_tar_of_zeros(64, "Bomb/zeros.jpg")
+    assert len(bomb) < 100_000
+    (src / "images" / "Bomb.tar.gz").write_bytes(bomb)
+    write_json(src / "B.json", [record("z", "Bomb/zeros.jpg")])
+    # The playground on a disk smaller than the bomb: writing it all would fail with "no space left".
+    pg = small_disk(disk_mib) / "pg"
+    result = run_prepare(plan_prepare(src, pg, images="shards"))
+    message = errors(result)["images/Bomb.tar.gz"]
+    assert message.startswith("images/Bomb.tar.gz: refusing to convert: "), message
+    assert why in message and "--no-size-limits" in message, message
+    assert "space left" not in message, message
+    # It names the bytes produced and the limit, which is under the disk's size.
+    produced = int(message.split("produced ")[1].split(" bytes")[0])
+    limit = int(message.split("the limit of ")[1].split(" bytes")[0])
+    assert limit < produced <= limit + (1 << 20) and limit < disk_mib << 20, message
+    images = pg / "train" / "images"
+    assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
+    assert read_marker(images, "images/Bomb.tar.gz") is None
+    # Without the limits the small disk fills: a write error (not "corrupt"), and nothing is left.
+    result = run_prepare(plan_prepare(src, pg, images="shards"), size_limits=None)
+    message = errors(result)["images/Bomb.tar.gz"]
+    assert "cannot convert it: cannot write the converted tar" in message and "space left" in message, message
+    assert "corrupt" not in message, message
+    assert list(shards_dir(images).iterdir()) == [] and leftovers(images) == []
+    # Without the limits (on a disk with room) it converts.
+    roomy = tmp_path / "pg"
+    assert prepare_cli(src, "--root", roomy, "--images", "shards", "--no-size-limits") == 0
+    image_store._folder_stores.clear()
+    assert read_path(roomy / "train" / "images" / "Bomb/zeros.jpg") == bytes(64 << 20)
+
+
+GZIP_CHILD = """
+import sys
+from fusion_fast.cli import main
+sys.exit(main(["prepare", sys.argv[1], "--root", sys.argv[2], "--images", "shards", "--jobs", sys.argv[3]]))
+"""
+
+
+def slow_gzip_download(src: Path, pg: Path) -> dict[str, bytes]:
+    """A playground prepared from one small tar, then a gzip tar of 24 one-MiB members added to the
+    download (24 chunks for the converter, seconds each under the testing delay)."""
+    import random
+
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "Small.tar").write_bytes(tar_of({"Small/a.jpg": b"small"}))
+    write_json(src / "S.json", [record("s", "Small/a.jpg")])
+    assert run(src, pg).ok
+    rng = random.Random(2)
+    big = {f"Big/{k}.jpg": rng.randbytes(64) * (1 << 14) for k in range(24)}
+    (src / "images" / "Big.tar.gz").write_bytes(tar_of(big, "w:gz"))
+    write_json(src / "B.json", [record(p, p) for p in big])
+    return big
+
+
+def start_slow_gzip_child(src: Path, pg: Path, jobs: int, err: Path) -> subprocess.Popen[bytes]:
+    """`prepare` converting Big.tar.gz slowly, returned once its temporary shard holds bytes."""
+    import time
+
+    env = child_env(FUSION_FAST_EXTRACT_DELAY="2")
+    with open(err, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", GZIP_CHILD, str(src), str(pg), str(jobs)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+            start_new_session=True,
+        )
+    shards = shards_dir(pg / "train" / "images")
+    deadline = time.monotonic() + 60
+    while not [p for p in shards.glob(".images__Big*.tmp-*") if p.stat().st_size]:
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+        time.sleep(0.02)
+    return proc
+
+
+@pytest.mark.parametrize(("how", "jobs"), [("ctrl-c", 2), ("sigterm", 1)])
+def test_interrupting_a_gzip_conversion_stops_it_promptly_and_removes_its_temporary_file(
+    tmp_path, how, jobs
+) -> None:
+    import signal
+    import time
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    big = slow_gzip_download(src, pg)
+    images = pg / "train" / "images"
+    proc = start_slow_gzip_child(src, pg, jobs, tmp_path / "err")
+    sent = time.monotonic()
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=60)
+    took = time.monotonic() - sent
+    output = (tmp_path / "err").read_text()
+    assert (code, output.strip().splitlines()[-1]) == (
+        (130, "interrupted") if how == "ctrl-c" else (143, "terminated (SIGTERM)")
+    ), output
+    assert "Traceback" not in output
+    assert took < 3.0, took  # the converter stops at once, not after its 48 s of chunks
+    assert leftovers(images) == []
+    assert [p.name for p in shards_dir(images).iterdir() if "Big" in p.name] == []
+    assert read_marker(images, "images/Big.tar.gz") is None
+    assert run(src, pg).ok
+    image_store._folder_stores.clear()
+    assert all(read_path(images / p) == data for p, data in big.items())
+
+
+def test_killed_during_a_gzip_conversion_leaves_no_shard_and_a_rerun_finishes(tmp_path) -> None:
+    import signal
+
+    src, pg = tmp_path / "src", tmp_path / "pg"
+    big = slow_gzip_download(src, pg)
+    images = pg / "train" / "images"
+    proc = start_slow_gzip_child(src, pg, 2, tmp_path / "err")
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -9
+    # Only the temporary file is there: nothing named like a finished shard, no marker.
+    assert [p.name for p in shards_dir(images).iterdir() if "Big" in p.name and ".tmp-" not in p.name] == []
+    assert leftovers(images) != []
+    assert read_marker(images, "images/Big.tar.gz") is None
+    assert run(src, pg).ok
+    assert leftovers(images) == []
+    image_store._folder_stores.clear()
+    assert all(read_path(images / p) == data for p, data in big.items())

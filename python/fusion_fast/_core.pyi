@@ -10,6 +10,8 @@ import numpy as np
 __all__ = [
     "BAD_CONVERSATIONS",
     "BAD_IMAGE",
+    "CONVERT_LIMIT_PREFIX",
+    "ConvertCancel",
     "FORMAT_VERSION",
     "HAS_IMAGE",
     "HAS_VIDEO",
@@ -211,7 +213,24 @@ class ImageStore:
     def location(self, member: bytes) -> tuple[str, int, int, int, int, int]: ...
     def verify(self) -> None: ...
 
-def convert_to_tars(jobs: list[tuple[list[str], str]]) -> list[int]: ...
+def convert_to_tars(
+    jobs: list[tuple[list[str], str]],
+    *,
+    max_bytes: list[int | None] | None = None,
+    cancel: ConvertCancel | None = None,
+    chunk_delay: float | None = None,
+) -> list[int]: ...
+
+@final
+class ConvertCancel:
+    """Stops the `convert_to_tars` calls it is given to, from any thread, at their next chunk."""
+
+    def __init__(self) -> None: ...
+    def request(self) -> None: ...
+    def is_requested(self) -> bool: ...
+
+#: How the message of a conversion refused by `max_bytes` starts.
+CONVERT_LIMIT_PREFIX: str
 
 @final
 class MemberView:

@@ -25,6 +25,7 @@ import numpy as np
 from . import _core
 from .errors import FusionFastError, MalformedJSONError, MixtureError
 from .exclude import write_exclude
+from .images import nearest_store, store_for
 from .index import JsonIndex
 from .index import open as open_index
 from .indexing import TargetError, expand_targets, index_file
@@ -554,15 +555,11 @@ class _Checker:
 
 
 def _in_image_store(path: str) -> bool:
-    from .images import store_for
-
     return store_for(path) is not None
 
 
 def _has_image_store(path: str) -> bool:
     """Whether a folder above `path` has an image store (then a missing folder is not the problem)."""
-    from .images import nearest_store
-
     return nearest_store(path) is not None
 
 

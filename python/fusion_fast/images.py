@@ -214,9 +214,53 @@ class ImageStore:
 #: Where an image folder keeps the store of its archived images (in prepare's state folder).
 FOLDER_STORE = os.path.join(STATE_DIR, IMAGE_STORE)
 
-#: Per process: folder -> its store (None: it has none). A store appearing later in a folder already
-#: looked at is seen by new processes (DataLoader workers, the next run).
-_folder_stores: dict[str, ImageStore | None] = {}
+
+class _FolderStores(dict[str, "ImageStore | None"]):
+    """Per process: folder -> its store (None: it has none). A store appearing later in a folder already
+    looked at is seen by new processes (DataLoader workers, the next run), or in this one once the
+    folder's entry is dropped (`pop`, `clear`).
+
+    `_nearest_by_dir` caches, per folder of an image path, what `nearest_store` derives from these
+    entries; an entry only ever changes by being dropped or replaced, so exactly then that cache is
+    emptied (adding a folder changes nothing already derived: every cached answer was derived from
+    entries that existed then)."""
+
+    def __setitem__(self, folder: str, store: ImageStore | None) -> None:
+        if folder in self:
+            _nearest_by_dir.clear()
+        super().__setitem__(folder, store)
+
+    def __delitem__(self, folder: str) -> None:
+        _nearest_by_dir.clear()
+        super().__delitem__(folder)
+
+    def pop(self, folder: str, *default: Any) -> Any:  # type: ignore[override]
+        _nearest_by_dir.clear()
+        return super().pop(folder, *default)
+
+    def popitem(self) -> tuple[str, ImageStore | None]:
+        _nearest_by_dir.clear()
+        return super().popitem()
+
+    def clear(self) -> None:
+        _nearest_by_dir.clear()
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for folder, store in dict(*args, **kwargs).items():
+            self[folder] = store
+
+    def setdefault(self, folder: str, default: ImageStore | None = None) -> ImageStore | None:
+        if folder not in self:
+            self[folder] = default
+        return self[folder]
+
+
+#: Absolute folder of an image path, as given (the part before its last "/") -> `(store, prefix)`: the
+#: path's member is `prefix` + its file name; None when no folder above has a store. Emptied whenever
+#: `_folder_stores` drops or replaces an entry.
+_nearest_by_dir: dict[str, tuple[ImageStore, str] | None] = {}
+_folder_stores = _FolderStores()
 
 
 def _store_of_folder(folder: str) -> ImageStore | None:
@@ -226,9 +270,7 @@ def _store_of_folder(folder: str) -> ImageStore | None:
     return _folder_stores[folder]
 
 
-def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
-    """`(store, member)`: the store of the nearest folder above `path` that has one, and the member
-    `path` names in it (which the store may not hold); None when no folder above has a store."""
+def _nearest_store_walk(path: PathLike) -> tuple[ImageStore, str] | None:
     full = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(full)
     while True:
@@ -239,6 +281,37 @@ def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
         if parent == folder:
             return None
         folder = parent
+
+
+def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
+    """`(store, member)`: the store of the nearest folder above `path` that has one, and the member
+    `path` names in it (which the store may not hold); None when no folder above has a store.
+
+    The folders above an absolute path are looked up once per folder of the path: for a file name that
+    is not "." or "..", normalising `folder/name` normalises `folder` and appends `name`, so every path
+    of one folder has the same store and the same member prefix."""
+    p = os.fspath(path)
+    if isinstance(p, str) and _POSIX:
+        if not p.startswith("/"):
+            p = os.path.join(os.getcwd(), p)  # what `abspath` does before it normalises
+        folder, _, name = p.rpartition("/")
+        if folder and name and name != "." and name != "..":
+            try:
+                found = _nearest_by_dir[folder]
+            except KeyError:
+                walked = _nearest_store_walk(p)
+                if walked is not None and walked[1] != name and not walked[1].endswith("/" + name):
+                    return walked  # not expected; answered without the cache
+                found = None if walked is None else (walked[0], walked[1][: len(walked[1]) - len(name)])
+                _nearest_by_dir[folder] = found
+            if found is None:
+                return None
+            return found[0], found[1] + name
+    return _nearest_store_walk(p)
+
+
+#: Paths are split at "/" only where that is the one separator.
+_POSIX = os.sep == "/" and os.altsep is None
 
 
 def store_for(path: PathLike) -> tuple[ImageStore, str] | None:

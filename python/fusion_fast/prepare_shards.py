@@ -36,6 +36,7 @@ import bz2
 import hashlib
 import io
 import lzma
+import math
 import os
 import posixpath
 import queue
@@ -55,6 +56,7 @@ from .archives import (
     _ZSTD_MAGIC,
     DEFAULT_LIMITS,
     DELAY_ENV,
+    NO_SIZE_LIMITS,
     Archive,
     ConcatFile,
     SizeLimits,
@@ -62,12 +64,13 @@ from .archives import (
     _ArchiveErrors,
     _Budget,
     _check_not_reserved,
+    _human,
     _pid_alive,
     _refuse,
     marker_name,
     safe_member_path,
 )
-from .errors import FusionFastError
+from .errors import CorruptArchiveError, FusionFastError
 from .images import ImageStore
 from .playground import image_store_path, state_folder
 
@@ -160,15 +163,17 @@ def readable_archive(
     report: Callable[[int], None],
     abort: threading.Event,
     limits: SizeLimits | None = DEFAULT_LIMITS,
+    cancel: _core.ConvertCancel | None = None,
 ) -> tuple[Path, bool]:
     """(the plain tar or zip the store reads for `unit`, whether it is a file of ours in `shards/`).
 
     Converted shards and links already made are reused; a conversion writes a temporary file renamed
     into place once the whole stream was read and checked. `limits` apply to what a conversion writes
-    as they apply to extraction: bzip2, xz and split copies chunk by chunk; a gzip conversion (in Rust,
-    in one call) before it starts (free space for at least the archive's size) and after it ends (the
-    shard's size against the ratio; a refused shard is removed). A gzip bomb can therefore fill the
-    disk while it is converted; the converter then fails and removes its temporary file."""
+    as they apply to extraction, chunk by chunk: bzip2, xz and split copies here; a gzip conversion in
+    Rust, given the most bytes it may write (the ratio limit, or the free space when that is less),
+    refuses as soon as the stream passes it and removes its temporary file, so a gzip bomb never fills
+    the disk. `cancel` (set with `abort`) stops
+    a gzip conversion at its next chunk."""
     dest = shard_path(images, unit, stamp)
     source = Path(os.path.realpath(unit.parts[0]))
     how = compression(unit.parts) if unit.kind == "tar" else ""
@@ -184,16 +189,27 @@ def readable_archive(
         )
     if how == "gzip":
         budget.declare(unit.size)
-        try:
-            _core.convert_to_tars([([str(p) for p in unit.parts], str(dest))])
-        except FusionFastError as e:
-            raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+        # The most bytes the converter may write: the ratio limit, or the free space when that is less.
+        by_ratio = free = 0
         if limits is not None:
-            try:
-                budget.take("", dest.stat().st_size)
-            except FusionFastError:
-                dest.unlink()
-                raise
+            by_ratio, free = _ratio_limit(limits, unit.size), limits.free_space(dest.parent)
+        delay = float(os.environ.get(DELAY_ENV) or 0)  # a testing aid, as for the other conversions
+        try:
+            _core.convert_to_tars(
+                [([str(p) for p in unit.parts], str(dest))],
+                max_bytes=[None if limits is None else max(0, min(by_ratio, free))],
+                cancel=cancel,
+                chunk_delay=delay or None,
+            )
+        except FusionFastError as e:
+            if cancel is not None and cancel.is_requested():
+                raise Aborted from None
+            if e.message.startswith(_core.CONVERT_LIMIT_PREFIX):
+                assert limits is not None
+                raise _limit_error(e.message, limits, unit, dest.parent, by_ratio <= free) from None
+            if isinstance(e, CorruptArchiveError):
+                raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
+            raise FusionFastError(f"cannot convert it: {e.message}", path=unit.key) from None
         return dest, True
     if not linked:
         if not how:
@@ -208,6 +224,32 @@ def readable_archive(
         tmp.unlink(missing_ok=True)
         return source, False
     return dest, True
+
+
+def _ratio_limit(limits: SizeLimits, archive_size: int) -> int:
+    """The most bytes an archive of `archive_size` may expand to under `limits.max_ratio` (what
+    `_Budget` refuses: more than `ratio_floor` and more than `max_ratio` times the size)."""
+    return max(limits.ratio_floor, math.floor(limits.max_ratio * max(archive_size, 1)))
+
+
+def _limit_error(
+    message: str, limits: SizeLimits, unit: Archive, folder: Path, by_ratio: bool
+) -> FusionFastError:
+    """The converter's refusal (`message`: the bytes produced and the limit), saying which limit it was:
+    the ratio (`by_ratio`) or the free space under `folder`."""
+    detail = message.removeprefix(_core.CONVERT_LIMIT_PREFIX).strip()
+    if by_ratio:
+        why = (
+            f"it expands to more than {limits.max_ratio:g} times its size of {_human(unit.size)} "
+            "(a decompression bomb?)"
+        )
+    else:
+        why = f"it expands to more than the space free under {folder.parent} (after a reserve)"
+    return FusionFastError(
+        f"refusing to convert: {why}; {detail}; the partial shard was removed; pass {NO_SIZE_LIMITS} "
+        "to convert it anyway",
+        path=unit.key,
+    )
 
 
 def _stream_copy(
@@ -260,14 +302,16 @@ def make_readable(
 ) -> Iterator[tuple[int, tuple[Path, bool] | Exception, float]]:
     """`readable_archive` for each (unit, stamp), `jobs` at a time in threads; yields (position,
     result or error, seconds) as they finish. Interrupting this (Ctrl-C, SIGTERM) stops the Python
-    conversions at their next chunk and removes their temporary files; a gzip conversion under way in
-    Rust is left to the process's end, and its temporary file to the next run (`clean_stale_files`)."""
+    conversions at their next chunk and the Rust gzip conversions through `cancel`; each removes its
+    temporary file. (A process killed outside Python's reach leaves temporary files to the next run's
+    `clean_stale_files`.)"""
     if not units:
         return
     sizes = [u.size for u, _ in units]
     total = sum(sizes)
     done_bytes = [0] * len(units)
     abort = threading.Event()
+    cancel = _core.ConvertCancel()
     todo: queue.Queue[int] = queue.Queue()
     for k in range(len(units)):
         todo.put(k)
@@ -287,7 +331,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, stamp, images, report, abort, limits)
+                out = readable_archive(unit, stamp, images, report, abort, limits, cancel)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:
@@ -318,8 +362,8 @@ def make_readable(
                 yield k, value, seconds  # type: ignore[misc]
     finally:
         abort.set()
-        # Python conversions stop at their next chunk and remove their temporary files: wait for that
-        # (not for a gzip conversion in Rust, which cannot be stopped).
+        cancel.request()
+        # Every conversion stops at its next chunk and removes its temporary file: wait for that.
         deadline = time.monotonic() + _STOP_WAIT
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -6,22 +6,26 @@
 Target (issue 6): at least 200k paths/s for file existence with a warm file cache. The baseline is
 `os.path.isfile(os.path.join(base, p))` over the same paths in the same run. The whole-check row runs
 `run_check` on a generated playground (synthetic LLaVA records, every referenced image present as an empty
-file), once building the index and then with the index already built.
+file), once building the index and then with the index already built; then the same records with every
+image in tar archives read through the image folder's store (`prepare --images shards`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import random
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 from .. import _core, synth
 from ..check import run_check
+from ..images import FOLDER_STORE, ImageStore
 from ..index import open as open_index
-from ..playground import Playground
+from ..playground import STATE_DIR, Playground
 from .common import default_data_dir, fmt_time, machine, machine_markdown, parse_size, publish, repeat, table
 
 #: Share of the benchmark paths that do not exist (a failed lookup costs about as much as a found one).
@@ -66,6 +70,36 @@ def make_playground(root: Path, records: int) -> Path:
                     f = images / p
                     f.parent.mkdir(parents=True, exist_ok=True)
                     f.touch()
+    os.remove(idx.index_path)  # the first check builds it
+    return root
+
+
+def make_shards_playground(root: Path, records: int) -> Path:
+    """`make_playground`'s records with every image and video held in tar archives (one per top folder)
+    read through the image folder's store, as `prepare --images shards` leaves them."""
+    playground = Playground.at(root)
+    data = playground.json_file(f"Bench-{max(1, records // 1000)}k.json")
+    data.parent.mkdir(parents=True, exist_ok=True)
+    synth.write_file(data, records=records, seed=3)
+    images = playground.images
+    shards = images / STATE_DIR / "shards"
+    shards.mkdir(parents=True)
+    by_top: dict[str, list[str]] = {}
+    idx = open_index(data)
+    for start in range(0, len(idx), 4096):
+        for rec in idx.get_many(range(start, min(len(idx), start + 4096))):
+            for key in ("image", "video"):
+                value = rec.get(key)
+                for p in [value] if isinstance(value, str) else value or []:
+                    by_top.setdefault(p.split("/", 1)[0], []).append(p)
+    archives = []
+    for top, members in sorted(by_top.items()):
+        archive = shards / f"{top}.tar"
+        with tarfile.open(archive, "w", format=tarfile.GNU_FORMAT) as tf:
+            for p in dict.fromkeys(members):
+                tf.addfile(tarfile.TarInfo(p), io.BytesIO(b""))
+        archives.append(archive)
+    ImageStore.build(archives, images / FOLDER_STORE)
     os.remove(idx.index_path)  # the first check builds it
     return root
 
@@ -123,6 +157,11 @@ def main(argv: list[str] | None = None) -> None:
         assert first.clean, first.problems[:3]
         warm = repeat(lambda: run_check(train), args.repeat)
         images = sum(d.images for d in first.datasets.values())
+        spg = make_shards_playground(Path(tmp) / "shards", n_records)
+        strain = spg / "train"
+        shards_first = run_check(strain)
+        assert shards_first.clean, shards_first.problems[:3]
+        in_store = repeat(lambda: run_check(strain), args.repeat)
         check_rows = [
             [
                 "`run_check`, building the index",
@@ -135,6 +174,12 @@ def main(argv: list[str] | None = None) -> None:
                 fmt_time(warm),
                 f"{first.records / warm['median']:,.0f}",
                 f"{images / warm['median']:,.0f}",
+            ],
+            [
+                "`run_check`, index built, images in an image store (`--images shards`)",
+                fmt_time(in_store),
+                f"{first.records / in_store['median']:,.0f}",
+                f"{images / in_store['median']:,.0f}",
             ],
         ]
 
@@ -156,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "files": n_files,
         "records": first.records,
         "exist": runs,
-        "check": {"cold_s": cold, "warm": warm, "images": images},
+        "check": {"cold_s": cold, "warm": warm, "images": images, "in_store": in_store},
     }
     publish(markdown, doc, args.out)
 
