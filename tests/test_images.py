@@ -401,6 +401,20 @@ def test_fusion_dataset_loads_images_through_the_folder_store(tmp_path: Path) ->
     assert ds[0][IMAGE_KEY].getpixel((1, 1)) == (0, 0, 255)
 
 
+def test_read_path_and_open_path_serve_store_members_and_name_a_missing_one(tmp_path: Path) -> None:
+    from fusion_fast.images import open_path, read_path
+
+    _, images = _folder_with_store(tmp_path)
+    assert read_path(images / "COCO" / "a.png") == _png((255, 0, 0))
+    with open_path(images / "COCO" / "b.png") as img:
+        assert img.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+    for read in (read_path, open_path):
+        # a path under the store's folder that no archive holds: the file's own error, naming it
+        with pytest.raises(FileNotFoundError, match="missing.png") as caught:
+            read(images / "COCO" / "missing.png")
+        assert caught.value.__cause__ is None and not isinstance(caught.value, KeyError)
+
+
 def test_check_resolves_images_through_the_folder_store(tmp_path: Path) -> None:
     from fusion_fast.check import run_check
 

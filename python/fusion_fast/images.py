@@ -330,11 +330,14 @@ def read_path(path: PathLike) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        found = store_for(path)
+    except FileNotFoundError as missing:
+        found = nearest_store(path)
         if found is None:
             raise
-        return found[0].read(found[1])
+        try:  # one lookup: asking `in` first would find the member twice
+            return found[0].read(found[1])
+        except KeyError:
+            raise missing from None
 
 
 def open_path(path: PathLike) -> Image.Image:
@@ -344,11 +347,15 @@ def open_path(path: PathLike) -> Image.Image:
 
     try:
         return Image.open(path)
-    except FileNotFoundError:
-        found = store_for(path)
+    except FileNotFoundError as missing:
+        found = nearest_store(path)
         if found is None:
             raise
-        return Image.open(io.BytesIO(found[0].view(found[1])))
+        try:
+            member = found[0].view(found[1])
+        except KeyError:
+            raise missing from None
+        return Image.open(io.BytesIO(member))
 
 
 __all__ = [
