@@ -11,6 +11,8 @@ __all__ = [
     "BAD_CONVERSATIONS",
     "BAD_IMAGE",
     "CONVERT_LIMIT_PREFIX",
+    "CONVERT_SPACE_PREFIX",
+    "ConvertBudget",
     "ConvertCancel",
     "FORMAT_VERSION",
     "HAS_IMAGE",
@@ -219,7 +221,20 @@ def convert_to_tars(
     max_bytes: list[int | None] | None = None,
     cancel: ConvertCancel | None = None,
     chunk_delay: float | None = None,
+    budget: ConvertBudget | None = None,
 ) -> list[int]: ...
+
+@final
+class ConvertBudget:
+    """The bytes that every conversion given it may write together; `take` is all or nothing."""
+
+    def __init__(self, limit: int) -> None: ...
+    def take(self, n: int) -> bool: ...
+    def release(self, n: int) -> None: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def used(self) -> int: ...
 
 @final
 class ConvertCancel:
@@ -231,6 +246,8 @@ class ConvertCancel:
 
 #: How the message of a conversion refused by `max_bytes` starts.
 CONVERT_LIMIT_PREFIX: str
+#: How the message of a conversion refused by `budget` starts (it starts with `CONVERT_LIMIT_PREFIX` too).
+CONVERT_SPACE_PREFIX: str
 
 @final
 class MemberView:
