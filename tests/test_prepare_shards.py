@@ -886,7 +886,7 @@ def xz_tar_of_zeros(mib: int, name: str) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("kinds", [("gz", "gz"), ("gz", "gz", "gz"), ("gz", "xz")])
+@pytest.mark.parametrize("kinds", [("gz", "gz"), ("gz", "gz", "gz"), ("gz", "xz"), ("xz", "xz")])
 def test_conversions_running_at_once_share_the_free_space_and_never_fill_the_disk_together(
     tmp_path, small_disk, monkeypatch, kinds
 ) -> None:
