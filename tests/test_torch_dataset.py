@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 PNG = synth.tiny_png()
 #: The examples' tiny models gain nothing from intra-op threads, which fight DataLoader workers for 2 cores.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-#: Private memory a DataLoader worker may use beyond a bare process importing torch (issue 5: 100 MB).
+#: Private memory a DataLoader worker may use beyond a bare process importing torch (at most 100 MB).
 WORKER_MEMORY_BOUND = 100 << 20
 
 
