@@ -40,8 +40,6 @@ mod py_items;
 #[cfg(feature = "python")]
 mod py_ship;
 #[cfg(feature = "python")]
-mod py_signals;
-#[cfg(feature = "python")]
 mod py_sources;
 #[cfg(feature = "python")]
 mod python;

@@ -17,8 +17,7 @@ use crate::image_store::{
     build_placed, convert_all_with, normalize, ConvertOptions, ImageStore, Location, Placement,
     SpaceBudget,
 };
-use crate::py_errors::boundary;
-use crate::py_signals::{run_interruptible, Stopped};
+use crate::py_errors::{boundary, run_interruptible, Stopped};
 
 /// An open image store, shared (read-only) by every view it hands out.
 #[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
