@@ -1219,14 +1219,22 @@ fn inflating_never_goes_past_the_declared_size() {
     let raw = deflate(&data);
     let out = inflate_exactly(&raw, data.len() as u64).unwrap();
     assert_eq!(out, data);
-    assert!(out.capacity() <= data.len(), "{} > {}", out.capacity(), data.len());
+    assert!(
+        out.capacity() <= data.len(),
+        "{} > {}",
+        out.capacity(),
+        data.len()
+    );
     // A stream producing more than its header declares stops there.
     let err = inflate_exactly(&raw, 1000).unwrap_err();
     assert!(err.contains("more than the 1000 bytes"), "{err}");
     // A header declaring far more than the stream holds (a zip64 size of 2^40) allocates nothing of it.
     let err = inflate_exactly(&raw, 1 << 40).unwrap_err();
     assert!(
-        err.contains(&format!("inflates to {} bytes, its header says 1099511627776", data.len())),
+        err.contains(&format!(
+            "inflates to {} bytes, its header says 1099511627776",
+            data.len()
+        )),
         "{err}"
     );
     assert!(inflate_exactly(&deflate(b""), 0).unwrap().is_empty());
@@ -1252,6 +1260,9 @@ fn a_member_inflating_past_its_declared_size_is_a_corrupt_archive_naming_it() {
     let err = store.read(b"m/over.txt").unwrap_err();
     assert_eq!(err.kind, ErrorKind::CorruptArchive, "{err}");
     let text = err.to_string();
-    assert!(text.contains("m/over.txt") && text.contains("a.zip"), "{text}");
+    assert!(
+        text.contains("m/over.txt") && text.contains("a.zip"),
+        "{text}"
+    );
     assert!(text.contains("more than the 1000 bytes"), "{text}");
 }
