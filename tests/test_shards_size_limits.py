@@ -54,16 +54,27 @@ def bomb_source(tmp_path: Path, size: int) -> Path:
     return src
 
 
+#: This process's peak resident memory in KiB. (Not ru_maxrss: on Linux it survives exec, so a child
+#: of a large test process would report its parent's peak.)
+_HWM = """
+import resource
+def hwm():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+"""
 #: Run prepare in a fresh interpreter and report its errors and its peak memory (KiB).
-_CHILD = """
-import json, resource, sys
+_CHILD = (
+    _HWM
+    + """
+import json, sys
 from fusion_fast.prepare import plan_prepare, run_prepare
 limits = {} if sys.argv[3] == "limits" else {"size_limits": None}
 result = run_prepare(plan_prepare(sys.argv[1], sys.argv[2], images="shards"), jobs=1, **limits)
-peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+peak = max(hwm(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 errors = {u.item.unit.key: u.error for u in result.units if u.error is not None}
 print(json.dumps({"errors": errors, "peak_kib": peak}))
 """
+)
 
 
 def prepare_in_child(src: Path, pg: Path, limits: bool) -> tuple[dict[str, str], int]:
@@ -82,7 +93,7 @@ def prepare_in_child(src: Path, pg: Path, limits: bool) -> tuple[dict[str, str],
 
 def baseline_peak() -> int:
     """Peak memory of a child that imports what the prepare child imports and prepares nothing."""
-    code = "import resource, fusion_fast.prepare; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    code = _HWM + "import fusion_fast.prepare\nprint(hwm())"
     out = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True, text=True)
     return int(out.stdout.strip()) * 1024
 
