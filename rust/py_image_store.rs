@@ -74,12 +74,16 @@ impl PyImageStore {
     fn lookup(&self, member: &[u8]) -> PyResult<(usize, Location)> {
         match self.inner.lookup(member)? {
             Some(found) => Ok(found),
-            None => Err(PyKeyError::new_err(format!(
-                "{} is in no archive of the image store {}",
-                String::from_utf8_lossy(member),
-                self.inner.path().display()
-            ))),
+            None => Err(self.missing(member)),
         }
+    }
+
+    fn missing(&self, member: &[u8]) -> PyErr {
+        PyKeyError::new_err(format!(
+            "{} is in no archive of the image store {}",
+            String::from_utf8_lossy(member),
+            self.inner.path().display()
+        ))
     }
 }
 
@@ -210,6 +214,61 @@ impl PyImageStore {
                 )?
                 .into_any()),
                 Cow::Owned(v) => Ok(PyBytes::new(py, &v).into_any()),
+            }
+        })
+    }
+
+    /// The member's bytes when no file exists at `path` (a file on disk wins over its store member):
+    /// `bytes` with `copy`, else as `view` gives them; None when `path` is a file (or anything but
+    /// missing: the caller opens it and gets its error); `KeyError` when neither is there. The file is
+    /// looked for with one `stat` and no Python exception for its absence, which costs more than
+    /// finding and reading the member.
+    fn member_unless_file<'py>(
+        &self,
+        py: Python<'py>,
+        path: PathBuf,
+        member: &[u8],
+        copy: bool,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        boundary("ImageStore.member_unless_file", || {
+            let store = &self.inner;
+            let found = py.detach(|| {
+                match std::fs::metadata(&path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    _ => return Ok(None),
+                }
+                let Some((i, loc)) = store.lookup(member)? else {
+                    return Ok(Some(None));
+                };
+                let name = normalize(member).unwrap_or_default();
+                store
+                    .read_located(&name, loc)
+                    .map(|bytes| Some(Some((i, bytes))))
+            });
+            let (i, bytes) = match found? {
+                None => return Ok(None),
+                Some(None) => return Err(self.missing(member)),
+                Some(Some(read)) => read,
+            };
+            match bytes {
+                Cow::Borrowed(b) if !copy => Ok(Some(
+                    Bound::new(
+                        py,
+                        MemberView {
+                            _store: Arc::clone(&self.inner),
+                            ptr: b.as_ptr() as usize,
+                            len: b.len(),
+                        },
+                    )?
+                    .into_any(),
+                )),
+                Cow::Borrowed(b) => {
+                    let out = PyBytes::new(py, b);
+                    // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
+                    store.check_mapped(i)?;
+                    Ok(Some(out.into_any()))
+                }
+                Cow::Owned(v) => Ok(Some(PyBytes::new(py, &v).into_any())),
             }
         })
     }
