@@ -184,12 +184,13 @@ impl PyImageStore {
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         boundary("ImageStore.read", || {
-            let (i, loc) = self.lookup(member)?;
             let store = &self.inner;
-            let name = normalize(member).unwrap_or_default();
-            let bytes = py.detach(|| store.read_located(&name, loc))?;
+            let Some((i, bytes)) = py.detach(|| store.read_member(member))? else {
+                return Err(self.missing(member));
+            };
             let copy = PyBytes::new(py, &bytes);
-            // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
+            // A copy out of the mapping touched every page of the member: a file cut short meanwhile
+            // left zeros.
             store.check_mapped(i)?;
             Ok(copy)
         })
@@ -218,58 +219,34 @@ impl PyImageStore {
         })
     }
 
-    /// The member's bytes when no file exists at `path` (a file on disk wins over its store member):
-    /// `bytes` with `copy`, else as `view` gives them; None when `path` is a file (or anything but
-    /// missing: the caller opens it and gets its error); `KeyError` when neither is there. The file is
-    /// looked for with one `stat` and no Python exception for its absence, which costs more than
-    /// finding and reading the member.
+    /// The member's bytes (as `read` gives them) when no file exists at `path`: a file on disk wins
+    /// over its store member. None when `path` is a file (or anything but missing: the caller opens
+    /// it and gets its error); `KeyError` when neither is there. The file is looked for with one
+    /// `stat` and no Python exception for its absence, which would cost more than the read.
     fn member_unless_file<'py>(
         &self,
         py: Python<'py>,
         path: PathBuf,
         member: &[u8],
-        copy: bool,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         boundary("ImageStore.member_unless_file", || {
             let store = &self.inner;
-            let found = py.detach(|| {
-                match std::fs::metadata(&path) {
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    _ => return Ok(None),
+            let found = py.detach(|| match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    store.read_member(member).map(Some)
                 }
-                let Some((i, loc)) = store.lookup(member)? else {
-                    return Ok(Some(None));
-                };
-                let name = normalize(member).unwrap_or_default();
-                store
-                    .read_located(&name, loc)
-                    .map(|bytes| Some(Some((i, bytes))))
-            });
-            let (i, bytes) = match found? {
+                _ => Ok(None),
+            })?;
+            let (i, bytes) = match found {
                 None => return Ok(None),
                 Some(None) => return Err(self.missing(member)),
                 Some(Some(read)) => read,
             };
-            match bytes {
-                Cow::Borrowed(b) if !copy => Ok(Some(
-                    Bound::new(
-                        py,
-                        MemberView {
-                            _store: Arc::clone(&self.inner),
-                            ptr: b.as_ptr() as usize,
-                            len: b.len(),
-                        },
-                    )?
-                    .into_any(),
-                )),
-                Cow::Borrowed(b) => {
-                    let out = PyBytes::new(py, b);
-                    // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
-                    store.check_mapped(i)?;
-                    Ok(Some(out.into_any()))
-                }
-                Cow::Owned(v) => Ok(Some(PyBytes::new(py, &v).into_any())),
-            }
+            let copy = PyBytes::new(py, &bytes);
+            // A copy out of the mapping touched every page of the member: a file cut short meanwhile
+            // left zeros.
+            store.check_mapped(i)?;
+            Ok(Some(copy))
         })
     }
 

@@ -447,9 +447,7 @@ def test_a_file_removed_after_the_store_looked_for_it_is_read_from_the_store(
     _, images = _folder_with_store(tmp_path)
     # the store saw a file at the path, which is gone by the time it is opened
     looked = images_module._member_unless_file
-    monkeypatch.setattr(
-        images_module, "_member_unless_file", lambda path, copy: (looked(path, copy)[0], None)
-    )
+    monkeypatch.setattr(images_module, "_member_unless_file", lambda path: (looked(path)[0], None))
     assert images_module.read_path(images / "COCO" / "a.png") == _png((255, 0, 0))
     with images_module.open_path(images / "COCO" / "b.png") as img:
         assert img.convert("RGB").getpixel((1, 1)) == (0, 255, 0)

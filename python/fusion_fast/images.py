@@ -326,25 +326,25 @@ def exists(path: PathLike) -> bool:
     return os.path.isfile(path) or store_for(path) is not None
 
 
-def _member_unless_file(path: PathLike, copy: bool) -> tuple[tuple[ImageStore, str] | None, Any]:
-    """`(nearest_store(path), data)`: data is the bytes of the member `path` names (`copy`: `bytes`,
-    else what `ImageStore.view` gives), or None when `path` is a file (a file on disk wins) or no folder
-    above has a store. `FileNotFoundError` when there is a store but neither the file nor the member.
-    The store looks for the file itself: a Python exception for its absence costs more than the read."""
+def _member_unless_file(path: PathLike) -> tuple[tuple[ImageStore, str] | None, bytes | None]:
+    """`(nearest_store(path), data)`: data is the bytes of the member `path` names, or None when `path`
+    is a file (a file on disk wins) or no folder above has a store. `FileNotFoundError` when there is a
+    store but neither the file nor the member. The store looks for the file itself: a Python exception
+    for its absence costs more than the read."""
     found = nearest_store(path)
     if found is None:
         return None, None
     try:
-        return found, found[0]._inner.member_unless_file(os.fspath(path), _key(found[1]), copy)
+        return found, found[0]._inner.member_unless_file(os.fspath(path), _key(found[1]))
     except KeyError:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path)) from None
 
 
 def read_path(path: PathLike) -> bytes:
     """The bytes of the file `path`, else of the store member it names; `FileNotFoundError` when neither."""
-    found, data = _member_unless_file(path, copy=True)
+    found, data = _member_unless_file(path)
     if data is not None:
-        return data  # type: ignore[no-any-return]
+        return data
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -362,7 +362,7 @@ def open_path(path: PathLike) -> Image.Image:
     `FileNotFoundError` when neither."""
     from PIL import Image
 
-    found, data = _member_unless_file(path, copy=False)
+    found, data = _member_unless_file(path)
     if data is None:
         try:
             return Image.open(path)
@@ -370,7 +370,7 @@ def open_path(path: PathLike) -> Image.Image:
             if found is None:  # else the file was removed since the store looked for it
                 raise
             try:
-                data = found[0].view(found[1])
+                data = found[0].read(found[1])
             except KeyError:
                 raise missing from None
     return Image.open(io.BytesIO(data))
