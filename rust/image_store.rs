@@ -56,7 +56,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -89,6 +89,11 @@ const KIND_TAR: u8 = 1;
 const PREAD_WINDOW: u64 = 8 << 10;
 /// Tar members (with their records) larger than this are read through the mapping.
 const PREAD_MAX: u64 = 16 << 20;
+/// After a `pread` finds pages of an archive missing from the page cache, this many reads of it go
+/// through the mapping before `pread` is tried again: while an archive is cold, a fault reads the
+/// pages around it (the device's read-ahead), where a `pread` would start a read of its own pages
+/// only, which the fault then waits for.
+const MAPPED_AFTER_MISS: u32 = 256;
 const KIND_ZIP: u8 = 2;
 
 // ---------------------------------------------------------------------------------------------------
@@ -1281,6 +1286,8 @@ struct Archive {
     /// The archive opened for `map` (set once the map is made and checked): tar members are read
     /// from it with `pread` (see `read_member`).
     file: OnceLock<File>,
+    /// Reads left to make through the mapping before `pread` is tried again (see `tar_window`).
+    mapped_reads: AtomicU32,
 }
 
 /// An open image store.
@@ -1335,6 +1342,7 @@ fn parse_archive_table(
             placed: Placed { strip, prefix },
             map: OnceLock::new(),
             file: OnceLock::new(),
+            mapped_reads: AtomicU32::new(0),
         });
         t = &t[(29 + plen + xlen) as usize..];
     }
@@ -1809,10 +1817,22 @@ impl ImageStore {
         let (Some(file), Some(rest)) = (a.file.get(), len.checked_sub(record)) else {
             return Ok(None);
         };
+        let left = a.mapped_reads.load(Ordering::Relaxed);
+        if left > 0 {
+            // Another thread may count the same read down: a read or two more either way.
+            let _ = a.mapped_reads.compare_exchange(
+                left,
+                left - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return Ok(None);
+        }
         let mut want = rest.min(PREAD_WINDOW);
         loop {
             let mut buf = vec![0u8; want as usize];
             if !read_cached(file, &mut buf, record) {
+                a.mapped_reads.store(MAPPED_AFTER_MISS, Ordering::Relaxed);
                 return Ok(None);
             }
             let settled = match tar_entry(&buf, 0, &a.path) {

@@ -1262,3 +1262,32 @@ fn a_changed_archive_is_a_stale_error_for_pread_reads() {
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
 }
+
+#[test]
+fn after_a_page_cache_miss_reads_go_through_the_mapping_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|k| (format!("m{k}.jpg"), payload(k + 100, 2000)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "c.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_member_all(&store, "m0.jpg"), entries[0].1);
+    let left = |s: &ImageStore| s.archives[0].mapped_reads.load(Ordering::Relaxed);
+    assert_eq!(
+        left(&store),
+        0,
+        "the archive was written just now: page-cached"
+    );
+    // As a miss leaves it: the next reads are counted down, each still the member's bytes.
+    store.archives[0].mapped_reads.store(2, Ordering::Relaxed);
+    for (k, want_left) in [(1, 1), (2, 0), (3, 0)] {
+        assert_eq!(read_member_all(&store, &format!("m{k}.jpg")), entries[k].1);
+        assert_eq!(left(&store), want_left);
+    }
+}
