@@ -56,7 +56,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -1114,11 +1114,58 @@ pub struct ConvertOptions {
     /// free space than it needs): checked before every chunk is written, so the temporary file never
     /// holds more than this.
     pub max_bytes: Option<u64>,
+    /// Space shared with the other conversions running at once: every chunk is taken from it before
+    /// it is written, and a conversion that fails gives back what it took (its file is removed).
+    pub budget: Option<Arc<SpaceBudget>>,
     /// Set from another thread to stop the conversion at its next chunk (Ctrl-C).
     pub cancel: Option<Arc<AtomicBool>>,
     /// A testing aid only: sleep this long after each chunk, so that tests can interrupt or kill a
     /// conversion while it runs. The sleep itself stops as soon as `cancel` is set.
     pub chunk_delay: Option<Duration>,
+}
+
+/// The bytes that several conversions (and other writers) running at once may write together: the
+/// free space when they started, less a reserve. Each conversion checks only its own output against
+/// its own limit, so without a shared count N conversions at once could each fill the disk alone.
+#[derive(Debug)]
+pub struct SpaceBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl SpaceBudget {
+    pub fn new(limit: u64) -> Self {
+        SpaceBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes `n` bytes if they are left (all or nothing); false when they are not.
+    pub fn take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes taken before (their file was removed).
+    pub fn release(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
 }
 
 /// The error of a conversion stopped through `ConvertOptions::cancel`.
@@ -1167,6 +1214,7 @@ pub fn convert_to_tar_with(parts: &[PathBuf], dest: &Path, opts: &ConvertOptions
             .is_some_and(|c| c.load(Ordering::Relaxed))
     };
     let tmp = temp_path(dest);
+    let taken = std::cell::Cell::new(0u64);
     let result = (|| -> Result<u64> {
         let werr = |e| Error::io(&tmp, "write the converted tar", e);
         let mut file = File::options()
@@ -1202,6 +1250,22 @@ pub fn convert_to_tar_with(parts: &[PathBuf], dest: &Path, opts: &ConvertOptions
                 )
                 .with_path(first));
             }
+            if let Some(budget) = &opts.budget {
+                if !budget.take(got as u64) {
+                    return Err(Error::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{SPACE_PREFIX} it had produced {produced} bytes when the budget of {} bytes \
+                             that all conversions running at once may write together ran out (other \
+                             conversions had taken {} bytes of it)",
+                            budget.limit(),
+                            budget.used().saturating_sub(taken.get()),
+                        ),
+                    )
+                    .with_path(first));
+                }
+                taken.set(taken.get() + got as u64);
+            }
             file.write_all(&buf[..got]).map_err(werr)?;
             n = produced;
             if let Some(delay) = opts.chunk_delay {
@@ -1222,12 +1286,18 @@ pub fn convert_to_tar_with(parts: &[PathBuf], dest: &Path, opts: &ConvertOptions
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
+        if let Some(budget) = &opts.budget {
+            budget.release(taken.get());
+        }
     }
     result
 }
 
 /// How the message of a conversion refused by `ConvertOptions::max_bytes` starts.
 pub const LIMIT_PREFIX: &str = "refusing to convert the archive:";
+/// How the message of a conversion refused by `ConvertOptions::budget` starts (it also starts with
+/// `LIMIT_PREFIX`).
+pub const SPACE_PREFIX: &str = "refusing to convert the archive: out of space:";
 
 /// Fills `buf` as far as the stream allows (short reads of the decoder are joined, so a chunk is a
 /// whole `buf` until the end); returns the bytes read, 0 at the end.

@@ -551,6 +551,62 @@ fn a_gzip_bomb_is_refused_while_it_streams_and_leaves_nothing_behind() {
 }
 
 #[test]
+fn a_space_budget_is_taken_all_or_nothing_and_given_back() {
+    let budget = SpaceBudget::new(10);
+    assert!(budget.take(6));
+    assert!(!budget.take(5), "6 + 5 is past the limit of 10");
+    assert_eq!(budget.used(), 6);
+    assert!(budget.take(4));
+    assert!(!budget.take(1));
+    budget.release(4);
+    assert_eq!(budget.used(), 6);
+    assert!(!budget.take(u64::MAX), "no overflow");
+}
+
+#[test]
+fn conversions_sharing_a_budget_never_write_more_than_it_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = tar_bytes(&[("zeros.jpg", vec![0u8; 6 << 20])]);
+    let tar_len = tar.len() as u64;
+    let gz = gzip(&tar);
+    let jobs: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            let p = write(dir.path(), &format!("{name}.tar.gz"), &gz);
+            (vec![p], dir.path().join(format!("{name}.tar")))
+        })
+        .collect();
+    // Room for one of them, not for both: each alone is within the budget.
+    let budget = Arc::new(SpaceBudget::new(tar_len + (2 << 20)));
+    let opts = ConvertOptions {
+        budget: Some(budget.clone()),
+        // Both run at once, chunk by chunk.
+        chunk_delay: Some(Duration::from_millis(20)),
+        ..Default::default()
+    };
+    let results: Vec<_> = jobs
+        .par_iter()
+        .map(|(parts, dest)| convert_to_tar_with(parts, dest, &opts))
+        .collect();
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(refused.len(), 1, "{results:?}");
+    let err = refused[0];
+    assert!(err.message.starts_with(SPACE_PREFIX), "{err}");
+    assert!(err.message.starts_with(LIMIT_PREFIX), "{err}");
+    assert!(
+        err.message
+            .contains(&format!("budget of {} bytes", budget.limit())),
+        "{err}"
+    );
+    assert!(results.iter().any(|r| r.as_ref().ok() == Some(&tar_len)));
+    // The refused one gave its bytes back and left no file: what is used is what the other wrote.
+    assert_eq!(budget.used(), tar_len);
+    let mut names = names_in(dir.path());
+    names.retain(|n| !n.ends_with(".gz"));
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[test]
 fn a_cancelled_conversion_stops_at_its_next_chunk_and_removes_its_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let p = write(

@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyDict, PyList};
 use crate::error::{Error, ErrorKind};
 use crate::image_store::{
     build_placed, convert_all_with, normalize, ConvertOptions, ImageStore, Location, Placement,
+    SpaceBudget,
 };
 use crate::py_errors::{boundary, panic_message};
 
@@ -318,6 +319,53 @@ impl ConvertCancel {
     }
 }
 
+/// The bytes that all conversions given it may write together (`SpaceBudget`): `convert_to_tars`
+/// takes every chunk from it before writing it, and Python conversions call `take` the same way, so
+/// conversions running at once never write more than it together. A failed conversion gives back
+/// what it took.
+#[pyclass(module = "fusion_fast._core", frozen)]
+pub struct ConvertBudget {
+    inner: Arc<SpaceBudget>,
+}
+
+#[pymethods]
+impl ConvertBudget {
+    #[new]
+    fn new(limit: u64) -> Self {
+        ConvertBudget {
+            inner: Arc::new(SpaceBudget::new(limit)),
+        }
+    }
+
+    /// Takes `n` bytes if they are left (all or nothing); False when they are not.
+    fn take(&self, n: u64) -> bool {
+        self.inner.take(n)
+    }
+
+    /// Gives back `n` bytes taken before.
+    fn release(&self, n: u64) {
+        self.inner.release(n)
+    }
+
+    #[getter]
+    fn limit(&self) -> u64 {
+        self.inner.limit()
+    }
+
+    #[getter]
+    fn used(&self) -> u64 {
+        self.inner.used()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "ConvertBudget(limit={}, used={})",
+            self.inner.limit(),
+            self.inner.used()
+        )
+    }
+}
+
 /// How often a thread waiting for conversions checks for Ctrl-C and other signals.
 const SIGNAL_POLL: Duration = Duration::from_millis(20);
 
@@ -326,18 +374,20 @@ const SIGNAL_POLL: Duration = Duration::from_millis(20);
 ///
 /// `max_bytes` gives each job the most bytes its tar may expand to (None: no limit); past it the
 /// conversion fails with a message starting with `LIMIT_PREFIX`. `cancel.request()` stops every
-/// conversion at its next chunk. The conversions run with the GIL released on a thread of their own
+/// conversion at its next chunk. `budget` is shared space that every chunk is taken from (past it:
+/// a message starting with `SPACE_PREFIX`). The conversions run with the GIL released on a thread of their own
 /// while this one checks for signals: when a handler raises (Ctrl-C, a SIGTERM handler), they are
 /// stopped, their temporary files removed, and the handler's exception is raised here.
 /// `chunk_delay` (seconds after each chunk) is a testing aid only.
 #[pyfunction]
-#[pyo3(signature = (jobs, *, max_bytes=None, cancel=None, chunk_delay=None))]
+#[pyo3(signature = (jobs, *, max_bytes=None, cancel=None, chunk_delay=None, budget=None))]
 fn convert_to_tars(
     py: Python<'_>,
     jobs: Vec<(Vec<PathBuf>, PathBuf)>,
     max_bytes: Option<Vec<Option<u64>>>,
     cancel: Option<&ConvertCancel>,
     chunk_delay: Option<f64>,
+    budget: Option<&ConvertBudget>,
 ) -> PyResult<Vec<u64>> {
     boundary("ImageStore.convert_to_tars", || {
         use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
@@ -359,6 +409,7 @@ fn convert_to_tars(
         let flag = cancel.map_or_else(|| Arc::new(AtomicBool::new(false)), |c| c.flag.clone());
         let opts = ConvertOptions {
             max_bytes: None,
+            budget: budget.map(|b| b.inner.clone()),
             cancel: Some(flag.clone()),
             chunk_delay: delay,
         };
@@ -422,7 +473,9 @@ fn convert_to_tars(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(convert_to_tars, m)?)?;
     m.add_class::<ConvertCancel>()?;
+    m.add_class::<ConvertBudget>()?;
     m.add("CONVERT_LIMIT_PREFIX", crate::image_store::LIMIT_PREFIX)?;
+    m.add("CONVERT_SPACE_PREFIX", crate::image_store::SPACE_PREFIX)?;
     m.add_class::<PyImageStore>()?;
     m.add_class::<MemberView>()?;
     Ok(())

@@ -608,3 +608,51 @@ def test_ctrl_c_stops_a_gzip_conversion_at_once_and_leaves_no_file(tmp_path: Pat
     assert proc.wait(timeout=30) == 3, proc.stderr and proc.stderr.read()
     assert time.monotonic() - sent < 2.0
     assert list(out.iterdir()) == []
+
+
+def _gzip_tar_of_zeros(path: Path, mib: int) -> Path:
+    import gzip
+
+    info = tarfile.TarInfo("zeros.jpg")
+    info.size = mib << 20
+    with gzip.open(path, "wb", compresslevel=9) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    return path
+
+
+def test_build_refuses_a_gzip_bomb_by_default_and_converts_it_when_told_to(tmp_path: Path) -> None:
+    from fusion_fast.errors import FusionFastError
+
+    bomb = _gzip_tar_of_zeros(tmp_path / "bomb.tar.gz", 64)
+    assert bomb.stat().st_size < 200_000
+    shards = tmp_path / "shards"
+    with pytest.raises(FusionFastError) as err:
+        ImageStore.build([bomb], tmp_path / "s.ffimg", shard_dir=shards)
+    message = str(err.value)
+    assert message.startswith(f"{bomb}: refusing to convert: "), message
+    assert "more than 100 times its size" in message and "size_limits=None" in message, message
+    assert not (tmp_path / "s.ffimg").exists()
+    assert [p.name for p in shards.iterdir()] == []
+    store = ImageStore.build([bomb], tmp_path / "s.ffimg", shard_dir=shards, size_limits=None)
+    assert store.read("zeros.jpg") == bytes(64 << 20)
+
+
+def test_build_conversions_share_the_free_space(tmp_path: Path) -> None:
+    from fusion_fast.archives import SizeLimits
+    from fusion_fast.errors import FusionFastError
+
+    archives = [_gzip_tar_of_zeros(tmp_path / f"a{k}.tar.gz", 6) for k in range(2)]
+    # Room for one, not both: each alone is within the space, so only a shared count refuses.
+    limits = SizeLimits(free_space=lambda folder: 8 << 20)
+    shards = tmp_path / "shards"
+    with pytest.raises(FusionFastError) as err:
+        ImageStore.build(archives, tmp_path / "s.ffimg", shard_dir=shards, size_limits=limits)
+    message = str(err.value)
+    assert "refusing to convert: " in message and "other conversions" in message, message
+    assert f"budget of {8 << 20} bytes" in message, message
+    assert not (tmp_path / "s.ffimg").exists()
+    left = list(shards.iterdir())
+    assert len(left) <= 1 and ".tmp-" not in "".join(p.name for p in left)
+    # Alone, each converts.
+    store = ImageStore.build(archives[:1], tmp_path / "one.ffimg", shard_dir=shards, size_limits=limits)
+    assert store.read("zeros.jpg") == bytes(6 << 20)

@@ -831,6 +831,11 @@ def small_disk(tmp_path):
         return where
 
     yield mount
+    # Stores opened there (cached, or in a result not yet collected) keep files mapped: close them first.
+    import gc
+
+    image_store._folder_stores.clear()
+    gc.collect()
     for where in mounted:
         subprocess.run(["umount", str(where)], check=True)
 
@@ -870,6 +875,53 @@ def test_a_gzip_bomb_is_refused_while_it_streams_before_it_fills_the_disk(
     assert prepare_cli(src, "--root", roomy, "--images", "shards", "--no-size-limits") == 0
     image_store._folder_stores.clear()
     assert read_path(roomy / "train" / "images" / "Bomb/zeros.jpg") == bytes(64 << 20)
+
+
+def xz_tar_of_zeros(mib: int, name: str) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = mib << 20
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:xz") as tf:
+        tf.addfile(info, io.BytesIO(bytes(info.size)))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kinds", [("gz", "gz"), ("gz", "gz", "gz"), ("gz", "xz"), ("xz", "xz")])
+def test_conversions_running_at_once_share_the_free_space_and_never_fill_the_disk_together(
+    tmp_path, small_disk, monkeypatch, kinds
+) -> None:
+    from fusion_fast.archives import DELAY_ENV
+
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    # On a 24 MiB disk (22.8 MiB usable after the reserve) each archive fits alone, not all together.
+    mib = {2: 14, 3: 10}[len(kinds)]
+    keys = []
+    for k, kind in enumerate(kinds):
+        name = f"A{k}.tar.{kind}"
+        make = gzip_tar_of_zeros if kind == "gz" else xz_tar_of_zeros
+        (src / "images" / name).write_bytes(make(mib, f"A{k}/zeros.jpg"))
+        write_json(src / f"A{k}.json", [record(f"a{k}", f"A{k}/zeros.jpg")])
+        keys.append(f"images/{name}")
+    pg = small_disk(24) / "pg"
+    # Chunk by chunk, slowly enough that every conversion is under way at once.
+    monkeypatch.setenv(DELAY_ENV, "0.05")
+    result = run(src, pg, jobs=len(kinds))
+    refused = errors(result)
+    assert refused and not result.ok
+    images = pg / "train" / "images"
+    for key, message in refused.items():
+        assert message.startswith(f"{key}: refusing to convert: "), message
+        assert "other conversions" in message and "--no-size-limits" in message, message
+        assert "space left" not in message, message
+        produced = int(message.split("produced ")[1].split(" bytes")[0])
+        budget = int(message.split("budget of ")[1].split(" bytes")[0])
+        assert produced > 0 and budget < 24 << 20, message
+        assert read_marker(images, key) is None
+    shards = sorted(p.name for p in shards_dir(images).iterdir())
+    assert len(shards) == len(kinds) - len(refused), shards
+    assert sum(p.stat().st_size for p in shards_dir(images).iterdir()) <= 24 << 20
+    assert leftovers(images) == []
 
 
 GZIP_CHILD = """

@@ -280,9 +280,8 @@ def test_skip_moves_to_next_good_sample_deterministically(bad_file, caplog):
         }
         assert [source(ds[i]) for i in (3, 3, 9)] == [4, 4, 0]  # same answer every time
     warnings = [r.getMessage() for r in caplog.records if r.name == "fusion_fast.torch"]
-    assert len(warnings) == 4  # once per cause
-    assert sum("(missing_image)" in w for w in warnings) == 1
-    assert any("record 3 (id 'g3')" in w for w in warnings)
+    assert len(warnings) == 1  # once per run, whatever the causes
+    assert "(missing_image)" in warnings[0] and "record 3 (id 'g3')" in warnings[0]
 
 
 def test_skip_when_everything_is_bad_raises(tmp_path):

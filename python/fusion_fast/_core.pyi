@@ -11,6 +11,8 @@ __all__ = [
     "BAD_CONVERSATIONS",
     "BAD_IMAGE",
     "CONVERT_LIMIT_PREFIX",
+    "CONVERT_SPACE_PREFIX",
+    "ConvertBudget",
     "ConvertCancel",
     "FORMAT_VERSION",
     "HAS_IMAGE",
@@ -220,7 +222,20 @@ def convert_to_tars(
     max_bytes: list[int | None] | None = None,
     cancel: ConvertCancel | None = None,
     chunk_delay: float | None = None,
+    budget: ConvertBudget | None = None,
 ) -> list[int]: ...
+
+@final
+class ConvertBudget:
+    """The bytes that every conversion given it may write together; `take` is all or nothing."""
+
+    def __new__(cls, limit: int) -> ConvertBudget: ...
+    def take(self, n: int) -> bool: ...
+    def release(self, n: int) -> None: ...
+    @property
+    def limit(self) -> int: ...
+    @property
+    def used(self) -> int: ...
 
 @final
 class ConvertCancel:
@@ -232,6 +247,8 @@ class ConvertCancel:
 
 #: How the message of a conversion refused by `max_bytes` starts.
 CONVERT_LIMIT_PREFIX: str
+#: How the message of a conversion refused by `budget` starts (it starts with `CONVERT_LIMIT_PREFIX` too).
+CONVERT_SPACE_PREFIX: str
 
 @final
 class MemberView:

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol, cast
 
+from . import _core
 from .errors import FusionFastError
 from .playground import STATE_DIR, state_folder
 
@@ -337,17 +338,95 @@ class SizeLimits:
 DEFAULT_LIMITS = SizeLimits()
 
 
-class _Budget:
-    """Applies `SizeLimits` to one extraction; `limits=None` checks nothing."""
+def ratio_limit(limits: SizeLimits, archive_size: int) -> int:
+    """The most bytes an archive of `archive_size` may expand to under `limits.max_ratio` (what
+    `_Budget` refuses: more than `ratio_floor` and more than `max_ratio` times the size)."""
+    return max(limits.ratio_floor, math.floor(limits.max_ratio * max(archive_size, 1)))
 
-    def __init__(self, limits: SizeLimits | None, key: str, dest: Path, archive_size: int) -> None:
+
+@dataclass(frozen=True)
+class ConvertLimit:
+    """The most bytes one conversion of a compressed tar may write (None: no limit), and whether that
+    is the ratio limit (else the free space when it started)."""
+
+    max_bytes: int | None
+    by_ratio: bool
+
+
+def convert_limit(limits: SizeLimits | None, archive_size: int, folder: Path) -> ConvertLimit:
+    """`limits` applied to one conversion of an archive of `archive_size` into `folder`: the ratio
+    limit, or the free space under `folder` when that is less. (Conversions running at once also share
+    one `space_budget`.)"""
+    if limits is None:
+        return ConvertLimit(None, False)
+    by_ratio, free = ratio_limit(limits, archive_size), limits.free_space(folder)
+    return ConvertLimit(max(0, min(by_ratio, free)), by_ratio <= free)
+
+
+def space_budget(limits: SizeLimits | None, folder: Path) -> _core.ConvertBudget | None:
+    """The bytes that all the conversions of one run (started together, `--jobs` at once) may write
+    together: the free space under `folder` now, after the reserve. Each conversion alone is held to the
+    free space when it starts, which N conversions at once could each use up; this counts them all.
+    None (no count) when `limits` is None."""
+    if limits is None:
+        return None
+    return _core.ConvertBudget(max(0, limits.free_space(folder)))
+
+
+def _space_refused(key: str, folder: Path, detail: str) -> FusionFastError:
+    return FusionFastError(
+        f"refusing to convert: the conversions running at once would together write more than the "
+        f"space free under {folder} (after a reserve); {detail}; the partial shard was removed; free "
+        f"some space, convert fewer archives at once, or pass {NO_SIZE_LIMITS} to convert it anyway",
+        path=key,
+    )
+
+
+def conversion_refused(
+    message: str, limits: SizeLimits, key: str, archive_size: int, folder: Path, limit: ConvertLimit
+) -> FusionFastError:
+    """The Rust converter's refusal (`message`, starting with `_core.CONVERT_LIMIT_PREFIX`: the bytes
+    produced and the limit) of the archive `key`, saying which limit it was: the shared space budget,
+    the ratio, or the free space under `folder` when the conversion started."""
+    if message.startswith(_core.CONVERT_SPACE_PREFIX):
+        return _space_refused(key, folder, message.removeprefix(_core.CONVERT_SPACE_PREFIX).strip())
+    detail = message.removeprefix(_core.CONVERT_LIMIT_PREFIX).strip()
+    if limit.by_ratio:
+        why = (
+            f"it expands to more than {limits.max_ratio:g} times its size of {_human(archive_size)} "
+            "(a decompression bomb?)"
+        )
+    else:
+        why = f"it expands to more than the space free under {folder} (after a reserve)"
+    return FusionFastError(
+        f"refusing to convert: {why}; {detail}; the partial shard was removed; pass {NO_SIZE_LIMITS} "
+        "to convert it anyway",
+        path=key,
+    )
+
+
+class _Budget:
+    """Applies `SizeLimits` to one extraction or conversion; `limits=None` checks nothing. `shared`
+    (a conversion's) is the `space_budget` of every conversion running at once: each take is drawn
+    from it too, and `give_back` returns what was drawn once the output is removed."""
+
+    def __init__(
+        self,
+        limits: SizeLimits | None,
+        key: str,
+        dest: Path,
+        archive_size: int,
+        shared: _core.ConvertBudget | None = None,
+    ) -> None:
         self.limits = limits
         self.key = key
         self.dest = dest
         self.archive_size = archive_size
+        self.shared = shared if limits is not None else None
         self.total = 0  #: bytes declared (and written) so far
         self._free: int | None = None  #: free space at the last lookup
         self._since = 0  #: bytes taken since that lookup
+        self._drawn = 0  #: bytes drawn from `shared`
 
     def _ratio(self, total: int, member: str | None) -> None:
         lim = self.limits
@@ -387,8 +466,29 @@ class _Budget:
         if self.limits is not None:
             self._ratio(self.total + n, member)
             self._room(n, member)
+            self._draw(n)
             self._since += n
         self.total += n
+
+    def _draw(self, n: int) -> None:
+        shared = self.shared
+        if shared is None:
+            return
+        if not shared.take(n):
+            raise _space_refused(
+                self.key,
+                self.dest,
+                f"it had produced {self.total + n} bytes when the budget of {shared.limit} bytes that all "
+                f"conversions running at once may write together ran out (other conversions had taken "
+                f"{max(shared.used - self._drawn, 0)} bytes of it)",
+            )
+        self._drawn += n
+
+    def give_back(self) -> None:
+        """The output was removed: its bytes are free again for the other conversions."""
+        if self.shared is not None:
+            self.shared.release(self._drawn)
+        self._drawn = 0
 
 
 def _human(n: int) -> str:

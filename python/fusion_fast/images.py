@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .archives import DEFAULT_LIMITS, SizeLimits, conversion_refused, convert_limit, space_budget
+from .errors import FusionFastError
 from .playground import IMAGE_STORE, STATE_DIR
 
 if TYPE_CHECKING:
@@ -82,10 +84,20 @@ def _shard_name(parts: list[str]) -> str:
     return f"{base}.{h.hexdigest()}.tar"
 
 
-def convert_to_shards(archives: Sequence[PathLike | Sequence[PathLike]], shard_dir: PathLike) -> list[Path]:
+def convert_to_shards(
+    archives: Sequence[PathLike | Sequence[PathLike]],
+    shard_dir: PathLike,
+    *,
+    size_limits: SizeLimits | None = DEFAULT_LIMITS,
+) -> list[Path]:
     """Each archive as a plain tar (or zip) that the store can read in place: plain tars and zips as they
     are, gzip-compressed or split tars converted (in parallel) into `shard_dir`, reusing shards converted
-    before from the same source (path, size, mtime)."""
+    before from the same source (path, size, mtime).
+
+    `size_limits` protect the disk as in `fusion-fast prepare`: a conversion that expands past
+    `max_ratio` times its archive's size (a decompression bomb) or past the free space under `shard_dir`
+    (all conversions together) is refused while it streams, with a `FusionFastError` naming the archive;
+    its partial shard is removed. `size_limits=None` converts without those checks."""
     out: list[Path] = []
     jobs: list[tuple[list[str], str]] = []
     for a in archives:
@@ -104,8 +116,23 @@ def convert_to_shards(archives: Sequence[PathLike | Sequence[PathLike]], shard_d
             jobs.append((parts, str(shard)))
         out.append(shard)
     if jobs:
-        Path(shard_dir).mkdir(parents=True, exist_ok=True)
-        _core.convert_to_tars(jobs)
+        folder = Path(os.path.abspath(os.fspath(shard_dir)))
+        folder.mkdir(parents=True, exist_ok=True)
+        sizes = [sum(os.path.getsize(p) for p in parts) for parts, _ in jobs]
+        limits = [convert_limit(size_limits, size, folder) for size in sizes]
+        try:
+            _core.convert_to_tars(
+                jobs, max_bytes=[lim.max_bytes for lim in limits], budget=space_budget(size_limits, folder)
+            )
+        except FusionFastError as e:
+            if size_limits is None or not e.message.startswith(_core.CONVERT_LIMIT_PREFIX):
+                raise
+            k = next((k for k, (parts, _) in enumerate(jobs) if parts[0] == e.path), None)
+            if k is None:
+                raise
+            raise conversion_refused(
+                e.message, size_limits, str(e.path), sizes[k], folder, limits[k]
+            ) from None
     return out
 
 
@@ -131,6 +158,7 @@ class ImageStore:
         *,
         shard_dir: PathLike | None = None,
         placements: Sequence[tuple[int, str]] | None = None,
+        size_limits: SizeLimits | None = DEFAULT_LIMITS,
     ) -> ImageStore:
         """Indexes `archives` (in priority order; an archive split in parts is a list of its parts) into
         the store file `path`, written atomically, and opens it. Compressed or split tars are first
@@ -138,9 +166,15 @@ class ImageStore:
         `(strip, prefix)` per archive (prepare's nesting decision), makes member `m` readable as `prefix` +
         `m` without its first `strip` folders; members too shallow to strip are refused. Archive paths are
         recorded as absolute paths. A truncated or corrupt archive raises `CorruptArchiveError` naming it
-        and the byte where it goes wrong; no store is written then."""
+        and the byte where it goes wrong; no store is written then.
+
+        The conversions are held to `size_limits` (see `convert_to_shards`): a gzip bomb, or shards that
+        would not fit in the free space, raise `FusionFastError` naming the archive, and leave neither
+        that shard nor a store. `size_limits=None` lifts those checks (trusted archives)."""
         shards = convert_to_shards(
-            archives, shard_dir if shard_dir is not None else f"{os.fspath(path)}.shards"
+            archives,
+            shard_dir if shard_dir is not None else f"{os.fspath(path)}.shards",
+            size_limits=size_limits,
         )
         raw = _core.ImageStore.build(
             [str(s) for s in shards],

@@ -36,7 +36,6 @@ import bz2
 import hashlib
 import io
 import lzma
-import math
 import os
 import posixpath
 import queue
@@ -56,7 +55,6 @@ from .archives import (
     _ZSTD_MAGIC,
     DEFAULT_LIMITS,
     DELAY_ENV,
-    NO_SIZE_LIMITS,
     Archive,
     ConcatFile,
     SizeLimits,
@@ -64,11 +62,13 @@ from .archives import (
     _ArchiveErrors,
     _Budget,
     _check_not_reserved,
-    _human,
     _pid_alive,
     _refuse,
+    conversion_refused,
+    convert_limit,
     marker_name,
     safe_member_path,
+    space_budget,
 )
 from .errors import CorruptArchiveError, FusionFastError
 from .images import ImageStore
@@ -164,6 +164,7 @@ def readable_archive(
     abort: threading.Event,
     limits: SizeLimits | None = DEFAULT_LIMITS,
     cancel: _core.ConvertCancel | None = None,
+    space: _core.ConvertBudget | None = None,
 ) -> tuple[Path, bool]:
     """(the plain tar or zip the store reads for `unit`, whether it is a file of ours in `shards/`).
 
@@ -172,8 +173,9 @@ def readable_archive(
     as they apply to extraction, chunk by chunk: bzip2, xz and split copies here; a gzip conversion in
     Rust, given the most bytes it may write (the ratio limit, or the free space when that is less),
     refuses as soon as the stream passes it and removes its temporary file, so a gzip bomb never fills
-    the disk. `cancel` (set with `abort`) stops
-    a gzip conversion at its next chunk."""
+    the disk. `space` is the free space shared by every conversion running at once (`space_budget`):
+    each draws every chunk from it, so together they never write more. `cancel` (set with `abort`)
+    stops a gzip conversion at its next chunk."""
     dest = shard_path(images, unit, stamp)
     source = Path(os.path.realpath(unit.parts[0]))
     how = compression(unit.parts) if unit.kind == "tar" else ""
@@ -182,31 +184,29 @@ def readable_archive(
     if dest.is_file() and (not linked or os.path.samefile(dest, source)):
         return dest, True
     dest.parent.mkdir(parents=True, exist_ok=True)
-    budget = _Budget(limits, unit.key, dest.parent, unit.size)
+    budget = _Budget(limits, unit.key, dest.parent, unit.size, space)
     if how == "zstd":
         raise FusionFastError(
             "zstd-compressed tar archives are not supported; decompress it first", path=unit.key
         )
     if how == "gzip":
         budget.declare(unit.size)
-        # The most bytes the converter may write: the ratio limit, or the free space when that is less.
-        by_ratio = free = 0
-        if limits is not None:
-            by_ratio, free = _ratio_limit(limits, unit.size), limits.free_space(dest.parent)
+        limit = convert_limit(limits, unit.size, dest.parent)
         delay = float(os.environ.get(DELAY_ENV) or 0)  # a testing aid, as for the other conversions
         try:
             _core.convert_to_tars(
                 [([str(p) for p in unit.parts], str(dest))],
-                max_bytes=[None if limits is None else max(0, min(by_ratio, free))],
+                max_bytes=[limit.max_bytes],
                 cancel=cancel,
                 chunk_delay=delay or None,
+                budget=budget.shared,
             )
         except FusionFastError as e:
             if cancel is not None and cancel.is_requested():
                 raise Aborted from None
             if e.message.startswith(_core.CONVERT_LIMIT_PREFIX):
                 assert limits is not None
-                raise _limit_error(e.message, limits, unit, dest.parent, by_ratio <= free) from None
+                raise conversion_refused(e.message, limits, unit.key, unit.size, dest.parent, limit) from None
             if isinstance(e, CorruptArchiveError):
                 raise FusionFastError(f"corrupt or truncated archive: {e.message}", path=unit.key) from None
             raise FusionFastError(f"cannot convert it: {e.message}", path=unit.key) from None
@@ -224,32 +224,6 @@ def readable_archive(
         tmp.unlink(missing_ok=True)
         return source, False
     return dest, True
-
-
-def _ratio_limit(limits: SizeLimits, archive_size: int) -> int:
-    """The most bytes an archive of `archive_size` may expand to under `limits.max_ratio` (what
-    `_Budget` refuses: more than `ratio_floor` and more than `max_ratio` times the size)."""
-    return max(limits.ratio_floor, math.floor(limits.max_ratio * max(archive_size, 1)))
-
-
-def _limit_error(
-    message: str, limits: SizeLimits, unit: Archive, folder: Path, by_ratio: bool
-) -> FusionFastError:
-    """The converter's refusal (`message`: the bytes produced and the limit), saying which limit it was:
-    the ratio (`by_ratio`) or the free space under `folder`."""
-    detail = message.removeprefix(_core.CONVERT_LIMIT_PREFIX).strip()
-    if by_ratio:
-        why = (
-            f"it expands to more than {limits.max_ratio:g} times its size of {_human(unit.size)} "
-            "(a decompression bomb?)"
-        )
-    else:
-        why = f"it expands to more than the space free under {folder.parent} (after a reserve)"
-    return FusionFastError(
-        f"refusing to convert: {why}; {detail}; the partial shard was removed; pass {NO_SIZE_LIMITS} "
-        "to convert it anyway",
-        path=unit.key,
-    )
 
 
 def _stream_copy(
@@ -286,6 +260,7 @@ def _stream_copy(
         _rename_into_place(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        budget.give_back()
         raise
 
 
@@ -312,6 +287,9 @@ def make_readable(
     done_bytes = [0] * len(units)
     abort = threading.Event()
     cancel = _core.ConvertCancel()
+    # One count of the free space for all conversions: each alone is held to the space free when it
+    # starts, which `jobs` conversions at once could each use up.
+    space = space_budget(limits, images)
     todo: queue.Queue[int] = queue.Queue()
     for k in range(len(units)):
         todo.put(k)
@@ -331,7 +309,7 @@ def make_readable(
                 results.put(("progress", k, n, 0.0))
 
             try:
-                out = readable_archive(unit, stamp, images, report, abort, limits, cancel)
+                out = readable_archive(unit, stamp, images, report, abort, limits, cancel, space)
             except Aborted:
                 return
             except (FusionFastError, OSError) as e:

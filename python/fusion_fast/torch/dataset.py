@@ -95,8 +95,8 @@ class FusionDataset(Dataset[Any]):
     deterministically; `skipped` counts the bad samples requested (a bad sample met only while looking
     for a replacement is not counted then, so over an epoch each bad sample counts once) and
     `skip_causes` counts them by cause. The counters live in shared memory: read in the main process they
-    include every DataLoader worker's skips (fork or spawn). The first of each cause is logged as a
-    warning, once for the dataset and all its workers.
+    include every DataLoader worker's skips (fork or spawn). The first bad sample is logged as a
+    warning, once for the dataset and all its workers, whatever its cause.
 
     Opening is lazy: nothing is read until the first access. Given a path, pickling keeps only the
     description, so DataLoader workers (fork or spawn) open the memory-mapped indexes themselves; a
@@ -351,8 +351,8 @@ class FusionDataset(Dataset[Any]):
         assert self._skips is not None
         if self._skips.add(bad.cause):
             logger.warning(
-                "skipping bad samples (%s), replacing each with the next good one; first: %s "
-                "(further ones are only counted in FusionDataset.skipped)",
+                "skipping bad samples, replacing each with the next good one; first (%s): %s "
+                "(further ones, of any cause, are only counted in FusionDataset.skipped and skip_causes)",
                 bad.cause,
                 bad.error,
             )
@@ -391,7 +391,7 @@ def _prefix(folder: str | None) -> str:
 
 
 class _SkipCounts:
-    """Skip counts by cause, and whether each cause was reported, in shared memory under a lock: one
+    """Skip counts by cause, and whether the first bad sample was reported, in shared memory under a lock: one
     object for a dataset and all its DataLoader workers. Sent to a process being started (fork, spawn or
     forkserver) it stays shared; pickled otherwise it carries the counts so far into a new, separate one."""
 
@@ -420,12 +420,13 @@ class _SkipCounts:
         return list(self._array[: len(SKIP_CAUSES)])
 
     def add(self, cause: str) -> bool:
-        """Count one bad sample of `cause`; True the first time `cause` is met by any process."""
+        """Count one bad sample of `cause`; True for the first bad sample met by any process, whatever
+        its cause (the warning is logged once per run)."""
         k = SKIP_CAUSES.index(cause)
         with self._array.get_lock():
             self._array[k] += 1
-            first = self._array[len(SKIP_CAUSES) + k] == 0
-            self._array[len(SKIP_CAUSES) + k] = 1
+            first = self._array[len(SKIP_CAUSES)] == 0
+            self._array[len(SKIP_CAUSES)] = 1
         return bool(first)
 
 
