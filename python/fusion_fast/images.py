@@ -11,7 +11,8 @@ in the archive's own record, so it costs no Python object per member and every p
 store shares its pages. A member whose record no longer holds its name (the archive changed after the build)
 raises `StaleIndexError`; a store of another format version raises `CorruptIndexError` asking for a
 rebuild. Plain tar members and stored zip members are read straight from the mapped archive (`view` copies
-nothing); deflated zip members are inflated on read. Every zip member's CRC-32 is checked on read.
+nothing; `read` copies a page-cached tar member with `pread`, which costs less than a first touch of its
+mapped pages); deflated zip members are inflated on read. Every zip member's CRC-32 is checked on read.
 Compressed tars (`.tar.gz`) are refused: convert them to a plain `.tar` first.
 
 Paths are normalised (`./a//b` -> `a/b`) both in the archives and in lookups. A path held by more than
