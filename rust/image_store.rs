@@ -185,6 +185,61 @@ struct Walk {
     refused: Vec<(String, String)>,
 }
 
+/// Inflates the raw deflate stream `raw` of a member whose header declares `size` bytes, to exactly
+/// that many. The buffer grows with what the stream actually produces (doubling, from a first guess
+/// that deflate's 1032:1 most can justify) and never past `size`: a header declaring far more than its
+/// stream holds costs nothing, a stream producing more than its header declares is refused as soon as
+/// it passes `size`, and an allocation that cannot be made is an error, never an abort.
+pub(crate) fn inflate_exactly(raw: &[u8], size: u64) -> std::result::Result<Vec<u8>, String> {
+    let most = (raw.len() as u64).saturating_mul(1032).saturating_add(64);
+    let first = size.min(most).min(256 << 20);
+    let mut dec = flate2::read::DeflateDecoder::new(raw);
+    let mut out: Vec<u8> = Vec::new();
+    let mut filled = 0usize;
+    loop {
+        if filled == out.len() {
+            if filled as u64 == size {
+                // Full: the stream must end here.
+                let mut probe = [0u8; 1];
+                match dec.read(&mut probe) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        return Err(format!(
+                            "inflates to more than the {size} bytes its header says"
+                        ))
+                    }
+                    Err(e) => return Err(format!("does not inflate: {e}")),
+                }
+            }
+            let want = (filled as u64)
+                .saturating_mul(2)
+                .max(first)
+                .max(64 << 10)
+                .min(size);
+            let want = usize::try_from(want).map_err(|_| {
+                format!("declares {size} bytes, more than this machine can address")
+            })?;
+            out.try_reserve_exact(want - out.len()).map_err(|_| {
+                format!("declares {size} bytes: cannot allocate {want} bytes to inflate it")
+            })?;
+            out.resize(want, 0);
+        }
+        match dec.read(&mut out[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("does not inflate: {e}")),
+        }
+    }
+    if filled as u64 != size {
+        return Err(format!(
+            "inflates to {filled} bytes, its header says {size}"
+        ));
+    }
+    out.truncate(filled);
+    Ok(out)
+}
+
 fn corrupt(path: &Path, at: u64, what: impl std::fmt::Display) -> Error {
     Error::new(
         ErrorKind::CorruptArchive,
@@ -1794,36 +1849,9 @@ impl ImageStore {
         })?;
         let bytes: Cow<[u8]> = match loc.method {
             STORED => Cow::Borrowed(raw),
-            _ => {
-                // Deflate expands at most about 1032:1: a larger declared size is not trusted up front.
-                let most = loc.stored_size.saturating_mul(1032).saturating_add(64);
-                let cap = usize::try_from(loc.size.min(most).min(256 << 20)).unwrap_or(0);
-                let mut out = Vec::with_capacity(cap);
-                let mut dec = flate2::read::DeflateDecoder::new(raw);
-                (&mut dec)
-                    .take(loc.size.saturating_add(1))
-                    .read_to_end(&mut out)
-                    .map_err(|e| {
-                        corrupt(
-                            &a.path,
-                            loc.data_offset,
-                            format!("member {} does not inflate: {e}", name()),
-                        )
-                    })?;
-                if out.len() as u64 != loc.size {
-                    return Err(corrupt(
-                        &a.path,
-                        loc.data_offset,
-                        format!(
-                            "member {} inflates to {} bytes, its header says {}",
-                            name(),
-                            out.len(),
-                            loc.size
-                        ),
-                    ));
-                }
-                Cow::Owned(out)
-            }
+            _ => Cow::Owned(inflate_exactly(raw, loc.size).map_err(|why| {
+                corrupt(&a.path, loc.data_offset, format!("member {} {why}", name()))
+            })?),
         };
         if a.kind == KIND_ZIP && crc32fast::hash(&bytes) != loc.crc {
             return Err(corrupt(

@@ -1347,3 +1347,63 @@ fn after_a_page_cache_miss_reads_go_through_the_mapping_for_a_while() {
         assert_eq!(left(&store), want_left);
     }
 }
+
+fn deflate(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+#[test]
+fn inflating_never_goes_past_the_declared_size() {
+    let data = b"zeros and more ".repeat(20_000);
+    let raw = deflate(&data);
+    let out = inflate_exactly(&raw, data.len() as u64).unwrap();
+    assert_eq!(out, data);
+    assert!(
+        out.capacity() <= data.len(),
+        "{} > {}",
+        out.capacity(),
+        data.len()
+    );
+    // A stream producing more than its header declares stops there.
+    let err = inflate_exactly(&raw, 1000).unwrap_err();
+    assert!(err.contains("more than the 1000 bytes"), "{err}");
+    // A header declaring far more than the stream holds (a zip64 size of 2^40) allocates nothing of it.
+    let err = inflate_exactly(&raw, 1 << 40).unwrap_err();
+    assert!(
+        err.contains(&format!(
+            "inflates to {} bytes, its header says 1099511627776",
+            data.len()
+        )),
+        "{err}"
+    );
+    assert!(inflate_exactly(&deflate(b""), 0).unwrap().is_empty());
+    assert!(inflate_exactly(&raw[..raw.len() / 2], data.len() as u64).is_err());
+}
+
+#[test]
+fn a_member_inflating_past_its_declared_size_is_a_corrupt_archive_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = b"abcdefgh".repeat(10_000);
+    let mut raw = zip_bytes(&[("m/over.txt", data.clone(), true)]);
+    // Declare only the first 1000 bytes (with their CRC-32) in both headers.
+    let crc = crc32fast::hash(&data[..1000]);
+    let central = raw.windows(4).position(|w| w == b"PK\x01\x02").unwrap();
+    for (at_crc, at_size) in [(14, 22), (central + 16, central + 24)] {
+        put32(&mut raw, at_crc, crc);
+        put32(&mut raw, at_size, 1000);
+    }
+    let z = write(dir.path(), "a.zip", &raw);
+    let sp = dir.path().join("s");
+    build(&[z], &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    let err = store.read(b"m/over.txt").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::CorruptArchive, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("m/over.txt") && text.contains("a.zip"),
+        "{text}"
+    );
+    assert!(text.contains("more than the 1000 bytes"), "{text}");
+}

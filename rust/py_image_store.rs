@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyBufferError, PyKeyError, PyValueError};
+use pyo3::exceptions::{PyBufferError, PyKeyError};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -17,7 +17,7 @@ use crate::image_store::{
     build_placed, convert_all_with, normalize, ConvertOptions, ImageStore, Location, Placement,
     SpaceBudget,
 };
-use crate::py_errors::{boundary, panic_message};
+use crate::py_errors::{boundary, run_interruptible, Stopped};
 
 /// An open image store, shared (read-only) by every view it hands out.
 #[pyclass(module = "fusion_fast._core", name = "ImageStore", frozen)]
@@ -366,9 +366,6 @@ impl ConvertBudget {
     }
 }
 
-/// How often a thread waiting for conversions checks for Ctrl-C and other signals.
-const SIGNAL_POLL: Duration = Duration::from_millis(20);
-
 /// Converts each `(parts, dest)`: a plain or gzip-compressed tar, whole or split in parts, into the
 /// plain tar `dest` (in parallel, atomically, every gzip CRC and length checked). Returns the sizes.
 ///
@@ -390,19 +387,13 @@ fn convert_to_tars(
     budget: Option<&ConvertBudget>,
 ) -> PyResult<Vec<u64>> {
     boundary("ImageStore.convert_to_tars", || {
-        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-
         let limits = max_bytes.unwrap_or_else(|| vec![None; jobs.len()]);
         if limits.len() != jobs.len() {
-            return Err(PyValueError::new_err(
-                "max_bytes must give one limit per job",
-            ));
+            return Err(Error::invalid("max_bytes must give one limit per job").into());
         }
         let delay = match chunk_delay {
             Some(d) if !(d.is_finite() && d >= 0.0) => {
-                return Err(PyValueError::new_err(
-                    "chunk_delay must be a number of seconds >= 0",
-                ))
+                return Err(Error::invalid("chunk_delay must be a number of seconds >= 0").into())
             }
             d => d.filter(|&d| d > 0.0).map(Duration::from_secs_f64),
         };
@@ -418,54 +409,26 @@ fn convert_to_tars(
             .zip(limits)
             .map(|((parts, dest), max)| (parts, dest, max))
             .collect();
-        type Converted = crate::error::Result<Vec<u64>>;
-        let (tx, rx) = channel::<Converted>();
-        let worker = std::thread::Builder::new()
-            .name("fusion-fast convert".into())
-            .spawn(move || {
-                let _ = tx.send(convert_all_with(&work, &opts));
-            })
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Io,
-                    format!("cannot start a thread to convert: {e}"),
-                )
-            })?;
-        // The receiver is not Sync, so it moves into each GIL-free slice and back out.
-        let wait = |rx: Receiver<Converted>, slice| {
-            py.detach(move || {
-                let got = rx.recv_timeout(slice);
-                (rx, got)
-            })
-        };
-        let mut rx = rx;
-        loop {
-            let (back, got) = wait(rx, SIGNAL_POLL);
-            rx = back;
-            match got {
-                Ok(result) => {
-                    let _ = worker.join();
-                    return Ok(result?);
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let why = match worker.join() {
-                        Err(panic) => panic_message(panic.as_ref()),
-                        Ok(()) => String::new(),
-                    };
-                    let msg = format!("internal error while converting: {why}");
-                    return Err(Error::new(ErrorKind::Io, msg).into());
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+        let converted = run_interruptible(
+            py,
+            "fusion-fast convert",
+            move || convert_all_with(&work, &opts),
+            // Every conversion stops at its next chunk and removes its temporary file.
+            || flag.store(true, Ordering::Relaxed),
+            || true,
+        );
+        match converted {
+            Ok(result) => Ok(result?),
+            Err(Stopped::Start(e)) => Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot start a thread to convert: {e}"),
+            )
+            .into()),
+            Err(Stopped::Panicked(why)) => {
+                let msg = format!("internal error while converting: {why}");
+                Err(Error::new(ErrorKind::Io, msg).into())
             }
-            if let Err(interrupt) = py.check_signals() {
-                flag.store(true, Ordering::Relaxed);
-                // Every conversion stops at its next chunk and removes its temporary file.
-                py.detach(move || {
-                    let _ = rx.recv();
-                    let _ = worker.join();
-                });
-                return Err(interrupt);
-            }
+            Err(Stopped::Interrupted(interrupt)) => Err(interrupt),
         }
     })
 }

@@ -16,7 +16,7 @@ use crate::compact::{compact_lines, write_compact_lines};
 use crate::error::{Error, ErrorKind};
 use crate::lengths::{lengths_into, LengthKind};
 use crate::mapping::{ensure_handler, GuardedMap};
-use crate::py_errors::boundary;
+use crate::py_errors::{boundary, run_interruptible, Stopped};
 use crate::scan::Format;
 use crate::store::{self, JsonIndex, OpenOptions, Rebuild};
 use crate::to_python::Builder;
@@ -465,9 +465,6 @@ impl Index {
     }
 }
 
-/// How often a thread waiting for `open_index` checks for Ctrl-C and other signals.
-const SIGNAL_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 /// Opens the index of `path`, building it (with the GIL released) when needed and allowed.
 ///
 /// The build runs on a thread of its own while this one waits in short slices, checking for signals.
@@ -488,8 +485,6 @@ pub fn open_index(
     progress: Option<&Progress>,
 ) -> PyResult<Index> {
     boundary("fusion_fast.open", || {
-        use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
-
         let cancel = store::Cancel::new();
         let mut opts = OpenOptions {
             rebuild: rebuild.parse::<Rebuild>()?,
@@ -503,59 +498,25 @@ pub fn open_index(
             opts.scan.chunk_size = c.max(1);
         }
         opts.scan.progress = progress.map(|p| p.counter.clone());
-        type Opened = crate::error::Result<JsonIndex>;
-        let (tx, rx) = channel::<Opened>();
         let source = path.clone();
-        let worker = std::thread::Builder::new()
-            .name("fusion-fast open".into())
-            .spawn(move || {
-                let _ = tx.send(store::open(&source, &opts));
-            })
-            .map_err(|e| Error::io(&path, "start a thread to open", e))?;
-        // The receiver is not Sync, so it moves into each GIL-free slice and back out.
-        let wait = |rx: Receiver<Opened>, slice| {
-            py.detach(move || {
-                let got = rx.recv_timeout(slice);
-                (rx, got)
-            })
-        };
-        let mut rx = rx;
-        loop {
-            let (back, got) = wait(rx, SIGNAL_POLL);
-            rx = back;
-            match got {
-                Ok(result) => {
-                    let _ = worker.join();
-                    return Ok(Index { inner: result? });
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let why = match worker.join() {
-                        Err(panic) => panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                            .unwrap_or_default(),
-                        Ok(()) => String::new(),
-                    };
-                    let msg = format!("internal error while opening the index: {why}");
-                    return Err(Error::new(ErrorKind::Io, msg).with_path(&path).into());
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+        let waiting = cancel.clone();
+        let opened = run_interruptible(
+            py,
+            "fusion-fast open",
+            move || store::open(&source, &opts),
+            || cancel.request(),
+            // A build blocked on another process's build lock holds nothing to clean up, and gives
+            // up when it gets the lock: no need to wait for it.
+            move || !waiting.is_waiting_for_lock(),
+        );
+        match opened {
+            Ok(result) => Ok(Index { inner: result? }),
+            Err(Stopped::Start(e)) => Err(Error::io(&path, "start a thread to open", e).into()),
+            Err(Stopped::Panicked(why)) => {
+                let msg = format!("internal error while opening the index: {why}");
+                Err(Error::new(ErrorKind::Io, msg).with_path(&path).into())
             }
-            if let Err(interrupt) = py.check_signals() {
-                cancel.request();
-                // Wait until the build has stopped and cleaned up, unless it is blocked on another
-                // process's build lock: then it holds nothing and gives up when it gets the lock.
-                loop {
-                    let (back, got) = wait(rx, std::time::Duration::from_millis(2));
-                    rx = back;
-                    match got {
-                        Err(RecvTimeoutError::Timeout) if !cancel.is_waiting_for_lock() => {}
-                        _ => break,
-                    }
-                }
-                return Err(interrupt);
-            }
+            Err(Stopped::Interrupted(interrupt)) => Err(interrupt),
         }
     })
 }

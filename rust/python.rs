@@ -16,7 +16,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("FORMAT_VERSION", crate::index_file::FORMAT_VERSION)?;
     m.add("SOURCE_KEY", SOURCE_KEY)?;
-    m.add("IMAGE_TOKENS", crate::lengths::IMAGE_TOKENS)?;
     for (name, bit) in [
         ("HAS_IMAGE", flags::HAS_IMAGE),
         ("HAS_VIDEO", flags::HAS_VIDEO),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks that need a CUDA GPU (issue 5), for a machine with fusion-fast and torch installed: the
+# The checks that need a CUDA GPU, for a machine with fusion-fast and torch installed: the
 # GPU-marked tests (the torch integration and the image path's nvJPEG decoding) and the rest of the torch
 # tests with CUDA present, the training example on the GPU, and benches/bench_gpu.py (copy rates, overlap,
 # and static_hd images/s through the shipped-bytes path with host CPU time per image). Logs and the

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fusion_fast.distributed import Launch
+from fusion_fast.distributed import WorkerConfig
 from fusion_fast.errors import FusionFastError
 
 #: What torchrun gives each process of a one-process job.
@@ -110,17 +110,17 @@ def test_a_broken_torch_under_torchrun_with_ranks_is_one_error_line(data: Path, 
     assert "torch" in line and "libtorch_cuda.so" in line and "2 ranks" in line
 
 
-def test_launch_from_torchrun_environment() -> None:
-    assert Launch.from_env({}) == Launch()
-    assert not Launch.from_env({}).needs_coordination
-    one = Launch.from_env(TORCHRUN_ONE)
+def test_worker_config_from_torchrun_environment() -> None:
+    assert WorkerConfig.from_env({}) == WorkerConfig()
+    assert not WorkerConfig.from_env({}).needs_coordination
+    one = WorkerConfig.from_env(TORCHRUN_ONE)
     assert one.torchrun and one.rendezvous and not one.distributed and not one.needs_coordination
     env = {**TORCHRUN_ONE, "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}
-    launch = Launch.from_env(env)
-    assert (launch.rank, launch.world_size, launch.local_rank, launch.local_world_size) == (5, 8, 1, 4)
-    assert launch.needs_coordination
+    job = WorkerConfig.from_env(env)
+    assert (job.rank, job.world_size, job.local_rank, job.local_world_size) == (5, 8, 1, 4)
+    assert job.needs_coordination and not job.in_worker
     # Without a rendezvous address there is nobody to meet (a hand-set WORLD_SIZE, say).
-    assert not Launch.from_env({"RANK": "1", "WORLD_SIZE": "2"}).needs_coordination
+    assert not WorkerConfig.from_env({"RANK": "1", "WORLD_SIZE": "2"}).needs_coordination
 
 
 @pytest.mark.parametrize(
@@ -133,6 +133,6 @@ def test_launch_from_torchrun_environment() -> None:
         ({"LOCAL_RANK": "x"}, "LOCAL_RANK"),
     ],
 )
-def test_launch_rejects_a_wrong_environment(env: dict[str, str], name: str) -> None:
+def test_worker_config_from_env_rejects_a_wrong_environment(env: dict[str, str], name: str) -> None:
     with pytest.raises(FusionFastError, match=name):
-        Launch.from_env(env)
+        WorkerConfig.from_env(env)

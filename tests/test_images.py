@@ -567,6 +567,18 @@ def test_a_store_made_after_its_folder_was_looked_at_is_seen_once_the_folder_is_
     assert im.store_for(path) is not None
 
 
+def test_convert_to_tars_rejects_arguments_of_the_wrong_shape(tmp_path: Path) -> None:
+    from fusion_fast import _core
+
+    job = ([tmp_path / "a.tar"], tmp_path / "out.tar")
+    with pytest.raises(ValueError, match="max_bytes must give one limit per job"):
+        _core.convert_to_tars([job], max_bytes=[None, None])
+    for delay in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="chunk_delay must be a number of seconds >= 0"):
+            _core.convert_to_tars([job], chunk_delay=delay)
+    assert list(tmp_path.iterdir()) == []
+
+
 CONVERT_CHILD = """
 import sys
 from fusion_fast import _core

@@ -34,7 +34,7 @@ from fusion_fast.synth import write_file
 from .conftest import write
 from .fusion_reference import fusion_lengths, fusion_modality_lengths
 
-# -- the reference: FUSION's loader and properties, from the issue text, over json.load ------------------
+# -- the reference: FUSION's loader and properties, as FUSION describes them, over json.load ------
 
 
 def load_records(path: str | Path) -> list[Any]:

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 PNG = synth.tiny_png()
 #: The examples' tiny models gain nothing from intra-op threads, which fight DataLoader workers for 2 cores.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-#: Private memory a DataLoader worker may use beyond a bare process importing torch (issue 5: 100 MB).
+#: Private memory a DataLoader worker may use beyond a bare process importing torch (at most 100 MB).
 WORKER_MEMORY_BOUND = 100 << 20
 
 
@@ -825,22 +825,26 @@ def test_workers_ship_tapes_where_they_and_the_main_process_have_cpus_of_their_o
         ships_tapes()
 
 
-def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
-    from fusion_fast import _core
-    from fusion_fast.errors import StaleIndexError
+def _shipment(stage, monkeypatch, how: str) -> tuple[FusionDataset, Any]:
+    """Records 0 and 41 of `stage` packed as a worker ships them with FUSION_FAST_SHIP=`how`."""
     from fusion_fast.torch.shipping import _pack
 
     ds = FusionDataset(stage["yaml"], root=stage["root"])
-    monkeypatch.setenv(SHIP_ENV, "json")
-    packed = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
-    data, lengths, datasets, numbers, names, prefixes = (
-        packed.data,
-        packed.lengths,
-        packed.datasets,
-        packed.numbers,
-        packed.names,
-        packed.prefixes,
-    )
+    monkeypatch.setenv(SHIP_ENV, how)
+    return ds, _pack(ds._item_sources(), *ds._locate_good([0, 41]))
+
+
+def _parts(packed: Any) -> tuple[bytes, bytes, bytes, bytes, Any, Any]:
+    """What `_core.Shipped` is built from, in its order."""
+    return packed.data, packed.lengths, packed.datasets, packed.numbers, packed.names, packed.prefixes
+
+
+def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
+    from fusion_fast import _core
+    from fusion_fast.errors import StaleIndexError
+
+    _, packed = _shipment(stage, monkeypatch, "json")
+    data, lengths, datasets, numbers, names, prefixes = _parts(packed)
     assert not packed.tape
     for collated in (False, True):
 
@@ -861,19 +865,9 @@ def test_damaged_shipments_raise_instead_of_crashing(stage, monkeypatch):
 
 def test_damaged_tapes_raise_instead_of_crashing(stage, monkeypatch):
     from fusion_fast import _core
-    from fusion_fast.torch.shipping import _pack
 
-    ds = FusionDataset(stage["yaml"], root=stage["root"])
-    monkeypatch.setenv(SHIP_ENV, "tape")
-    packed = _pack(ds._item_sources(), *ds._locate_good([0, 41]))
-    data, lengths, datasets, numbers, names, prefixes = (
-        packed.data,
-        packed.lengths,
-        packed.datasets,
-        packed.numbers,
-        packed.names,
-        packed.prefixes,
-    )
+    ds, packed = _shipment(stage, monkeypatch, "tape")
+    data, lengths, datasets, numbers, names, prefixes = _parts(packed)
     assert packed.tape
     first = int.from_bytes(lengths[:4], "little")
     as_json = ds._item_sources().pack(datasets, numbers)

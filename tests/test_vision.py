@@ -75,6 +75,66 @@ def textured(width: int, height: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(arr).filter(ImageFilter.GaussianBlur(1))
 
 
+def text_page(width: int, height: int, size: int) -> Image.Image:
+    """A scanned-document-like page: black lines of text at `size` px (Pillow's default font) on white."""
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=size)
+    line = "The quick brown fox jumps over the lazy dog, 0123456789; " * (width // (12 * size) + 1)
+    for y in range(size, height - 2 * size, size * 13 // 10):
+        draw.text((size, y), line, fill="black", font=font)
+    return img
+
+
+def stripes(width: int, height: int, period: int, vertical: bool = True) -> Image.Image:
+    """Black and white stripes `period` px wide: the most aliasing-prone content a resize can meet."""
+    on = (np.arange(width if vertical else height) // period) % 2 == 0
+    arr = np.zeros((height, width, 3), dtype=np.uint8)
+    if vertical:
+        arr[:, on] = 255
+    else:
+        arr[on] = 255
+    return Image.fromarray(arr)
+
+
+def checkerboard(width: int, height: int, period: int) -> Image.Image:
+    rows = (np.arange(height) // period) % 2
+    cols = (np.arange(width) // period) % 2
+    arr = ((rows[:, None] ^ cols[None, :]) * 255).astype(np.uint8)
+    return Image.fromarray(arr).convert("RGB")
+
+
+def high_frequency_images(d: Path) -> dict[str, Path]:
+    """Text pages, stripes and checkerboards as JPEGs (quality 90-95) up to ~3500 px: the content where
+    decoding at a reduced scale differs most from FUSION's full decode and Pillow resize."""
+    return {
+        "text-3508x2480-12px": save(text_page(3508, 2480, 12), d / "text-a.jpg", "JPEG", quality=92),
+        "text-2480x3508-16px": save(text_page(2480, 3508, 16), d / "text-b.jpg", "JPEG", quality=95),
+        "text-1700x2200-10px": save(text_page(1700, 2200, 10), d / "text-c.jpg", "JPEG", quality=90),
+        "stripes-3072-3px": save(stripes(3072, 3072, 3), d / "stripes-a.jpg", "JPEG", quality=92),
+        "stripes-3072-5px-rows": save(stripes(3072, 3072, 5, False), d / "stripes-b.jpg", "JPEG", quality=90),
+        "stripes-2400x3400-6px": save(stripes(2400, 3400, 6), d / "stripes-c.jpg", "JPEG", quality=95),
+        "checkerboard-3072-4px": save(checkerboard(3072, 3072, 4), d / "checker-a.jpg", "JPEG", quality=92),
+        "checkerboard-2000x1500-3px": save(
+            checkerboard(2000, 1500, 3), d / "checker-b.jpg", "JPEG", quality=95
+        ),
+    }
+
+
+HIGH_FREQUENCY = [
+    "text-3508x2480-12px",
+    "text-2480x3508-16px",
+    "text-1700x2200-10px",
+    "stripes-3072-3px",
+    "stripes-3072-5px-rows",
+    "stripes-2400x3400-6px",
+    "checkerboard-3072-4px",
+    "checkerboard-2000x1500-3px",
+]
+
+
 def save(img: Image.Image, path: Path, fmt: str, **kw: object) -> Path:
     img.save(path, fmt, **kw)
     return path
@@ -100,6 +160,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out["tiny-jpeg"] = save(textured(100, 60, 15), d / "tiny.jpg", "JPEG", quality=90)
     out["tiny-png"] = save(textured(37, 53, 16), d / "tiny.png", "PNG")
     out["big-jpeg"] = save(textured(3300, 2500, 17), d / "big.jpg", "JPEG", quality=85)
+    out.update(high_frequency_images(d))
+    palette = textured(600, 400, 18).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    out["png-palette-transparent"] = save(palette, d / "palette.png", "PNG", transparency=0)
+    deep = (np.asarray(textured(500, 300, 19).convert("L"), dtype=np.uint16) * 257) >> 7  # 0..511
+    out["png-16bit"] = save(Image.fromarray(deep.astype(np.uint16)), d / "deep.png", "PNG")
+    out["webp"] = save(textured(900, 700, 20), d / "a.webp", "WEBP", quality=90)
     return out
 
 
@@ -112,7 +178,12 @@ ALL = [f"jpeg-{w}x{h}" for w, h in SIZES] + [
     "tiny-jpeg",
     "tiny-png",
     "big-jpeg",
+    *HIGH_FREQUENCY,
+    "png-palette-transparent",
+    "png-16bit",
+    "webp",
 ]
+NOT_JPEG = ["png", "png-rgba", "tiny-png", "png-palette-transparent", "png-16bit", "webp"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -137,6 +208,48 @@ def test_default_within_tolerance(images: dict[str, Path], name: str, mode: str)
     assert diff.mean() <= DEFAULT_TOLERANCE, f"mean absolute difference {diff.mean():.4f}"
     if mode == "static_hd":  # every view, not just the average over five, stays within the bound
         assert diff.reshape(5, -1).mean(axis=1).max() <= DEFAULT_TOLERANCE
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", NOT_JPEG)
+def test_images_that_are_not_jpeg_take_the_exact_path(images: dict[str, Path], name: str, mode: str) -> None:
+    """The default processor equals FUSION to float precision on anything that is not a JPEG, given as a
+    path, as bytes or as the opened PIL image."""
+    path = images[name]
+    expected = fusion_reference(path, mode)
+    p = FusionImageProcessor(mode)
+    for source in (path, path.read_bytes(), Image.open(path)):
+        np.testing.assert_allclose(p(source).numpy(), expected, rtol=0, atol=1e-6)
+
+
+def test_a_path_into_the_image_store_is_read_from_it(tmp_path: Path) -> None:
+    """A path naming a member of its folder's image store (a playground prepared with `--images shards`)
+    is read from the store, as `fusion_fast.images.read_path` reads it; a path in neither is not found."""
+    import tarfile
+
+    from fusion_fast.images import ImageStore, read_path
+
+    from .test_images import _tar
+
+    members = {}
+    for name, fmt in (("3.jpg", "JPEG"), ("4.png", "PNG")):
+        buf = io.BytesIO()
+        textured(1200, 900, 21).save(buf, fmt)
+        members[name] = buf.getvalue()
+    archive = _tar(tmp_path / "src.tar", {f"top/{k}": v for k, v in members.items()}, tarfile.GNU_FORMAT)
+    images = tmp_path / "images"
+    (images / ".fusion-fast").mkdir(parents=True)
+    ImageStore.build([archive], images / ".fusion-fast" / "images.ffimg", placements=[(1, "Src")])
+    for name, data in members.items():
+        path = images / "Src" / name
+        assert not path.exists() and read_path(path) == data
+        for mode in MODES:
+            for exact in (True, False):
+                p = FusionImageProcessor(mode, exact=exact)
+                assert torch.equal(p(path), p(data)), (name, mode, exact)
+                assert torch.equal(p(str(path)), p(data)), (name, mode, exact)
+    with pytest.raises(FileNotFoundError):
+        FusionImageProcessor()(images / "Src" / "absent.jpg")
 
 
 def test_exif_orientation_is_not_applied(images: dict[str, Path]) -> None:

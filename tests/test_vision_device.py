@@ -28,7 +28,7 @@ from fusion_fast.vision_device import (  # noqa: E402
     preprocess_decoded,
 )
 
-from .test_vision import fusion_reference, save, textured  # noqa: E402
+from .test_vision import HIGH_FREQUENCY, fusion_reference, high_frequency_images, save, textured  # noqa: E402
 
 MODES = ["static_hd", "pad", "square"]
 CROP = 384
@@ -50,6 +50,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate on display: FUSION does not, nor does nvJPEG through torchvision
     out["exif-rotated"] = save(textured(1000, 600, 14), d / "rot.jpg", "JPEG", quality=90, exif=exif)
+    out.update(high_frequency_images(d))
     return out
 
 
@@ -67,6 +68,7 @@ SOURCES = [
     "png",
     "tiny-png",
     "exif-rotated",
+    *HIGH_FREQUENCY,
 ]
 
 
@@ -662,3 +664,74 @@ def test_gpu_benchmark_image_path_runs_on_the_cpu(tmp_path: Path) -> None:
     assert figures["device_stage_images_per_s"] > 0
     text = image_report(figures)
     assert "bytes -> nvJPEG + GPU preprocessing" in text and "images / s" in text
+
+
+def _corrupt_scan(path: Path) -> None:
+    """Keep the JPEG's header and end marker, break its entropy-coded data: only decoding finds it."""
+    whole = path.read_bytes()
+    path.write_bytes(whole[: whole.index(b"\xff\xda") + 2] + b"\x00\x01" + whole[-2:])
+
+
+@pytest.mark.parametrize(
+    ("workers", "context"), [(0, None), (2, "fork"), (2, "spawn")], ids=["0-workers", "fork", "spawn"]
+)
+def test_a_corrupt_jpeg_is_skipped_in_the_worker_as_on_the_cpu_path(
+    tmp_path: Path, workers: int, context: str | None
+) -> None:
+    """With on_error="skip" the worker checks each JPEG it ships (a decode at libjpeg's smallest scale
+    reads the whole scan), so a broken one is replaced and counted there, as on the CPU path, instead
+    of failing the batch on the device."""
+    from fusion_fast.torch import CudaPrefetcher, FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    _corrupt_scan(folder / "a.jpg")
+    processor = FusionImageProcessor("square")
+    cpu = FusionDataset(path, image_folder=folder, image_processor=processor, on_error="skip")
+    shipping = FusionDataset(path, image_folder=folder, image_processor=cpu_stage(processor), on_error="skip")
+    want = list(loader(cpu, 0))
+    got = list(CudaPrefetcher(loader(shipping, workers, context), device="cpu"))
+    assert [b["id"] for b in want] == [["r1", "r1", "r3"], ["r3", "r5", "r5"], ["r6", "r8", "r8"]]
+    assert [b["id"] for b in got] == [b["id"] for b in want]
+    assert shipping.skip_causes == cpu.skip_causes == {"missing_image": 1, "unreadable_image": 3}
+    assert shipping.skipped == cpu.skipped == 4  # once each over the epoch
+
+
+def test_a_corrupt_jpeg_skipped_in_the_worker_has_the_cpu_paths_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from fusion_fast.torch import FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    _corrupt_scan(folder / "a.jpg")
+    processor = FusionImageProcessor("static_hd")
+    messages = []
+    for p in (processor, cpu_stage(processor)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="fusion_fast.torch"):
+            item = FusionDataset(path, image_folder=folder, image_processor=p, on_error="skip")[0]
+        assert item["id"] == "r1"
+        messages += [r.getMessage() for r in caplog.records if r.name == "fusion_fast.torch"]
+    assert len(messages) == 2 and messages[0] == messages[1] and "cannot decode image" in messages[0]
+
+
+@pytest.mark.parametrize(("workers", "context"), [(0, None), (2, "fork")], ids=["0-workers", "fork"])
+def test_with_raise_the_worker_ships_a_corrupt_jpeg_unchecked(
+    tmp_path: Path, workers: int, context: str | None
+) -> None:
+    """on_error="raise" costs the workers no check: the device finds the broken JPEG and the prefetcher
+    raises the CPU path's RecordError."""
+    from fusion_fast.torch import PIXELS_KEY, CudaPrefetcher, FusionDataset
+
+    path, folder = loader_files(tmp_path)
+    _corrupt_scan(folder / "a.jpg")
+    shipping = FusionDataset(
+        path, image_folder=folder, image_processor=cpu_stage(FusionImageProcessor("pad"))
+    )
+    assert isinstance(shipping[0][PIXELS_KEY], ShippedImage)
+    with pytest.raises(RecordError, match="cannot decode image") as got:
+        list(
+            CudaPrefetcher(loader(torch.utils.data.Subset(shipping, [0, 1]), workers, context), device="cpu")
+        )
+    assert got.value.record == 0

@@ -53,3 +53,18 @@ def test_dataloader_workers_know_their_id_and_count() -> None:
     seen = {tuple(x.tolist()) if hasattr(x, "tolist") else tuple(x) for x in loader}
     assert seen == {(0, 2, True, True), (1, 2, True, True)}
     assert not worker_config().in_worker and worker_config().num_workers == 0 and not in_dataloader_worker()
+
+
+def test_torch_run_time_and_the_launchers_environment_in_one_object(monkeypatch) -> None:
+    """`worker_config()` reports the group torch has (none here: 0 of 1) and what the launcher set;
+    `WorkerConfig.from_env()` reads the launcher's ranks without torch."""
+    torchrun = {"RANK": "1", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    for name, value in {**torchrun, "TORCHELASTIC_RUN_ID": "none"}.items():
+        monkeypatch.setenv(name, value)
+    now = worker_config()
+    assert (now.rank, now.world_size, now.torchrun, now.rendezvous) == (0, 1, True, True)
+    assert not now.needs_coordination
+    launched = WorkerConfig.from_env()
+    assert (launched.rank, launched.world_size, launched.torchrun, launched.rendezvous) == (1, 2, True, True)
+    assert launched.needs_coordination and not launched.in_worker
+    assert not WorkerConfig.from_env(torchrun).torchrun

@@ -17,7 +17,6 @@ __all__ = [
     "FORMAT_VERSION",
     "HAS_IMAGE",
     "HAS_VIDEO",
-    "IMAGE_TOKENS",
     "ImageStore",
     "Index",
     "ItemSources",
@@ -46,8 +45,6 @@ __all__ = [
 __version__: str
 FORMAT_VERSION: int
 SOURCE_KEY: str
-#: Tokens FUSION adds to `lengths` for a record with an `image` key.
-IMAGE_TOKENS: int
 #: Bits of the index's `flags` column.
 HAS_IMAGE: int
 HAS_VIDEO: int

@@ -405,6 +405,22 @@ def conversion_refused(
     )
 
 
+def check_ratio(
+    limits: SizeLimits, key: str, archive_size: int, total: int, member: str | None, verb: str = "extract"
+) -> None:
+    """Refuse the archive `key` of `archive_size` bytes when its members, up to and including `member`
+    (None: all of them), expand to `total` bytes, more than `ratio_limit` allows: a decompression bomb.
+    `verb` says what is refused ("extract", "index")."""
+    if total > limits.ratio_floor and total > limits.max_ratio * max(archive_size, 1):  # max_ratio may be inf
+        what = f" (at member {member!r})" if member else ""
+        raise FusionFastError(
+            f"refusing to {verb}: it expands to at least {_human(total)}{what} from "
+            f"{_human(archive_size)}, more than {limits.max_ratio:g} times its size (a decompression "
+            f"bomb?); pass {NO_SIZE_LIMITS} to {verb} it anyway",
+            path=key,
+        )
+
+
 class _Budget:
     """Applies `SizeLimits` to one extraction or conversion; `limits=None` checks nothing. `shared`
     (a conversion's) is the `space_budget` of every conversion running at once: each take is drawn
@@ -429,16 +445,8 @@ class _Budget:
         self._drawn = 0  #: bytes drawn from `shared`
 
     def _ratio(self, total: int, member: str | None) -> None:
-        lim = self.limits
-        assert lim is not None
-        if total > lim.ratio_floor and total > lim.max_ratio * max(self.archive_size, 1):
-            what = f" (at member {member!r})" if member else ""
-            raise FusionFastError(
-                f"refusing to extract: it expands to at least {_human(total)}{what} from "
-                f"{_human(self.archive_size)}, more than {lim.max_ratio:g} times its size (a decompression "
-                f"bomb?); pass {NO_SIZE_LIMITS} to extract it anyway",
-                path=self.key,
-            )
+        assert self.limits is not None
+        check_ratio(self.limits, self.key, self.archive_size, total, member)
 
     def _room(self, n: int, member: str | None, *, fresh: bool = False) -> None:
         lim = self.limits
@@ -884,13 +892,19 @@ def _read_to_end(tf: tarfile.TarFile, key: str) -> None:
     compressed stream's trailer (CRC, length, end-of-stream marker, any further concatenated members) is
     checked: a damaged or cut archive raises here. What follows the end block must be zeros (padding):
     anything else is a second archive (`cat a.tar b.tar`) whose members `tarfile` would silently skip."""
-    at = tf.offset  # type: ignore[attr-defined]
-    stream = tf.fileobj  # type: ignore[attr-defined]
+    stream = cast(IO[bytes], tf.fileobj)
+    check_zeros_to_end(stream, tf.offset, key)  # type: ignore[attr-defined]
+
+
+def check_zeros_to_end(stream: IO[bytes], at: int, key: str) -> None:
+    """Read the rest of the tar stream `stream` of archive `key`, which follows its end-of-archive
+    marker at byte `at`, in chunks: it must hold only zeros (padding). Anything else is a second archive
+    (`cat a.tar b.tar`) whose members would silently be left out."""
     while chunk := stream.read(_COPY_BUFFER):
         if chunk.count(0) != len(chunk):
             raise FusionFastError(
                 "corrupt or concatenated archive: data after the end-of-archive marker at byte "
-                f"{at} of the tar stream (two archives joined with cat? extract them separately)",
+                f"{at} of the tar stream (two archives joined with cat? prepare them separately)",
                 path=key,
             )
 

@@ -1,8 +1,9 @@
 """Where this code runs in a distributed job, and the index building shared among its ranks.
 
-`Launch` is read from the environment that torchrun (`torch.distributed.run`) gives every process it
-starts; `WorkerConfig` adds what torch knows at run time (the initialised process group, the DataLoader
-worker). `distributed_share` and `ensure_indexed` build each missing index once across the ranks.
+`WorkerConfig` says where code runs: `WorkerConfig.from_env()` reads the environment that torchrun
+(`torch.distributed.run`) gives every process it starts; `worker_config()` adds what torch knows at run
+time (the initialised process group, the DataLoader worker). `distributed_share` and `ensure_indexed`
+build each missing index once across the ranks.
 
 Importing torch takes seconds, so nothing here imports it at import time: the command line reads the
 launcher's variables first and imports torch only when there really are other ranks to coordinate with,
@@ -34,18 +35,33 @@ RENDEZVOUS_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 ELASTIC_ENV = ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS")
 
 
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in the job: 0 of 1 when it runs alone."""
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """Where this code runs: its rank in the job and, in a DataLoader worker, which worker it is (the
+    facts Megatron-Energon's `WorkerConfig` carries); 0 of 1, outside a worker, when it runs alone.
+    `worker_config()` reads it from torch at run time; `WorkerConfig.from_env()` from the launcher's
+    environment alone, without torch."""
 
+    #: Rank and world size: in `torch.distributed`'s default group for `worker_config()` (0 of 1 while
+    #: none is initialised), as the launcher sets RANK and WORLD_SIZE for `from_env()`.
     rank: int = 0
     world_size: int = 1
+    #: This rank among the node's ranks, as the launcher sets LOCAL_RANK and LOCAL_WORLD_SIZE.
     local_rank: int = 0
     local_world_size: int = 1
+    #: This DataLoader worker's id; None outside a worker.
+    worker_id: int | None = None
+    #: How many workers this worker's DataLoader has; 0 outside a worker.
+    num_workers: int = 0
     #: Started by torchrun's elastic agent.
     torchrun: bool = False
     #: MASTER_ADDR / MASTER_PORT are set: the ranks can meet through torch's TCP store.
     rendezvous: bool = False
+
+    @property
+    def in_worker(self) -> bool:
+        """Whether this code runs in a DataLoader worker process."""
+        return self.worker_id is not None
 
     @property
     def distributed(self) -> bool:
@@ -58,8 +74,9 @@ class Launch:
         return self.distributed and self.rendezvous
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Launch:
-        """Read RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE (and whether torchrun set them).
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+        """This process's place in the job as the launcher's environment says, without asking torch:
+        RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, and whether torchrun set them.
 
         Missing variables take the single-process value; a value that is not a whole number in range
         raises `FusionFastError` naming the variable, since guessing would make ranks disagree."""
@@ -81,9 +98,16 @@ class Launch:
             world_size=world_size,
             local_rank=local_rank,
             local_world_size=local_world_size,
-            torchrun=any(k in env for k in ELASTIC_ENV),
-            rendezvous=all(k in env for k in RENDEZVOUS_ENV),
+            **_launcher(env),
         )
+
+
+def _launcher(env: Mapping[str, str]) -> dict[str, bool]:
+    """`WorkerConfig`'s `torchrun` and `rendezvous`, from `env`."""
+    return {
+        "torchrun": any(k in env for k in ELASTIC_ENV),
+        "rendezvous": all(k in env for k in RENDEZVOUS_ENV),
+    }
 
 
 def _number(
@@ -105,36 +129,6 @@ def _number(
             "fix the launcher's settings or unset it to run as a single process"
         )
     return value
-
-
-def launch() -> Launch:
-    """This process's `Launch`, from `os.environ`."""
-    return Launch.from_env()
-
-
-# -- where this code runs -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """Where this code runs: its rank in the job and, in a DataLoader worker, which worker it is (the
-    facts Megatron-Energon's `WorkerConfig` carries). `worker_config()` reads it."""
-
-    #: Rank and world size in `torch.distributed`'s default group; 0 of 1 while none is initialised.
-    rank: int = 0
-    world_size: int = 1
-    #: This rank among the node's ranks, as the launcher sets LOCAL_RANK and LOCAL_WORLD_SIZE.
-    local_rank: int = 0
-    local_world_size: int = 1
-    #: This DataLoader worker's id; None outside a worker.
-    worker_id: int | None = None
-    #: How many workers this worker's DataLoader has; 0 outside a worker.
-    num_workers: int = 0
-
-    @property
-    def in_worker(self) -> bool:
-        """Whether this code runs in a DataLoader worker process."""
-        return self.worker_id is not None
 
 
 #: This worker's `WorkerConfig`, by its `WorkerInfo` (one object per worker process).
@@ -161,6 +155,7 @@ def worker_config() -> WorkerConfig:
         local_world_size=max(1, _local_number("LOCAL_WORLD_SIZE", 1)),
         worker_id=None if info is None else info.id,
         num_workers=0 if info is None else info.num_workers,
+        **_launcher(os.environ),
     )
     if info is not None:
         _worker_config = (info, config)
@@ -418,8 +413,6 @@ __all__ = [
     "RENDEZVOUS_ENV",
     "DISTRIBUTED_TIMEOUT",
     "RENDEZVOUS_TIMEOUT",
-    "Launch",
-    "launch",
     "WorkerConfig",
     "worker_config",
     "in_dataloader_worker",

@@ -842,7 +842,7 @@ def _prepare_shards(
                 archive, ours = outcome
                 started = time.perf_counter()
                 try:
-                    listing = list_members(unit.key, archive, work)
+                    listing = list_members(unit.key, archive, work, size_limits, unit.size)
                 except FusionFastError:
                     if ours:  # a damaged shard is never reused
                         archive.unlink(missing_ok=True)

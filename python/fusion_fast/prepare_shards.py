@@ -33,6 +33,7 @@ others (`PrepareResult.duplicates`).
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import io
 import lzma
@@ -43,6 +44,7 @@ import re
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +66,8 @@ from .archives import (
     _check_not_reserved,
     _pid_alive,
     _refuse,
+    check_ratio,
+    check_zeros_to_end,
     conversion_refused,
     convert_limit,
     marker_name,
@@ -367,10 +371,21 @@ class Listing:
     store: ImageStore
 
 
-def list_members(key: str, archive: Path, work: Path) -> Listing:
+def list_members(
+    key: str,
+    archive: Path,
+    work: Path,
+    limits: SizeLimits | None = DEFAULT_LIMITS,
+    archive_size: int | None = None,
+) -> Listing:
     """List and check the members of the readable archive `archive` (a store of it alone is built in the
     work folder `work`). Raises `FusionFastError` naming `key` and the member for what extraction refuses
-    and the store cannot read (links, special files), and for a damaged archive."""
+    and the store cannot read (links, special files), and for a damaged archive.
+
+    A zip's members are held to `limits` as extraction holds them (`check_ratio`, the download's
+    `archive_size`, default the zip's own): each member read inflates to its declared size, so a zip
+    bomb is refused from its central directory, before any member is inflated. (The free space does not
+    apply: nothing is written.) Every member is then read once, in chunks, to check its CRC-32."""
     try:
         store = ImageStore.build([archive], work / f"{marker_name(key)}.ffimg")
     except FusionFastError as e:
@@ -396,7 +411,10 @@ def list_members(key: str, archive: Path, work: Path) -> Listing:
     if _is_tar(archive):
         _check_tar_end(key, archive, end)
     else:
-        _check_zip_crcs(key, store, members)
+        if limits is not None:
+            size = os.path.getsize(archive) if archive_size is None else archive_size
+            _check_zip_ratio(key, members, [located[i][3] for i in order], limits, size)
+        _check_zip_crcs(key, members, [located[i] for i in order])
     return Listing(members, total, store)
 
 
@@ -420,14 +438,77 @@ def _check_names(key: str, members: Sequence[str]) -> None:
     raise _refuse(key, name, "not a safe relative path")
 
 
-def _check_zip_crcs(key: str, store: ImageStore, members: Sequence[str]) -> None:
-    """Read every member once, which checks its CRC-32 (and inflates deflated ones to their declared
-    size): a damaged zip is refused now, as extraction refuses it, not at some training step."""
-    for m in members:
-        try:
-            store.view(m)
-        except FusionFastError as e:
-            raise FusionFastError(f"corrupt archive: member {m!r}: {e.message}", path=key) from None
+def _check_zip_ratio(
+    key: str, members: Sequence[str], sizes: Sequence[int], limits: SizeLimits, archive_size: int
+) -> None:
+    """Refuse a zip whose members, in archive order, declare more than `limits` allow (`check_ratio`),
+    naming the member at which the total passes the limit, as extraction refuses it."""
+    total = 0
+    for member, size in zip(members, sizes, strict=True):
+        total += size
+        check_ratio(limits, key, archive_size, total, member, verb="index")
+
+
+def _check_zip_crcs(
+    key: str, members: Sequence[str], locations: Sequence[tuple[str, int, int, int, int, int]]
+) -> None:
+    """Read every member once, in chunks, checking its CRC-32 and that a deflated one inflates to exactly
+    its declared size: a damaged zip is refused now, as extraction refuses it, not at some training step.
+    Memory stays bounded whatever the members' sizes. `locations` are the members' `location`s."""
+    with contextlib.ExitStack() as files:
+        opened: dict[str, io.BufferedReader] = {}
+        for m, (path, offset, stored, size, method, crc) in zip(members, locations, strict=True):
+            if path not in opened:
+                opened[path] = files.enter_context(open(path, "rb"))
+            why = _member_damage(opened[path], offset, stored, size, method, crc)
+            if why is not None:
+                raise FusionFastError(f"corrupt archive: member {m!r} {why}", path=key)
+
+
+#: Compression methods of zip members the image store reads.
+_STORED, _DEFLATED = 0, 8
+
+
+def _member_damage(
+    f: io.BufferedReader, offset: int, stored: int, size: int, method: int, crc: int
+) -> str | None:
+    """What is wrong with the zip member whose data is the `stored` bytes at `offset` of `f` (None when
+    nothing): a CRC-32 other than `crc`, or (deflated) a stream that does not inflate to `size` bytes.
+    Reads and inflates chunk by chunk, never more than `size` bytes plus one chunk."""
+    f.seek(offset)
+    inflate = zlib.decompressobj(-zlib.MAX_WBITS) if method == _DEFLATED else None
+    left, produced, check = stored, 0, 0
+    while left:
+        chunk = f.read(min(left, _CHUNK))
+        if not chunk:
+            return f"is cut short: the archive ends inside its data ({stored - left} of {stored} bytes)"
+        left -= len(chunk)
+        if inflate is None:
+            produced += len(chunk)
+            check = zlib.crc32(chunk, check)
+            continue
+        data = chunk
+        while data:
+            try:
+                out = inflate.decompress(data, _CHUNK)
+            except zlib.error as e:
+                return f"does not inflate: {e}"
+            produced += len(out)
+            if produced > size:
+                return f"inflates to more than the {size} bytes its header says"
+            check = zlib.crc32(out, check)
+            data = inflate.unconsumed_tail
+            if inflate.eof:
+                break
+        if inflate.eof:
+            break
+    if inflate is not None and not inflate.eof:
+        return f"does not inflate: its deflate stream stops early ({produced} bytes of {size})"
+    if produced != size:
+        return f"holds {produced} bytes, its header says {size}"
+    if check != crc:
+        return "fails its CRC-32 check"
+    return None
 
 
 def _is_tar(path: Path) -> bool:
@@ -460,13 +541,7 @@ def _check_tar_end(key: str, path: Path, start: int) -> None:
                 ) from None
             at += 512 + (-(-size // 512) * 512 if block[156:157] not in (b"5",) else 0)
             f.seek(at)
-        while chunk := f.read(_CHUNK):
-            if chunk.count(0) != len(chunk):
-                raise FusionFastError(
-                    "corrupt or concatenated archive: data after the end-of-archive marker at byte "
-                    f"{at} of the tar stream (two archives joined with cat? prepare them separately)",
-                    path=key,
-                )
+        check_zeros_to_end(f, at, key)
 
 
 #: Conflicts listed in full in an error (the rest are counted).

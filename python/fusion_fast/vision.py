@@ -15,10 +15,10 @@ The SigLIP processor resizes to crop x crop (bicubic), scales by 1/255 and norma
 `exact=True` repeats that computation and equals it to float precision. The default computes the same
 tensor within a mean absolute difference of 0.02 on the normalised scale (about 2.5 levels of 255;
 typically much less): it decodes JPEGs at a reduced scale when the target size allows (libjpeg's DCT
-scaling, Pillow's `draft`), derives the global view from the 2*crop image instead of resizing the original
-a second time, resizes with torch's uint8 antialiased bicubic (Pillow's filter, vectorised) and normalises
-all views in one pass. Images that are not JPEG, and PIL images passed in already decoded, are not
-decoded at a reduced scale.
+scaling, Pillow's `draft`, never below 3 times the first resize's output on either axis, so that text
+pages, stripes and checkerboards stay within the bound too), resizes with torch's uint8 antialiased bicubic
+(Pillow's filter, vectorised) and normalises all views in one pass. Images that are not JPEG (files,
+bytes, or any PIL image that is not a JPEG file being read) take the exact computation.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ MODES: tuple[str, ...] = ("static_hd", "pad", "square")
 #: Documented bound on the mean absolute difference between the default (fast) result and FUSION's.
 DEFAULT_TOLERANCE = 0.02
 
+#: How much larger than the first resize's output a JPEG decoded at a reduced scale must stay, per axis.
+_DRAFT_MARGIN = 3
+
 ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | Any  # Any: a PIL image
 
 
@@ -50,7 +53,9 @@ class FusionImageProcessor:
 
     `mode`: FUSION's `image_aspect_ratio` (`"static_hd"`, `"pad"` or `"square"`). `crop_size`, `mean`,
     `std`: the SigLIP processor's settings (FUSION's defaults). `exact=True` matches FUSION's Pillow +
-    SigLIP computation to float precision; the default is faster and within `DEFAULT_TOLERANCE`.
+    SigLIP computation to float precision; the default is faster and within `DEFAULT_TOLERANCE` for
+    JPEGs, and takes the exact computation for every other image. A path that is no file is looked up
+    in its folder's image store (`fusion_fast.images.read_path`).
     `device="cuda"` (default mode, a path or bytes): JPEGs are decoded with nvJPEG
     (`torchvision.io.decode_jpeg`) and resized and normalised on that device, within the same tolerance,
     and the result is on the device; images nvJPEG cannot decode (CMYK, not JPEG) take the CPU path and
@@ -122,22 +127,29 @@ class FusionImageProcessor:
                 _warn_cpu_fallback(self.device)
         return self._ships
 
-    def ship(self, image: ImageSource) -> Any:
+    def ship(self, image: ImageSource, validate: bool = False) -> Any:
         """What a DataLoader worker puts in the item for `image`: with `ships_compressed`, a JPEG the
         device decoder takes as Pillow would (an RGB or grayscale JPEG that ends with its end-of-image
         marker) as a `fusion_fast.vision_device.ShippedImage` of its bytes; anything else processed on
         the CPU, the CPU path's tensor on the CPU (never on a GPU, so workers never touch CUDA). Errors
-        are the CPU path's: `FileNotFoundError`, and Pillow's for images it cannot decode."""
+        are the CPU path's: `FileNotFoundError`, and Pillow's for images it cannot decode.
+
+        `validate=True` (what `FusionDataset` asks when its `on_error` is not "raise") decodes each JPEG
+        it ships at libjpeg's smallest scale (1/8): that still reads the whole entropy-coded data, so a
+        JPEG whose data is broken raises Pillow's error here, in the worker, as the CPU path would, not
+        later on the device, where the batch has left the dataset and its bad-sample policy."""
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return self._from_pil(image.convert("RGB"))
+            return self._from_pil(image)
         if not self.ships_compressed:
             return self._cpu(image)
         data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _read(image)
         if _device_decodable(data):
             from .vision_device import ShippedImage
 
+            if validate:
+                _check_decodes(data)
             return ShippedImage(data, self)
         # from the path when there is one: Pillow's messages then name the file, as the CPU path's do
         return self._cpu(data if isinstance(image, (bytes, bytearray, memoryview)) else image)
@@ -161,7 +173,7 @@ class FusionImageProcessor:
         from PIL import Image
 
         if isinstance(image, Image.Image):
-            return self._on_device(self._from_pil(image.convert("RGB")))
+            return self._on_device(self._from_pil(image))
         if self.device != "cpu" and not self.exact and _gpu_decoder_available():
             data = bytes(image) if isinstance(image, (bytes, bytearray, memoryview)) else _read(image)
             if data[:3] == b"\xff\xd8\xff":
@@ -180,30 +192,38 @@ class FusionImageProcessor:
     def _cpu(self, image: ImageSource) -> torch.Tensor:
         from PIL import Image
 
+        from .images import open_path  # a file, else a member of its folder's image store
+
         if isinstance(image, (bytes, bytearray, memoryview)):
-            fp: Any = io.BytesIO(bytes(image))
+            opened: Any = Image.open(io.BytesIO(bytes(image)))
         else:
-            fp = os.fspath(image)
-        with Image.open(fp) as img:
+            opened = open_path(os.fspath(image))
+        with opened as img:
             if not self.exact and img.format == "JPEG":
                 img.draft("RGB", self._draft_size(img.size))
-            return self._from_pil(img.convert("RGB"))
+            return self._from_pil(img)
 
     def _draft_size(self, size: tuple[int, int]) -> tuple[int, int]:
-        """The smallest size the decoded JPEG may have: twice the target on each side, because libjpeg's
-        DCT scaling filters less sharply than the antialiased bicubic it stands in for (decoding at just
-        the target size can differ from FUSION by more than the tolerance on detailed images)."""
-        c = 2 * self.crop_size
+        """The smallest size the decoded JPEG may have: `_DRAFT_MARGIN` times, on each axis, the size the
+        first resize produces (2*crop square for `static_hd`, crop square for `square`, and for `pad` the
+        image's share of the padded square scaled to crop). libjpeg's DCT scaling filters far less
+        sharply than the antialiased bicubic it stands in for: with a margin of 2, text pages, stripes
+        and checkerboards differ from FUSION by up to 0.05; with 3 they stay under 0.015."""
+        c = self.crop_size
         if self.mode == "static_hd":
-            return (2 * c, 2 * c)
+            return (_DRAFT_MARGIN * 2 * c, _DRAFT_MARGIN * 2 * c)
         if self.mode == "square":
-            return (c, c)
-        w, h = size  # pad: the longer side becomes the target
+            return (_DRAFT_MARGIN * c, _DRAFT_MARGIN * c)
+        w, h = size  # pad: the longer side becomes crop, the shorter keeps its proportion
         side = max(w, h)
-        return (max(1, c * w // side), max(1, c * h // side))
+        return (max(1, -(-_DRAFT_MARGIN * c * w // side)), max(1, -(-_DRAFT_MARGIN * c * h // side)))
 
     def _from_pil(self, img: Any) -> torch.Tensor:
-        return self._exact(img) if self.exact else self._fast(img)
+        """The result for a PIL image of any mode: the fast path for JPEGs only, the exact computation
+        for everything else (PNG, WebP, images made in memory), as FUSION's tolerance allows no more."""
+        fast = not self.exact and img.format == "JPEG"
+        rgb = img.convert("RGB")
+        return self._fast(rgb) if fast else self._exact(rgb)
 
     # -- exact: FUSION's steps, then a lookup table equal to SigLIP's float arithmetic ---------------
     def _exact(self, img: Any) -> torch.Tensor:
@@ -247,7 +267,9 @@ class FusionImageProcessor:
         if self.mode == "static_hd":
             big = _resize(x, 2 * c)
             views = [big[:, :, i : i + c, j : j + c] for i in (0, c) for j in (0, c)]
-            views.append(_resize(big, c))
+            # the global view from the decoded image, as FUSION does: from the 2*crop image, content near
+            # its Nyquist limit (stripes, small text) aliases into moire that differs by up to 0.06
+            views.append(_resize(x, c))
             stacked = torch.cat(views)
         else:
             stacked = _resize(x, c)
@@ -319,9 +341,21 @@ def _device_decodable(data: bytes) -> bool:
         return False
 
 
+def _check_decodes(data: bytes) -> None:
+    """Decode a JPEG at libjpeg's smallest DCT scale: every byte of its entropy-coded data is read (at a
+    small share of a full decode's cost), so broken data raises Pillow's error, as a full decode would."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft(img.mode, (max(1, img.size[0] // 8), max(1, img.size[1] // 8)))
+        img.load()
+
+
 def _read(path: Any) -> bytes:
-    with open(os.fspath(path), "rb") as f:
-        return f.read()
+    """The bytes of the file `path`, else of the member of its folder's image store that it names."""
+    from .images import read_path
+
+    return read_path(os.fspath(path))
 
 
 def _resize(x: torch.Tensor, side: int) -> torch.Tensor:

@@ -359,7 +359,8 @@ def preprocess_decoded(
     The steps of the CPU processor's default path in float arithmetic: each resize is antialiased
     bicubic and rounded to whole levels and clamped (as the uint8 resizes of the CPU path are); `pad`
     centres the image on a square filled with the processor mean first; `static_hd` cuts the 2*crop image
-    into four patches in row-major order and resizes it to crop for the global view; then every view is
+    into four patches in row-major order and resizes the decoded image to crop for the global view; then
+    every view is
     scaled by 1/255 and normalised, all images at once."""
     c = processor.crop_size
     n = len(images)
@@ -390,7 +391,9 @@ def preprocess_decoded(
                 g = len(chunk)
                 # (g, 3, row, y, column, x) -> (g, row, column, 3, y, x): FUSION's row-major patches
                 patches = big.view(g, 3, 2, c, 2, c).permute(0, 2, 4, 1, 3, 5).reshape(g, 4, 3, c, c)
-                result = torch.cat([patches, _resize_rounded(big, c).unsqueeze(1)], dim=1)
+                # the global view from the decoded image, as FUSION does: from the 2*crop image, content
+                # near its Nyquist limit (stripes, small text) would alias into visible moire
+                result = torch.cat([patches, _resize_rounded(x, c).unsqueeze(1)], dim=1)
             else:
                 result = _resize_rounded(x, c).unsqueeze(1)
             views.index_copy_(0, torch.tensor(chunk, device=device), result)

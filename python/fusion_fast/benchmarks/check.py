@@ -3,7 +3,7 @@
     python -m fusion_fast.benchmarks.check [--quick] [--files N] [--records M] [--repeat R] [--dir D]
                                            [--out F]
 
-Target (issue 6): at least 200k paths/s for file existence with a warm file cache. The baseline is
+Target: at least 200k paths/s for file existence with a warm file cache. The baseline is
 `os.path.isfile(os.path.join(base, p))` over the same paths in the same run. The whole-check row runs
 `run_check` on a generated playground (synthetic LLaVA records, every referenced image present as an empty
 file), once building the index and then with the index already built; then the same records with every
@@ -19,11 +19,13 @@ import random
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .. import _core, synth
 from ..check import run_check
 from ..images import FOLDER_STORE, ImageStore
+from ..index import JsonIndex
 from ..index import open as open_index
 from ..playground import STATE_DIR, Playground
 from .common import default_data_dir, fmt_time, machine, machine_markdown, parse_size, publish, repeat, table
@@ -54,22 +56,33 @@ def python_isfile(paths: list[str], base: str) -> int:
     return sum(os.path.isfile(os.path.join(base, p)) for p in paths)
 
 
-def make_playground(root: Path, records: int) -> Path:
-    """`root/train/jsons/Bench-<N>k.json` with every image and video it references present."""
+def write_records(root: Path, records: int) -> tuple[Playground, Path]:
+    """`records` synthetic records in `root/train/jsons/Bench-<N>k.json`; the playground and that file."""
     playground = Playground.at(root)
     data = playground.json_file(f"Bench-{max(1, records // 1000)}k.json")
     data.parent.mkdir(parents=True, exist_ok=True)
     synth.write_file(data, records=records, seed=3)
-    images = playground.images
-    idx = open_index(data)
+    return playground, data
+
+
+def media_paths(idx: JsonIndex) -> Iterator[str]:
+    """Every image and video path the records of `idx` name, in record order, repeats included."""
     for start in range(0, len(idx), 4096):
         for rec in idx.get_many(range(start, min(len(idx), start + 4096))):
             for key in ("image", "video"):
                 value = rec.get(key)
-                for p in [value] if isinstance(value, str) else value or []:
-                    f = images / p
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    f.touch()
+                yield from [value] if isinstance(value, str) else value or []
+
+
+def make_playground(root: Path, records: int) -> Path:
+    """`root/train/jsons/Bench-<N>k.json` with every image and video it references present."""
+    playground, data = write_records(root, records)
+    images = playground.images
+    idx = open_index(data)
+    for p in media_paths(idx):
+        f = images / p
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.touch()
     os.remove(idx.index_path)  # the first check builds it
     return root
 
@@ -77,21 +90,14 @@ def make_playground(root: Path, records: int) -> Path:
 def make_shards_playground(root: Path, records: int) -> Path:
     """`make_playground`'s records with every image and video held in tar archives (one per top folder)
     read through the image folder's store, as `prepare --images shards` leaves them."""
-    playground = Playground.at(root)
-    data = playground.json_file(f"Bench-{max(1, records // 1000)}k.json")
-    data.parent.mkdir(parents=True, exist_ok=True)
-    synth.write_file(data, records=records, seed=3)
+    playground, data = write_records(root, records)
     images = playground.images
     shards = images / STATE_DIR / "shards"
     shards.mkdir(parents=True)
     by_top: dict[str, list[str]] = {}
     idx = open_index(data)
-    for start in range(0, len(idx), 4096):
-        for rec in idx.get_many(range(start, min(len(idx), start + 4096))):
-            for key in ("image", "video"):
-                value = rec.get(key)
-                for p in [value] if isinstance(value, str) else value or []:
-                    by_top.setdefault(p.split("/", 1)[0], []).append(p)
+    for p in media_paths(idx):
+        by_top.setdefault(p.split("/", 1)[0], []).append(p)
     archives = []
     for top, members in sorted(by_top.items()):
         archive = shards / f"{top}.tar"

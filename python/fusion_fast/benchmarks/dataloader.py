@@ -31,7 +31,7 @@ before the first batch).
 fusion-fast also runs, in the same rounds, with the main process on one CPU and the workers on the
 others (`os.sched_setaffinity`, a user's setting): what keeping them apart buys on this machine.
 
-Targets (issue 5, 2-core machine): >= 150k samples/s with batch 64 and 2 workers; <= 3 s from a fresh
+Targets (2-core machine): >= 150k samples/s with batch 64 and 2 workers; <= 3 s from a fresh
 `python` to the first batch (including `import torch`); <= 100 MB private memory per worker.
 """
 

@@ -5,7 +5,7 @@ about two minutes on a current GPU.
     python -m fusion_fast.benchmarks.gpu [--quick] [--out FILE.json]
 
 1. Copy rate of one host tensor to the GPU for 16, 64 and 256 MiB, from pageable and from pinned memory
-   (`non_blocking=True`), timed with CUDA events over several copies after a warm-up. Target (issue 5): the
+   (`non_blocking=True`), timed with CUDA events over several copies after a warm-up. Target: the
    pinned path reaches >= 80% of the best rate measured.
 2. Overlap: a loader of pinned 64 MiB batches and a compute loop (fp16 matmuls on each batch) sized to take
    about as long as one copy. Timed: copies alone, compute alone, copy-then-compute on one stream, and

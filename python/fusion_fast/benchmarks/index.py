@@ -2,7 +2,7 @@
 
     python -m fusion_fast.benchmarks.index [--size 1GiB] [--data-dir DIR] [--repeat 3] [--out results.json]
 
-Targets (issue 3, 2-core machine, page-cached): build ≤ 2× the time of reading the file; open ≤ 1 ms;
+Targets (2-core machine, page-cached): build ≤ 2× the time of reading the file; open ≤ 1 ms;
 `idx[i]` at least as fast as `orjson.loads` on pre-split bytes and `get_many` faster; peak memory while
 indexing ≤ 64 MiB + 24 B per record beyond the mapped file.
 """

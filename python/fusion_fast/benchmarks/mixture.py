@@ -4,7 +4,7 @@
 
 The stage has 9 files shaped like FUSION's Stage 1 (10M records in total; `--quick`: 100k), generated once
 into `--data` (reused when present) from a pool of pre-encoded synthetic records with fresh ids, and
-indexed before anything is timed. Targets (issue 4): resolve <= 300 ms; `lengths` / `modality_lengths`
+indexed before anything is timed. Targets: resolve <= 300 ms; `lengths` / `modality_lengths`
 <= 50 ms each; `LengthGroupedSampler` order of 10M samples <= 2 s; <= 16 bytes of private memory per
 selected record. The baseline is FUSION's `lengths` + `modality_lengths` loops over `json.load`ed records,
 run in the same process on a subset (at most `--baseline-records`) and extrapolated per record.

@@ -78,9 +78,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[list[Path], Any]:
     """Under torchrun with several ranks, this rank's share of the files to build (see
     `fusion_fast.distributed.ensure_indexed`); torch is imported only then."""
-    from ..distributed import distributed_share, launch
+    from ..distributed import WorkerConfig, distributed_share
 
-    if not launch().needs_coordination:
+    job = WorkerConfig.from_env()
+    if not job.needs_coordination:
         return paths, None
     try:
         import torch.distributed  # noqa: F401 - the ranks meet through it
@@ -88,11 +89,10 @@ def _distributed_share(paths: list[Path], args: argparse.Namespace) -> tuple[lis
         from ..errors import FusionFastError
 
         raise FusionFastError(
-            f"running under torchrun with {launch().world_size} ranks, the index builds are shared out "
+            f"running under torchrun with {job.world_size} ranks, the index builds are shared out "
             f"through torch.distributed, but torch cannot be imported ({type(e).__name__}: {e}); "
             "repair torch, or run `fusion-fast index` once outside torchrun"
         ) from e
-    job = launch()
     print(
         f"index: rank {job.rank} of {job.world_size} under torchrun: meeting the other ranks at "
         f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')} to share out the builds "

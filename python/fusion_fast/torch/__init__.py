@@ -22,7 +22,6 @@ DataLoader's multiprocessing context). `ensure_indexed` and `distributed_share` 
 from __future__ import annotations
 
 from .._core import SOURCE_KEY
-from ..benchmarks.memory import private_memory  # docs/training.md lists it with this package
 from ..distributed import distributed_share, ensure_indexed
 from .collate import DEFAULT_PAD_VALUES, collate
 from .dataset import IMAGE_KEY, PIXELS_KEY, FusionDataset
@@ -38,7 +37,6 @@ __all__ = [
     "CudaPrefetcher",
     "ensure_indexed",
     "distributed_share",
-    "private_memory",
     "worker_context",
     "SOURCE_KEY",
     "IMAGE_KEY",

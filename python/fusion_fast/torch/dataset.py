@@ -308,8 +308,13 @@ class FusionDataset(Dataset[Any]):
 
         process: Callable[[Any], Any] | None = self.image_processor
         assert process is not None
+        source = path if os.path.isfile(path) else read_path(path)
+        if self._ships:
+            # a JPEG shipped to the device is checked in the worker, so that a broken one meets this
+            # dataset's bad-sample policy; with on_error="raise" the device's RecordError is the policy
+            return process.ship(source, validate=self.on_error != "raise")  # type: ignore[attr-defined]
         process = getattr(process, "ship", process)
-        return process(path if os.path.isfile(path) else read_path(path))
+        return process(source)
 
     def _complete(self, item: dict[str, Any], ds: _DatasetInfo, number: int) -> Any:
         """`load_images`, `image_processor` and `transform` applied to an item."""
