@@ -56,7 +56,7 @@ use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -84,6 +84,16 @@ pub const STORED: u8 = 0;
 pub const DEFLATED: u8 = 8;
 
 const KIND_TAR: u8 = 1;
+
+/// `read_member`'s first `pread` of a tar member: its header and up to about 7.5 KiB of data.
+const PREAD_WINDOW: u64 = 8 << 10;
+/// Tar members (with their records) larger than this are read through the mapping.
+const PREAD_MAX: u64 = 16 << 20;
+/// After a `pread` finds pages of an archive missing from the page cache, this many reads of it go
+/// through the mapping before `pread` is tried again: while an archive is cold, a fault reads the
+/// pages around it (the device's read-ahead), where a `pread` would start a read of its own pages
+/// only, which the fault then waits for.
+const MAPPED_AFTER_MISS: u32 = 256;
 const KIND_ZIP: u8 = 2;
 
 // ---------------------------------------------------------------------------------------------------
@@ -791,6 +801,40 @@ fn member_at(
     })
 }
 
+/// Fills `buf` from `file` at `offset` if every byte is in the page cache, without waiting for the
+/// disk (`preadv2` with `RWF_NOWAIT`); false otherwise, or where that is not supported. A read of
+/// pages that are not cached is left to the mapping, whose fault reads the pages around it too: on a
+/// cold archive, the members next to this one are then read without another wait.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn read_cached(file: &File, buf: &mut [u8], offset: u64) -> bool {
+    use std::os::fd::AsRawFd;
+
+    let mut done = 0usize;
+    while done < buf.len() {
+        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+            return false;
+        };
+        let iov = libc::iovec {
+            iov_base: buf[done..].as_mut_ptr().cast(),
+            iov_len: buf.len() - done,
+        };
+        // SAFETY: one iovec over the unfilled part of `buf`, which outlives the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, at, libc::RWF_NOWAIT) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return false,
+            _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn read_cached(_file: &File, _buf: &mut [u8], _offset: u64) -> bool {
+    false
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Building
 
@@ -1364,6 +1408,11 @@ struct Archive {
     mtime_ns: i64,
     placed: Placed,
     map: OnceLock<std::result::Result<Option<Map>, Error>>,
+    /// The archive opened for `map` (set once the map is made and checked): tar members are read
+    /// from it with `pread` (see `read_member`).
+    file: OnceLock<File>,
+    /// Reads left to make through the mapping before `pread` is tried again (see `tar_window`).
+    mapped_reads: AtomicU32,
 }
 
 /// An open image store.
@@ -1417,6 +1466,8 @@ fn parse_archive_table(
             mtime_ns: mtime,
             placed: Placed { strip, prefix },
             map: OnceLock::new(),
+            file: OnceLock::new(),
+            mapped_reads: AtomicU32::new(0),
         });
         t = &t[(29 + plen + xlen) as usize..];
     }
@@ -1742,7 +1793,9 @@ impl ImageStore {
                 )
                 .with_path(&a.path));
             }
-            map_file(&file, &a.path)
+            let map = map_file(&file, &a.path)?;
+            let _ = a.file.set(file);
+            Ok(map)
         });
         match mapped {
             Ok(m) => Ok(m.as_deref().unwrap_or(&[])),
@@ -1808,6 +1861,104 @@ impl ImageStore {
             ));
         }
         Ok(bytes)
+    }
+
+    /// The position and bytes of the member at `path` (normalised as at build time), if the store
+    /// holds it: what `lookup` and then `read_located` give, with no `check_mapped` left to call.
+    ///
+    /// A plain-tar member is read with `pread` (its records and data lie together) instead of through
+    /// the mapping: the first touch of a mapped page in a process is a page fault, which also maps
+    /// the pages around it and costs several times a `pread` of a small member; reads at random over
+    /// archives larger than what a process has touched (a fresh DataLoader worker, a large dataset)
+    /// fault on nearly every read. Whatever a window does not settle (pages not in the page cache, a
+    /// record that does not parse in it, a short read, a member larger than `PREAD_MAX`) is read
+    /// through the mapping, which gives the same bytes and every error the mapped read gives.
+    pub fn read_member(&self, path: &[u8]) -> Result<Option<(usize, Cow<'_, [u8]>)>> {
+        let Some(norm) = normalize(path) else {
+            return Ok(None);
+        };
+        let h = path_hash(&norm, self.hash_bits);
+        let mut i = self.first_at_least(h);
+        while i < self.n && self.hash(i) == h {
+            let (k, record) = self.locator(i);
+            let m = match self.tar_window(k, record)? {
+                Some((m, bytes)) if m.name == norm => {
+                    // The index was read through its mapping: a store file cut short left zeros.
+                    self.check_archive_mapped(k)?;
+                    return Ok(Some((i, Cow::Owned(bytes))));
+                }
+                Some((m, _)) => m,
+                None => {
+                    let m = self.resolve_unhashed(i)?;
+                    if m.name == norm {
+                        return self.read_located(&norm, m.loc).map(|b| Some((i, b)));
+                    }
+                    m
+                }
+            };
+            self.check_hash(i, m)?;
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    /// The tar member whose first record starts at `record` in archive `k`, and its bytes, read with
+    /// `pread` of a window from `record`: the first `PREAD_WINDOW` bytes, then (when its data runs
+    /// past them) enough for the size the first header declares. None when archive `k` is no tar or
+    /// the window does not settle the record (see `read_member`).
+    fn tar_window(&self, k: usize, record: u64) -> Result<Option<(Indexed, Vec<u8>)>> {
+        let Some(a) = self.archives.get(k).filter(|a| a.kind == KIND_TAR) else {
+            return Ok(None);
+        };
+        // Maps the archive on first use: its size and mtime are checked then.
+        let len = self.archive_bytes(k)?.len() as u64;
+        let (Some(file), Some(rest)) = (a.file.get(), len.checked_sub(record)) else {
+            return Ok(None);
+        };
+        let left = a.mapped_reads.load(Ordering::Relaxed);
+        if left > 0 {
+            // Another thread may count the same read down: a read or two more either way.
+            let _ = a.mapped_reads.compare_exchange(
+                left,
+                left - 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            return Ok(None);
+        }
+        let mut want = rest.min(PREAD_WINDOW);
+        loop {
+            let mut buf = vec![0u8; want as usize];
+            if !read_cached(file, &mut buf, record) {
+                a.mapped_reads.store(MAPPED_AFTER_MISS, Ordering::Relaxed);
+                return Ok(None);
+            }
+            let settled = match tar_entry(&buf, 0, &a.path) {
+                Ok(Some(e)) => match tar_classify(&e, k as u32, &a.placed) {
+                    Class::Member(m) => Some((m, e.data_offset, e.size)),
+                    _ => return Ok(None),
+                },
+                Ok(None) => return Ok(None),
+                Err(_) => None,
+            };
+            if let Some((mut m, start, size)) = settled {
+                m.loc.data_offset += record;
+                buf.truncate((start + size) as usize);
+                buf.drain(..start as usize);
+                return Ok(Some((m, buf)));
+            }
+            // Its data runs past the window (or an extension record does): once more, with room for
+            // the size the first header declares.
+            let declared = buf.get(124..136).and_then(tar_number).unwrap_or(0);
+            let next = declared
+                .saturating_add(2048)
+                .max(want.saturating_mul(4))
+                .min(rest);
+            if want >= rest || next > PREAD_MAX {
+                return Ok(None);
+            }
+            want = next;
+        }
     }
 
     /// The bytes of the member at `path`; `Ok(None)` when no archive holds it.

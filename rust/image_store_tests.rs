@@ -1207,6 +1207,147 @@ fn a_member_behind_too_many_extension_records_is_a_corrupt_archive() {
     }
 }
 
+fn read_member_all(store: &ImageStore, name: &str) -> Vec<u8> {
+    store
+        .read_member(name.as_bytes())
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .1
+        .into_owned()
+}
+
+#[test]
+fn members_read_with_pread_equal_what_was_written_at_every_size() {
+    // Sizes about the first window, past it, and past the most read with pread; behind GNU long
+    // names, PAX records and many extension records.
+    let dir = tempfile::tempdir().unwrap();
+    let window = PREAD_WINDOW as usize;
+    let sizes = [
+        0,
+        1,
+        window - 1024,
+        window - 512,
+        window - 511,
+        window,
+        window + 1,
+        5 * window,
+        PREAD_MAX as usize + 1,
+    ];
+    let mut b = tar::Builder::new(Vec::new());
+    let mut expected = Vec::new();
+    for (k, &size) in sizes.iter().enumerate() {
+        let data = payload(k as u64 + 7, size);
+        let short = format!("s{k}.jpg");
+        let long = format!("{}/l{k}.jpg", "d".repeat(200));
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        b.append_data(&mut h, &short, data.as_slice()).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        b.append_data(&mut h, &long, data.as_slice()).unwrap();
+        // A PAX path record, then as many global records as a member may have before it.
+        for _ in 0..MAX_EXTENSION_RECORDS - 1 {
+            let mut g = tar::Header::new_ustar();
+            g.set_entry_type(tar::EntryType::XGlobalHeader);
+            g.set_size(0);
+            g.set_cksum();
+            b.append(&g, &[][..]).unwrap();
+        }
+        let pax_name = format!("pax/{}/p{k}.jpg", "p".repeat(120));
+        b.append_pax_extensions([("path", pax_name.as_bytes())])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(size as u64);
+        h.set_path("placeholder.jpg").unwrap();
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+        expected.extend([
+            (short, data.clone()),
+            (long, data.clone()),
+            (pax_name, data),
+        ]);
+    }
+    let t = write(dir.path(), "w.tar", &b.into_inner().unwrap());
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    for (name, data) in &expected {
+        assert!(read_member_all(&store, name) == *data, "{name}");
+        assert!(read_all(&store, name) == *data, "{name}");
+    }
+    assert!(store.read_member(b"placeholder.jpg").unwrap().is_none());
+    assert!(store.read_member(b"absent.jpg").unwrap().is_none());
+}
+
+#[test]
+fn an_archive_cut_short_after_it_was_mapped_is_stale_for_pread_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..64)
+        .map(|k| (format!("m{k}.jpg"), payload(k, 3000)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "c.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_member_all(&store, "m0.jpg"), entries[0].1);
+    let len = std::fs::metadata(&t).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&t)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let err = store.read_member(b"m63.jpg").unwrap_err();
+    assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
+}
+
+#[test]
+fn a_changed_archive_is_a_stale_error_for_pread_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = write(dir.path(), "x.tar", &tar_bytes(&[("a", b"1".to_vec())]));
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    std::fs::write(&t, tar_bytes(&[("a", b"12".to_vec())])).unwrap();
+    let err = ImageStore::open(&sp)
+        .unwrap()
+        .read_member(b"a")
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::StaleIndex, "{err}");
+}
+
+#[test]
+fn after_a_page_cache_miss_reads_go_through_the_mapping_for_a_while() {
+    let dir = tempfile::tempdir().unwrap();
+    let entries: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|k| (format!("m{k}.jpg"), payload(k + 100, 2000)))
+        .collect();
+    let refs: Vec<(&str, Vec<u8>)> = entries
+        .iter()
+        .map(|(n, d)| (n.as_str(), d.clone()))
+        .collect();
+    let t = write(dir.path(), "c.tar", &tar_bytes(&refs));
+    let sp = dir.path().join("s");
+    build(std::slice::from_ref(&t), &sp).unwrap();
+    let store = ImageStore::open(&sp).unwrap();
+    assert_eq!(read_member_all(&store, "m0.jpg"), entries[0].1);
+    let left = |s: &ImageStore| s.archives[0].mapped_reads.load(Ordering::Relaxed);
+    assert_eq!(
+        left(&store),
+        0,
+        "the archive was written just now: page-cached"
+    );
+    // As a miss leaves it: the next reads are counted down, each still the member's bytes.
+    store.archives[0].mapped_reads.store(2, Ordering::Relaxed);
+    for (k, want_left) in [(1, 1), (2, 0), (3, 0)] {
+        assert_eq!(read_member_all(&store, &format!("m{k}.jpg")), entries[k].1);
+        assert_eq!(left(&store), want_left);
+    }
+}
+
 fn deflate(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
     e.write_all(data).unwrap();

@@ -75,12 +75,16 @@ impl PyImageStore {
     fn lookup(&self, member: &[u8]) -> PyResult<(usize, Location)> {
         match self.inner.lookup(member)? {
             Some(found) => Ok(found),
-            None => Err(PyKeyError::new_err(format!(
-                "{} is in no archive of the image store {}",
-                String::from_utf8_lossy(member),
-                self.inner.path().display()
-            ))),
+            None => Err(self.missing(member)),
         }
+    }
+
+    fn missing(&self, member: &[u8]) -> PyErr {
+        PyKeyError::new_err(format!(
+            "{} is in no archive of the image store {}",
+            String::from_utf8_lossy(member),
+            self.inner.path().display()
+        ))
     }
 }
 
@@ -181,12 +185,13 @@ impl PyImageStore {
     /// The member's bytes (a copy); `KeyError` when no archive holds it.
     fn read<'py>(&self, py: Python<'py>, member: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         boundary("ImageStore.read", || {
-            let (i, loc) = self.lookup(member)?;
             let store = &self.inner;
-            let name = normalize(member).unwrap_or_default();
-            let bytes = py.detach(|| store.read_located(&name, loc))?;
+            let Some((i, bytes)) = py.detach(|| store.read_member(member))? else {
+                return Err(self.missing(member));
+            };
             let copy = PyBytes::new(py, &bytes);
-            // The copy touched every page of a stored member: a file cut short meanwhile left zeros.
+            // A copy out of the mapping touched every page of the member: a file cut short meanwhile
+            // left zeros.
             store.check_mapped(i)?;
             Ok(copy)
         })
@@ -212,6 +217,37 @@ impl PyImageStore {
                 .into_any()),
                 Cow::Owned(v) => Ok(PyBytes::new(py, &v).into_any()),
             }
+        })
+    }
+
+    /// The member's bytes (as `read` gives them) when no file exists at `path`: a file on disk wins
+    /// over its store member. None when `path` is a file (or anything but missing: the caller opens
+    /// it and gets its error); `KeyError` when neither is there. The file is looked for with one
+    /// `stat` and no Python exception for its absence, which would cost more than the read.
+    fn member_unless_file<'py>(
+        &self,
+        py: Python<'py>,
+        path: PathBuf,
+        member: &[u8],
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        boundary("ImageStore.member_unless_file", || {
+            let store = &self.inner;
+            let found = py.detach(|| match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    store.read_member(member).map(Some)
+                }
+                _ => Ok(None),
+            })?;
+            let (i, bytes) = match found {
+                None => return Ok(None),
+                Some(None) => return Err(self.missing(member)),
+                Some(Some(read)) => read,
+            };
+            let copy = PyBytes::new(py, &bytes);
+            // A copy out of the mapping touched every page of the member: a file cut short meanwhile
+            // left zeros.
+            store.check_mapped(i)?;
+            Ok(Some(copy))
         })
     }
 

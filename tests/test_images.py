@@ -415,6 +415,47 @@ def test_read_path_and_open_path_serve_store_members_and_name_a_missing_one(tmp_
         assert caught.value.__cause__ is None and not isinstance(caught.value, KeyError)
 
 
+def test_a_file_on_disk_wins_over_the_store_member_and_keeps_its_own_errors(tmp_path: Path) -> None:
+    from fusion_fast.images import open_path, read_path
+
+    _, images = _folder_with_store(tmp_path)
+    (images / "COCO").mkdir()
+    (images / "COCO" / "a.png").write_bytes(_png((0, 0, 255)))
+    assert read_path(images / "COCO" / "a.png") == _png((0, 0, 255))
+    with open_path(images / "COCO" / "a.png") as img:
+        assert img.convert("RGB").getpixel((1, 1)) == (0, 0, 255)
+    # the other member of the folder still comes from the store
+    assert read_path(images / "COCO" / "b.png") == _png((0, 255, 0))
+    # a folder where the member's file would be: its own error, not the member
+    (images / "COCO" / "b.png").mkdir()
+    for read in (read_path, open_path):
+        with pytest.raises(IsADirectoryError):
+            read(images / "COCO" / "b.png")
+    (images / "COCO" / "b.png").rmdir()
+    # a file where a folder of the path would be: its own error too
+    (images / "COCO" / "sub").write_bytes(b"")
+    for read in (read_path, open_path):
+        with pytest.raises(NotADirectoryError):
+            read(images / "COCO" / "sub" / "x.png")
+
+
+def test_a_file_removed_after_the_store_looked_for_it_is_read_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusion_fast import images as images_module
+
+    _, images = _folder_with_store(tmp_path)
+    # the store saw a file at the path, which is gone by the time it is opened
+    looked = images_module._member_unless_file
+    monkeypatch.setattr(images_module, "_member_unless_file", lambda path: (looked(path)[0], None))
+    assert images_module.read_path(images / "COCO" / "a.png") == _png((255, 0, 0))
+    with images_module.open_path(images / "COCO" / "b.png") as img:
+        assert img.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+    for read in (images_module.read_path, images_module.open_path):
+        with pytest.raises(FileNotFoundError, match="missing.png"):
+            read(images / "COCO" / "missing.png")
+
+
 def test_check_resolves_images_through_the_folder_store(tmp_path: Path) -> None:
     from fusion_fast.check import run_check
 

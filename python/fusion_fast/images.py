@@ -11,7 +11,8 @@ in the archive's own record, so it costs no Python object per member and every p
 store shares its pages. A member whose record no longer holds its name (the archive changed after the build)
 raises `StaleIndexError`; a store of another format version raises `CorruptIndexError` asking for a
 rebuild. Plain tar members and stored zip members are read straight from the mapped archive (`view` copies
-nothing); deflated zip members are inflated on read. Every zip member's CRC-32 is checked on read.
+nothing; `read` copies a page-cached tar member with `pread`, which costs less than a first touch of its
+mapped pages); deflated zip members are inflated on read. Every zip member's CRC-32 is checked on read.
 Compressed tars (`.tar.gz`) are refused: convert them to a plain `.tar` first.
 
 Paths are normalised (`./a//b` -> `a/b`) both in the archives and in lookups. A path held by more than
@@ -30,6 +31,7 @@ mapped; archives are mapped on first read) instead of copying anything.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -359,16 +361,32 @@ def exists(path: PathLike) -> bool:
     return os.path.isfile(path) or store_for(path) is not None
 
 
+def _member_unless_file(path: PathLike) -> tuple[tuple[ImageStore, str] | None, bytes | None]:
+    """`(nearest_store(path), data)`: data is the bytes of the member `path` names, or None when `path`
+    is a file (a file on disk wins) or no folder above has a store. `FileNotFoundError` when there is a
+    store but neither the file nor the member. The store looks for the file itself: a Python exception
+    for its absence costs more than the read."""
+    found = nearest_store(path)
+    if found is None:
+        return None, None
+    try:
+        return found, found[0]._inner.member_unless_file(os.fspath(path), _key(found[1]))
+    except KeyError:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fspath(path)) from None
+
+
 def read_path(path: PathLike) -> bytes:
     """The bytes of the file `path`, else of the store member it names; `FileNotFoundError` when neither."""
+    found, data = _member_unless_file(path)
+    if data is not None:
+        return data
     try:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError as missing:
-        found = nearest_store(path)
-        if found is None:
+        if found is None:  # else the file was removed since the store looked for it
             raise
-        try:  # one lookup: asking `in` first would find the member twice
+        try:
             return found[0].read(found[1])
         except KeyError:
             raise missing from None
@@ -379,17 +397,18 @@ def open_path(path: PathLike) -> Image.Image:
     `FileNotFoundError` when neither."""
     from PIL import Image
 
-    try:
-        return Image.open(path)
-    except FileNotFoundError as missing:
-        found = nearest_store(path)
-        if found is None:
-            raise
+    found, data = _member_unless_file(path)
+    if data is None:
         try:
-            member = found[0].view(found[1])
-        except KeyError:
-            raise missing from None
-        return Image.open(io.BytesIO(member))
+            return Image.open(path)
+        except FileNotFoundError as missing:
+            if found is None:  # else the file was removed since the store looked for it
+                raise
+            try:
+                data = found[0].read(found[1])
+            except KeyError:
+                raise missing from None
+    return Image.open(io.BytesIO(data))
 
 
 __all__ = [
