@@ -567,6 +567,29 @@ def test_a_store_made_after_its_folder_was_looked_at_is_seen_once_the_folder_is_
     assert im.store_for(path) is not None
 
 
+def test_the_store_caches_stay_bounded_with_a_folder_per_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset that keeps each image in its own folder must not grow a worker's memory with its size:
+    the per-folder caches stay under their bound and every answer stays right."""
+    from fusion_fast import images as im
+
+    monkeypatch.setattr(im, "CACHE_ENTRIES", 50)
+    images = tmp_path / "images"
+    (images / ".fusion-fast").mkdir(parents=True)
+    members = {f"S/{i:04d}/x.jpg": str(i).encode() for i in range(300)}
+    archive = _tar(tmp_path / "a.tar", members, tarfile.GNU_FORMAT)
+    ImageStore.build([archive], images / ".fusion-fast" / "images.ffimg")
+    elsewhere = tmp_path / "plain"  # folders without any store above them
+    im._folder_stores.clear()
+    for i in range(300):
+        assert im.read_path(images / "S" / f"{i:04d}" / "x.jpg") == str(i).encode()
+        assert im.nearest_store(elsewhere / f"{i:04d}" / "y.jpg") is None
+        assert len(im._folder_stores) <= 50 and len(im._nearest_by_dir) <= 50
+    with pytest.raises(FileNotFoundError):
+        im.read_path(images / "S" / "9999" / "x.jpg")
+
+
 def test_convert_to_tars_rejects_arguments_of_the_wrong_shape(tmp_path: Path) -> None:
     from fusion_fast import _core
 

@@ -274,22 +274,9 @@ class _FolderStores(dict[str, "ImageStore | None"]):
         _nearest_by_dir.clear()
         return super().pop(folder, *default)
 
-    def popitem(self) -> tuple[str, ImageStore | None]:
-        _nearest_by_dir.clear()
-        return super().popitem()
-
     def clear(self) -> None:
         _nearest_by_dir.clear()
         super().clear()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for folder, store in dict(*args, **kwargs).items():
-            self[folder] = store
-
-    def setdefault(self, folder: str, default: ImageStore | None = None) -> ImageStore | None:
-        if folder not in self:
-            self[folder] = default
-        return self[folder]
 
 
 #: Absolute folder of an image path, as given (the part before its last "/") -> `(store, prefix)`: the
@@ -299,8 +286,16 @@ _nearest_by_dir: dict[str, tuple[ImageStore, str] | None] = {}
 _folder_stores = _FolderStores()
 
 
+#: Entries either cache may hold: a dataset with a folder per image must not grow a worker's memory with
+#: its size. Past the bound the folders known to have no store, and the per-folder answers, start over.
+CACHE_ENTRIES = 65536
+
+
 def _store_of_folder(folder: str) -> ImageStore | None:
     if folder not in _folder_stores:
+        if len(_folder_stores) >= CACHE_ENTRIES:
+            for known in [f for f, store in _folder_stores.items() if store is None]:
+                del _folder_stores[known]
         candidate = os.path.join(folder, FOLDER_STORE)
         _folder_stores[folder] = ImageStore.open(candidate) if os.path.isfile(candidate) else None
     return _folder_stores[folder]
@@ -339,6 +334,8 @@ def nearest_store(path: PathLike) -> tuple[ImageStore, str] | None:
                 if walked is not None and walked[1] != name and not walked[1].endswith("/" + name):
                     return walked  # not expected; answered without the cache
                 found = None if walked is None else (walked[0], walked[1][: len(walked[1]) - len(name)])
+                if len(_nearest_by_dir) >= CACHE_ENTRIES:
+                    _nearest_by_dir.clear()
                 _nearest_by_dir[folder] = found
             if found is None:
                 return None
